@@ -1,0 +1,1 @@
+"""imagegate: an OpenAI-compatible image API for AWS Lambda."""

@@ -1,0 +1,166 @@
+"""Accounts and API keys in DynamoDB. Keys are stored only as SHA-256 hashes.
+
+Items (single table, `pk`/`sk`):
+  KEY#<sha256 of key>  / KEY      -> account_id, key_id, prefix, label, status, created_at
+  ACCOUNT#<account_id> / ACCOUNT  -> balance (micro-USD), label, created_at
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import APIError
+
+KEY_PREFIX = "sk-ig-"
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_id_for(api_key: str) -> str:
+    """A stable, non-secret handle for a key (shown in listings, used to revoke)."""
+    return "key_" + hash_key(api_key)[:16]
+
+
+def account_pk(account_id: str) -> str:
+    return f"ACCOUNT#{account_id}"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    key_id: str
+
+
+class Accounts:
+    """Key lookup for requests, and the admin operations the CLI and dev server use."""
+
+    def __init__(self, dynamodb: Any, table: str, clock: Any = time.time) -> None:
+        self._db = dynamodb
+        self._table = table
+        self._clock = clock
+
+    def authenticate(self, authorization: str | None) -> Account:
+        """Resolve an `Authorization: Bearer <key>` header; 401 for missing, unknown or revoked keys."""
+        scheme, _, api_key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not api_key.strip():
+            raise APIError(
+                401,
+                "You didn't provide an API key. Provide it in the Authorization header "
+                "(Authorization: Bearer YOUR_KEY).",
+                code="missing_api_key",
+            )
+        item = self._db.get_item(
+            TableName=self._table,
+            Key=item_key(f"KEY#{hash_key(api_key.strip())}", "KEY"),
+            ConsistentRead=True,
+        ).get("Item")
+        if item is None or item["status"]["S"] != "active":
+            raise APIError(
+                401,
+                "Incorrect API key provided. Check the key, or ask your provider for a new one.",
+                code="invalid_api_key",
+            )
+        return Account(item["account_id"]["S"], item["key_id"]["S"])
+
+    def create_account(self, balance_micros: int, label: str = "") -> str:
+        account_id = "acct_" + uuid.uuid4().hex[:20]
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                **item_key(account_pk(account_id), "ACCOUNT"),
+                "balance": {"N": str(balance_micros)},
+                "label": {"S": label},
+                "created_at": {"N": str(int(self._clock()))},
+            },
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+        return account_id
+
+    def create_key(self, account_id: str, label: str = "", api_key: str | None = None) -> str:
+        """Issue a key for an account; returns the key itself, which is never stored or shown again."""
+        api_key = api_key or new_api_key()
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                **item_key(f"KEY#{hash_key(api_key)}", "KEY"),
+                "account_id": {"S": account_id},
+                "key_id": {"S": key_id_for(api_key)},
+                "prefix": {"S": api_key[: len(KEY_PREFIX) + 4]},
+                "label": {"S": label},
+                "status": {"S": "active"},
+                "created_at": {"N": str(int(self._clock()))},
+            },
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+        return api_key
+
+    def list_keys(self) -> list[dict[str, str]]:
+        rows = []
+        for item in self._scan("KEY#"):
+            rows.append(
+                {
+                    name: item[name].get("S") or item[name].get("N", "")
+                    for name in ("key_id", "prefix", "account_id", "label", "status", "created_at")
+                }
+            )
+        return sorted(rows, key=lambda r: r["created_at"])
+
+    def revoke_key(self, key_id: str) -> bool:
+        for item in self._scan("KEY#"):
+            if item["key_id"]["S"] == key_id:
+                self._db.update_item(
+                    TableName=self._table,
+                    Key=item_key(item["pk"]["S"], "KEY"),
+                    UpdateExpression="SET #s = :revoked",
+                    ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={":revoked": {"S": "revoked"}},
+                )
+                return True
+        return False
+
+    def balance(self, account_id: str) -> int | None:
+        item = self._db.get_item(
+            TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
+        ).get("Item")
+        return int(item["balance"]["N"]) if item else None
+
+    def credit(self, account_id: str, amount_micros: int) -> int:
+        """Add to a balance atomically; returns the new balance."""
+        out = self._db.update_item(
+            TableName=self._table,
+            Key=item_key(account_pk(account_id), "ACCOUNT"),
+            UpdateExpression="ADD balance :amount",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":amount": {"N": str(amount_micros)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(out["Attributes"]["balance"]["N"])
+
+    def _scan(self, pk_prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "begins_with(pk, :p)",
+            "ExpressionAttributeValues": {":p": {"S": pk_prefix}},
+        }
+        while True:
+            page = self._db.scan(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}

@@ -1,0 +1,47 @@
+"""AWS clients, created on first use (never at import: Lambda cold start) and shared per container."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .config import Settings
+
+
+class AWSClients:
+    def __init__(self, settings: Settings, endpoint_url: str | None = None) -> None:
+        self._settings = settings
+        self._endpoint_url = endpoint_url
+        self._clients: dict[str, Any] = {}
+        # botocore sessions are not safe to build clients from concurrently; calls on a client are.
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(service) or self._create(service)
+                self._clients[service] = client
+        return client
+
+    @property
+    def dynamodb(self) -> Any:
+        return self.client("dynamodb")
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    def _create(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            signature_version="s3v4" if service == "s3" else None,
+            # Emulators on 127.0.0.1 cannot serve virtual-hosted bucket names.
+            s3={"addressing_style": "path"} if self._endpoint_url else None,
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=50,
+        )
+        session = boto3.session.Session(region_name=self._settings.region)
+        return session.client(service, endpoint_url=self._endpoint_url, config=config)

@@ -1,0 +1,53 @@
+"""Settings, read once from the environment and passed explicitly to everything that needs them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .catalog import MICROS_PER_USD
+
+
+def usd_to_micros(amount: str | Decimal) -> int:
+    """Exact conversion of a decimal USD amount to integer micro-USD; no floats touch money."""
+    try:
+        value = Decimal(str(amount)) * MICROS_PER_USD
+    except InvalidOperation as exc:
+        raise ValueError(f"not a USD amount: {amount!r}") from exc
+    if value != value.to_integral_value():
+        raise ValueError(f"{amount} USD is finer than one micro-dollar")
+    return int(value)
+
+
+def micros_to_usd(micros: int) -> str:
+    """Render micro-USD as a dollar string with six decimals (`$0.020000`)."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}${whole}.{frac:06d}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    table: str = "imagegate"
+    bucket: str = "imagegate-outputs"
+    region: str = "us-east-1"
+    url_ttl_seconds: int = 3600
+    local_price_micros: int = 2_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_secret_arn: str = ""
+    output_prefix: str = "outputs"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            table=env.get("IMAGEGATE_TABLE", cls.table),
+            bucket=env.get("IMAGEGATE_BUCKET", cls.bucket),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cls.region,
+            url_ttl_seconds=int(env.get("IMAGEGATE_URL_TTL", cls.url_ttl_seconds)),
+            local_price_micros=usd_to_micros(env.get("IMAGEGATE_LOCAL_PRICE_USD", "0.002")),
+            max_body_bytes=int(env.get("IMAGEGATE_MAX_BODY_BYTES", cls.max_body_bytes)),
+            upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
+        )

@@ -1,0 +1,74 @@
+"""OpenAI-shaped errors: every failure a client sees is one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    """An error with OpenAI's body `{"error": {"message", "type", "param", "code"}}` and an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None, code: str | None = "invalid_value") -> APIError:
+    """A 400 naming the offending parameter."""
+    return APIError(400, message, param=param, code=code)
+
+
+def invalid_choice(param: str, value: object, allowed: tuple[str, ...] | list[str]) -> APIError:
+    choices = ", ".join(f"'{a}'" for a in allowed)
+    return invalid(f"Invalid value: '{value}'. Supported values are: {choices}.", param)
+
+
+def unknown_parameter(param: str, why: str = "") -> APIError:
+    return invalid(f"Unknown parameter: '{param}'.{' ' + why if why else ''}", param, "unknown_parameter")
+
+
+def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
+    """Turn pydantic's (and FastAPI's 422) error list into one 400 naming the first bad parameter."""
+    if not errors:
+        return invalid("Invalid request.", None)
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "form")]
+    param = ".".join(loc) or None
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return invalid("We could not parse the JSON body of your request.", None, "invalid_json")
+    if kind == "missing":
+        return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind == "extra_forbidden":
+        return unknown_parameter(param or "")
+    if kind == "model_attributes_type":
+        return invalid("The request body must be a JSON object.", None, "invalid_type")
+    msg = err.get("msg", "Invalid value")
+    return invalid(f"Invalid '{param}': {msg[:1].lower()}{msg[1:]}.", param, _pydantic_code(kind))
+
+
+def _pydantic_code(kind: str) -> str:
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "invalid_type"
+    if kind == "string_too_long":
+        return "string_above_max_length"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return "integer_out_of_range"
+    return "invalid_value"

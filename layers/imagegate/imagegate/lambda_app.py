@@ -1,0 +1,24 @@
+"""Lambda entry points: one FastAPI app per function, adapted by Mangum."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools.logging import Logger
+from mangum import Mangum
+
+from .api import create_app
+from .aws import AWSClients
+from .catalog import Endpoint
+from .config import Settings
+from .service import Service
+
+
+def lambda_handler(endpoint: Endpoint) -> Any:
+    """Build the handler for one route. Nothing here touches the network: clients come on first use."""
+    settings = Settings.from_env()
+    logger = Logger(service="imagegate")
+    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+    # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
+    return logger.inject_lambda_context(Mangum(create_app(service, [endpoint]), lifespan="off"))

@@ -1,0 +1,143 @@
+"""The built-in offline provider: deterministic Pillow drawings, never presented as AI.
+
+Images depend only on the prompt, the parameters and the image index, so tests can compare them. Edits
+redraw only where the mask (or the image's own alpha) is transparent; variations recolour and mirror
+the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
+
+from ..catalog import estimate_usage
+from ..images import encode
+from . import ProviderResult
+
+if TYPE_CHECKING:
+    from ..validation import ImageJob
+
+LABEL = "imagegate local renderer"
+
+
+class LocalProvider:
+    name = "local"
+
+    def generate(self, job: ImageJob) -> ProviderResult:
+        images = [
+            self._finish(job, render(job.prompt, job.width, job.height, seed(job, i))) for i in range(job.n)
+        ]
+        return self._result(job, images)
+
+    def edit(self, job: ImageJob) -> ProviderResult:
+        base = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        edit_area = self._edit_area(job, base)
+        extras = [img.open().convert("RGBA") for img in job.images[1:]]
+        images = []
+        for i in range(job.n):
+            drawing = render(job.prompt, job.width, job.height, seed(job, i))
+            for k, extra in enumerate(extras):
+                thumb = ImageOps.contain(extra, (job.width // 4, job.height // 4))
+                drawing.paste(thumb, (8 + k * (job.width // 4 + 8) % job.width, 8), thumb)
+            images.append(self._finish(job, Image.composite(drawing, base, edit_area)))
+        return self._result(job, images)
+
+    def vary(self, job: ImageJob) -> ProviderResult:
+        source = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        images = []
+        for i in range(job.n):
+            rng = random.Random(seed(job, i))
+            r, g, b, a = source.split()
+            channels = [r, g, b]
+            rng.shuffle(channels)
+            varied = Image.merge("RGBA", (*channels, a))
+            if i % 2:
+                varied = ImageOps.mirror(varied)
+            images.append(self._finish(job, varied))
+        return self._result(job, images)
+
+    @staticmethod
+    def _edit_area(job: ImageJob, base: Image.Image) -> Image.Image:
+        """White where the image may change: transparent mask pixels, else transparent image pixels."""
+        if job.mask is not None:
+            alpha = job.mask.open().convert("RGBA").resize((job.width, job.height)).getchannel("A")
+            return ImageChops.invert(alpha.point(lambda v: 255 if v else 0))
+        if job.images[0].has_alpha:
+            return ImageChops.invert(base.getchannel("A").point(lambda v: 255 if v else 0))
+        return Image.new("L", base.size, 255)  # GPT models edit the whole image when no mask is given
+
+    @staticmethod
+    def _finish(job: ImageJob, img: Image.Image) -> bytes:
+        if job.background == "transparent":
+            img = _transparent_corners(img)
+        elif job.output_format == "jpeg" or job.background == "opaque":
+            img = img.convert("RGB")
+        return encode(img, job.output_format, job.output_compression)
+
+    @staticmethod
+    def _result(job: ImageJob, images: list[bytes]) -> ProviderResult:
+        usage = None
+        if job.contract.reports_usage:
+            usage = estimate_usage(
+                job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+            )
+        return ProviderResult(
+            images=images, revised_prompt=job.prompt if job.contract.revised_prompt else None, usage=usage
+        )
+
+
+def seed(job: ImageJob, index: int) -> int:
+    material = f"{job.contract.id}|{job.endpoint}|{job.prompt}|{job.size}|{job.quality}|{job.style}|{index}"
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
+
+
+def render(prompt: str, width: int, height: int, seed_value: int) -> Image.Image:
+    """A gradient, a few shapes and the prompt's first words: cheap, deterministic, recognisably fake."""
+    rng = random.Random(seed_value)
+    top = tuple(rng.randrange(256) for _ in range(3))
+    bottom = tuple(rng.randrange(256) for _ in range(3))
+    gradient = Image.linear_gradient("L").resize((width, height))
+    img = Image.composite(
+        Image.new("RGBA", (width, height), (*bottom, 255)),
+        Image.new("RGBA", (width, height), (*top, 255)),
+        gradient,
+    )
+    draw = ImageDraw.Draw(img)
+    unit = min(width, height)
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randrange(unit // 12, unit // 4)
+        colour = (*(rng.randrange(256) for _ in range(3)), 255)
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        else:
+            draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=colour)
+    font = ImageFont.load_default(size=max(10, unit // 24))
+    # Text stays inside the frame that a transparent background clears.
+    left, top, bottom = width // 6, height // 6, height - height // 6 - unit // 20
+    white, black = (255, 255, 255, 255), (0, 0, 0, 255)
+    draw.text((left, top), LABEL, fill=white, font=font, stroke_width=1, stroke_fill=black)
+    draw.text(
+        (left, bottom),
+        " ".join(prompt.split()[:8])[:60],
+        fill=white,
+        font=font,
+        stroke_width=2,
+        stroke_fill=black,
+    )
+    return img
+
+
+def _transparent_corners(img: Image.Image) -> Image.Image:
+    """Transparent background requested: clear a frame around the drawing."""
+    img = img.convert("RGBA")
+    w, h = img.size
+    alpha = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(alpha).rounded_rectangle(
+        (w // 8, h // 8, w - w // 8, h - h // 8), radius=min(w, h) // 8, fill=255
+    )
+    img.putalpha(alpha)
+    return img

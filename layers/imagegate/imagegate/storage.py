@@ -1,0 +1,45 @@
+"""Output images in S3: one encrypted object per image under the account's prefix, served by presigned URL."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .images import CONTENT_TYPES
+
+
+class Storage:
+    def __init__(self, s3: Any, bucket: str, prefix: str = "outputs", url_ttl_seconds: int = 3600) -> None:
+        self._s3 = s3
+        self._bucket = bucket
+        self._prefix = prefix
+        self.url_ttl_seconds = url_ttl_seconds
+
+    def put_images(
+        self, account_id: str, request_id: str, images: list[bytes], output_format: str
+    ) -> list[str]:
+        """Write every image or none: on a failed write, the ones already written are deleted."""
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        keys: list[str] = []
+        try:
+            for i, data in enumerate(images):
+                key = f"{self._prefix}/{account_id}/{day}/{request_id}/{i}.{output_format}"
+                self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=CONTENT_TYPES[output_format],
+                    ServerSideEncryption="AES256",
+                )
+                keys.append(key)
+        except Exception:
+            for key in keys:
+                self._s3.delete_object(Bucket=self._bucket, Key=key)
+            raise
+        return keys
+
+    def presign(self, key: str) -> str:
+        """A GET URL signed at response time, so it lives its full TTL (README: role credentials)."""
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
+        )
