@@ -32,6 +32,11 @@ def key_id_for(api_key: str) -> str:
     return "key_" + hash_key(api_key)[:16]
 
 
+def key_prefix(api_key: str) -> str:
+    """What listings show of a key: four characters past `sk-ig-`, and none of a short (dev) key."""
+    return api_key[: len(KEY_PREFIX) + 4] + "…" if len(api_key) >= 32 else "(short key)"
+
+
 def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
 
@@ -96,7 +101,7 @@ class Accounts:
                 **item_key(f"KEY#{hash_key(api_key)}", "KEY"),
                 "account_id": {"S": account_id},
                 "key_id": {"S": key_id_for(api_key)},
-                "prefix": {"S": api_key[: len(KEY_PREFIX) + 4]},
+                "prefix": {"S": key_prefix(api_key)},
                 "label": {"S": label},
                 "status": {"S": "active"},
                 "created_at": {"N": str(int(self._clock()))},
