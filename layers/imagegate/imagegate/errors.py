@@ -49,8 +49,10 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
     if not errors:
         return invalid("Invalid request.", None)
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "form")]
-    param = ".".join(loc) or None
+    # OpenAI names the top-level parameter; deeper parts of pydantic's location (union members, list
+    # indexes) would only confuse a client.
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = loc[0] if loc else None
     kind = err.get("type", "")
     if kind == "json_invalid":
         return invalid("We could not parse the JSON body of your request.", None, "invalid_json")
@@ -58,8 +60,8 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     if kind == "extra_forbidden":
         return unknown_parameter(param or "")
-    if kind == "model_attributes_type":
-        return invalid("The request body must be a JSON object.", None, "invalid_type")
+    if param is None:
+        return invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
     msg = err.get("msg", "Invalid value")
     return invalid(f"Invalid '{param}': {msg[:1].lower()}{msg[1:]}.", param, _pydantic_code(kind))
 
