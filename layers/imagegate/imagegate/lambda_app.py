@@ -20,5 +20,6 @@ def lambda_handler(endpoint: Endpoint) -> Any:
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+    logger.info("provider local serves every model: no upstream providers are configured", route=endpoint)
     # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
     return logger.inject_lambda_context(Mangum(create_app(service, [endpoint]), lifespan="off"))

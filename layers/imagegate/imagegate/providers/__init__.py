@@ -6,7 +6,7 @@ implementing `Provider`, plus its entry in `PROVIDERS`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -18,7 +18,6 @@ class ProviderResult:
     images: list[bytes]  # encoded in the job's output_format
     revised_prompt: str | None = None
     usage: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
