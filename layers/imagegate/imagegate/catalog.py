@@ -41,8 +41,8 @@ class Contract:
     sizes: tuple[str, ...]
     qualities: tuple[str, ...]
     prompt_max: int
-    # micro-USD per image at 1024x1024-equivalent, keyed by (quality, size); sizes absent from the table
-    # (free-form ones) are priced by area against the 1024x1024 entry.
+    # micro-USD per image, keyed by (quality, size); sizes absent from the table (free-form ones) are
+    # priced by area against the 1024x1024 entry, or at that entry's flat price when not priced_by_area.
     prices: dict[tuple[str, str], int]
     default_size: str = "1024x1024"
     default_quality: str = "auto"
@@ -63,6 +63,7 @@ class Contract:
     # What `quality=auto` resolves to; priced and rendered as that quality.
     auto_quality: str = "medium"
     output_formats: tuple[str, ...] = field(default=("png",))
+    priced_by_area: bool = True
 
     def serves(self, endpoint: Endpoint) -> bool:
         return endpoint in self.endpoints
@@ -184,6 +185,7 @@ def local_contract(price_micros: int) -> Contract:
         gpt_params=True,
         reports_usage=True,
         output_formats=GPT_FORMATS,
+        priced_by_area=False,
     )
 
 
@@ -221,6 +223,8 @@ def price_per_image(contract: Contract, quality: str, size: str) -> int:
     if exact is not None:
         return exact
     base = contract.prices[(quality, "1024x1024")]
+    if not contract.priced_by_area:
+        return base
     w, h = parse_size(size) or (1024, 1024)
     # Rounded up so that a free-form size is never sold below cost.
     return math.ceil(base * w * h / (1024 * 1024))

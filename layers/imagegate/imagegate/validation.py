@@ -271,7 +271,7 @@ def _check_inputs(
         _check_image(contract, img)
     if mask is not None:
         first = images[0]
-        if mask.format != "PNG" or len(mask.data) > 4 * 1024 * 1024:
+        if mask.format != "PNG" or len(mask.data) >= 4 * 1024 * 1024:
             raise errors.invalid(
                 "Invalid 'mask': it must be a PNG under 4 MB.", "mask", "invalid_image_format"
             )

@@ -1,0 +1,96 @@
+"""Shared fixtures for the unit suite: the catalog, in-code test images, and AWS emulated by moto."""
+
+import io
+import uuid
+
+import pytest
+from moto import mock_aws
+from PIL import Image
+
+from imagegate.accounts import Accounts
+from imagegate.aws import AWSClients
+from imagegate.billing import Billing
+from imagegate.catalog import build_catalog
+from imagegate.config import Settings
+from imagegate.devserver import provision
+from imagegate.images import inspect
+from imagegate.validation import ImageParams, resolve
+
+# IMAGEGATE_LOCAL_PRICE_USD's documented default, 0.002 USD.
+LOCAL_PRICE = 2000
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    return build_catalog(LOCAL_PRICE)
+
+
+def image_bytes(width=64, height=64, mode="RGBA", fmt="PNG", colour=(200, 40, 40, 255), **save):
+    img = Image.new(mode, (width, height), colour[: len(mode)] if mode != "L" else colour[0])
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def upload(param="image", **kw):
+    """An uploaded image as the API layer hands it to validation."""
+    return inspect(image_bytes(**kw), param)
+
+
+def half_mask(width, height):
+    """Opaque left half (keep), fully transparent right half (edit)."""
+    img = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    img.paste((0, 0, 0, 0), (width // 2, 0, width, height))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return inspect(buf.getvalue(), "mask")
+
+
+@pytest.fixture
+def job(catalog):
+    """Build an ImageJob the way the API does: wire params through validation.resolve."""
+
+    def make(endpoint="generations", images=(), mask=None, **params):
+        return resolve(endpoint, ImageParams(**params), catalog, list(images), mask)
+
+    return make
+
+
+@pytest.fixture
+def settings():
+    suffix = uuid.uuid4().hex[:12]
+    return Settings(table=f"unit-{suffix}", bucket=f"unit-{suffix}", region="us-east-1")
+
+
+@pytest.fixture(scope="module")
+def aws_clients():
+    """moto's in-process AWS for one test module; building boto3 clients per test would triple the run time.
+
+    Tests stay independent through uniquely named tables and buckets (the `settings` fixture).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        # A configured endpoint or profile would send boto3 past moto's interception.
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        mp.delenv("AWS_PROFILE", raising=False)
+        with mock_aws():
+            yield AWSClients(Settings(region="us-east-1"))
+
+
+@pytest.fixture
+def aws(aws_clients, settings):
+    """AWS with this test's own table and bucket, provisioned as the dev stack does."""
+    provision(aws_clients, settings)
+    return aws_clients
+
+
+@pytest.fixture
+def accounts(aws, settings):
+    return Accounts(aws.dynamodb, settings.table)
+
+
+@pytest.fixture
+def billing(aws, settings):
+    return Billing(aws.dynamodb, settings.table)

@@ -1,0 +1,307 @@
+"""Accounts, keys and the reserve/settle ledger against moto's in-process DynamoDB."""
+
+import hashlib
+import json
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from botocore.exceptions import ClientError
+
+from imagegate.billing import Billing
+from imagegate.errors import APIError
+
+DETAILS = {"model": "dall-e-2", "endpoint": "generations", "provider": "local"}
+
+
+def request_id():
+    return "req_" + uuid.uuid4().hex
+
+
+def request_item(aws, settings, account_id, rid):
+    return aws.dynamodb.get_item(
+        TableName=settings.table,
+        Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": f"REQUEST#{rid}"}},
+        ConsistentRead=True,
+    ).get("Item")
+
+
+@pytest.fixture
+def funded(accounts):
+    """An account with $0.10 and one active key."""
+    account_id = accounts.create_account(100_000, label="unit")
+    return account_id, accounts.create_key(account_id, label="unit")
+
+
+# --- authentication -------------------------------------------------------------------------------------
+
+
+def test_authenticate_a_valid_key(accounts, funded):
+    account_id, key = funded
+    account = accounts.authenticate(f"Bearer {key}")
+    assert account.account_id == account_id
+    assert account.key_id.startswith("key_")
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer   ", "Basic dXNlcjpwYXNz", "sk-ig-abc", "Token x"]
+)
+def test_missing_or_non_bearer_key_is_401(accounts, header):
+    with pytest.raises(APIError) as info:
+        accounts.authenticate(header)
+    assert (info.value.status, info.value.code) == (401, "missing_api_key")
+
+
+def test_unknown_key_is_401(accounts, funded):
+    with pytest.raises(APIError) as info:
+        accounts.authenticate("Bearer sk-ig-this-key-was-never-issued")
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    assert "sk-ig-this-key" not in info.value.message
+
+
+def test_revoked_key_is_401(accounts, funded):
+    account_id, key = funded
+    other = accounts.create_key(account_id, label="second")
+    key_id = accounts.authenticate(f"Bearer {key}").key_id
+    assert accounts.revoke_key(key_id) is True
+    with pytest.raises(APIError) as info:
+        accounts.authenticate(f"Bearer {key}")
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    # Revoking one key leaves the account's other keys working.
+    assert accounts.authenticate(f"Bearer {other}").account_id == account_id
+
+
+def test_revoke_unknown_key_id(accounts, funded):
+    assert accounts.revoke_key("key_0000000000000000") is False
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+def test_create_key_with_a_chosen_key(accounts):
+    account_id = accounts.create_account(0)
+    assert accounts.create_key(account_id, api_key="dev-key-1") == "dev-key-1"
+    assert accounts.authenticate("Bearer dev-key-1").account_id == account_id
+
+
+def test_list_keys_never_shows_the_key_or_its_hash(aws, settings, accounts):
+    account_id = accounts.create_account(0)
+    keys = [accounts.create_key(account_id, label=f"k{i}") for i in range(3)]
+    listing = sorted(accounts.list_keys(), key=lambda row: row["label"])
+    assert [row["label"] for row in listing] == ["k0", "k1", "k2"]
+    assert all(row["status"] == "active" and row["account_id"] == account_id for row in listing)
+    assert all(row["prefix"] == key[:10] + "…" for row, key in zip(listing, keys, strict=True))
+    text = json.dumps(listing)
+    for key in keys:
+        assert key.startswith("sk-ig-") and len(key) >= 32
+        assert key not in text
+        assert key[10:] not in text
+        assert hashlib.sha256(key.encode()).hexdigest() not in text
+
+
+def test_keys_are_stored_only_as_sha256(aws, settings, accounts):
+    account_id = accounts.create_account(0)
+    key = accounts.create_key(account_id)
+    stored = json.dumps(aws.dynamodb.scan(TableName=settings.table)["Items"])
+    assert key not in stored
+    assert f"KEY#{hashlib.sha256(key.encode()).hexdigest()}" in stored
+
+
+def test_listing_shows_revocation(accounts):
+    account_id = accounts.create_account(0)
+    accounts.create_key(account_id, label="a")
+    [row] = accounts.list_keys()
+    accounts.revoke_key(row["key_id"])
+    assert accounts.list_keys()[0]["status"] == "revoked"
+
+
+def test_short_key_prefix_is_hidden(accounts):
+    accounts.create_key(accounts.create_account(0), api_key="short-dev-key")
+    [row] = accounts.list_keys()
+    assert row["prefix"] == "(short key)"
+    assert "short-dev" not in json.dumps(row)
+
+
+# --- balances and credit --------------------------------------------------------------------------------
+
+
+def test_credit_adds_and_returns_the_new_balance(accounts):
+    account_id = accounts.create_account(1_500)
+    assert accounts.credit(account_id, 2_500_000) == 2_501_500
+    assert accounts.balance(account_id) == 2_501_500
+
+
+def test_credit_to_an_unknown_account_fails(accounts):
+    with pytest.raises(ClientError) as info:
+        accounts.credit("acct_missing", 1_000)
+    assert info.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert accounts.balance("acct_missing") is None
+
+
+# --- reserve and settle ---------------------------------------------------------------------------------
+
+
+def test_reserve_debits_exactly(aws, settings, accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 54_000, DETAILS)
+    assert accounts.balance(account_id) == 46_000
+    item = request_item(aws, settings, account_id, rid)
+    assert (item["state"]["S"], item["reserved"]["N"], item["model"]["S"]) == (
+        "reserved",
+        "54000",
+        "dall-e-2",
+    )
+
+
+def test_reserve_the_whole_balance(accounts, billing):
+    account_id = accounts.create_account(20_000)
+    billing.reserve(account_id, request_id(), 20_000, DETAILS)
+    assert accounts.balance(account_id) == 0
+
+
+def test_insufficient_balance_is_402_and_changes_nothing(aws, settings, accounts, billing):
+    account_id = accounts.create_account(15_000)
+    rid = request_id()
+    with pytest.raises(APIError) as info:
+        billing.reserve(account_id, rid, 20_000, DETAILS)
+    err = info.value
+    assert (err.status, err.type, err.code) == (402, "insufficient_quota", "insufficient_balance")
+    assert "$0.020000" in err.message
+    assert "$0.015000" in err.message
+    assert accounts.balance(account_id) == 15_000
+    assert request_item(aws, settings, account_id, rid) is None
+    assert billing.settle(account_id, rid, 0) is False
+    assert accounts.balance(account_id) == 15_000
+
+
+def test_reserve_against_an_unknown_account_is_402(billing):
+    with pytest.raises(APIError) as info:
+        billing.reserve("acct_missing", request_id(), 1, DETAILS)
+    assert info.value.status == 402
+    assert "$0.000000" in info.value.message
+
+
+def test_settle_full_charge(aws, settings, accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    assert billing.settle(account_id, rid, 60_000) is True
+    assert accounts.balance(account_id) == 40_000
+    item = request_item(aws, settings, account_id, rid)
+    assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "60000", "0")
+
+
+def test_partial_charge_refunds_the_difference(aws, settings, accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)  # n=3 at 20_000
+    assert billing.settle(account_id, rid, 20_000) is True  # only one image came back
+    assert accounts.balance(account_id) == 80_000
+    item = request_item(aws, settings, account_id, rid)
+    assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "20000", "40000")
+
+
+def test_failed_request_is_refunded_in_full(aws, settings, accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    assert billing.settle(account_id, rid, 0) is True
+    assert accounts.balance(account_id) == 100_000
+    assert request_item(aws, settings, account_id, rid)["state"]["S"] == "refunded"
+
+
+def test_charge_above_the_reservation_is_capped(accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 20_000, DETAILS)
+    assert billing.settle(account_id, rid, 999_999) is True
+    assert accounts.balance(account_id) == 80_000
+
+
+def test_settle_twice_refunds_once(accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    assert billing.settle(account_id, rid, 0) is True
+    assert billing.settle(account_id, rid, 0) is False
+    assert billing.settle(account_id, rid, 20_000) is False
+    assert accounts.balance(account_id) == 100_000
+
+
+def test_settle_unknown_request(accounts, billing):
+    account_id = accounts.create_account(100_000)
+    assert billing.settle(account_id, request_id(), 0) is False
+    assert accounts.balance(account_id) == 100_000
+
+
+def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 10_000, DETAILS)
+    with pytest.raises(ClientError):
+        billing.reserve(account_id, rid, 10_000, DETAILS)
+    assert accounts.balance(account_id) == 90_000
+
+
+class OneRequestAtATime:
+    """The DynamoDB client, with each API call made atomic.
+
+    Real DynamoDB applies every request (a transaction included) atomically; moto's in-process backend does
+    not, and overdraws under threads whatever the caller does. Serialising single calls restores DynamoDB's
+    guarantee and nothing more, so a reserve that read the balance and wrote it back in two calls would
+    still overdraw here.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name == "exceptions" or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def test_concurrent_reservations_never_overdraw(aws, settings, accounts):
+    account_id = accounts.create_account(7 * 20_000)
+    billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table)
+    start = threading.Barrier(20)
+
+    def attempt(_):
+        start.wait()
+        try:
+            billing.reserve(account_id, request_id(), 20_000, DETAILS)
+        except APIError as exc:
+            return exc.status
+        return 200
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(attempt, range(20)))
+    assert statuses.count(200) == 7
+    assert statuses.count(402) == 13
+    assert accounts.balance(account_id) == 0
+
+
+def test_concurrent_settles_refund_once(aws, settings, accounts):
+    account_id = accounts.create_account(100_000)
+    billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    start = threading.Barrier(10)
+
+    def settle(_):
+        start.wait()
+        return billing.settle(account_id, rid, 20_000)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(settle, range(10)))
+    assert results.count(True) == 1
+    assert accounts.balance(account_id) == 80_000

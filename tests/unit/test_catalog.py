@@ -1,0 +1,134 @@
+"""Prices and size rules of the model contracts, checked against OpenAI's published per-image prices."""
+
+import pytest
+
+from imagegate.catalog import FreeFormSizes, free_form_problem, parse_size, price_per_image
+
+from .conftest import LOCAL_PRICE
+
+
+@pytest.mark.parametrize(
+    ("size", "micros"), [("256x256", 16_000), ("512x512", 18_000), ("1024x1024", 20_000)]
+)
+def test_dall_e_2_prices(catalog, size, micros):
+    assert price_per_image(catalog["dall-e-2"], "standard", size) == micros
+
+
+@pytest.mark.parametrize(
+    ("quality", "size", "micros"),
+    [
+        ("standard", "1024x1024", 40_000),
+        ("standard", "1792x1024", 80_000),
+        ("standard", "1024x1792", 80_000),
+        ("hd", "1024x1024", 80_000),
+        ("hd", "1792x1024", 120_000),
+        ("hd", "1024x1792", 120_000),
+    ],
+)
+def test_dall_e_3_prices(catalog, quality, size, micros):
+    assert price_per_image(catalog["dall-e-3"], quality, size) == micros
+
+
+@pytest.mark.parametrize("model", ["gpt-image-1.5", "chatgpt-image-latest"])
+@pytest.mark.parametrize(
+    ("quality", "square", "non_square"),
+    [("low", 9_000, 13_000), ("medium", 34_000, 50_000), ("high", 133_000, 200_000)],
+)
+def test_gpt_image_1_5_table(catalog, model, quality, square, non_square):
+    contract = catalog[model]
+    assert price_per_image(contract, quality, "1024x1024") == square
+    assert price_per_image(contract, quality, "1536x1024") == non_square
+    assert price_per_image(contract, quality, "1024x1536") == non_square
+
+
+@pytest.mark.parametrize(
+    ("quality", "micros"),
+    [
+        # gpt-image-2's published 1024x1024 rates (README: 0.006 / 0.053 / 0.211 USD) scaled by
+        # 1536*864 / 1024**2 = 1.265625 give 7593.75, 67078.125 and 267046.875 micro-USD: rounded up.
+        ("low", 7_594),
+        ("medium", 67_079),
+        ("high", 267_047),
+    ],
+)
+def test_free_form_area_price_rounds_up(catalog, quality, micros):
+    assert price_per_image(catalog["gpt-image-2"], quality, "1536x864") == micros
+
+
+def test_free_form_price_of_a_whole_multiple_is_exact(catalog):
+    # 2048x1024 is exactly twice the 1024x1024 area: no rounding to hide behind.
+    assert price_per_image(catalog["gpt-image-2"], "medium", "2048x1024") == 106_000
+
+
+def test_local_model_default_price(catalog):
+    assert price_per_image(catalog["imagegate-local"], "medium", "1024x1024") == LOCAL_PRICE
+
+
+@pytest.mark.parametrize("size", ["256x256", "1536x1024", "1536x864"])
+def test_local_model_price_is_flat_per_image(catalog, size):
+    # README: IMAGEGATE_LOCAL_PRICE_USD is the "price per image" of imagegate-local, and
+    # catalog.local_contract promises "one flat price"; price_per_image scales it by area instead
+    # (256x256 -> 125, 1536x1024 -> 3000, 1536x864 -> 2532).
+    assert price_per_image(catalog["imagegate-local"], "low", size) == LOCAL_PRICE
+
+
+GPT_IMAGE_2 = FreeFormSizes()
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(1536, 864), (1024, 1024), (3840, 2160), (2160, 3840), (2400, 800), (800, 2400), (1024, 640)],
+)
+def test_free_form_allows(width, height):
+    assert free_form_problem(GPT_IMAGE_2, width, height) is None
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "rule"),
+    [
+        (1000, 1024, "multiples of 16"),
+        (1024, 1030, "multiples of 16"),
+        (3856, 1024, "longest edge must be at most 3840"),
+        (1024, 3856, "longest edge must be at most 3840"),
+        (800, 800, "total pixel count must be between 655360 and 8294400"),
+        (3840, 2176, "total pixel count must be between 655360 and 8294400"),
+        (2448, 800, "aspect ratio must be between 1:3 and 3:1"),
+        (800, 2448, "aspect ratio must be between 1:3 and 3:1"),
+    ],
+)
+def test_free_form_rejects_with_the_rule_broken(width, height, rule):
+    problem = free_form_problem(GPT_IMAGE_2, width, height)
+    assert problem is not None
+    assert rule in problem
+
+
+def test_free_form_pixel_bounds_are_inclusive():
+    bounds = FreeFormSizes(min_pixels=1024 * 640, max_pixels=2048 * 1024)
+    assert free_form_problem(bounds, 1024, 640) is None
+    assert free_form_problem(bounds, 2048, 1024) is None
+    assert "pixel count" in free_form_problem(bounds, 1024, 624)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("1536x1024", (1536, 1024)),
+        ("1x1", (1, 1)),
+        ("0x1024", None),
+        ("1024x0", None),
+        ("1024", None),
+        ("1024x", None),
+        ("x1024", None),
+        ("1024X1024", None),
+        ("1024*1024", None),
+        ("-16x16", None),
+        ("16x-16", None),
+        ("1024x1024x3", None),
+        (" 1024x1024", None),
+        ("1.5x2", None),
+        ("auto", None),
+        ("", None),
+    ],
+)
+def test_parse_size(text, parsed):
+    assert parse_size(text) == parsed

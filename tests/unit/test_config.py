@@ -1,0 +1,86 @@
+"""Money conversion is exact, and settings come from the environment with documented defaults."""
+
+from decimal import Decimal
+
+import pytest
+
+from imagegate.config import Settings, micros_to_usd, usd_to_micros
+
+
+@pytest.mark.parametrize(
+    ("usd", "micros"),
+    [
+        ("0.000001", 1),
+        ("10", 10_000_000),
+        ("0.002", 2_000),
+        ("0.02", 20_000),
+        ("2.5", 2_500_000),
+        ("0", 0),
+        ("1e-6", 1),
+        ("0.1000000", 100_000),
+        (Decimal("0.133"), 133_000),
+        ("123456789.123456", 123_456_789_123_456),
+    ],
+)
+def test_usd_to_micros_is_exact(usd, micros):
+    result = usd_to_micros(usd)
+    assert result == micros
+    assert type(result) is int
+
+
+@pytest.mark.parametrize("usd", ["0.0000001", "0.0200005", "1.0000001"])
+def test_usd_to_micros_rejects_fractions_of_a_micro_dollar(usd):
+    with pytest.raises(ValueError, match="finer than one micro-dollar"):
+        usd_to_micros(usd)
+
+
+@pytest.mark.parametrize("usd", ["abc", "", "$1", "1,5"])
+def test_usd_to_micros_rejects_non_amounts(usd):
+    with pytest.raises(ValueError, match="not a USD amount"):
+        usd_to_micros(usd)
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [
+        (20_000, "$0.020000"),
+        (0, "$0.000000"),
+        (1, "$0.000001"),
+        (10_000_000, "$10.000000"),
+        (123_456_789, "$123.456789"),
+        (-1_500, "-$0.001500"),
+        (-2_000_001, "-$2.000001"),
+    ],
+)
+def test_micros_to_usd(micros, text):
+    assert micros_to_usd(micros) == text
+
+
+def test_round_trip():
+    for micros in (0, 1, 999_999, 1_000_000, 987_654_321):
+        assert usd_to_micros(micros_to_usd(micros).lstrip("$")) == micros
+
+
+def test_settings_defaults_from_an_empty_environment():
+    s = Settings.from_env({})
+    assert s.local_price_micros == 2_000
+    assert s.max_body_bytes == 10 * 1024 * 1024
+    assert s.url_ttl_seconds == 3600
+    assert s.region == "us-east-1"
+
+
+def test_settings_read_from_the_environment():
+    s = Settings.from_env(
+        {
+            "IMAGEGATE_TABLE": "t",
+            "IMAGEGATE_BUCKET": "b",
+            "AWS_REGION": "eu-west-1",
+            "AWS_DEFAULT_REGION": "us-west-2",
+            "IMAGEGATE_URL_TTL": "600",
+            "IMAGEGATE_LOCAL_PRICE_USD": "0.0125",
+            "IMAGEGATE_MAX_BODY_BYTES": "1024",
+        }
+    )
+    assert (s.table, s.bucket, s.region) == ("t", "b", "eu-west-1")
+    assert (s.url_ttl_seconds, s.local_price_micros, s.max_body_bytes) == (600, 12_500, 1024)
+    assert Settings.from_env({"AWS_DEFAULT_REGION": "us-west-2"}).region == "us-west-2"
