@@ -34,7 +34,7 @@ MAX_FORM_FILES = 17  # 16 images and a mask
 
 
 def create_app(service: Service, endpoints: Iterable[Endpoint] = ROUTES) -> FastAPI:
-    app = FastAPI(title="imagegate", version="0.1.0", docs_url=None, redoc_url=None)
+    app = FastAPI(title="imagegate", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
     app.add_middleware(Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger)
     _add_error_handlers(app)
 

@@ -56,12 +56,12 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
     kind = err.get("type", "")
     if kind == "json_invalid":
         return invalid("We could not parse the JSON body of your request.", None, "invalid_json")
+    if param is None:  # the body itself: absent, or not an object
+        return invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     if kind == "extra_forbidden":
         return unknown_parameter(param or "")
-    if param is None:
-        return invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
     msg = err.get("msg", "Invalid value")
     return invalid(f"Invalid '{param}': {msg[:1].lower()}{msg[1:]}.", param, _pydantic_code(kind))
 

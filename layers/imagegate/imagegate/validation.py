@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import errors
 from .catalog import (
@@ -52,6 +52,14 @@ class ImageParams(BaseModel):
     partial_images: int | None = Field(default=None, ge=0, le=3)
     # Generations only: input images as base64 or data URLs, to edit through /generations.
     image: str | list[str] | None = None
+
+    @field_validator("n", "output_compression", "partial_images", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object) -> object:
+        # pydantic would take true as 1 and 2.0 as 2; OpenAI wants an integer. Form fields arrive as text.
+        if isinstance(value, bool | float):
+            raise ValueError("expected an integer")
+        return value
 
 
 class GenerationRequest(ImageParams):
@@ -251,6 +259,8 @@ def _auto_size(contract: Contract, images: list[InputImage]) -> tuple[int, int]:
 def _check_inputs(
     contract: Contract, endpoint: Endpoint, images: list[InputImage], mask: InputImage | None
 ) -> tuple[list[InputImage], InputImage | None]:
+    if endpoint == "variations" and mask is not None:
+        raise errors.unknown_parameter("mask", "Variations take no mask.")
     if endpoint == "generations" and not images:
         return [], None
     if not images:

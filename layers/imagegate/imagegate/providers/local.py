@@ -61,13 +61,14 @@ class LocalProvider:
 
     @staticmethod
     def _edit_area(job: ImageJob, base: Image.Image) -> Image.Image:
-        """White where the image may change: transparent mask pixels, else transparent image pixels."""
+        """White where the image may change: the mask's transparent pixels; with no mask, dall-e-2 uses
+        the image's own transparent pixels, and GPT models rework the whole image (drawn over it)."""
         if job.mask is not None:
             alpha = job.mask.open().convert("RGBA").resize((job.width, job.height)).getchannel("A")
             return ImageChops.invert(alpha.point(lambda v: 255 if v else 0))
-        if job.images[0].has_alpha:
+        if job.contract.square_png_input:
             return ImageChops.invert(base.getchannel("A").point(lambda v: 255 if v else 0))
-        return Image.new("L", base.size, 255)  # GPT models edit the whole image when no mask is given
+        return Image.new("L", base.size, 160)
 
     @staticmethod
     def _finish(job: ImageJob, img: Image.Image) -> bytes:

@@ -1,0 +1,209 @@
+"""The dev stack as `make serve` runs it: moto's server for S3 and DynamoDB, the app on uvicorn, real HTTP.
+
+moto's ThreadedMotoServer runs in a child process rather than in this one: other suites use `mock_aws`,
+which resets moto's process-wide backends whenever it starts and stops, and would wipe this session's
+table and bucket if both ran in the same pytest worker.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from aws_lambda_powertools.logging import Logger
+
+from imagegate.api import create_app
+from imagegate.aws import AWSClients
+from imagegate.config import Settings
+from imagegate.devserver import provision
+from imagegate.service import Service
+
+from .helpers import SMALL_BODY_LIMIT, SpecValidator, load_spec
+
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+# Settings that would point boto3 at a developer's real account or another emulator.
+FOREIGN_AWS_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE")
+
+_MOTO_CHILD = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # serve until the parent closes our stdin
+server.stop()
+"""
+
+STARTUP_TIMEOUT_S = 30
+DEFAULT_BALANCE = 10_000_000  # $10 in micro-USD: far above what any one test spends
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN_AWS_ENV}
+    with subprocess.Popen(
+        [sys.executable, "-c", _MOTO_CHILD],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env, **DUMMY_AWS_ENV},
+    ) as proc:
+        try:
+            port = proc.stdout.readline().strip()
+            if not port.isdigit():
+                pytest.fail(f"moto server did not start (exit code {proc.poll()})")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def aws_env():
+    with pytest.MonkeyPatch.context() as mp:
+        for name in FOREIGN_AWS_ENV:
+            mp.delenv(name, raising=False)
+        for name, value in DUMMY_AWS_ENV.items():
+            mp.setenv(name, value)
+        yield
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    aws: AWSClients
+    service: Service
+    base_url: str  # http://127.0.0.1:<port>, without /v1
+
+    def objects_under(self, prefix: str) -> list[str]:
+        out = self.aws.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=prefix)
+        return [obj["Key"] for obj in out.get("Contents", [])]
+
+
+def _serve(app: Any):
+    """Run uvicorn on a free port in a daemon thread; returns (base_url, stop)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            pytest.fail("uvicorn did not start")
+        thread.join(timeout=0.01)
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture(scope="session")
+def start_stack(aws_env, moto_endpoint):
+    """Build and serve apps on the shared moto server, each with its own table and bucket."""
+    stops = []
+
+    def start(**settings: Any) -> Stack:
+        suffix = uuid.uuid4().hex[:12]
+        config = Settings(table=f"e2e-{suffix}", bucket=f"e2e-{suffix}", region="us-east-1", **settings)
+        aws = AWSClients(config, moto_endpoint)
+        provision(aws, config)
+        service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"))
+        base_url, stop = _serve(create_app(service))
+        stops.append(stop)
+        return Stack(config, aws, service, base_url)
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def stack(start_stack):
+    """The app with all three routes and default settings, as `make serve` builds it."""
+    return start_stack()
+
+
+@pytest.fixture(scope="session")
+def small_limit_stack(start_stack):
+    """The same app with IMAGEGATE_MAX_BODY_BYTES set low, so a 413 needs only a small upload."""
+    return start_stack(max_body_bytes=SMALL_BODY_LIMIT)
+
+
+@pytest.fixture(scope="session")
+def http():
+    """A plain HTTP client for the session, in curl's role; each new client costs ~50 ms of TLS setup."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def sdk_http():
+    """The transport every test's OpenAI client shares, for the same reason."""
+    with openai.DefaultHttpxClient(timeout=30) as client:
+        yield client
+
+
+@dataclass
+class User:
+    """A funded customer: an account, one key for it, and the OpenAI SDK pointed at imagegate."""
+
+    stack: Stack
+    account_id: str
+    key: str
+    client: openai.OpenAI
+
+    def balance(self) -> int:
+        return self.stack.service.accounts.balance(self.account_id)
+
+    def outputs(self) -> list[str]:
+        """S3 keys of every image stored for this account."""
+        return self.stack.objects_under(f"{self.stack.settings.output_prefix}/{self.account_id}/")
+
+
+@pytest.fixture
+def new_user(sdk_http):
+    """Make a funded user on a stack: `new_user(stack, balance=...)`."""
+
+    def make(on: Stack, balance: int = DEFAULT_BALANCE) -> User:
+        account_id = on.service.accounts.create_account(balance, label="e2e")
+        key = on.service.accounts.create_key(account_id, label="e2e")
+        client = openai.OpenAI(base_url=f"{on.base_url}/v1", api_key=key, max_retries=0, http_client=sdk_http)
+        return User(on, account_id, key, client)
+
+    return make
+
+
+@pytest.fixture
+def user(new_user, stack):
+    return new_user(stack)
+
+
+@pytest.fixture(scope="session")
+def validate_schema():
+    """`validate_schema(body, schema_name="ImagesResponse", drop=())`; a no-op when the spec is absent."""
+    return SpecValidator(load_spec())
