@@ -1,0 +1,165 @@
+"""Build the sample API Gateway HTTP API (payload 2.0) events in this folder.
+
+Regenerate (output is byte-for-byte deterministic):
+
+    .venv/bin/python events/build_events.py
+
+Each request is made by the real OpenAI Python SDK against an httpx mock transport, so headers and multipart
+bodies are exactly what the SDK puts on the wire; only the multipart boundary is pinned, and headers that
+depend on the build machine (x-stainless-os, -arch, -runtime-version) are left out. The request is then
+wrapped the way API Gateway hands it to Lambda: multipart bodies base64-encoded, JSON bodies as text.
+Use them with `sam local invoke GenerationsFunction -e events/generations.json`, and in tests/handlers/.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import openai
+from PIL import Image, ImageDraw
+
+API_KEY = "sk-ig-events-0123456789abcdef0123456789abcdef"
+API_ID = "a1b2c3d4e5"
+DOMAIN = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
+BOUNDARY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # httpx draws 32 random hex digits; pinned for diffs
+TIME_EPOCH_MS = 1_763_700_000_000
+SOURCE_IP = "203.0.113.7"
+KEEP_HEADERS = (
+    "accept",
+    "accept-encoding",
+    "authorization",
+    "content-length",
+    "content-type",
+    "host",
+    "user-agent",
+    "x-stainless-lang",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+)
+OUT = Path(__file__).resolve().parent
+
+
+def png(size: int, color: tuple[int, int, int], hole: bool = False) -> tuple[str, bytes, str]:
+    """A small square RGBA PNG; `hole` makes a mask whose transparent centre marks the area to edit."""
+    img = Image.new("RGBA", (size, size), (*color, 255))
+    draw = ImageDraw.Draw(img)
+    if hole:
+        draw.rectangle((size // 4, size // 4, 3 * size // 4 - 1, 3 * size // 4 - 1), fill=(0, 0, 0, 0))
+    else:
+        draw.ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(255, 255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return ("mask.png" if hole else "image.png", buf.getvalue(), "image/png")
+
+
+def capture(call: str, **kwargs: object) -> httpx.Request:
+    """Send one SDK call to a transport that records it instead of going anywhere."""
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"created": 0, "data": []})
+
+    client = openai.OpenAI(
+        api_key=API_KEY,
+        base_url=f"https://{DOMAIN}/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=httpx.MockTransport(record)),
+    )
+    if call != "generate":
+        kwargs["extra_headers"] = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # create_variation is deprecated upstream
+        getattr(client.images, call)(**kwargs)
+    seen[0].read()
+    return seen[0]
+
+
+def event(request: httpx.Request, index: int) -> dict:
+    request_id = f"Ev{index}Tq8CIAMEbZw0="
+    headers = {k: v for k, v in request.headers.items() if k in KEEP_HEADERS}
+    headers.update(
+        {
+            "x-amzn-trace-id": f"Root=1-691fe420-{index + 1:024x}",
+            "x-forwarded-for": SOURCE_IP,
+            "x-forwarded-port": "443",
+            "x-forwarded-proto": "https",
+        }
+    )
+    binary = not headers["content-type"].startswith("application/json")
+    body = request.content
+    route_key = f"{request.method} {request.url.path}"
+    return {
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": request.url.path,
+        "rawQueryString": request.url.query.decode(),
+        "headers": dict(sorted(headers.items())),
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": API_ID,
+            "domainName": DOMAIN,
+            "domainPrefix": API_ID,
+            "http": {
+                "method": request.method,
+                "path": request.url.path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": SOURCE_IP,
+                "userAgent": headers["user-agent"],
+            },
+            "requestId": request_id,
+            "routeKey": route_key,
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(TIME_EPOCH_MS // 1000)),
+            "timeEpoch": TIME_EPOCH_MS,
+        },
+        "body": base64.b64encode(body).decode() if binary else body.decode(),
+        "isBase64Encoded": binary,
+    }
+
+
+def main() -> None:
+    image = png(64, (30, 90, 200))
+    requests = {
+        "generations": capture(
+            "generate",
+            model="dall-e-2",
+            prompt="a lighthouse on a cliff at dusk",
+            size="256x256",
+            n=2,
+            response_format="url",
+        ),
+        "edits": capture(
+            "edit",
+            model="dall-e-2",
+            image=image,
+            mask=png(64, (0, 0, 0), hole=True),
+            prompt="a red kite in the clear centre",
+            size="256x256",
+            response_format="b64_json",
+        ),
+        # A list, even of files passed one by one, is what makes the SDK send `image[]` parts.
+        "edits_two_images": capture(
+            "edit",
+            model="gpt-image-1.5",
+            image=[image, ("second.png", png(48, (200, 120, 20))[1], "image/png")],
+            prompt="put both objects on one table",
+            size="1024x1024",
+            quality="low",
+        ),
+        "variations": capture("create_variation", image=image, n=2, size="256x256"),
+    }
+    for i, (name, request) in enumerate(requests.items()):
+        path = OUT / f"{name}.json"
+        path.write_text(json.dumps(event(request, i), indent=2) + "\n")
+        print(f"{path.relative_to(OUT.parent)}: {path.stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()

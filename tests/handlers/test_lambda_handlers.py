@@ -1,0 +1,277 @@
+"""The three Lambda functions, fed the committed API Gateway events through Mangum and Powertools.
+
+Expected charges come from OpenAI's published prices (micro-USD per image), not from imagegate's pricing
+code: dall-e-2 256x256 is $0.016, gpt-image-1.5 low 1024x1024 is $0.009.
+"""
+
+import base64
+import io
+import json
+import re
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+from PIL import Image, ImageChops
+
+DALLE2_256 = 16_000
+GPT_IMAGE_15_LOW_SQUARE = 9_000
+BLUE = (30, 90, 200)  # events/build_events.py: the `image` upload's background
+ORANGE = (200, 120, 20)  # ... and the second `image[]` upload's
+KEY_PATTERN = r"outputs/{account}/\d{{4}}-\d{{2}}-\d{{2}}/(req_[0-9a-f]{{32}})/(\d+)\.png"
+
+
+def multipart_body(event: dict) -> bytes:
+    assert event["isBase64Encoded"] is True
+    return base64.b64decode(event["body"])
+
+
+def with_multipart_body(event: dict, body: bytes) -> dict:
+    """Swap a multipart body, keeping content-length honest as API Gateway would."""
+    event["body"] = base64.b64encode(body).decode()
+    event["headers"]["content-length"] = str(len(body))
+    return event
+
+
+def part_span(body: bytes, name: str) -> tuple[int, int]:
+    """Where the content of the multipart part `name` starts and ends (its headers excluded)."""
+    head = re.search(rb'name="' + re.escape(name.encode()) + rb'"[^\r]*\r\n[^\r]*\r\n\r\n', body)
+    return head.end(), body.index(b"\r\n--", head.end())
+
+
+def uploaded_png(body: bytes, name: str) -> Image.Image:
+    """The PNG sent in the multipart part `name`, decoded."""
+    start, end = part_span(body, name)
+    return decode_png(body[start:end])
+
+
+def body_of(response: dict) -> dict:
+    assert response["headers"]["content-type"] == "application/json"
+    return json.loads(response["body"])
+
+
+def assert_openai_error(response: dict, status: int, param=None, code=None) -> dict:
+    assert response["statusCode"] == status, response["body"]
+    error = body_of(response)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def decode_png(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG"
+    img.load()
+    return img
+
+
+def assert_image_response(response: dict) -> dict:
+    assert response["statusCode"] == 200, response["body"]
+    assert response["headers"]["x-imagegate-provider"] == "local"
+    assert response["headers"]["x-request-id"].startswith("req_")
+    return body_of(response)
+
+
+def stored_images(stack, body: dict, request_id: str) -> list[Image.Image]:
+    """Follow every presigned URL in a url response to its S3 object and decode it."""
+    images = []
+    for i, item in enumerate(body["data"]):
+        assert set(item) == {"url"}
+        url = urlparse(item["url"])
+        assert parse_qs(url.query)["X-Amz-Expires"] == ["3600"]
+        # Virtual-hosted (bucket in the host) or path-style (bucket first in the path): both name the bucket.
+        key = unquote(url.path).lstrip("/")
+        if not url.netloc.startswith(f"{stack.bucket}."):
+            assert key.startswith(f"{stack.bucket}/"), item["url"]
+            key = key[len(stack.bucket) + 1 :]
+        match = re.fullmatch(KEY_PATTERN.format(account=stack.account_id), key)
+        assert match, key
+        assert match.groups() == (request_id, str(i))
+        obj = stack.s3.get_object(Bucket=stack.bucket, Key=key)
+        assert obj["ContentType"] == "image/png"
+        assert obj["ServerSideEncryption"] == "AES256"
+        images.append(decode_png(obj["Body"].read()))
+    return images
+
+
+def test_generations_event_stores_two_pngs_and_charges_two_images(stack):
+    response = stack.invoke("generations", stack.event("generations"))
+
+    body = assert_image_response(response)
+    assert len(body["data"]) == 2
+    images = stored_images(stack, body, response["headers"]["x-request-id"])
+    assert [img.size for img in images] == [(256, 256), (256, 256)]
+    assert images[0].tobytes() != images[1].tobytes()  # n=2 means two different images
+    assert len(stack.output_keys()) == 2
+    assert stack.balance() == stack.start_balance - 2 * DALLE2_256
+
+
+def test_edits_event_multipart_arrives_intact_and_only_the_masked_area_changes(stack):
+    event = stack.event("edits")
+    base = uploaded_png(multipart_body(event), "image").convert("RGBA").resize((256, 256))
+
+    response = stack.invoke("edits", event)
+
+    body = assert_image_response(response)
+    assert len(body["data"]) == 1 and set(body["data"][0]) == {"b64_json"}
+    out = decode_png(base64.b64decode(body["data"][0]["b64_json"])).convert("RGBA")
+    assert out.size == (256, 256)
+    # The mask is opaque except its centre square (16..47 of 64, so 64..191 here). Outside it the upload
+    # survives pixel for pixel, which it could not if the base64 multipart had been mangled on the way.
+    hole = (64, 64, 192, 192)
+    outside = Image.new("L", (256, 256), 255)
+    outside.paste(0, hole)
+    assert out.getpixel((2, 2)) == (*BLUE, 255)
+    assert Image.composite(base, out, outside).tobytes() == out.tobytes()
+    # Inside it, the drawing replaced the upload: the mask part was read and applied.
+    changed = ImageChops.difference(out.crop(hole), base.crop(hole)).convert("L").point(lambda v: v and 255)
+    assert changed.histogram()[255] > 128 * 128 // 2
+    assert stack.output_keys() == []  # b64_json: nothing is staged in S3
+    assert stack.balance() == stack.start_balance - DALLE2_256
+
+
+def test_edits_event_with_two_image_parts_is_a_gpt_image_edit(stack):
+    event = stack.event("edits_two_images")
+    assert multipart_body(event).count(b'name="image[]"') == 2
+
+    response = stack.invoke("edits", event)
+
+    body = assert_image_response(response)
+    assert len(body["data"]) == 1 and set(body["data"][0]) == {"b64_json"}
+    out = decode_png(base64.b64decode(body["data"][0]["b64_json"]))
+    assert out.size == (1024, 1024)
+    assert (body["size"], body["quality"], body["output_format"]) == ("1024x1024", "low", "png")
+    # Both uploads were read: imagegate's usage estimate counts 170 tokens per input image up to 512x512.
+    assert body["usage"]["input_tokens_details"]["image_tokens"] == 2 * 170
+    assert stack.balance() == stack.start_balance - GPT_IMAGE_15_LOW_SQUARE
+
+
+def test_gpt_edit_of_an_opaque_image_without_mask_shows_the_second_image(stack):
+    response = stack.invoke("edits", stack.event("edits_two_images"))
+
+    body = assert_image_response(response)
+    out = decode_png(base64.b64decode(body["data"][0]["b64_json"])).convert("RGB")
+    # With no mask a GPT edit reworks the whole first image, drawing over it; the local renderer pastes
+    # extra inputs as thumbnails from (8, 8). So there the second upload's orange shows over the first's blue.
+    pixel = out.getpixel((20, 20))
+    assert pixel != BLUE
+    assert _distance(pixel, ORANGE) < _distance(pixel, BLUE)
+
+
+def _distance(a, b):
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+
+
+def test_variations_event_stores_recoloured_copies_of_the_upload(stack):
+    response = stack.invoke("variations", stack.event("variations"))
+
+    body = assert_image_response(response)
+    assert len(body["data"]) == 2
+    images = stored_images(stack, body, response["headers"]["x-request-id"])
+    assert [img.size for img in images] == [(256, 256), (256, 256)]
+    assert images[0].tobytes() != images[1].tobytes()
+    for img in images:
+        rgba = img.convert("RGBA")
+        # A variation permutes the upload's colour channels: its blue background and white disc are
+        # still recognisable, which proves the image part decoded intact.
+        assert sorted(rgba.getpixel((2, 2))[:3]) == sorted(BLUE)
+        assert rgba.getpixel((128, 128)) == (255, 255, 255, 255)
+    assert stack.balance() == stack.start_balance - 2 * DALLE2_256
+
+
+def test_missing_authorization_is_401_and_costs_nothing(stack):
+    event = stack.event("generations")
+    del event["headers"]["authorization"]
+
+    response = stack.invoke("generations", event)
+
+    assert_openai_error(response, 401, code="missing_api_key")
+    assert stack.balance() == stack.start_balance
+    assert stack.output_keys() == []
+
+
+def test_unknown_key_is_401(stack):
+    event = stack.event("variations")
+    event["headers"]["authorization"] = "Bearer sk-ig-not-a-key-we-issued"
+
+    assert_openai_error(stack.invoke("variations", event), 401, code="invalid_api_key")
+    assert stack.balance() == stack.start_balance
+
+
+def as_default_route(event: dict, method: str, path: str) -> dict:
+    """The event API Gateway sends the $default route (the generations function) for another path."""
+    event.update(routeKey="$default", rawPath=path, isBase64Encoded=False)
+    del event["body"]  # API Gateway leaves the key out when there is no body
+    for name in ("content-type", "content-length"):
+        event["headers"].pop(name)
+    event["requestContext"].update(routeKey="$default")
+    event["requestContext"]["http"].update(method=method, path=path)
+    return event
+
+
+def test_unknown_route_through_default_is_404(stack):
+    event = as_default_route(stack.event("generations"), "GET", "/v1/models")
+
+    error = assert_openai_error(stack.invoke("generations", event), 404, code="not_found")
+    assert "/v1/models" in error["message"]
+
+
+def test_get_on_an_image_route_is_405_with_allow(stack):
+    event = as_default_route(stack.event("generations"), "GET", "/v1/images/edits")
+
+    response = stack.invoke("generations", event)
+
+    assert_openai_error(response, 405, code="method_not_allowed")
+    assert response["headers"]["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [lambda png: b"this is not an image, whatever the part says", lambda png: png[: len(png) // 2]],
+    ids=["text", "truncated-png"],
+)
+def test_corrupted_image_part_is_400_naming_image_and_costs_nothing(stack, corrupt):
+    event = stack.event("variations")
+    body = multipart_body(event)
+    start, end = part_span(body, "image")
+    event = with_multipart_body(event, body[:start] + corrupt(body[start:end]) + body[end:])
+
+    response = stack.invoke("variations", event)
+
+    assert_openai_error(response, 400, param="image")
+    assert stack.balance() == stack.start_balance
+    assert stack.output_keys() == []
+
+
+def test_body_over_the_limit_is_413_before_anything_is_charged(stack):
+    event = stack.event("edits")
+    size = len(multipart_body(event))
+
+    response = stack.invoke("edits", event, IMAGEGATE_MAX_BODY_BYTES=str(size - 1))
+
+    error = assert_openai_error(response, 413, code="payload_too_large")
+    assert str(size - 1) in error["message"]
+    assert stack.balance() == stack.start_balance
+
+
+def test_body_limit_counts_the_bytes_not_the_declared_length(stack):
+    event = stack.event("edits")
+    size = len(multipart_body(event))
+    event["headers"]["content-length"] = "100"  # a client may understate it; the decoded body decides
+
+    response = stack.invoke("edits", event, IMAGEGATE_MAX_BODY_BYTES=str(size - 1))
+
+    assert_openai_error(response, 413, code="payload_too_large")
+    assert stack.balance() == stack.start_balance
+
+
+def test_body_at_the_limit_is_served(stack):
+    event = stack.event("edits")
+    size = len(multipart_body(event))
+
+    response = stack.invoke("edits", event, IMAGEGATE_MAX_BODY_BYTES=str(size))
+
+    assert_image_response(response)
+    assert stack.balance() == stack.start_balance - DALLE2_256
