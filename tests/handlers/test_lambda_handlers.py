@@ -275,3 +275,19 @@ def test_body_at_the_limit_is_served(stack):
 
     assert_image_response(response)
     assert stack.balance() == stack.start_balance - DALLE2_256
+
+
+def test_logs_carry_neither_the_api_key_nor_url_signatures(stack, capsys):
+    event = stack.event("generations")
+    api_key = event["headers"]["authorization"].removeprefix("Bearer ")
+
+    response = stack.invoke("generations", event)
+    body = assert_image_response(response)
+
+    logs = capsys.readouterr()
+    lines = [json.loads(line) for line in logs.out.splitlines() if line.startswith("{")]
+    request_log = next(line for line in lines if line["message"] == "image request")
+    assert request_log["request_id"] == response["headers"]["x-request-id"]  # the log is about this request
+    signature = body["data"][0]["url"].split("X-Amz-Signature=")[1]
+    for secret in (api_key, signature, "X-Amz-Signature"):
+        assert secret not in logs.out and secret not in logs.err
