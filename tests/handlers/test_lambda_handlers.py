@@ -7,6 +7,7 @@ code: dall-e-2 256x256 is $0.016, gpt-image-1.5 low 1024x1024 is $0.009.
 import base64
 import io
 import json
+import logging
 import re
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -277,17 +278,33 @@ def test_body_at_the_limit_is_served(stack):
     assert stack.balance() == stack.start_balance - DALLE2_256
 
 
-def test_logs_carry_neither_the_api_key_nor_url_signatures(stack, capsys):
+def test_logs_carry_neither_the_api_key_nor_url_signatures(stack, caplog):
     event = stack.event("generations")
     api_key = event["headers"]["authorization"].removeprefix("Bearer ")
 
-    response = stack.invoke("generations", event)
+    with caplog.at_level(logging.INFO):
+        response = stack.invoke("generations", event)
     body = assert_image_response(response)
 
-    logs = capsys.readouterr()
-    lines = [json.loads(line) for line in logs.out.splitlines() if line.startswith("{")]
+    # Render each record with Powertools' own JSON formatter: the exact lines CloudWatch receives. (Its stream
+    # handler may be bound to another test's stdout, so capsys cannot be relied on under xdist.)
+    formatter = logging.getLogger("imagegate").handlers[0].formatter
+    lines = [json.loads(formatter.format(record)) for record in caplog.records if record.name == "imagegate"]
     request_log = next(line for line in lines if line["message"] == "image request")
     assert request_log["request_id"] == response["headers"]["x-request-id"]  # the log is about this request
+    assert request_log["charged_micros"] == 2 * DALLE2_256
+    logged = json.dumps(lines)
     signature = body["data"][0]["url"].split("X-Amz-Signature=")[1]
     for secret in (api_key, signature, "X-Amz-Signature"):
-        assert secret not in logs.out and secret not in logs.err
+        assert secret not in logged
+
+
+def test_b64_answer_over_the_response_ceiling_is_400_and_refunded(stack):
+    # The template sets IMAGEGATE_MAX_RESPONSE_BYTES under Lambda's 6 MB response cap; a small ceiling here
+    # stands in for a large image set.
+    response = stack.invoke("edits", stack.event("edits"), IMAGEGATE_MAX_RESPONSE_BYTES="1000")
+
+    error = assert_openai_error(response, 400, param="response_format")
+    assert "response_format=url" in error["message"]
+    assert stack.balance() == stack.start_balance
+    assert stack.output_keys() == []

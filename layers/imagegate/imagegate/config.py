@@ -36,6 +36,8 @@ class Settings:
     url_ttl_seconds: int = 3600
     local_price_micros: int = 2_000
     max_body_bytes: int = 10 * 1024 * 1024
+    # Lambda returns at most 6 MB; 0 means no ceiling (local server).
+    max_response_bytes: int = 0
     upstream_secret_arn: str = ""
     output_prefix: str = "outputs"
 
@@ -49,5 +51,6 @@ class Settings:
             url_ttl_seconds=int(env.get("IMAGEGATE_URL_TTL", cls.url_ttl_seconds)),
             local_price_micros=usd_to_micros(env.get("IMAGEGATE_LOCAL_PRICE_USD", "0.002")),
             max_body_bytes=int(env.get("IMAGEGATE_MAX_BODY_BYTES", cls.max_body_bytes)),
+            max_response_bytes=int(env.get("IMAGEGATE_MAX_RESPONSE_BYTES", cls.max_response_bytes)),
             upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
         )

@@ -123,6 +123,22 @@ class Service:
     ) -> list[dict[str, str]]:
         extra = {"revised_prompt": result.revised_prompt} if result.revised_prompt is not None else {}
         if job.response_format == "b64_json":
-            return [{"b64_json": base64.b64encode(img).decode(), **extra} for img in images]
+            data = [{"b64_json": base64.b64encode(img).decode(), **extra} for img in images]
+            _check_response_size(data, self.settings.max_response_bytes)
+            return data
         keys = self.storage.put_images(account.account_id, request_id, images, job.output_format)
         return [{"url": self.storage.presign(key), **extra} for key in keys]
+
+
+def _check_response_size(data: list[dict[str, str]], ceiling: int) -> None:
+    """Refuse a b64_json answer the runtime could not return (Lambda: 6 MB). Raised before settling, so the
+    request is refunded; the images were made but cannot be sent."""
+    size = sum(len(d["b64_json"]) for d in data)
+    if ceiling and size > ceiling:
+        raise APIError(
+            400,
+            f"The images come to {size} bytes of base64, above this deployment's response limit of {ceiling} "
+            "bytes. Use response_format=url, or fewer or smaller images. Nothing was charged.",
+            param="response_format",
+            code="response_too_large",
+        )
