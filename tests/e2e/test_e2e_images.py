@@ -237,3 +237,22 @@ def test_openapi_spec_is_present(validate_schema):
     if validate_schema.spec is None:
         pytest.skip(SPEC_MISSING)
     assert "ImagesResponse" in validate_schema.spec["components"]["schemas"], SPEC_PATH
+
+
+def test_multipart_content_type_is_matched_without_regard_to_case(user, http):
+    # Media types are case-insensitive (RFC 9110); some clients and proxies send `Multipart/Form-Data`.
+    request = http.build_request(
+        "POST",
+        f"{user.stack.base_url}/v1/images/variations",
+        headers={"Authorization": f"Bearer {user.key}"},
+        data={"size": "256x256", "response_format": "b64_json"},
+        files=[("image", ("a.png", png_bytes(64, 64), "image/png"))],
+    )
+    request.headers["content-type"] = request.headers["content-type"].replace(
+        "multipart/form-data", "Multipart/Form-Data"
+    )
+
+    response = http.send(request)
+
+    assert response.status_code == 200, response.text
+    assert decode(base64.b64decode(response.json()["data"][0]["b64_json"])).size == (256, 256)

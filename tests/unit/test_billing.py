@@ -240,7 +240,7 @@ def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
     account_id = accounts.create_account(100_000)
     rid = request_id()
     billing.reserve(account_id, rid, 10_000, DETAILS)
-    with pytest.raises(ClientError):
+    with pytest.raises(RuntimeError, match="reserved twice"):
         billing.reserve(account_id, rid, 10_000, DETAILS)
     assert accounts.balance(account_id) == 90_000
 
@@ -305,3 +305,54 @@ def test_concurrent_settles_refund_once(aws, settings, accounts):
         results = list(pool.map(settle, range(10)))
     assert results.count(True) == 1
     assert accounts.balance(account_id) == 80_000
+
+
+class ConflictsFirst:
+    """The DynamoDB client, but the next `conflicts` transactions are cancelled as real DynamoDB cancels
+    one that races another transaction on the same item."""
+
+    def __init__(self, client, conflicts):
+        self._client = client
+        self.conflicts = conflicts
+        self.exceptions = client.exceptions
+
+    def transact_write_items(self, **kwargs):
+        if self.conflicts:
+            self.conflicts -= 1
+            reasons = [{"Code": "None"}] * (len(kwargs["TransactItems"]) - 1) + [
+                {"Code": "TransactionConflict"}
+            ]
+            raise self._client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": reasons,
+                },
+                "TransactWriteItems",
+            )
+        return self._client.transact_write_items(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_reserve_and_refund_go_through_transaction_conflicts(aws, settings, accounts):
+    account_id = accounts.create_account(100_000)
+    client = ConflictsFirst(aws.dynamodb, conflicts=2)
+    billing = Billing(client, settings.table, sleep=lambda seconds: None)
+    rid = request_id()
+
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    assert client.conflicts == 0 and accounts.balance(account_id) == 40_000  # debited once, not thrice
+
+    client.conflicts = 3
+    assert billing.settle(account_id, rid, 0) is True  # a lost refund would leave the 60_000 debited
+    assert accounts.balance(account_id) == 100_000
+    assert request_item(aws, settings, account_id, rid)["state"]["S"] == "refunded"
+
+
+def test_endless_conflicts_surface_and_change_nothing(aws, settings, accounts):
+    account_id = accounts.create_account(100_000)
+    billing = Billing(ConflictsFirst(aws.dynamodb, conflicts=100), settings.table, sleep=lambda seconds: None)
+    with pytest.raises(ClientError):
+        billing.reserve(account_id, request_id(), 60_000, DETAILS)
+    assert accounts.balance(account_id) == 100_000

@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from imagegate.config import Settings, micros_to_usd, usd_to_micros
+from imagegate.config import Settings
+from imagegate.money import micros_to_usd, usd_to_micros
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import base64
 import io
 import os
+import zlib
 
 import pytest
 from PIL import Image
@@ -390,3 +391,60 @@ def test_mask_is_checked_against_the_first_image(job):
     images = [upload("image[]", width=64, height=64), upload("image[]", width=32, height=32)]
     j = job("edits", images=images, mask=half_mask(64, 64), prompt="x", model="gpt-image-1.5")
     assert j.mask is not None
+
+
+# --- hostile input (found in review) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size", ["²x²", "١٠٢٤x١٠٢٤", "9" * 5000 + "x16", "0x0", "1024X1024", " 1024x1024", ""]
+)
+def test_odd_sizes_are_400_naming_size(job, size):
+    assert rejected(job, model="gpt-image-2", prompt="x", size=size).param == "size"
+
+
+def test_empty_model_is_an_error_not_the_default(job):
+    err = rejected(job, model="", prompt="x")
+    assert (err.param, err.code) == ("model", "model_not_found")
+
+
+def test_generation_image_may_be_larger_than_any_text_field(job):
+    # ~300 KB of base64: far past any prompt, still an ordinary photo.
+    noisy = Image.frombytes("RGB", (400, 300), os.urandom(400 * 300 * 3))
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG")
+    data = buf.getvalue()
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert len(url) > 300_000
+    made = job(model="gpt-image-1.5", prompt="x", image=[url])
+    assert (made.images[0].width, made.images[0].height) == (400, 300)
+
+
+def test_an_image_claiming_a_huge_canvas_is_refused_before_decoding():
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buf, "PNG")  # a few KB on the wire, 25 megapixels decoded
+    with pytest.raises(APIError) as info:
+        inspect(buf.getvalue(), "image[2]")
+    assert (info.value.status, info.value.param, info.value.code) == (400, "image[2]", "image_too_large")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A valid header and valid CRCs, but pixel data that is not zlib: Pillow's verify() passes it.
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", (64).to_bytes(4, "big") * 2 + bytes([8, 6, 0, 0, 0]))
+        + _png_chunk(b"IDAT", b"garbage-not-zlib" * 10)
+        + _png_chunk(b"IEND", b""),
+        image_bytes(300, 300, mode="RGB", fmt="JPEG")[:400],  # a JPEG cut short
+    ],
+    ids=["png-corrupt-idat", "truncated-jpeg"],
+)
+def test_images_with_corrupt_pixel_data_are_400(data):
+    with pytest.raises(APIError) as info:
+        inspect(data, "image")
+    assert (info.value.status, info.value.param, info.value.code) == (400, "image", "invalid_image_format")

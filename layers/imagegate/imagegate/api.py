@@ -89,7 +89,7 @@ def _multipart_route(
 async def _read_form(request: Request) -> tuple[dict[str, str], list[tuple[str, bytes]], bytes | None]:
     """Split a multipart body into text fields, `image`/`image[]` files (in order) and the mask."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):
         raise errors.invalid(
             f"This endpoint takes multipart/form-data, got '{content_type or 'nothing'}'.",
             None,

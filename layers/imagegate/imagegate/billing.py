@@ -9,61 +9,63 @@ second settle or refund of the same request is a no-op.
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 from .accounts import account_pk, item_key
-from .config import micros_to_usd
 from .errors import APIError
+from .money import micros_to_usd
+
+CONFLICT_ATTEMPTS = 6
+CONFLICT_BACKOFF_S = 0.025
 
 
 class Billing:
-    def __init__(self, dynamodb: Any, table: str, clock: Any = time.time) -> None:
+    def __init__(self, dynamodb: Any, table: str, clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self._db = dynamodb
         self._table = table
         self._clock = clock
+        self._sleep = sleep
 
     def reserve(self, account_id: str, request_id: str, amount: int, details: dict[str, str]) -> None:
         """Debit `amount` micro-USD; a 402 stating price and balance when the balance does not cover it."""
-        try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": item_key(account_pk(account_id), "ACCOUNT"),
-                            "UpdateExpression": "SET balance = balance - :amount",
-                            "ConditionExpression": "attribute_exists(pk) AND balance >= :amount",
-                            "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": {
-                                **item_key(account_pk(account_id), f"REQUEST#{request_id}"),
-                                "state": {"S": "reserved"},
-                                "reserved": {"N": str(amount)},
-                                "created_at": {"N": str(int(self._clock()))},
-                                **{k: {"S": v} for k, v in details.items()},
-                            },
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                ]
+        failed = self._transact(
+            [
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": item_key(account_pk(account_id), "ACCOUNT"),
+                        "UpdateExpression": "SET balance = balance - :amount",
+                        "ConditionExpression": "attribute_exists(pk) AND balance >= :amount",
+                        "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {
+                            **item_key(account_pk(account_id), f"REQUEST#{request_id}"),
+                            "state": {"S": "reserved"},
+                            "reserved": {"N": str(amount)},
+                            "created_at": {"N": str(int(self._clock()))},
+                            **{k: {"S": v} for k, v in details.items()},
+                        },
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+            ]
+        )
+        if failed == 0:
+            raise APIError(
+                402,
+                f"Insufficient balance: this request costs {micros_to_usd(amount)} and the account's "
+                f"balance is {micros_to_usd(self._balance(account_id))}. Add credit and try again.",
+                type="insufficient_quota",
+                code="insufficient_balance",
             )
-        except self._db.exceptions.TransactionCanceledException as exc:
-            reasons = exc.response.get("CancellationReasons", [])
-            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
-                balance = self._balance(account_id)
-                raise APIError(
-                    402,
-                    f"Insufficient balance: this request costs {micros_to_usd(amount)} and the account's "
-                    f"balance is {micros_to_usd(balance)}. Add credit and try again.",
-                    type="insufficient_quota",
-                    code="insufficient_balance",
-                ) from exc
-            raise
+        if failed == 1:
+            raise RuntimeError(f"request id {request_id} was reserved twice")
 
     def settle(self, account_id: str, request_id: str, charged: int) -> bool:
         """Finish a reservation, keeping `charged` and refunding the rest; False if already finished."""
@@ -105,11 +107,28 @@ class Billing:
                     }
                 }
             )
-        try:
-            self._db.transact_write_items(TransactItems=actions)
-        except self._db.exceptions.TransactionCanceledException:
-            return False  # a concurrent settle won the condition; the refund happened exactly once there
-        return True
+        # A failed condition means a concurrent settle won: the refund happened exactly once, there.
+        return self._transact(actions) is None
+
+    def _transact(self, actions: list[dict[str, Any]]) -> int | None:
+        """Run a transaction; None when it commits, else the index of the action whose condition failed.
+
+        DynamoDB cancels a transaction that races another one on the same item (TransactionConflict), which
+        is routine when one account sends requests in parallel; botocore does not retry that, so we do.
+        """
+        attempt = 0
+        while True:
+            try:
+                self._db.transact_write_items(TransactItems=actions)
+                return None
+            except self._db.exceptions.TransactionCanceledException as exc:
+                codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                if "ConditionalCheckFailed" in codes:
+                    return codes.index("ConditionalCheckFailed")
+                attempt += 1
+                if "TransactionConflict" not in codes or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                self._sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
 
     def _balance(self, account_id: str) -> int:
         item = self._db.get_item(

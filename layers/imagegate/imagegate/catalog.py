@@ -7,20 +7,21 @@ price), independent of which upstream serves it. Everything here is pure data an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from typing import Literal
+
+from .money import usd_to_micros
 
 Endpoint = Literal["generations", "edits", "variations"]
 ALL_ENDPOINTS: frozenset[Endpoint] = frozenset({"generations", "edits", "variations"})
 
-MICROS_PER_USD = 1_000_000
 MB = 1024 * 1024
 
 GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 DALLE2_SIZES = ("256x256", "512x512", "1024x1024")
 DALLE3_SIZES = ("1024x1024", "1792x1024", "1024x1792")
 GPT_QUALITIES = ("low", "medium", "high", "auto")
-GPT_FORMATS = ("png", "jpeg", "webp")
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,16 @@ class Contract:
     reports_usage: bool = False
     # What `quality=auto` resolves to; priced and rendered as that quality.
     auto_quality: str = "medium"
-    output_formats: tuple[str, ...] = field(default=("png",))
     priced_by_area: bool = True
 
     def serves(self, endpoint: Endpoint) -> bool:
         return endpoint in self.endpoints
 
 
-def _usd(amount: float) -> int:
-    return round(amount * MICROS_PER_USD)
+_usd = usd_to_micros
 
 
-def _gpt_table(low: tuple[float, float], medium: tuple[float, float], high: tuple[float, float]) -> dict:
+def _gpt_table(low: tuple[str, str], medium: tuple[str, str], high: tuple[str, str]) -> dict:
     """Square and non-square per-image prices for each quality, as OpenAI publishes them."""
     table = {}
     for quality, (square, wide) in (("low", low), ("medium", medium), ("high", high)):
@@ -102,16 +101,15 @@ def _gpt(
         gpt_params=True,
         input_fidelity=input_fidelity,
         reports_usage=True,
-        output_formats=GPT_FORMATS,
         **kw,  # type: ignore[arg-type]
     )
 
 
-_GPT_IMAGE_1_5 = _gpt_table((0.009, 0.013), (0.034, 0.05), (0.133, 0.2))
+_GPT_IMAGE_1_5 = _gpt_table(("0.009", "0.013"), ("0.034", "0.05"), ("0.133", "0.2"))
 _GPT_IMAGE_2 = {
-    ("low", "1024x1024"): _usd(0.006),
-    ("medium", "1024x1024"): _usd(0.053),
-    ("high", "1024x1024"): _usd(0.211),
+    ("low", "1024x1024"): _usd("0.006"),
+    ("medium", "1024x1024"): _usd("0.053"),
+    ("high", "1024x1024"): _usd("0.211"),
 }
 
 OPENAI_CONTRACTS: tuple[Contract, ...] = (
@@ -124,9 +122,9 @@ OPENAI_CONTRACTS: tuple[Contract, ...] = (
         auto_quality="standard",
         prompt_max=1000,
         prices={
-            ("standard", "256x256"): _usd(0.016),
-            ("standard", "512x512"): _usd(0.018),
-            ("standard", "1024x1024"): _usd(0.020),
+            ("standard", "256x256"): _usd("0.016"),
+            ("standard", "512x512"): _usd("0.018"),
+            ("standard", "1024x1024"): _usd("0.020"),
         },
         default_response_format="url",
         max_input_images=1,
@@ -145,19 +143,21 @@ OPENAI_CONTRACTS: tuple[Contract, ...] = (
         n_max=1,
         prompt_max=4000,
         prices={
-            ("standard", "1024x1024"): _usd(0.04),
-            ("standard", "1792x1024"): _usd(0.08),
-            ("standard", "1024x1792"): _usd(0.08),
-            ("hd", "1024x1024"): _usd(0.08),
-            ("hd", "1792x1024"): _usd(0.12),
-            ("hd", "1024x1792"): _usd(0.12),
+            ("standard", "1024x1024"): _usd("0.04"),
+            ("standard", "1792x1024"): _usd("0.08"),
+            ("standard", "1024x1792"): _usd("0.08"),
+            ("hd", "1024x1024"): _usd("0.08"),
+            ("hd", "1792x1024"): _usd("0.12"),
+            ("hd", "1024x1792"): _usd("0.12"),
         },
         default_response_format="url",
         revised_prompt=True,
     ),
-    _gpt("gpt-image-1", _gpt_table((0.011, 0.016), (0.042, 0.063), (0.167, 0.25))),
+    _gpt("gpt-image-1", _gpt_table(("0.011", "0.016"), ("0.042", "0.063"), ("0.167", "0.25"))),
     _gpt(
-        "gpt-image-1-mini", _gpt_table((0.005, 0.006), (0.011, 0.015), (0.036, 0.052)), input_fidelity=False
+        "gpt-image-1-mini",
+        _gpt_table(("0.005", "0.006"), ("0.011", "0.015"), ("0.036", "0.052")),
+        input_fidelity=False,
     ),
     _gpt("gpt-image-1.5", _GPT_IMAGE_1_5),
     _gpt("chatgpt-image-latest", _GPT_IMAGE_1_5),
@@ -184,7 +184,6 @@ def local_contract(price_micros: int) -> Contract:
         prices={(q, "1024x1024"): price_micros for q in ("low", "medium", "high")},
         gpt_params=True,
         reports_usage=True,
-        output_formats=GPT_FORMATS,
         priced_by_area=False,
     )
 
@@ -194,13 +193,13 @@ def build_catalog(local_price_micros: int) -> dict[str, Contract]:
     return {c.id: c for c in contracts}
 
 
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", re.ASCII)
+
+
 def parse_size(size: str) -> tuple[int, int] | None:
-    """`"1536x1024"` -> (1536, 1024); None when it is not `WxH` with positive integers."""
-    width, sep, height = size.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        return None
-    w, h = int(width), int(height)
-    return (w, h) if w > 0 and h > 0 else None
+    """`"1536x1024"` -> (1536, 1024); None unless it is `WxH` in plain ASCII digits, each 1 to 99999."""
+    match = _SIZE.fullmatch(size)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def free_form_problem(bounds: FreeFormSizes, width: int, height: int) -> str | None:
@@ -226,8 +225,8 @@ def price_per_image(contract: Contract, quality: str, size: str) -> int:
     if not contract.priced_by_area:
         return base
     w, h = parse_size(size) or (1024, 1024)
-    # Rounded up so that a free-form size is never sold below cost.
-    return math.ceil(base * w * h / (1024 * 1024))
+    # Integer ceiling division: rounded up so that a free-form size is never sold below cost.
+    return -(-base * w * h // (1024 * 1024))
 
 
 def estimate_usage(prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str) -> dict:

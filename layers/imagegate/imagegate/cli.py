@@ -13,7 +13,8 @@ from typing import Any
 
 from .accounts import Accounts
 from .aws import AWSClients
-from .config import Settings, micros_to_usd, usd_to_micros
+from .config import Settings
+from .money import micros_to_usd, usd_to_micros
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,27 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
-from .catalog import MICROS_PER_USD
-
-
-def usd_to_micros(amount: str | Decimal) -> int:
-    """Exact conversion of a decimal USD amount to integer micro-USD; no floats touch money."""
-    try:
-        value = Decimal(str(amount)) * MICROS_PER_USD
-    except InvalidOperation as exc:
-        raise ValueError(f"not a USD amount: {amount!r}") from exc
-    if value != value.to_integral_value():
-        raise ValueError(f"{amount} USD is finer than one micro-dollar")
-    return int(value)
-
-
-def micros_to_usd(micros: int) -> str:
-    """Render micro-USD as a dollar string with six decimals (`$0.020000`)."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{sign}${whole}.{frac:06d}"
+from .money import usd_to_micros
 
 
 @dataclass(frozen=True)

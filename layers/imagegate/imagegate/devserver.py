@@ -14,7 +14,8 @@ from typing import Any
 
 from .accounts import Accounts, hash_key
 from .aws import AWSClients
-from .config import Settings, micros_to_usd, usd_to_micros
+from .config import Settings
+from .money import micros_to_usd, usd_to_micros
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -69,8 +69,6 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
 def _pydantic_code(kind: str) -> str:
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return "invalid_type"
-    if kind == "string_too_long":
-        return "string_above_max_length"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return "integer_out_of_range"
     return "invalid_value"

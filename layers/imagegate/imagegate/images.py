@@ -6,15 +6,16 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import invalid
+from .errors import APIError, invalid
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-# Far above any accepted size (3840x2160); stops decompression bombs before decoding.
-MAX_INPUT_PIXELS = 40_000_000
+# 4096x4096: above any output size (3840x2160). Checked from the header, before any pixel is decoded, so a
+# small file that claims a huge canvas (a decompression bomb) costs nothing.
+MAX_INPUT_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,25 @@ class InputImage:
 def inspect(data: bytes, param: str) -> InputImage:
     """Decode the header of an upload; a 400 naming `param` when it is not an image at all."""
     from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
 
     if not data:
         raise invalid(f"Invalid file '{param}': the file is empty.", param, "invalid_image")
-    PILImage.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
     try:
         with PILImage.open(io.BytesIO(data)) as img:
             fmt, (width, height), mode = img.format or "", img.size, img.mode
             has_alpha = mode in ALPHA_MODES or "transparency" in img.info
-            img.verify()
-    except (UnidentifiedImageError, PILImage.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+            if width * height > MAX_INPUT_PIXELS:
+                raise invalid(
+                    f"Invalid file '{param}': {width}x{height} is more than {MAX_INPUT_PIXELS} pixels.",
+                    param,
+                    "image_too_large",
+                )
+            # Decode every pixel now, before anything is reserved: a file whose header is fine but whose
+            # data is corrupt must be a 400 here, not a failure inside a provider.
+            img.load()
+    except APIError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
         raise invalid(
             f"Invalid file '{param}': could not read it as an image ({type(exc).__name__}).",
             param,

@@ -32,7 +32,8 @@ Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 class ImageParams(BaseModel):
     """Every parameter any of the three endpoints accepts; `null` means absent, as in OpenAI's API."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=100_000)
+    # No blanket string limit: the body limit bounds every field, and `image` may carry megabytes of base64.
+    model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = None
     model: str | None = None
@@ -121,7 +122,8 @@ def resolve(
         if name not in ENDPOINT_PARAMS[endpoint]:
             raise errors.unknown_parameter(name)
 
-    contract = _contract(catalog, params.model or DEFAULT_MODEL, endpoint)
+    # `is None`, not `or`: an empty string is a bad value to report, not an absent one to default.
+    contract = _contract(catalog, DEFAULT_MODEL if params.model is None else params.model, endpoint)
     for name in _GPT_ONLY:
         if name in given and not contract.gpt_params:
             raise errors.invalid(
@@ -150,7 +152,9 @@ def resolve(
         images = _generation_images(contract, params.image)
     images, mask = _check_inputs(contract, endpoint, images, mask)
 
-    width, height = _size(contract, endpoint, params.size or contract.default_size, images)
+    width, height = _size(
+        contract, endpoint, contract.default_size if params.size is None else params.size, images
+    )
     quality = params.quality or contract.default_quality
     if quality not in contract.qualities:
         raise errors.invalid_choice("quality", quality, contract.qualities)

@@ -18,6 +18,7 @@ from ..images import encode
 from . import ProviderResult
 
 if TYPE_CHECKING:
+    from ..images import InputImage
     from ..validation import ImageJob
 
 LABEL = "imagegate local renderer"
@@ -35,12 +36,12 @@ class LocalProvider:
     def edit(self, job: ImageJob) -> ProviderResult:
         base = job.images[0].open().convert("RGBA").resize((job.width, job.height))
         edit_area = self._edit_area(job, base)
-        extras = [img.open().convert("RGBA") for img in job.images[1:]]
+        # Decoded one at a time and kept only as thumbnails: up to 16 inputs must not all sit in memory.
+        thumbs = [_thumbnail(img, (job.width // 4, job.height // 4)) for img in job.images[1:]]
         images = []
         for i in range(job.n):
             drawing = render(job.prompt, job.width, job.height, seed(job, i))
-            for k, extra in enumerate(extras):
-                thumb = ImageOps.contain(extra, (job.width // 4, job.height // 4))
+            for k, thumb in enumerate(thumbs):
                 drawing.paste(thumb, (8 + k * (job.width // 4 + 8) % job.width, 8), thumb)
             images.append(self._finish(job, Image.composite(drawing, base, edit_area)))
         return self._result(job, images)
@@ -88,6 +89,12 @@ class LocalProvider:
         return ProviderResult(
             images=images, revised_prompt=job.prompt if job.contract.revised_prompt else None, usage=usage
         )
+
+
+def _thumbnail(image: InputImage, box: tuple[int, int]) -> Image.Image:
+    with image.open() as img:
+        img.thumbnail(box)  # decodes at reduced scale where the format allows (JPEG draft mode)
+        return img.convert("RGBA")
 
 
 def seed(job: ImageJob, index: int) -> int:
