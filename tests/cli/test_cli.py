@@ -84,3 +84,13 @@ def test_missing_table_is_a_one_line_error_not_a_traceback(table, capsys):
     assert code == 1
     assert err.startswith("imagegate: ResourceNotFoundException")
     assert "Traceback" not in err
+
+
+def test_region_comes_from_the_aws_profile_when_not_set(table, monkeypatch, tmp_path):
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    clients = AWSClients(Settings.from_env())
+    assert clients.dynamodb.meta.region_name == "eu-west-1"

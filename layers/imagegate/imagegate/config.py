@@ -13,7 +13,7 @@ from .money import usd_to_micros
 class Settings:
     table: str = "imagegate"
     bucket: str = "imagegate-outputs"
-    region: str = "us-east-1"
+    region: str | None = None  # None: boto3 resolves it (AWS config profile), as the AWS CLI would
     url_ttl_seconds: int = 3600
     local_price_micros: int = 2_000
     max_body_bytes: int = 10 * 1024 * 1024
@@ -28,7 +28,7 @@ class Settings:
         return cls(
             table=env.get("IMAGEGATE_TABLE", cls.table),
             bucket=env.get("IMAGEGATE_BUCKET", cls.bucket),
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cls.region,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
             url_ttl_seconds=int(env.get("IMAGEGATE_URL_TTL", cls.url_ttl_seconds)),
             local_price_micros=usd_to_micros(env.get("IMAGEGATE_LOCAL_PRICE_USD", "0.002")),
             max_body_bytes=int(env.get("IMAGEGATE_MAX_BODY_BYTES", cls.max_body_bytes)),
