@@ -1,6 +1,6 @@
 """The dev stack as `make serve` runs it: moto's server for S3 and DynamoDB, the app on uvicorn, real HTTP.
 
-moto's ThreadedMotoServer runs in a child process rather than in this one: other suites use `mock_aws`,
+moto's server runs in a child process rather than in this one: other suites use `mock_aws`,
 which resets moto's process-wide backends whenever it starts and stops, and would wipe this session's
 table and bucket if both ran in the same pytest worker.
 """
@@ -38,15 +38,12 @@ DUMMY_AWS_ENV = {
 # Settings that would point boto3 at a developer's real account or another emulator.
 FOREIGN_AWS_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE")
 
+# The same emulator `make serve` starts.
 _MOTO_CHILD = """
-import logging, sys
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
+import sys
+from imagegate.devserver import start_aws_emulator
+print(start_aws_emulator(0), flush=True)
 sys.stdin.read()  # serve until the parent closes our stdin
-server.stop()
 """
 
 STARTUP_TIMEOUT_S = 30

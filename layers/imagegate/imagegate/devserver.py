@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from .accounts import Accounts, hash_key
@@ -22,6 +23,32 @@ LOCAL_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def start_aws_emulator(port: int) -> int:
+    """Serve moto's S3 and DynamoDB on 127.0.0.1:`port` (0: any free one) in a daemon thread; return the port.
+
+    Requests are served one at a time. moto applies a TransactWriteItems in several steps, so two served
+    at once can interleave and overdraw a balance that real DynamoDB, which isolates each request, protects.
+    """
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
+    app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+
+    def one_at_a_time(environ: dict, start_response: Any) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    server = make_server("127.0.0.1", port, one_at_a_time, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
 
 
 def provision(aws: AWSClients, settings: Settings) -> None:
@@ -71,12 +98,7 @@ def main() -> None:
         os.environ.setdefault(name, value)
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
-        from moto.server import ThreadedMotoServer
-
-        aws_port = int(os.environ.get("IMAGEGATE_AWS_PORT", "4566"))
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-        ThreadedMotoServer(ip_address="127.0.0.1", port=aws_port, verbose=False).start()
-        endpoint = f"http://127.0.0.1:{aws_port}"
+        endpoint = f"http://127.0.0.1:{start_aws_emulator(int(os.environ.get('IMAGEGATE_AWS_PORT', '4566')))}"
         os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     import uvicorn
