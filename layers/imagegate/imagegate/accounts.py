@@ -2,6 +2,7 @@
 
 Items (single table, `pk`/`sk`):
   KEY#<sha256 of key>  / KEY      -> account_id, key_id, prefix, label, status, created_at
+  KEYS                 / <key_id> -> the same, plus key_pk: the admin index (list, revoke)
   ACCOUNT#<account_id> / ACCOUNT  -> balance (micro-USD), label, created_at
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 from .errors import APIError
 
 KEY_PREFIX = "sk-ig-"
+KEY_INDEX = "KEYS"  # partition listing every key by id, for the admin CLI
+KEY_COLUMNS = ("key_id", "prefix", "account_id", "label", "status", "created_at")
 
 
 def hash_key(api_key: str) -> str:
@@ -95,44 +98,76 @@ class Accounts:
     def create_key(self, account_id: str, label: str = "", api_key: str | None = None) -> str:
         """Issue a key for an account; returns the key itself, which is never stored or shown again."""
         api_key = api_key or new_api_key()
-        self._db.put_item(
-            TableName=self._table,
-            Item={
-                **item_key(f"KEY#{hash_key(api_key)}", "KEY"),
-                "account_id": {"S": account_id},
-                "key_id": {"S": key_id_for(api_key)},
-                "prefix": {"S": key_prefix(api_key)},
-                "label": {"S": label},
-                "status": {"S": "active"},
-                "created_at": {"N": str(int(self._clock()))},
-            },
-            ConditionExpression="attribute_not_exists(pk)",
+        key_pk = f"KEY#{hash_key(api_key)}"
+        fields = {
+            "account_id": {"S": account_id},
+            "key_id": {"S": key_id_for(api_key)},
+            "prefix": {"S": key_prefix(api_key)},
+            "label": {"S": label},
+            "status": {"S": "active"},
+            "created_at": {"N": str(int(self._clock()))},
+        }
+        # The key item answers requests; its index entry lets admins list and revoke without a table scan.
+        self._db.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {**item_key(key_pk, "KEY"), **fields},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {
+                            **item_key(KEY_INDEX, key_id_for(api_key)),
+                            "key_pk": {"S": key_pk},
+                            **fields,
+                        },
+                    }
+                },
+            ]
         )
         return api_key
 
     def list_keys(self) -> list[dict[str, str]]:
         rows = []
-        for item in self._scan("KEY#"):
-            rows.append(
-                {
-                    name: item[name].get("S") or item[name].get("N", "")
-                    for name in ("key_id", "prefix", "account_id", "label", "status", "created_at")
-                }
-            )
-        return sorted(rows, key=lambda r: r["created_at"])
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :index",
+            "ExpressionAttributeValues": {":index": {"S": KEY_INDEX}},
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                rows.append({name: item[name].get("S") or item[name].get("N", "") for name in KEY_COLUMNS})
+            if "LastEvaluatedKey" not in page:
+                return sorted(rows, key=lambda r: r["created_at"])
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def revoke_key(self, key_id: str) -> bool:
-        for item in self._scan("KEY#"):
-            if item["key_id"]["S"] == key_id:
-                self._db.update_item(
-                    TableName=self._table,
-                    Key=item_key(item["pk"]["S"], "KEY"),
-                    UpdateExpression="SET #s = :revoked",
-                    ExpressionAttributeNames={"#s": "status"},
-                    ExpressionAttributeValues={":revoked": {"S": "revoked"}},
-                )
-                return True
-        return False
+        entry = self._db.get_item(TableName=self._table, Key=item_key(KEY_INDEX, key_id)).get("Item")
+        if entry is None:
+            return False
+        revoke = {
+            "UpdateExpression": "SET #s = :revoked",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": {":revoked": {"S": "revoked"}},
+        }
+        self._db.transact_write_items(
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": item_key(entry["key_pk"]["S"], "KEY"),
+                        **revoke,
+                    }
+                },
+                {"Update": {"TableName": self._table, "Key": item_key(KEY_INDEX, key_id), **revoke}},
+            ]
+        )
+        return True
 
     def balance(self, account_id: str) -> int | None:
         item = self._db.get_item(
@@ -151,20 +186,6 @@ class Accounts:
             ReturnValues="UPDATED_NEW",
         )
         return int(out["Attributes"]["balance"]["N"])
-
-    def _scan(self, pk_prefix: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": "begins_with(pk, :p)",
-            "ExpressionAttributeValues": {":p": {"S": pk_prefix}},
-        }
-        while True:
-            page = self._db.scan(**kwargs)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
