@@ -94,3 +94,13 @@ def test_region_comes_from_the_aws_profile_when_not_set(table, monkeypatch, tmp_
     monkeypatch.delenv("AWS_REGION", raising=False)
     clients = AWSClients(Settings.from_env())
     assert clients.dynamodb.meta.region_name == "eu-west-1"
+
+
+@pytest.mark.parametrize("amount", ["Infinity", "NaN", "-inf", "ten"])
+def test_amounts_that_are_not_dollars_are_usage_errors(table, capsys, amount):
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "create", f"--balance={amount}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a USD amount" in err and "Traceback" not in err
+    assert table.list_keys() == []
