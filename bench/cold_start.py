@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import re
@@ -118,14 +117,10 @@ class MotoStack:
     """moto's server on a free port, with the table, bucket and one funded key the handler needs."""
 
     def __init__(self, env: dict[str, str], balance_micros: int) -> None:
-        from moto.server import ThreadedMotoServer
+        from imagegate.devserver import start_aws_emulator
 
-        # werkzeug logs each request at INFO otherwise, interleaving with the report.
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        self.server = start_aws_emulator(0)  # the emulator make serve runs
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         for name in (
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
@@ -142,7 +137,9 @@ class MotoStack:
         from imagegate.service import Service
 
         suffix = uuid.uuid4().hex[:8]
-        settings = Settings(table=f"imagegate-bench-{suffix}", bucket=f"imagegate-bench-{suffix}")
+        settings = Settings(
+            table=f"imagegate-bench-{suffix}", bucket=f"imagegate-bench-{suffix}", region=env["AWS_REGION"]
+        )
         aws = AWSClients(settings, self.endpoint)
         provision(aws, settings)
         service = Service(settings, aws, Logger(service="imagegate-bench", level="WARNING"))
@@ -155,7 +152,7 @@ class MotoStack:
         }
 
     def stop(self) -> None:
-        self.server.stop()
+        self.server.shutdown()
 
 
 def p90(values: list[float]) -> float:

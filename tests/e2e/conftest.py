@@ -42,7 +42,7 @@ FOREIGN_AWS_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_
 _MOTO_CHILD = """
 import sys
 from imagegate.devserver import start_aws_emulator
-print(start_aws_emulator(0), flush=True)
+print(start_aws_emulator(0).server_address[1], flush=True)
 sys.stdin.read()  # serve until the parent closes our stdin
 """
 

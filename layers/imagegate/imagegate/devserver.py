@@ -11,7 +11,10 @@ import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
 
 from .accounts import Accounts, hash_key
 from .aws import AWSClients
@@ -25,8 +28,8 @@ LOCAL_CREDENTIALS = {
 }
 
 
-def start_aws_emulator(port: int) -> int:
-    """Serve moto's S3 and DynamoDB on 127.0.0.1:`port` (0: any free one) in a daemon thread; return the port.
+def start_aws_emulator(port: int) -> BaseWSGIServer:
+    """Serve moto's S3 and DynamoDB on 127.0.0.1:`port` (0: any free one) from a daemon thread.
 
     Requests are served one at a time. moto applies a TransactWriteItems in several steps, so two served
     at once can interleave and overdraw a balance that real DynamoDB, which isolates each request, protects.
@@ -48,7 +51,7 @@ def start_aws_emulator(port: int) -> int:
 
     server = make_server("127.0.0.1", port, one_at_a_time, threaded=True, request_handler=MotoRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server.server_address[1]
+    return server
 
 
 def provision(aws: AWSClients, settings: Settings) -> None:
@@ -98,7 +101,8 @@ def main() -> None:
         os.environ.setdefault(name, value)
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
-        endpoint = f"http://127.0.0.1:{start_aws_emulator(int(os.environ.get('IMAGEGATE_AWS_PORT', '4566')))}"
+        emulator = start_aws_emulator(int(os.environ.get("IMAGEGATE_AWS_PORT", "4566")))
+        endpoint = f"http://127.0.0.1:{emulator.server_address[1]}"
         os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     import uvicorn
