@@ -170,10 +170,7 @@ class Accounts:
         return True
 
     def balance(self, account_id: str) -> int | None:
-        item = self._db.get_item(
-            TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
-        ).get("Item")
-        return int(item["balance"]["N"]) if item else None
+        return read_balance(self._db, self._table, account_id)
 
     def credit(self, account_id: str, amount_micros: int) -> int:
         """Add to a balance atomically; returns the new balance."""
@@ -186,6 +183,14 @@ class Accounts:
             ReturnValues="UPDATED_NEW",
         )
         return int(out["Attributes"]["balance"]["N"])
+
+
+def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:
+    """An account's balance in micro-USD (strongly consistent), or None when there is no such account."""
+    item = dynamodb.get_item(
+        TableName=table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
+    ).get("Item")
+    return int(item["balance"]["N"]) if item else None
 
 
 def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:

@@ -39,7 +39,7 @@ def create_app(service: Service, endpoints: Iterable[Endpoint] = ROUTES) -> Fast
     _add_error_handlers(app)
 
     def account(authorization: Annotated[str | None, Header()] = None) -> Account:
-        return service.authenticate(authorization)
+        return service.accounts.authenticate(authorization)
 
     AccountDep = Annotated[Account, Depends(account)]
 

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from .accounts import account_pk, item_key
+from .accounts import account_pk, item_key, read_balance
 from .errors import APIError
 from .money import micros_to_usd
 
@@ -57,10 +57,11 @@ class Billing:
             ]
         )
         if failed == 0:
+            balance = read_balance(self._db, self._table, account_id) or 0
             raise APIError(
                 402,
                 f"Insufficient balance: this request costs {micros_to_usd(amount)} and the account's "
-                f"balance is {micros_to_usd(self._balance(account_id))}. Add credit and try again.",
+                f"balance is {micros_to_usd(balance)}. Add credit and try again.",
                 type="insufficient_quota",
                 code="insufficient_balance",
             )
@@ -129,9 +130,3 @@ class Billing:
                 if "TransactionConflict" not in codes or attempt == CONFLICT_ATTEMPTS:
                     raise
                 self._sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
-
-    def _balance(self, account_id: str) -> int:
-        item = self._db.get_item(
-            TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
-        ).get("Item")
-        return int(item["balance"]["N"]) if item else 0

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
-from .accounts import Accounts, hash_key
+from .accounts import Accounts
 from .aws import AWSClients
 from .config import Settings
+from .errors import APIError
 from .money import micros_to_usd, usd_to_micros
 
 LOCAL_CREDENTIALS = {
@@ -82,16 +83,14 @@ def provision(aws: AWSClients, settings: Settings) -> None:
         )
 
 
-def seed_dev_key(
-    accounts: Accounts, dynamodb: Any, settings: Settings, api_key: str | None, balance_usd: str
-) -> tuple[str, bool]:
-    """Fund a dev account and key; returns (key, created). An existing key is left as it is."""
+def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> tuple[str, bool]:
+    """Fund a dev account and key; returns (key, created). A key that already works is left as it is."""
     if api_key:
-        item = dynamodb.get_item(
-            TableName=settings.table, Key={"pk": {"S": f"KEY#{hash_key(api_key)}"}, "sk": {"S": "KEY"}}
-        ).get("Item")
-        if item is not None:
+        try:
+            accounts.authenticate(f"Bearer {api_key}")
             return api_key, False
+        except APIError:
+            pass  # not issued yet (a revoked one makes create_key below fail loudly)
     account_id = accounts.create_account(usd_to_micros(balance_usd), label="dev")
     return accounts.create_key(account_id, label="dev", api_key=api_key), True
 
@@ -116,11 +115,7 @@ def main() -> None:
     provision(aws, settings)
     service = Service(settings, aws, Logger(service="imagegate"))
     key, created = seed_dev_key(
-        service.accounts,
-        aws.dynamodb,
-        settings,
-        os.environ.get("IMAGEGATE_DEV_KEY"),
-        os.environ.get("IMAGEGATE_DEV_BALANCE", "10"),
+        service.accounts, os.environ.get("IMAGEGATE_DEV_KEY"), os.environ.get("IMAGEGATE_DEV_BALANCE", "10")
     )
     port = int(os.environ.get("PORT", "8000"))
     account = service.accounts.authenticate(f"Bearer {key}")

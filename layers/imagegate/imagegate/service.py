@@ -65,9 +65,6 @@ class Service:
             provider = self.providers["local"] = LocalProvider()
         return provider
 
-    def authenticate(self, authorization: str | None) -> Account:
-        return self.accounts.authenticate(authorization)
-
     def handle(self, account: Account, job: ImageJob) -> ImageResponse:
         request_id = "req_" + uuid.uuid4().hex
         provider = self.provider_for(job.contract)

@@ -256,8 +256,8 @@ def _auto_size(contract: Contract, images: list[InputImage]) -> tuple[int, int]:
     if not images:
         return 1024, 1024
     aspect = images[0].width / images[0].height
-    best = min(GPT_SIZES, key=lambda s: abs((parse_size(s)[0] / parse_size(s)[1]) - aspect))  # type: ignore[index]
-    return parse_size(best)  # type: ignore[return-value]
+    sizes = [parse_size(s) for s in GPT_SIZES]
+    return min((s for s in sizes if s), key=lambda wh: abs(wh[0] / wh[1] - aspect))
 
 
 def _check_inputs(
