@@ -48,6 +48,9 @@ def account_pk(account_id: str) -> str:
 class Account:
     account_id: str
     key_id: str
+    # Per-key rate-limit overrides; None means the deployment's defaults.
+    images_per_minute: int | None = None
+    max_concurrent: int | None = None
 
 
 class Accounts:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from .money import usd_to_micros
 
@@ -19,8 +22,20 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     # Lambda returns at most 6 MB; 0 means no ceiling (local server).
     max_response_bytes: int = 0
-    upstream_secret_arn: str = ""
     output_prefix: str = "outputs"
+    # Upstream credentials: a Secrets Manager secret or an SSM SecureString holding a JSON object of
+    # credential name -> value; locally, environment variables of the same names.
+    upstream_secret_arn: str = ""
+    upstream_ssm_parameter: str = ""
+    # Bedrock routes are live only when a region is given (Bedrock authenticates with the Lambda role).
+    bedrock_region: str = ""
+    # Operator overrides, each JSON text or a path to a JSON file; empty means the packaged defaults.
+    routes: str = ""
+    prices: str = ""
+    # Seconds a whole request may spend on upstreams, retries and fallbacks included: under Lambda's 29 s
+    # timeout with room to store the images and settle.
+    upstream_budget_seconds: float = 24.0
+    metrics: bool = False  # CloudWatch EMF lines on stdout; on in Lambda, off on a laptop
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -34,4 +49,21 @@ class Settings:
             max_body_bytes=int(env.get("IMAGEGATE_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_response_bytes=int(env.get("IMAGEGATE_MAX_RESPONSE_BYTES", cls.max_response_bytes)),
             upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
+            upstream_ssm_parameter=env.get("IMAGEGATE_UPSTREAM_SSM_PARAMETER", ""),
+            bedrock_region=env.get("IMAGEGATE_BEDROCK_REGION", ""),
+            routes=env.get("IMAGEGATE_ROUTES", ""),
+            prices=env.get("IMAGEGATE_PRICES", ""),
+            upstream_budget_seconds=float(
+                env.get("IMAGEGATE_UPSTREAM_BUDGET_SECONDS", cls.upstream_budget_seconds)
+            ),
+            metrics=env.get("IMAGEGATE_METRICS", "") == "on",
         )
+
+
+def load_document(source: str, default: Path) -> Any:
+    """An operator's JSON document: inline JSON text, a path to a JSON file, or (when empty) the packaged
+    default. A broken document fails loudly at startup rather than mispricing or misrouting requests."""
+    if not source.strip():
+        return json.loads(default.read_text())
+    text = source if source.lstrip().startswith(("{", "[")) else Path(source).read_text()
+    return json.loads(text)

@@ -77,6 +77,24 @@ def encode(img: Image, output_format: str, compression: int | None) -> bytes:
     return buf.getvalue()
 
 
+def fit(data: bytes, width: int, height: int, output_format: str, compression: int | None) -> bytes:
+    """An upstream's image at exactly `width`x`height` in `output_format`: scaled to cover, centre-cropped.
+
+    Upstreams generate at their own sizes (a successor model's nearest size, an aspect ratio's native size);
+    the contract promises the requested size and format, so every provider returns its images through this.
+    """
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    with PILImage.open(io.BytesIO(data)) as img:
+        if img.size == (width, height) and (img.format or "").lower() == output_format:
+            return data  # already right: re-encoding would only lose quality
+        img.load()
+        mode = "RGBA" if img.mode in ALPHA_MODES or "transparency" in img.info else "RGB"
+        fitted = ImageOps.fit(img.convert(mode), (width, height), PILImage.Resampling.LANCZOS)
+    return encode(fitted, output_format, compression)
+
+
 def _quality(compression: int | None) -> int:
     # Pillow's JPEG quality tops out at 95 in practice; 100 disables useful compression altogether.
     return 95 if compression is None else max(1, min(95, compression))

@@ -14,7 +14,7 @@ from aws_lambda_powertools.logging import Logger
 from .accounts import Account, Accounts
 from .aws import AWSClients
 from .billing import Billing
-from .catalog import Contract, build_catalog
+from .catalog import Contract, build_catalog, estimate_usage
 from .config import Settings
 from .errors import APIError
 from .providers import Provider, ProviderError, ProviderResult, run
@@ -62,7 +62,7 @@ class Service:
         if provider is None:
             from .providers.local import LocalProvider
 
-            provider = self.providers["local"] = LocalProvider()
+            provider = self.providers["local"] = LocalProvider()  # routing replaces this seam
         return provider
 
     def handle(self, account: Account, job: ImageJob) -> ImageResponse:
@@ -111,8 +111,10 @@ class Service:
                 size=job.size,
                 quality=job.quality,
             )
-        if result.usage is not None:
-            body["usage"] = result.usage
+        if job.contract.reports_usage:
+            body["usage"] = result.usage or estimate_usage(
+                job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+            )
         return ImageResponse(body, provider.name, request_id)
 
     def _data(

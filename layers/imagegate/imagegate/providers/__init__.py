@@ -1,36 +1,112 @@
 """Upstream providers behind one small interface.
 
-A provider turns a validated `ImageJob` into encoded images. Adding one is a module here with a class
-implementing `Provider`, plus its entry in `PROVIDERS`.
+A provider turns a validated `ImageJob` into encoded images at exactly the job's size and output format
+(`images.fit` does the resizing and re-encoding). Each provider is one module here exposing
+`create(upstream, deps) -> Provider`; `routing` finds it by the route's `provider` name, so adding a
+provider is a module plus route (and, for a new public model id, catalog) entries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    import httpx
+
+    from ..aws import AWSClients
     from ..validation import ImageJob
+
+Operation = Literal["generate", "edit", "vary"]
 
 
 @dataclass(frozen=True)
 class ProviderResult:
-    images: list[bytes]  # encoded in the job's output_format
+    images: list[bytes]  # encoded in the job's output_format, at the job's size
     revised_prompt: str | None = None
+    # OpenAI-shaped token usage, only as the upstream reported it (settled from by token-priced contracts).
     usage: dict[str, Any] | None = None
 
 
 class ProviderError(Exception):
-    """An upstream failure, mapped to the status the client sees (502 by default, 504 for timeouts)."""
+    """An upstream failure, and what the router should do about it.
 
-    def __init__(self, message: str, *, status: int = 502, code: str = "upstream_error") -> None:
+    `retry`: worth another attempt at the same upstream (429, 5xx, timeouts, dropped connections).
+    `fallover`: worth trying the next route once retries are spent (also upstream auth/quota failures,
+    which say nothing about the client's own key). Neither: the answer is final (a content-policy block is
+    the same everywhere), and the client sees `status` with an OpenAI-shaped body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        code: str = "upstream_error",
+        type: str = "server_error",
+        param: str | None = None,
+        retry: bool = False,
+        fallover: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.type = type
+        self.param = param
+        self.retry = retry
+        self.fallover = fallover
+        self.retry_after = retry_after
+
+
+def content_policy(message: str) -> ProviderError:
+    """The upstream refused the prompt or image on safety grounds: a 400, final, the same on every route."""
+    return ProviderError(
+        message,
+        status=400,
+        code="content_policy_violation",
+        type="invalid_request_error",
+        param="prompt",
+        fallover=False,
+    )
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One route entry, with its credential resolved: which provider module, which upstream model."""
+
+    provider: str  # module name in imagegate.providers: openai, openai_compatible, gemini, bedrock, local
+    model: str = ""  # the upstream's model id (a route's model-name map)
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)  # never logged: repr hides it
+    region: str = ""
+    timeout_s: float = 20.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Deps:
+    """What providers are built with: the container's AWS clients and one pooled HTTP client."""
+
+    aws: AWSClients
+    http_client: httpx.Client | None = None
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        if self.http_client is not None:
+            return self.http_client
+        import httpx
+
+        # Timeouts are set per call from the route; retries are the router's job, not the transport's.
+        return httpx.Client(timeout=None, limits=httpx.Limits(max_connections=20))
 
 
 class Provider(Protocol):
     name: str
+
+    def supports(self, operation: Operation) -> bool: ...
 
     def generate(self, job: ImageJob) -> ProviderResult: ...
 
@@ -39,10 +115,12 @@ class Provider(Protocol):
     def vary(self, job: ImageJob) -> ProviderResult: ...
 
 
+def operation(job: ImageJob) -> Operation:
+    if job.endpoint == "variations":
+        return "vary"
+    return "edit" if job.images else "generate"
+
+
 def run(provider: Provider, job: ImageJob) -> ProviderResult:
     """Dispatch a job to the provider method for its kind of work."""
-    if job.endpoint == "variations":
-        return provider.vary(job)
-    if job.images:
-        return provider.edit(job)
-    return provider.generate(job)
+    return getattr(provider, operation(job))(job)

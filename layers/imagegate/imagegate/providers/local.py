@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
-from ..catalog import estimate_usage
 from ..images import encode
-from . import ProviderResult
+from . import Deps, Operation, ProviderResult, Upstream
 
 if TYPE_CHECKING:
     from ..images import InputImage
@@ -26,6 +25,9 @@ LABEL = "imagegate local renderer"
 
 class LocalProvider:
     name = "local"
+
+    def supports(self, operation: Operation) -> bool:
+        return True
 
     def generate(self, job: ImageJob) -> ProviderResult:
         images = [
@@ -81,14 +83,14 @@ class LocalProvider:
 
     @staticmethod
     def _result(job: ImageJob, images: list[bytes]) -> ProviderResult:
-        usage = None
-        if job.contract.reports_usage:
-            usage = estimate_usage(
-                job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
-            )
+        # No usage: nothing was tokenised, so the contract's per-image price applies.
         return ProviderResult(
-            images=images, revised_prompt=job.prompt if job.contract.revised_prompt else None, usage=usage
+            images=images, revised_prompt=job.prompt if job.contract.revised_prompt else None
         )
+
+
+def create(upstream: Upstream, deps: Deps) -> LocalProvider:
+    return LocalProvider()
 
 
 def _thumbnail(image: InputImage, box: tuple[int, int]) -> Image.Image:
