@@ -17,12 +17,14 @@ class AWSClients:
         # botocore sessions are not safe to build clients from concurrently; calls on a client are.
         self._lock = threading.Lock()
 
-    def client(self, service: str) -> Any:
-        client = self._clients.get(service)
+    def client(self, service: str, region: str | None = None) -> Any:
+        """A client for `service`, in `region` when given (Bedrock lives in fewer regions than the stack)."""
+        name = f"{service}@{region}" if region else service
+        client = self._clients.get(name)
         if client is None:
             with self._lock:
-                client = self._clients.get(service) or self._create(service)
-                self._clients[service] = client
+                client = self._clients.get(name) or self._create(service, region)
+                self._clients[name] = client
         return client
 
     @property
@@ -33,7 +35,7 @@ class AWSClients:
     def s3(self) -> Any:
         return self.client("s3")
 
-    def _create(self, service: str) -> Any:
+    def _create(self, service: str, region: str | None) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -47,4 +49,6 @@ class AWSClients:
         # One session for all clients: a second one reloads botocore's data (~90 ms for S3 after DynamoDB).
         if self._session is None:
             self._session = boto3.session.Session(region_name=self._settings.region)
-        return self._session.client(service, endpoint_url=self._endpoint_url, config=config)
+        return self._session.client(
+            service, region_name=region, endpoint_url=self._endpoint_url, config=config
+        )
