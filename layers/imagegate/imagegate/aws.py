@@ -17,13 +17,23 @@ class AWSClients:
         # botocore sessions are not safe to build clients from concurrently; calls on a client are.
         self._lock = threading.Lock()
 
-    def client(self, service: str, region: str | None = None) -> Any:
-        """A client for `service`, in `region` when given (Bedrock lives in fewer regions than the stack)."""
-        name = f"{service}@{region}" if region else service
+    def client(
+        self,
+        service: str,
+        region: str | None = None,
+        *,
+        read_timeout: float | None = None,
+        max_attempts: int = 3,
+    ) -> Any:
+        """A client for `service`, in `region` when given (Bedrock lives in fewer regions than the stack).
+
+        Upstream calls pass their own read timeout and `max_attempts=1`: the router does their retries.
+        """
+        name = f"{service}@{region}/{read_timeout}/{max_attempts}"
         client = self._clients.get(name)
         if client is None:
             with self._lock:
-                client = self._clients.get(name) or self._create(service, region)
+                client = self._clients.get(name) or self._create(service, region, read_timeout, max_attempts)
                 self._clients[name] = client
         return client
 
@@ -35,7 +45,7 @@ class AWSClients:
     def s3(self) -> Any:
         return self.client("s3")
 
-    def _create(self, service: str, region: str | None) -> Any:
+    def _create(self, service: str, region: str | None, read_timeout: float | None, max_attempts: int) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -43,7 +53,8 @@ class AWSClients:
             signature_version="s3v4" if service == "s3" else None,
             # Emulators on 127.0.0.1 cannot serve virtual-hosted bucket names.
             s3={"addressing_style": "path"} if self._endpoint_url else None,
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            read_timeout=read_timeout or 60,
             max_pool_connections=50,
         )
         # One session for all clients: a second one reloads botocore's data (~90 ms for S3 after DynamoDB).
