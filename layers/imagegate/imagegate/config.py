@@ -36,6 +36,9 @@ class Settings:
     # timeout with room to store the images and settle.
     upstream_budget_seconds: float = 24.0
     metrics: bool = False  # CloudWatch EMF lines on stdout; on in Lambda, off on a laptop
+    # Per-key defaults; a key's own limits (imagegate keys limits) override them.
+    images_per_minute: int = 50
+    max_concurrent: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +60,8 @@ class Settings:
                 env.get("IMAGEGATE_UPSTREAM_BUDGET_SECONDS", cls.upstream_budget_seconds)
             ),
             metrics=env.get("IMAGEGATE_METRICS", "") == "on",
+            images_per_minute=int(env.get("IMAGEGATE_IMAGES_PER_MINUTE", cls.images_per_minute)),
+            max_concurrent=int(env.get("IMAGEGATE_MAX_CONCURRENT", cls.max_concurrent)),
         )
 
 
