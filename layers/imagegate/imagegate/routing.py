@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
+import pkgutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,14 @@ if TYPE_CHECKING:
     from .validation import ImageJob
 
 ROUTES_PATH = Path(__file__).with_name("routes.json")
-PROVIDERS = ("openai", "openai_compatible", "gemini", "bedrock", "local")
+# The provider modules in the package (private helpers start with "_"): adding a module adds a provider.
+PROVIDERS = tuple(
+    sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).with_name("providers"))])
+        if not m.name.startswith("_")
+    )
+)
 MAX_ATTEMPTS_PER_ROUTE = 3
 # An attempt is not started with less time than this left: it could not finish.
 MIN_ATTEMPT_SECONDS = 1.0

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from imagegate.providers import Deps, ProviderError, content_policy
-from imagegate.providers.http import gather, nearest_aspect, post, retry_after
+from imagegate.providers._http import gather, nearest_aspect, post, retry_after
 
 SECRET = "sk-test-SECRET-0123456789"
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..images import CONTENT_TYPES, encode, fit
 from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy
-from .http import bad_response, gather, nearest_aspect, post
+from ._http import bad_response, gather, nearest_aspect, post
 
 if TYPE_CHECKING:
     import httpx

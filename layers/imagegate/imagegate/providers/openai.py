@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..catalog import DALLE2_SIZES, DALLE3_SIZES, GPT_SIZES, FreeFormSizes, free_form_problem, parse_size
 from ..images import CONTENT_TYPES, fit
 from . import Deps, Operation, ProviderResult, Upstream
-from .http import bad_response, gather, nearest_aspect, post
+from ._http import bad_response, gather, nearest_aspect, post
 
 if TYPE_CHECKING:
     import httpx
