@@ -266,7 +266,7 @@ def route(**fields):
         ('{"routes": {"dall-e-2": ["openai"]}}', "model 'dall-e-2' route 1 must be a JSON object"),
         ('{"dall-e-2": []}', 'must be a JSON object {"routes"'),
         ('{"routes": {}, "prices": {}}', "unknown top-level key(s) prices"),
-        (route(provider="midjourney", model="v7"), "'provider' must be one of openai, openai_compatible"),
+        (route(provider="midjourney", model="v7"), "'provider' must be one of bedrock, gemini, local, openai, openai_compatible"),
         (route(model="gpt-image-1.5"), "'provider' must be one of"),
         (
             route(provider="gemini", credential="GEMINI_API_KEY"),
