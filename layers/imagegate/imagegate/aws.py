@@ -55,6 +55,8 @@ class AWSClients:
             s3={"addressing_style": "path"} if self._endpoint_url else None,
             retries={"mode": "standard", "max_attempts": max_attempts},
             read_timeout=read_timeout or 60,
+            # A dead endpoint must not eat a request's whole upstream budget before the read even starts.
+            connect_timeout=min(5, read_timeout or 60),
             max_pool_connections=50,
         )
         # One session for all clients: a second one reloads botocore's data (~90 ms for S3 after DynamoDB).
