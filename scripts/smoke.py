@@ -2,7 +2,8 @@
 
     python scripts/smoke.py
 
-OpenAI needs OPENAI_API_KEY, Gemini GEMINI_API_KEY, Bedrock IMAGEGATE_BEDROCK_REGION and AWS credentials.
+OpenAI needs IMAGEGATE_OPENAI_API_KEY, Gemini IMAGEGATE_GEMINI_API_KEY, Bedrock IMAGEGATE_BEDROCK_REGION and
+AWS credentials (the same variables `make serve` reads).
 Each provider goes through `routing.Router` with a one-route table, so retries and error mapping are the
 deployment's; timeouts are a generous 60 s, so that a slow upstream shows as slow rather than failed.
 Prints `ok <provider> <model> <WxH> <format> <ms>`, `skipped <provider>: <reason>` or
@@ -26,6 +27,7 @@ from PIL import Image
 from imagegate.aws import AWSClients
 from imagegate.catalog import build_catalog
 from imagegate.config import Settings
+from imagegate.credentials import ENV_PREFIX
 from imagegate.errors import APIError
 from imagegate.providers import Deps, ProviderError
 from imagegate.routing import Router, RouteSpec
@@ -35,7 +37,7 @@ PROMPT = "A red apple on a white table, studio light"
 
 
 def _key(name: str) -> Callable[[Mapping[str, str]], str | None]:
-    return lambda env: None if env.get(name) else f"{name} is not set"
+    return lambda env: None if env.get(ENV_PREFIX + name) else f"{ENV_PREFIX + name} is not set"
 
 
 def _bedrock_reason(env: Mapping[str, str]) -> str | None:
@@ -71,7 +73,7 @@ CHECKS = (
         _key("GEMINI_API_KEY"),
     ),
     Check(
-        RouteSpec("bedrock", "amazon.titan-image-generator-v2:0", timeout_s=60.0),
+        RouteSpec("bedrock", "stability.stable-image-core-v1:1", timeout_s=60.0),
         "dall-e-2",
         {"size": "512x512"},
         _bedrock_reason,
@@ -94,7 +96,7 @@ def main(env: Mapping[str, str] = os.environ) -> int:
         job = resolve(
             "generations", ImageParams(prompt=PROMPT, model=check.contract, **check.params), catalog
         )
-        credentials = {spec.credential: env[spec.credential]} if spec.credential else {}
+        credentials = {spec.credential: env[ENV_PREFIX + spec.credential]} if spec.credential else {}
         router = Router(settings, {check.contract: [spec]}, credentials, deps, logger)
         started = time.perf_counter()
         try:

@@ -1,14 +1,57 @@
-"""The operator CLI against moto's in-process DynamoDB: what an operator types and reads."""
+"""The operator CLI against moto's in-process DynamoDB: what an operator types and reads, and what it leaves
+in the table."""
+
+import csv
+import io
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from imagegate.accounts import Accounts
+from imagegate import ledger
+from imagegate.accounts import Accounts, key_id_for
 from imagegate.aws import AWSClients
+from imagegate.billing import Billing
 from imagegate.cli import main
 from imagegate.config import Settings
 from imagegate.devserver import provision
+from imagegate.errors import APIError
+
+ACTOR = "cli:operator"
+
+
+@dataclass
+class Table:
+    db: Any
+    name: str
+
+    @property
+    def accounts(self):
+        return Accounts(self.db, self.name)
+
+    def billing(self, clock=time.time):
+        return Billing(self.db, self.name, clock=clock)
+
+    def entries(self, account_id):
+        return [(e.kind, e.amount, e.reason, e.actor) for e in ledger.entries(self.db, self.name, account_id)]
+
+    def balance(self, account_id):
+        return self.accounts.balance(account_id)
+
+    def request_state(self, account_id, request_id):
+        item = self.db.get_item(
+            TableName=self.name,
+            Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": f"REQUEST#{request_id}"}},
+            ConsistentRead=True,
+        )["Item"]
+        return item["state"]["S"]
 
 
 @pytest.fixture
@@ -18,72 +61,631 @@ def table(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("IMAGEGATE_TABLE", "cli-table")
+    monkeypatch.setenv("LOGNAME", "operator")  # the ledger's actor: cli:<login name>
     with mock_aws():
         settings = Settings.from_env()
         provision(AWSClients(settings), settings)
-        yield Accounts(boto3.client("dynamodb", region_name="us-east-1"), "cli-table")
+        yield Table(boto3.client("dynamodb", region_name="us-east-1"), "cli-table")
 
 
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
     return code, out, err
 
 
-def test_keys_create_prints_a_working_key_last_and_funds_the_account(table, capsys):
-    code, out, _ = run(capsys, "keys", "create", "--balance", "2.5", "--label", "alice")
+def usage_error(capsys, *argv):
+    """A command line argparse refuses: exit status 2 and one line on stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    assert (exc.value.code, out) == (2, "")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def new_key(capsys, *argv):
+    code, out, err = run(capsys, "keys", "create", *argv)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[-2] == "key (shown once, store it now):"
+    return lines[-1], out
+
+
+def cells(line):
+    """(start, end, text) of each cell of a table line: cells are separated by two or more spaces."""
+    return [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+(?: \S+)*", line)]
+
+
+def rows(text):
+    """A table as dicts by header, checking that every cell lines up with its header (left or right)."""
+    lines = [line for line in text.splitlines() if line and not set(line) <= {"-", " "}]
+    header = cells(lines[0])
+    parsed = []
+    for line in lines[1:]:
+        row = cells(line)
+        assert len(row) == len(header), line
+        for (start, end, _), (h_start, h_end, name) in zip(row, header, strict=True):
+            assert start == h_start or end == h_end, f"{name} misaligned in {line!r}"
+        parsed.append({name: value for (_, _, value), (_, _, name) in zip(row, header, strict=True)})
+    return parsed
+
+
+# --- accounts -------------------------------------------------------------------------------------------
+
+
+def test_accounts_create_prints_the_id_last_and_records_the_opening_credit(table, capsys):
+    code, out, err = run(capsys, "accounts", "create", "--balance", "10", "--label", "bob")
+    assert (code, err) == (0, "")
+    first, account_id = out.splitlines()
+    assert first == "created account with balance $10.000000, label bob"
+    account = table.accounts.show_account(account_id)
+    assert (account.label, account.balance) == ("bob", 10_000_000)
+    assert table.entries(account_id) == [("credit", 10_000_000, "opening balance", ACTOR)]
+
+
+def test_accounts_create_without_a_balance(table, capsys):
+    code, out, _ = run(capsys, "--actor", "ops-bot", "accounts", "create")
+    assert code == 0 and out.splitlines()[0] == "created account with balance $0.000000"
+    account_id = out.splitlines()[-1]
+    assert table.balance(account_id) == 0
+    assert table.entries(account_id) == []
+
+
+def test_accounts_show_balance_keys_and_ledger(table, capsys):
+    account_id = table.accounts.create_account(5_000_000, label="carol", actor="cli:setup")
+    kept = table.accounts.create_key(account_id, label="prod", images_per_minute=7)
+    gone = table.accounts.create_key(account_id, label="old")
+    table.accounts.revoke_key(key_id_for(gone))
+    ticks = itertools.count(int(time.time()) + 1)  # after the opening credit: reserve, then settle
+    billing = table.billing(clock=lambda: next(ticks))
+    billing.reserve(account_id, "req_a", 40_000, {"model": "dall-e-2", "key_id": key_id_for(kept)})
+    billing.settle(account_id, "req_a", 20_000, images=1)
+
+    code, out, _ = run(capsys, "accounts", "show", account_id)
     assert code == 0
-    key = out.strip().splitlines()[-1]
-    account = table.authenticate(f"Bearer {key}")
+    fields, keys, entries = out.split("\n\n")
+    assert fields.splitlines()[0] == f"account  {account_id}"
+    assert fields.splitlines()[1:2] == ["label    carol"]
+    assert "balance  $4.980000  (4980000 micro-USD)" in fields
+    assert "keys     1 active, 1 revoked" in fields
+    assert sorted(
+        (r["LABEL"], r["KEY_ID"], r["STATUS"], r["IMAGES/MIN"], r["CONCURRENT"]) for r in rows(keys)
+    ) == [
+        ("old", key_id_for(gone), "revoked", "default", "default"),
+        ("prod", key_id_for(kept), "active", "7", "default"),
+    ]
+    assert kept not in out and gone not in out
+    ledger_rows = entries.splitlines()
+    assert ledger_rows[0] == "latest ledger entries:"
+    assert ledger_rows[1].split() == ["WHEN", "(UTC)", "KIND", "AMOUNT", "REQUEST", "OR", "REASON", "ACTOR"]
+    assert [line.split()[2:] for line in ledger_rows[2:]] == [
+        ["credit", "$5.000000", "opening", "balance", "cli:setup"],
+        ["reserve", "-$0.040000", "req_a"],
+        ["settle", "$0.020000", "req_a"],
+    ]
+
+    code, out, _ = run(capsys, "accounts", "show", account_id, "--entries", "1")
+    assert out.splitlines()[-1].split()[2:] == ["settle", "$0.020000", "req_a"]
+
+
+def test_accounts_show_an_unknown_account(table, capsys):
+    assert run(capsys, "accounts", "show", "acct_missing") == (1, "", "imagegate: no account acct_missing\n")
+
+
+def test_accounts_list(table, capsys):
+    assert run(capsys, "accounts", "list") == (0, "no accounts\n", "")
+    rich = table.accounts.create_account(12_345_678, label="rich")
+    poor = table.accounts.create_account(1, label="poor")
+    for label in ("a", "b"):
+        table.accounts.create_key(rich, label=label)
+    table.accounts.revoke_key(key_id_for(table.accounts.create_key(poor)))
+
+    code, out, _ = run(capsys, "accounts", "list")
+    assert code == 0
+    listing = {row["ACCOUNT_ID"]: row for row in rows(out)}
+    assert {k: (v["LABEL"], v["BALANCE"], v["ACTIVE KEYS"]) for k, v in listing.items()} == {
+        rich: ("rich", "$12.345678", "2"),
+        poor: ("poor", "$0.000001", "0"),
+    }
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+def test_keys_create_prints_a_working_key_last_and_funds_the_account(table, capsys):
+    key, out = new_key(capsys, "--balance", "2.5", "--label", "alice")
+    account = table.accounts.authenticate(f"Bearer {key}")
+    assert out.splitlines()[0] == f"account {account.account_id}  balance $2.500000"
+    assert out.splitlines()[1] == (
+        f"key {account.key_id}  images per minute: default  concurrent requests: default"
+    )
     assert table.balance(account.account_id) == 2_500_000
+    assert table.accounts.show_account(account.account_id).label == "alice"
+    assert table.accounts.get_key(account.key_id)["label"] == "alice"
+    assert table.entries(account.account_id) == [("credit", 2_500_000, "opening balance", ACTOR)]
+    assert out.count(key) == 1
+
+
+def test_keys_create_for_an_existing_account_with_limits(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    key, out = new_key(
+        capsys, "--account", account_id, "--label", "ci", "--images-per-minute", "20", "--max-concurrent", "2"
+    )
+    account = table.accounts.authenticate(f"Bearer {key}")
+    assert (account.account_id, account.images_per_minute, account.max_concurrent) == (account_id, 20, 2)
+    assert "images per minute: 20  concurrent requests: 2" in out
+    assert table.balance(account_id) == 1_000_000
+    assert table.entries(account_id) == [("credit", 1_000_000, "opening balance", "")]
+
+    # --balance with --account credits it, as it always did; the ledger says so.
+    new_key(capsys, "--account", account_id, "--balance", "0.5")
+    assert table.balance(account_id) == 1_500_000
+    assert table.entries(account_id)[-1] == ("credit", 500_000, "manual credit", ACTOR)
+
+
+def test_keys_create_errors(table, capsys):
+    code, _, err = run(capsys, "keys", "create")
+    assert code == 1
+    assert err == "imagegate: give --account ID for an existing account, or --balance USD to open a new one\n"
+    for extra in ([], ["--balance", "1"]):
+        assert run(capsys, "keys", "create", "--account", "acct_missing", *extra) == (
+            1,
+            "",
+            "imagegate: no account acct_missing\n",
+        )
+    assert table.accounts.list_keys() == []
+    err = usage_error(capsys, "keys", "create", "--balance", "1", "--max-concurrent", "0")
+    assert "argument --max-concurrent: expected a whole number of at least 1, got '0'" in err
 
 
 def test_keys_list_shows_ids_and_prefixes_never_keys(table, capsys):
-    _, out, _ = run(capsys, "keys", "create", "--balance", "1", "--label", "bob")
-    key = out.strip().splitlines()[-1]
+    assert run(capsys, "keys", "list") == (0, "no keys\n", "")
+    key, _ = new_key(capsys, "--balance", "1", "--label", "bob")
+    other = table.accounts.create_account(0)
+    table.accounts.create_key(other, label="other", max_concurrent=4)
     code, listing, _ = run(capsys, "keys", "list")
     assert code == 0
-    assert "bob" in listing and "active" in listing
-    assert key not in listing
-    assert key[:10] + "…" in listing
+    assert key not in listing and key[10:20] not in listing
+    account_id = table.accounts.authenticate(f"Bearer {key}").account_id
+    parsed = sorted(rows(listing), key=lambda r: r["LABEL"])
+    assert [(r["PREFIX"], r["ACCOUNT_ID"], r["STATUS"], r["LABEL"], r["CONCURRENT"]) for r in parsed] == [
+        (key[:10] + "…", account_id, "active", "bob", "default"),
+        (parsed[1]["PREFIX"], other, "active", "other", "4"),
+    ]
+
+    code, mine, _ = run(capsys, "keys", "list", "--account", account_id)
+    assert [r["LABEL"] for r in rows(mine)] == ["bob"] and "ACCOUNT_ID" not in mine
+    assert run(capsys, "keys", "list", "--account", "acct_x") == (0, "no keys for account acct_x\n", "")
+
+
+def test_keys_rotate(table, capsys):
+    old, _ = new_key(capsys, "--balance", "1", "--label", "prod", "--images-per-minute", "9")
+    before = table.accounts.authenticate(f"Bearer {old}")
+    new, out = new_key(capsys, "--account", before.account_id)  # a second key, untouched by the rotation
+    code, out, err = run(capsys, "keys", "rotate", before.key_id)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    rotated = lines[-1]
+    assert lines[0] == f"revoked {before.key_id}; its replacement has the same account, label and limits"
+    assert lines[1] == f"key {key_id_for(rotated)}  images per minute: 9  concurrent requests: default"
+    assert out.count("sk-ig-") == 1
+
+    with pytest.raises(APIError) as info:
+        table.accounts.authenticate(f"Bearer {old}")
+    assert info.value.status == 401
+    after = table.accounts.authenticate(f"Bearer {rotated}")
+    assert (after.account_id, after.images_per_minute, after.max_concurrent) == (before.account_id, 9, None)
+    assert table.accounts.get_key(after.key_id)["label"] == "prod"
+    assert table.accounts.authenticate(f"Bearer {new}").account_id == before.account_id
+    statuses = {k["key_id"]: k["status"] for k in table.accounts.list_keys()}
+    assert statuses == {before.key_id: "revoked", key_id_for(new): "active", after.key_id: "active"}
+
+    code, _, err = run(capsys, "keys", "rotate", before.key_id)
+    assert (code, err) == (
+        1,
+        f"imagegate: key {before.key_id} is revoked; only an active key can be rotated\n",
+    )
+    assert run(capsys, "keys", "rotate", "key_nope") == (1, "", "imagegate: no key with id key_nope\n")
+    assert len(table.accounts.list_keys()) == 3
 
 
 def test_revoked_key_is_refused(table, capsys):
-    _, out, _ = run(capsys, "keys", "create", "--balance", "1")
-    key = out.strip().splitlines()[-1]
-    key_id = table.list_keys()[0]["key_id"]
-    code, out, _ = run(capsys, "keys", "revoke", key_id)
-    assert code == 0 and key_id in out
-    with pytest.raises(Exception) as exc:
-        table.authenticate(f"Bearer {key}")
-    assert getattr(exc.value, "status", None) == 401
+    key, _ = new_key(capsys, "--balance", "1")
+    key_id = table.accounts.list_keys()[0]["key_id"]
+    assert run(capsys, "keys", "revoke", key_id) == (0, f"revoked {key_id}\n", "")
+    with pytest.raises(APIError) as exc:
+        table.accounts.authenticate(f"Bearer {key}")
+    assert exc.value.status == 401
     code, _, err = run(capsys, "keys", "revoke", "key_doesnotexist")
-    assert code == 1 and "no key with id key_doesnotexist" in err
+    assert code == 1 and err == "imagegate: no key with id key_doesnotexist (see `imagegate keys list`)\n"
+
+
+def test_keys_limits_show_set_and_restore_defaults(table, capsys):
+    key, _ = new_key(capsys, "--balance", "1")
+    key_id = key_id_for(key)
+    assert run(capsys, "keys", "limits", key_id) == (
+        0,
+        f"{key_id}  images per minute: default  concurrent requests: default\n",
+        "",
+    )
+    _, out, _ = run(capsys, "keys", "limits", key_id, "--images-per-minute", "30", "--max-concurrent", "3")
+    assert out == f"{key_id}  images per minute: 30  concurrent requests: 3\n"
+    assert table.accounts.authenticate(f"Bearer {key}").images_per_minute == 30
+
+    # An option left out keeps its limit; `default` hands it back to the deployment.
+    _, out, _ = run(capsys, "keys", "limits", key_id, "--images-per-minute", "default")
+    assert out == f"{key_id}  images per minute: default  concurrent requests: 3\n"
+    account = table.accounts.authenticate(f"Bearer {key}")
+    assert (account.images_per_minute, account.max_concurrent) == (None, 3)
+
+    assert run(capsys, "keys", "limits", "key_nope", "--max-concurrent", "1") == (
+        1,
+        "",
+        "imagegate: no key with id key_nope\n",
+    )
+    err = usage_error(capsys, "keys", "limits", key_id, "--max-concurrent", "lots")
+    assert err == (
+        "imagegate keys limits: argument --max-concurrent: expected a whole number of at least 1, got 'lots' "
+        "(see `imagegate keys limits --help`)\n"
+    )
+
+
+# --- balances -------------------------------------------------------------------------------------------
 
 
 def test_balance_credit_and_show_are_exact_to_the_micro_dollar(table, capsys):
-    account_id = table.create_account(1_000_000)
+    account_id = table.accounts.create_account(1_000_000)
     code, out, _ = run(capsys, "balance", "credit", account_id, "0.000001")
-    assert code == 0 and "$1.000001" in out and "1000001 micro-USD" in out
-    code, out, _ = run(capsys, "balance", "show", account_id)
-    assert code == 0 and "$1.000001" in out
+    assert (code, out) == (0, f"{account_id}  $1.000001  (1000001 micro-USD)\n")
+    assert run(capsys, "balance", "show", account_id) == (
+        0,
+        f"{account_id}  $1.000001  (1000001 micro-USD)\n",
+        "",
+    )
     assert table.balance(account_id) == 1_000_001
+    assert table.entries(account_id)[-1] == ("credit", 1, "manual credit", ACTOR)
 
 
-def test_clear_errors_for_unknown_accounts_and_bad_amounts(table, capsys):
-    code, _, err = run(capsys, "balance", "show", "acct_missing")
-    assert code == 1 and "no account acct_missing" in err
+def test_balance_credit_with_a_reason_and_an_actor(table, capsys):
+    account_id = table.accounts.create_account(0)
+    code, out, _ = run(
+        capsys,
+        "--actor",
+        "billing-job",
+        "balance",
+        "credit",
+        account_id,
+        "25",
+        "--reason",
+        "invoice 2026-001",
+    )
+    assert code == 0 and "$25.000000" in out
+    assert table.entries(account_id) == [("credit", 25_000_000, "invoice 2026-001", "billing-job")]
+
+
+def test_balance_credit_errors(table, capsys):
+    account_id = table.accounts.create_account(0)
+    for amount in ("0", "-1"):
+        err = usage_error(capsys, "balance", "credit", account_id, amount)
+        assert "amount must be more than zero" in err
+    assert run(capsys, "balance", "credit", "acct_missing", "1") == (
+        1,
+        "",
+        "imagegate: no account acct_missing\n",
+    )
+    code, _, err = run(capsys, "balance", "credit", account_id, "1", "--reason", "  ")
+    assert code == 1 and "reason is required" in err
+    assert table.entries(account_id) == [] and table.balance(account_id) == 0
+
+
+def test_balance_adjust_both_ways_with_a_reason(table, capsys):
+    account_id = table.accounts.create_account(2_000_000)
+    code, out, _ = run(
+        capsys, "balance", "adjust", account_id, "-0.5", "--reason", "double credit on 2026-01-02"
+    )
+    assert (code, out) == (0, f"{account_id}  $1.500000  (1500000 micro-USD)\n")
+    code, out, _ = run(capsys, "balance", "adjust", account_id, "+0.25", "--reason", "outage goodwill")
+    assert (code, out) == (0, f"{account_id}  $1.750000  (1750000 micro-USD)\n")
+    assert table.entries(account_id)[1:] == [
+        ("adjust", -500_000, "double credit on 2026-01-02", ACTOR),
+        ("adjust", 250_000, "outage goodwill", ACTOR),
+    ]
+    assert ledger.reconcile(table.db, table.name, account_id).ok
+
+
+def test_balance_adjust_errors(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    assert "the following arguments are required: --reason" in usage_error(
+        capsys, "balance", "adjust", account_id, "-1"
+    )
+    assert "an adjustment of zero changes nothing" in usage_error(
+        capsys, "balance", "adjust", account_id, "0", "--reason", "x"
+    )
+    code, _, err = run(capsys, "balance", "adjust", account_id, "-1.000001", "--reason", "too much")
+    assert (code, err) == (
+        1,
+        f"imagegate: adjusting {account_id} by -$1.000001 would take its balance of $1.000000 below zero; "
+        "nothing changed\n",
+    )
+    assert table.balance(account_id) == 1_000_000 and len(table.entries(account_id)) == 1
+
+
+@pytest.mark.parametrize("amount", ["Infinity", "NaN", "-inf", "ten", "0.0000001"])
+def test_amounts_that_are_not_dollars_are_usage_errors(table, capsys, amount):
+    err = usage_error(capsys, "keys", "create", f"--balance={amount}")
+    assert "not a USD amount" in err or "finer than one micro-dollar" in err
+    assert err.startswith("imagegate keys create: argument --balance: ")
+    assert table.accounts.list_keys() == []
+
+
+# --- usage ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def traffic(table):
+    """Settled requests on two days: yesterday (four, two accounts) and the day before (one)."""
+    yesterday = time.time() - 86_400
+    days = [datetime.fromtimestamp(t, UTC).date().isoformat() for t in (yesterday, yesterday - 86_400)]
+    a, b = table.accounts.create_account(10_000_000), table.accounts.create_account(10_000_000)
+    ka1, ka2, kb = (key_id_for(table.accounts.create_key(acct)) for acct in (a, a, b))
+    requests = [  # account, key, model, reserved, charged, images, when
+        (a, ka1, "dall-e-2", 40_000, 40_000, 2, yesterday),
+        (a, ka2, "gpt-image-1", 100_000, 60_000, 1, yesterday),
+        (a, ka1, "dall-e-2", 20_000, 0, 0, yesterday),  # failed upstream: refunded in full
+        (b, kb, "dall-e-2", 20_000, 20_000, 1, yesterday),
+        (b, kb, "dall-e-3", 80_000, 80_000, 1, yesterday - 86_400),
+    ]
+    for n, (account, key_id, model, reserved, charged, images, when) in enumerate(requests):
+        billing = table.billing(clock=lambda when=when: when)
+        billing.reserve(
+            account, f"req_{n}", reserved, {"model": model, "endpoint": "generations", "key_id": key_id}
+        )
+        billing.settle(account, f"req_{n}", charged, images=images)
+    return {"a": a, "b": b, "ka1": ka1, "ka2": ka2, "kb": kb, "days": days}
+
+
+def test_usage_by_day_as_a_table_with_totals(traffic, capsys):
+    code, out, _ = run(capsys, "usage", "--days", "7")
+    assert code == 0
+    lines = out.splitlines()
+    assert set(lines[-2]) == {"-", " "}
+    assert rows(out) == [
+        {
+            "DAY": traffic["days"][1],
+            "REQUESTS": "1",
+            "IMAGES": "1",
+            "CHARGED": "$0.080000",
+            "REFUNDED": "$0.000000",
+        },
+        {
+            "DAY": traffic["days"][0],
+            "REQUESTS": "4",
+            "IMAGES": "4",
+            "CHARGED": "$0.120000",
+            "REFUNDED": "$0.060000",
+        },
+        {"DAY": "total", "REQUESTS": "5", "IMAGES": "5", "CHARGED": "$0.200000", "REFUNDED": "$0.060000"},
+    ]
+
+
+def test_usage_by_model_as_csv(traffic, capsys):
+    code, out, _ = run(capsys, "usage", "--by", "model", "--format", "csv")
+    assert code == 0
+    parsed = list(csv.DictReader(io.StringIO(out)))
+    assert parsed == [
+        {
+            "model": "dall-e-2",
+            "requests": "3",
+            "images": "3",
+            "charged": "60000",
+            "charged_usd": "0.060000",
+            "refunded": "20000",
+            "refunded_usd": "0.020000",
+        },
+        {
+            "model": "dall-e-3",
+            "requests": "1",
+            "images": "1",
+            "charged": "80000",
+            "charged_usd": "0.080000",
+            "refunded": "0",
+            "refunded_usd": "0.000000",
+        },
+        {
+            "model": "gpt-image-1",
+            "requests": "1",
+            "images": "1",
+            "charged": "60000",
+            "charged_usd": "0.060000",
+            "refunded": "40000",
+            "refunded_usd": "0.040000",
+        },
+    ]
+    assert sum(int(r["charged"]) for r in parsed) == 200_000
+
+
+def test_usage_by_key_for_one_account_as_json(traffic, capsys):
+    code, out, _ = run(capsys, "usage", "--by", "key", "--account", traffic["a"], "--format", "json")
+    assert code == 0
+    parsed = json.loads(out)
+    assert parsed == sorted(
+        [
+            {
+                "account_id": traffic["a"],
+                "key_id": traffic["ka1"],
+                "requests": 2,
+                "images": 2,
+                "charged": 40_000,
+                "charged_usd": "0.040000",
+                "refunded": 20_000,
+                "refunded_usd": "0.020000",
+            },
+            {
+                "account_id": traffic["a"],
+                "key_id": traffic["ka2"],
+                "requests": 1,
+                "images": 1,
+                "charged": 60_000,
+                "charged_usd": "0.060000",
+                "refunded": 40_000,
+                "refunded_usd": "0.040000",
+            },
+        ],
+        key=lambda r: r["key_id"],
+    )
+
+
+def test_usage_window_and_empty_reports(traffic, capsys):
+    assert run(capsys, "usage", "--days", "1") == (0, "no usage today\n", "")
+    assert run(capsys, "usage", "--days", "1", "--format", "json") == (0, "[]\n", "")
+    _, out, _ = run(capsys, "usage", "--days", "1", "--by", "key", "--format", "csv")
+    assert out == "account_id,key_id,requests,images,charged,charged_usd,refunded,refunded_usd\n"
+    _, out, _ = run(capsys, "usage", "--days", "2", "--by", "key")
+    assert out.splitlines()[-1].split() == ["total", "4", "4", "$0.120000", "$0.060000"]
+    listed = [(r["ACCOUNT_ID"], r["KEY_ID"]) for r in rows("\n".join(out.splitlines()[:-2]))]
+    assert listed == sorted(
+        [(traffic["a"], traffic["ka1"]), (traffic["a"], traffic["ka2"]), (traffic["b"], traffic["kb"])]
+    )
+    assert "no usage in the last 3 days" in run(capsys, "usage", "--days", "3", "--account", "acct_x")[1]
+    assert "expected a whole number of at least 1, got '0'" in usage_error(capsys, "usage", "--days", "0")
+
+
+# --- reconcile and sweep --------------------------------------------------------------------------------
+
+
+def tamper(table, account_id, micros):
+    """Change a balance behind the ledger's back, as a bug or a hand edit would."""
+    table.db.update_item(
+        TableName=table.name,
+        Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "ACCOUNT"}},
+        UpdateExpression="ADD balance :x",
+        ExpressionAttributeValues={":x": {"N": str(micros)}},
+    )
+
+
+def test_reconcile_one_account(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    table.billing().reserve(account_id, "req_live", 30_000, {"model": "dall-e-2", "key_id": "key_x"})
+    assert run(capsys, "reconcile", account_id) == (
+        0,
+        f"{account_id}  ok  balance $0.970000  ledger $0.970000  in flight 1 ($0.030000)\n",
+        "",
+    )
+    tamper(table, account_id, 1)
+    code, out, _ = run(capsys, "reconcile", account_id)
+    assert code == 1
+    assert out.splitlines() == [
+        f"{account_id}  MISMATCH  balance $0.970001  ledger $0.970000  in flight 1 ($0.030000)",
+        "  - balance $0.970001 differs from the ledger's sum $0.970000 by $0.000001",
+    ]
+
+
+def test_reconcile_all_accounts(table, capsys):
+    good, bad = table.accounts.create_account(5), table.accounts.create_account(7)
+    code, out, _ = run(capsys, "reconcile", "--all")
+    assert code == 0 and out.splitlines()[-1] == "accounts checked: 2, with problems: 0"
+    tamper(table, bad, -7)
+    code, out, _ = run(capsys, "reconcile", "--all")
+    assert code == 1
+    assert f"{good}  ok  " in out and f"{bad}  MISMATCH  balance $0.000000  ledger $0.000007" in out
+    assert out.splitlines()[-1] == "accounts checked: 2, with problems: 1"
+
+
+def test_reconcile_errors(table, capsys):
+    assert run(capsys, "reconcile", "acct_missing") == (1, "", "imagegate: no account acct_missing\n")
+    assert "one of the arguments account_id --all is required" in usage_error(capsys, "reconcile")
+    assert "not allowed with argument" in usage_error(capsys, "reconcile", "acct_x", "--all")
+
+
+def test_sweep_refunds_abandoned_reservations_once(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    abandoned_at = time.time() - 3_600
+    table.billing(clock=lambda: abandoned_at).reserve(
+        account_id, "req_dead", 50_000, {"model": "dall-e-3", "key_id": "key_x"}
+    )
+    table.billing().reserve(account_id, "req_live", 20_000, {"model": "dall-e-2", "key_id": "key_x"})
+    code, out, _ = run(capsys, "reconcile", account_id)
+    assert "abandoned reservations: 1 (`imagegate sweep` refunds them)" in out
+
+    code, out, _ = run(capsys, "sweep", "--older-than", "600")
+    assert code == 0
+    [row] = rows("\n".join(out.splitlines()[:-1]))
+    assert (row["REQUEST_ID"], row["ACCOUNT_ID"], row["MODEL"], row["REFUNDED"]) == (
+        "req_dead",
+        account_id,
+        "dall-e-3",
+        "$0.050000",
+    )
+    assert row["RESERVED (UTC)"] == datetime.fromtimestamp(int(abandoned_at), UTC).strftime(
+        "%Y-%m-%d %H:%M:%S"
+    )
+    assert out.splitlines()[-1] == "stale reservations refunded: 1 ($0.050000); accounts checked: 1"
+    assert table.balance(account_id) == 980_000
+    assert (table.request_state(account_id, "req_dead"), table.request_state(account_id, "req_live")) == (
+        "refunded",
+        "reserved",
+    )
+    assert run(capsys, "sweep", "--account", account_id) == (
+        0,
+        "stale reservations refunded: 0 ($0.000000); accounts checked: 1\n",
+        "",
+    )
+    assert table.balance(account_id) == 980_000
+    assert ledger.reconcile(table.db, table.name, account_id).ok
+    assert run(capsys, "sweep", "--account", "acct_missing") == (
+        1,
+        "",
+        "imagegate: no account acct_missing\n",
+    )
+
+
+# --- every command: help, and AWS errors ----------------------------------------------------------------
+
+COMMANDS = [
+    (),
+    ("accounts",),
+    ("accounts", "create"),
+    ("accounts", "show"),
+    ("accounts", "list"),
+    ("keys",),
+    ("keys", "create"),
+    ("keys", "list"),
+    ("keys", "rotate"),
+    ("keys", "revoke"),
+    ("keys", "limits"),
+    ("balance",),
+    ("balance", "show"),
+    ("balance", "credit"),
+    ("balance", "adjust"),
+    ("usage",),
+    ("reconcile",),
+    ("sweep",),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "imagegate")
+def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exc:
-        main(["keys", "create", "--balance", "0.0000001"])
-    assert exc.value.code == 2
-    assert "finer than one micro-dollar" in capsys.readouterr().err
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.startswith(f"usage: {' '.join(('imagegate', *command))}")
+    assert len(out.splitlines()) >= 3  # a description besides the usage line
+
+
+def test_a_group_without_a_command_is_a_usage_error(capsys):
+    assert usage_error(capsys, "keys").startswith(
+        "imagegate keys: the following arguments are required: COMMAND"
+    )
 
 
 def test_missing_table_is_a_one_line_error_not_a_traceback(table, capsys):
     code, _, err = run(capsys, "--table", "no-such-table", "balance", "show", "acct_x")
     assert code == 1
     assert err.startswith("imagegate: ResourceNotFoundException")
-    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1
 
 
 def test_region_comes_from_the_aws_profile_when_not_set(table, monkeypatch, tmp_path):
@@ -96,11 +698,8 @@ def test_region_comes_from_the_aws_profile_when_not_set(table, monkeypatch, tmp_
     assert clients.dynamodb.meta.region_name == "eu-west-1"
 
 
-@pytest.mark.parametrize("amount", ["Infinity", "NaN", "-inf", "ten"])
-def test_amounts_that_are_not_dollars_are_usage_errors(table, capsys, amount):
-    with pytest.raises(SystemExit) as exc:
-        main(["keys", "create", f"--balance={amount}"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "not a USD amount" in err and "Traceback" not in err
-    assert table.list_keys() == []
+def test_dates_are_utc(table, capsys):
+    account_id = table.accounts.create_account(0)
+    created = table.accounts.show_account(account_id).created_at
+    code, out, _ = run(capsys, "accounts", "show", account_id)
+    assert code == 0 and f"created  {datetime.fromtimestamp(created, UTC):%Y-%m-%d %H:%M:%S}" in out

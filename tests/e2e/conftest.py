@@ -25,6 +25,7 @@ from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
 from imagegate.devserver import provision
+from imagegate.providers import Deps
 from imagegate.service import Service
 
 from .helpers import SMALL_BODY_LIMIT, SpecValidator, load_spec
@@ -124,12 +125,14 @@ def start_stack(aws_env, moto_endpoint):
     """Build and serve apps on the shared moto server, each with its own table and bucket."""
     stops = []
 
-    def start(**settings: Any) -> Stack:
+    def start(upstream: Any = None, **settings: Any) -> Stack:
+        """`upstream`: an httpx handler standing in for every HTTP upstream (routes come from `settings`)."""
         suffix = uuid.uuid4().hex[:12]
         config = Settings(table=f"e2e-{suffix}", bucket=f"e2e-{suffix}", region="us-east-1", **settings)
         aws = AWSClients(config, moto_endpoint)
         provision(aws, config)
-        service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"))
+        deps = Deps(aws, httpx.Client(transport=httpx.MockTransport(upstream))) if upstream else None
+        service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps)
         base_url, stop = _serve(create_app(service))
         stops.append(stop)
         return Stack(config, aws, service, base_url)
@@ -186,9 +189,9 @@ class User:
 def new_user(sdk_http):
     """Make a funded user on a stack: `new_user(stack, balance=...)`."""
 
-    def make(on: Stack, balance: int = DEFAULT_BALANCE) -> User:
+    def make(on: Stack, balance: int = DEFAULT_BALANCE, **limits: int) -> User:
         account_id = on.service.accounts.create_account(balance, label="e2e")
-        key = on.service.accounts.create_key(account_id, label="e2e")
+        key = on.service.accounts.create_key(account_id, label="e2e", **limits)
         client = openai.OpenAI(base_url=f"{on.base_url}/v1", api_key=key, max_retries=0, http_client=sdk_http)
         return User(on, account_id, key, client)
 

@@ -41,9 +41,9 @@ def test_readme_python_example_runs_unchanged(stack, new_user, monkeypatch, tmp_
 def test_readme_curl_examples_run(stack, new_user, tmp_path):
     user = new_user(stack)
     Image.new("RGBA", (64, 64), (10, 120, 200, 255)).save(tmp_path / "lighthouse.png")
-    [block] = [b for b in _blocks("sh") if "curl -s" in b]
-    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("curl")]
-    assert len(commands) == 2
+    blocks = [b for b in _blocks("sh") if "curl -s" in b]
+    commands = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if c.startswith("curl")]
+    assert len(commands) == 4
     for command in commands:
         result = subprocess.run(
             ["bash", "-c", command.replace(README_BASE_URL, stack.base_url)],
@@ -54,4 +54,5 @@ def test_readme_curl_examples_run(stack, new_user, tmp_path):
             timeout=60,
             check=True,
         )
-        assert '"data":[{' in result.stdout, result.stdout[:300]
+        expected = '"object":"balance"' if "/v1/balance" in command else '"data":[{'
+        assert expected in result.stdout, result.stdout[:300]

@@ -1,4 +1,4 @@
-"""Accounts, keys and the reserve/settle ledger against moto's in-process DynamoDB."""
+"""Accounts, keys, reserve/settle/credit and their ledger entries against moto's in-process DynamoDB."""
 
 import hashlib
 import json
@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from botocore.exceptions import ClientError
 
+from imagegate import ledger
+from imagegate.accounts import NotFound
 from imagegate.billing import Billing
 from imagegate.errors import APIError
 
-DETAILS = {"model": "dall-e-2", "endpoint": "generations", "provider": "local"}
+DETAILS = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_0123456789abcdef"}
 
 
 def request_id():
@@ -126,17 +128,69 @@ def test_short_key_prefix_is_hidden(accounts):
 # --- balances and credit --------------------------------------------------------------------------------
 
 
-def test_credit_adds_and_returns_the_new_balance(accounts):
+def ledger_of(aws, settings, account_id):
+    return ledger.entries(aws.dynamodb, settings.table, account_id)
+
+
+def test_credit_adds_and_returns_the_new_balance(aws, settings, accounts, billing):
     account_id = accounts.create_account(1_500)
-    assert accounts.credit(account_id, 2_500_000) == 2_501_500
+    assert billing.credit(account_id, 2_500_000, reason="top-up", actor="ops@example.com") == 2_501_500
     assert accounts.balance(account_id) == 2_501_500
+    credit = ledger_of(aws, settings, account_id)[-1]
+    assert (credit.kind, credit.amount, credit.reason, credit.actor) == (
+        "credit",
+        2_500_000,
+        "top-up",
+        "ops@example.com",
+    )
 
 
-def test_credit_to_an_unknown_account_fails(accounts):
-    with pytest.raises(ClientError) as info:
-        accounts.credit("acct_missing", 1_000)
-    assert info.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+def test_credit_to_an_unknown_account_fails_and_writes_nothing(aws, settings, accounts, billing):
+    with pytest.raises(NotFound, match="acct_missing"):
+        billing.credit("acct_missing", 1_000, reason="top-up")
     assert accounts.balance("acct_missing") is None
+    assert ledger_of(aws, settings, "acct_missing") == []
+
+
+@pytest.mark.parametrize(
+    ("amount", "kwargs", "message"),
+    [
+        (0, {"reason": "x"}, "must be positive"),
+        (-5, {"reason": "x"}, "must be positive"),
+        (5, {"reason": "  "}, "reason is required"),
+        (0, {"reason": "x", "kind": "adjust"}, "changes nothing"),
+        (5, {"reason": "x", "kind": "gift"}, "credit or an adjust"),
+    ],
+)
+def test_refused_credits_change_nothing(aws, settings, accounts, billing, amount, kwargs, message):
+    account_id = accounts.create_account(10_000)
+    with pytest.raises(ValueError, match=message):
+        billing.credit(account_id, amount, **kwargs)
+    assert accounts.balance(account_id) == 10_000
+    assert len(ledger_of(aws, settings, account_id)) == 1  # the opening credit
+
+
+def test_adjust_takes_money_off_but_never_below_zero(aws, settings, accounts, billing):
+    account_id = accounts.create_account(10_000)
+    with pytest.raises(ValueError, match=r"-\$0\.010001 would take its balance of \$0\.010000 below zero"):
+        billing.credit(account_id, -10_001, reason="refund outside imagegate", kind="adjust")
+    assert accounts.balance(account_id) == 10_000
+    assert billing.credit(account_id, -10_000, reason="refund outside imagegate", kind="adjust") == 0
+    assert billing.credit(account_id, 2_000, reason="goodwill", kind="adjust", actor="cli") == 2_000
+    kinds = [(e.kind, e.amount, e.reason) for e in ledger_of(aws, settings, account_id)]
+    assert kinds == [
+        ("credit", 10_000, "opening balance"),
+        ("adjust", -10_000, "refund outside imagegate"),
+        ("adjust", 2_000, "goodwill"),
+    ]
+
+
+def test_adjust_cannot_take_reserved_money(aws, settings, accounts, billing):
+    account_id = accounts.create_account(10_000)
+    billing.reserve(account_id, request_id(), 6_000, DETAILS)
+    with pytest.raises(ValueError, match="below zero"):
+        billing.credit(account_id, -5_000, reason="correction", kind="adjust")
+    assert accounts.balance(account_id) == 4_000
 
 
 # --- reserve and settle ---------------------------------------------------------------------------------
@@ -148,11 +202,14 @@ def test_reserve_debits_exactly(aws, settings, accounts, billing):
     billing.reserve(account_id, rid, 54_000, DETAILS)
     assert accounts.balance(account_id) == 46_000
     item = request_item(aws, settings, account_id, rid)
-    assert (item["state"]["S"], item["reserved"]["N"], item["model"]["S"]) == (
+    assert (item["state"]["S"], item["reserved"]["N"], item["model"]["S"], item["key_id"]["S"]) == (
         "reserved",
         "54000",
         "dall-e-2",
+        DETAILS["key_id"],
     )
+    reserve = ledger_of(aws, settings, account_id)[-1]
+    assert (reserve.kind, reserve.amount, reserve.request_id) == ("reserve", -54_000, rid)
 
 
 def test_reserve_the_whole_balance(accounts, billing):
@@ -173,6 +230,23 @@ def test_insufficient_balance_is_402_and_changes_nothing(aws, settings, accounts
     assert accounts.balance(account_id) == 15_000
     assert request_item(aws, settings, account_id, rid) is None
     assert billing.settle(account_id, rid, 0) is False
+    assert accounts.balance(account_id) == 15_000
+    assert [e.kind for e in ledger_of(aws, settings, account_id)] == ["credit"]
+
+
+def test_a_token_priced_402_says_the_amount_is_a_reservation(accounts, billing):
+    account_id = accounts.create_account(15_000)
+    with pytest.raises(APIError) as info:
+        billing.reserve(account_id, request_id(), 133_325, DETAILS, upper_bound=True)
+    assert info.value.status == 402
+    assert "reserves up to $0.133325" in info.value.message
+    assert "$0.015000" in info.value.message
+
+
+def test_a_negative_reservation_is_refused(accounts, billing):
+    account_id = accounts.create_account(15_000)
+    with pytest.raises(ValueError, match="negative"):
+        billing.reserve(account_id, request_id(), -1, DETAILS)
     assert accounts.balance(account_id) == 15_000
 
 
@@ -197,10 +271,23 @@ def test_partial_charge_refunds_the_difference(aws, settings, accounts, billing)
     account_id = accounts.create_account(100_000)
     rid = request_id()
     billing.reserve(account_id, rid, 60_000, DETAILS)  # n=3 at 20_000
-    assert billing.settle(account_id, rid, 20_000) is True  # only one image came back
+    assert billing.settle(account_id, rid, 20_000, images=1, provider="openai") is True  # one image came back
     assert accounts.balance(account_id) == 80_000
     item = request_item(aws, settings, account_id, rid)
     assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "20000", "40000")
+    assert (item["images"]["N"], item["provider"]["S"]) == ("1", "openai")
+    settle = ledger_of(aws, settings, account_id)[-1]
+    assert (settle.kind, settle.amount, settle.charged, settle.request_id) == ("settle", 40_000, 20_000, rid)
+
+
+def test_a_full_charge_still_writes_its_settle_entry(aws, settings, accounts, billing):
+    account_id = accounts.create_account(100_000)
+    rid = request_id()
+    billing.reserve(account_id, rid, 60_000, DETAILS)
+    billing.settle(account_id, rid, 60_000, images=3)
+    entries = [(e.kind, e.amount, e.charged) for e in ledger_of(aws, settings, account_id)]
+    assert entries == [("credit", 100_000, None), ("reserve", -60_000, None), ("settle", 0, 60_000)]
+    assert sum(e.amount for e in ledger_of(aws, settings, account_id)) == accounts.balance(account_id)
 
 
 def test_failed_request_is_refunded_in_full(aws, settings, accounts, billing):
@@ -220,7 +307,7 @@ def test_charge_above_the_reservation_is_capped(accounts, billing):
     assert accounts.balance(account_id) == 80_000
 
 
-def test_settle_twice_refunds_once(accounts, billing):
+def test_settle_twice_refunds_once(aws, settings, accounts, billing):
     account_id = accounts.create_account(100_000)
     rid = request_id()
     billing.reserve(account_id, rid, 60_000, DETAILS)
@@ -228,6 +315,7 @@ def test_settle_twice_refunds_once(accounts, billing):
     assert billing.settle(account_id, rid, 0) is False
     assert billing.settle(account_id, rid, 20_000) is False
     assert accounts.balance(account_id) == 100_000
+    assert [e.kind for e in ledger_of(aws, settings, account_id)] == ["credit", "reserve", "settle"]
 
 
 def test_settle_unknown_request(accounts, billing):
@@ -305,6 +393,8 @@ def test_concurrent_settles_refund_once(aws, settings, accounts):
         results = list(pool.map(settle, range(10)))
     assert results.count(True) == 1
     assert accounts.balance(account_id) == 80_000
+    assert [e.kind for e in ledger_of(aws, settings, account_id)].count("settle") == 1
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
 
 
 class ConflictsFirst:

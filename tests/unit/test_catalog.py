@@ -2,7 +2,7 @@
 
 import pytest
 
-from imagegate.catalog import FreeFormSizes, free_form_problem, parse_size, price_per_image
+from imagegate.catalog import OPENAI_CONTRACTS, FreeFormSizes, free_form_problem, parse_size, price_per_image
 
 from .conftest import LOCAL_PRICE
 
@@ -42,6 +42,30 @@ def test_gpt_image_1_5_table(catalog, model, quality, square, non_square):
 
 
 @pytest.mark.parametrize(
+    ("model", "quality", "square", "non_square"),
+    [
+        ("gpt-image-1", "low", 11_000, 16_000),
+        ("gpt-image-1", "medium", 42_000, 63_000),
+        ("gpt-image-1", "high", 167_000, 250_000),
+        ("gpt-image-1-mini", "low", 5_000, 6_000),
+        ("gpt-image-1-mini", "medium", 11_000, 15_000),
+        ("gpt-image-1-mini", "high", 36_000, 52_000),
+    ],
+)
+def test_gpt_image_1_and_mini_tables(catalog, model, quality, square, non_square):
+    contract = catalog[model]
+    assert price_per_image(contract, quality, "1024x1024") == square
+    assert price_per_image(contract, quality, "1536x1024") == non_square
+    assert price_per_image(contract, quality, "1024x1536") == non_square
+
+
+@pytest.mark.parametrize("model", ["gpt-image-2", "gpt-image-2-2026-04-21"])
+@pytest.mark.parametrize(("quality", "micros"), [("low", 6_000), ("medium", 53_000), ("high", 211_000)])
+def test_gpt_image_2_square_prices(catalog, model, quality, micros):
+    assert price_per_image(catalog[model], quality, "1024x1024") == micros
+
+
+@pytest.mark.parametrize(
     ("quality", "micros"),
     [
         # gpt-image-2's published 1024x1024 rates (README: 0.006 / 0.053 / 0.211 USD) scaled by
@@ -66,10 +90,19 @@ def test_local_model_default_price(catalog):
 
 @pytest.mark.parametrize("size", ["256x256", "1536x1024", "1536x864"])
 def test_local_model_price_is_flat_per_image(catalog, size):
-    # README: IMAGEGATE_LOCAL_PRICE_USD is the "price per image" of imagegate-local, and
-    # catalog.local_contract promises "one flat price"; price_per_image scales it by area instead
-    # (256x256 -> 125, 1536x1024 -> 3000, 1536x864 -> 2532).
+    # README: IMAGEGATE_LOCAL_PRICE_USD is the "price per image" of imagegate-local, at any size (scaled by
+    # area it would be 125 at 256x256, 3000 at 1536x1024, 2532 at 1536x864).
     assert price_per_image(catalog["imagegate-local"], "low", size) == LOCAL_PRICE
+
+
+def test_a_contract_without_prices_has_no_price():
+    # Contracts get their prices from the price book, through build_catalog.
+    with pytest.raises(ValueError, match="priced by build_catalog"):
+        price_per_image(OPENAI_CONTRACTS[0], "standard", "1024x1024")
+
+
+def test_catalog_contracts_carry_their_price_book_entry(catalog):
+    assert all(contract.pricing.model == model_id for model_id, contract in catalog.items())
 
 
 GPT_IMAGE_2 = FreeFormSizes()

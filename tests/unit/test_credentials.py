@@ -10,7 +10,7 @@ from imagegate.credentials import CredentialsError, load_credentials
 
 SECRET_VALUE = "sk-live-do-not-leak-4242"
 STORED = {"OPENAI_API_KEY": SECRET_VALUE, "GEMINI_API_KEY": "gm-1", "UNUSED": ""}
-ENV = {"OPENAI_API_KEY": "sk-from-env"}
+ENV = {"IMAGEGATE_OPENAI_API_KEY": "sk-from-env"}
 
 
 def name():
@@ -52,12 +52,15 @@ def test_an_ssm_securestring_holds_the_credentials(aws_clients):
     }
 
 
-def test_the_environment_gives_only_the_named_credentials():
+def test_the_environment_gives_only_the_named_credentials_under_the_imagegate_prefix():
     env = {
-        "OPENAI_API_KEY": "sk-env",
-        "GEMINI_API_KEY": "",
-        "EXAMPLE_KEY": "ex-1",
+        "IMAGEGATE_OPENAI_API_KEY": "sk-env",
+        "IMAGEGATE_GEMINI_API_KEY": "",
+        "IMAGEGATE_EXAMPLE_KEY": "ex-1",
         "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        # The OpenAI SDK's variable holds the client's own imagegate key in a developer's shell.
+        "OPENAI_API_KEY": "sk-ig-the-clients-key",
+        "EXAMPLE_KEY": "unprefixed",
     }
     assert load_credentials(Settings(), aws=None, env=env) == {"OPENAI_API_KEY": "sk-env"}
     names = {"OPENAI_API_KEY", "GEMINI_API_KEY", "EXAMPLE_KEY"}

@@ -266,7 +266,10 @@ def route(**fields):
         ('{"routes": {"dall-e-2": ["openai"]}}', "model 'dall-e-2' route 1 must be a JSON object"),
         ('{"dall-e-2": []}', 'must be a JSON object {"routes"'),
         ('{"routes": {}, "prices": {}}', "unknown top-level key(s) prices"),
-        (route(provider="midjourney", model="v7"), "'provider' must be one of bedrock, gemini, local, openai, openai_compatible"),
+        (
+            route(provider="midjourney", model="v7"),
+            "'provider' must be one of bedrock, gemini, local, openai, openai_compatible",
+        ),
         (route(model="gpt-image-1.5"), "'provider' must be one of"),
         (
             route(provider="gemini", credential="GEMINI_API_KEY"),
@@ -590,7 +593,7 @@ def test_smoke_script_skips_every_provider_without_keys(capsys, monkeypatch):
     spec.loader.exec_module(smoke)
     assert smoke.main({}) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "skipped openai: OPENAI_API_KEY is not set",
-        "skipped gemini: GEMINI_API_KEY is not set",
+        "skipped openai: IMAGEGATE_OPENAI_API_KEY is not set",
+        "skipped gemini: IMAGEGATE_GEMINI_API_KEY is not set",
         "skipped bedrock: IMAGEGATE_BEDROCK_REGION is not set",
     ]

@@ -1,25 +1,33 @@
 """Accounts and API keys in DynamoDB. Keys are stored only as SHA-256 hashes.
 
 Items (single table, `pk`/`sk`):
-  KEY#<sha256 of key>  / KEY      -> account_id, key_id, prefix, label, status, created_at
-  KEYS                 / <key_id> -> the same, plus key_pk: the admin index (list, revoke)
-  ACCOUNT#<account_id> / ACCOUNT  -> balance (micro-USD), label, created_at
+  KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, and the key's
+                                         optional limits images_per_minute, max_concurrent
+  KEYS                 / <key_id>     -> the same, plus key_pk: the admin index (list, rotate, revoke, limits)
+  ACCOUNT#<account_id> / ACCOUNT      -> balance (micro-USD), label, created_at
+  ACCOUNTS             / <account_id> -> label, created_at: the admin index of accounts (list)
+Balances change only with a ledger entry in the same transaction (ledger.py); an opening balance too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import APIError
 
 KEY_PREFIX = "sk-ig-"
 KEY_INDEX = "KEYS"  # partition listing every key by id, for the admin CLI
-KEY_COLUMNS = ("key_id", "prefix", "account_id", "label", "status", "created_at")
+ACCOUNT_INDEX = "ACCOUNTS"  # partition listing every account by id, for the admin CLI
+LIMITS = ("images_per_minute", "max_concurrent")
+CONFLICT_ATTEMPTS = 6
+CONFLICT_BACKOFF_S = 0.025
 
 
 def hash_key(api_key: str) -> str:
@@ -44,6 +52,10 @@ def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
 
 
+class NotFound(LookupError):
+    """No account or key with the given id; the message names it."""
+
+
 @dataclass(frozen=True)
 class Account:
     account_id: str
@@ -53,13 +65,35 @@ class Account:
     max_concurrent: int | None = None
 
 
+@dataclass(frozen=True)
+class AccountInfo:
+    account_id: str
+    label: str
+    balance: int  # micro-USD
+    created_at: int  # epoch seconds
+
+
+class KeyInfo(TypedDict):
+    """A key as admins see it: never the key, only its id and a short prefix."""
+
+    key_id: str
+    prefix: str
+    account_id: str
+    label: str
+    status: str  # active | revoked
+    created_at: int
+    images_per_minute: int | None
+    max_concurrent: int | None
+
+
 class Accounts:
     """Key lookup for requests, and the admin operations the CLI and dev server use."""
 
-    def __init__(self, dynamodb: Any, table: str, clock: Any = time.time) -> None:
+    def __init__(self, dynamodb: Any, table: str, clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self._db = dynamodb
         self._table = table
         self._clock = clock
+        self._sleep = sleep
 
     def authenticate(self, authorization: str | None) -> Account:
         """Resolve an `Authorization: Bearer <key>` header; 401 for missing, unknown or revoked keys."""
@@ -82,25 +116,174 @@ class Accounts:
                 "Incorrect API key provided. Check the key, or ask your provider for a new one.",
                 code="invalid_api_key",
             )
-        return Account(item["account_id"]["S"], item["key_id"]["S"])
-
-    def create_account(self, balance_micros: int, label: str = "") -> str:
-        account_id = "acct_" + uuid.uuid4().hex[:20]
-        self._db.put_item(
-            TableName=self._table,
-            Item={
-                **item_key(account_pk(account_id), "ACCOUNT"),
-                "balance": {"N": str(balance_micros)},
-                "label": {"S": label},
-                "created_at": {"N": str(int(self._clock()))},
-            },
-            ConditionExpression="attribute_not_exists(pk)",
+        return Account(
+            item["account_id"]["S"], item["key_id"]["S"], *(_number(item, name) for name in LIMITS)
         )
+
+    # --- accounts ---------------------------------------------------------------------------------------
+
+    def create_account(self, balance_micros: int, label: str = "", *, actor: str = "") -> str:
+        """A new account holding `balance_micros`; its opening credit is a ledger entry, written with it."""
+        from . import ledger  # ledger builds on this module's item layout, so it is imported late
+
+        if balance_micros < 0:
+            raise ValueError("an opening balance cannot be negative")
+        account_id = "acct_" + uuid.uuid4().hex[:20]
+        now = self._clock()
+        listed = {"label": {"S": label}, "created_at": {"N": str(int(now))}}
+        actions: list[dict[str, Any]] = [
+            self._put(
+                {
+                    **item_key(account_pk(account_id), "ACCOUNT"),
+                    "balance": {"N": str(balance_micros)},
+                    **listed,
+                },
+                new=True,
+            ),
+            self._put({**item_key(ACCOUNT_INDEX, account_id), **listed}),
+        ]
+        if balance_micros:
+            opening = {"reason": "opening balance", "actor": actor}
+            actions.append(
+                ledger.entry(account_id, "credit", balance_micros, lambda: now, table=self._table, **opening)
+            )
+        transact(self._db, actions, self._sleep)
         return account_id
 
-    def create_key(self, account_id: str, label: str = "", api_key: str | None = None) -> str:
+    def show_account(self, account_id: str) -> AccountInfo:
+        item = self._db.get_item(
+            TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise NotFound(f"no account {account_id}")
+        return _account_info(account_id, item)
+
+    def list_accounts(self) -> list[AccountInfo]:
+        """Every account with its balance: the index names them, one batched read fetches the balances."""
+        ids = [item["sk"]["S"] for item in self._query(ACCOUNT_INDEX)]
+        found: dict[str, AccountInfo] = {}
+        for start in range(0, len(ids), 100):  # BatchGetItem's limit
+            request: dict[str, Any] = {
+                self._table: {
+                    "Keys": [item_key(account_pk(i), "ACCOUNT") for i in ids[start : start + 100]],
+                    "ConsistentRead": True,
+                }
+            }
+            attempt = 0
+            while request:
+                out = self._db.batch_get_item(RequestItems=request)
+                for item in out["Responses"].get(self._table, []):
+                    account_id = item["pk"]["S"].removeprefix("ACCOUNT#")
+                    found[account_id] = _account_info(account_id, item)
+                request = out.get("UnprocessedKeys") or {}
+                attempt += 1
+                if request:  # throttled: DynamoDB returns the rest for us to ask again, a little later
+                    self._sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2 ** min(attempt, 8)))
+        return sorted(found.values(), key=lambda a: (a.created_at, a.account_id))
+
+    def balance(self, account_id: str) -> int | None:
+        return read_balance(self._db, self._table, account_id)
+
+    # --- keys -------------------------------------------------------------------------------------------
+
+    def create_key(
+        self,
+        account_id: str,
+        label: str = "",
+        api_key: str | None = None,
+        *,
+        images_per_minute: int | None = None,
+        max_concurrent: int | None = None,
+    ) -> str:
         """Issue a key for an account; returns the key itself, which is never stored or shown again."""
+        limits = _limits(images_per_minute, max_concurrent)
         api_key = api_key or new_api_key()
+        check = {
+            "ConditionCheck": {
+                "TableName": self._table,
+                "Key": item_key(account_pk(account_id), "ACCOUNT"),
+                "ConditionExpression": "attribute_exists(pk)",
+            }
+        }
+        failed = transact(self._db, [check, *self._put_key(api_key, account_id, label, limits)], self._sleep)
+        if failed == 0:
+            raise NotFound(f"no account {account_id}")
+        if failed is not None:
+            raise ValueError("that API key has been issued before")
+        return api_key
+
+    def rotate_key(self, key_id: str) -> str:
+        """Replace an active key: a new key on the same account, label and limits, and the old one revoked,
+        in one transaction. Returns the new key."""
+        entry = self._index_item(key_id)
+        old = _key_info(entry)
+        if old["status"] != "active":
+            raise ValueError(f"key {key_id} is {old['status']}; only an active key can be rotated")
+        api_key = new_api_key()
+        limits = _limits(old["images_per_minute"], old["max_concurrent"])
+        actions = [
+            *self._put_key(api_key, old["account_id"], old["label"], limits),
+            *self._revoke(entry, only_active=True),
+        ]
+        if transact(self._db, actions, self._sleep) is not None:
+            raise ValueError(f"key {key_id} was revoked or rotated meanwhile; nothing changed")
+        return api_key
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key at once; False when there is no such key. Revoking a revoked key is a no-op."""
+        try:
+            entry = self._index_item(key_id)
+        except NotFound:
+            return False
+        transact(self._db, self._revoke(entry, only_active=False), self._sleep)
+        return True
+
+    def set_limits(
+        self, key_id: str, images_per_minute: int | None = None, max_concurrent: int | None = None
+    ) -> KeyInfo:
+        """Set a key's rate limits (None: the deployment's default); returns the key as it now is."""
+        limits = _limits(images_per_minute, max_concurrent)
+        entry = self._index_item(key_id)
+        given = {name: value for name, value in limits.items() if value is not None}
+        clauses = []
+        if given:
+            clauses.append("SET " + ", ".join(f"{name} = :{name}" for name in given))
+        if len(given) < len(limits):
+            clauses.append("REMOVE " + ", ".join(name for name in limits if name not in given))
+        update: dict[str, Any] = {
+            "UpdateExpression": " ".join(clauses),
+            "ConditionExpression": "attribute_exists(pk)",
+        }
+        if given:
+            update["ExpressionAttributeValues"] = {f":{name}": {"N": str(v)} for name, v in given.items()}
+        keys = (item_key(entry["key_pk"]["S"], "KEY"), item_key(KEY_INDEX, key_id))
+        transact(
+            self._db, [{"Update": {"TableName": self._table, "Key": k, **update}} for k in keys], self._sleep
+        )
+        key = _key_info(entry)
+        key["images_per_minute"], key["max_concurrent"] = images_per_minute, max_concurrent
+        return key
+
+    def get_key(self, key_id: str) -> KeyInfo:
+        return _key_info(self._index_item(key_id))
+
+    def list_keys(self, account_id: str | None = None) -> list[KeyInfo]:
+        """Every key (or one account's), oldest first; ids and prefixes only."""
+        rows = [_key_info(item) for item in self._query(KEY_INDEX, account_id)]
+        return sorted(rows, key=lambda r: (r["created_at"], r["key_id"]))
+
+    # --- items ------------------------------------------------------------------------------------------
+
+    def _put(self, item: dict[str, Any], new: bool = False) -> dict[str, Any]:
+        put: dict[str, Any] = {"TableName": self._table, "Item": item}
+        if new:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        return {"Put": put}
+
+    def _put_key(
+        self, api_key: str, account_id: str, label: str, limits: dict[str, int | None]
+    ) -> list[dict[str, Any]]:
+        """The key item, which answers requests, and its index entry, which lets admins find it by id."""
         key_pk = f"KEY#{hash_key(api_key)}"
         fields = {
             "account_id": {"S": account_id},
@@ -109,83 +292,76 @@ class Accounts:
             "label": {"S": label},
             "status": {"S": "active"},
             "created_at": {"N": str(int(self._clock()))},
+            **{name: {"N": str(value)} for name, value in limits.items() if value is not None},
         }
-        # The key item answers requests; its index entry lets admins list and revoke without a table scan.
-        self._db.transact_write_items(
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": {**item_key(key_pk, "KEY"), **fields},
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Put": {
-                        "TableName": self._table,
-                        "Item": {
-                            **item_key(KEY_INDEX, key_id_for(api_key)),
-                            "key_pk": {"S": key_pk},
-                            **fields,
-                        },
-                    }
-                },
-            ]
-        )
-        return api_key
+        return [
+            self._put({**item_key(key_pk, "KEY"), **fields}, new=True),
+            self._put({**item_key(KEY_INDEX, key_id_for(api_key)), "key_pk": {"S": key_pk}, **fields}),
+        ]
 
-    def list_keys(self) -> list[dict[str, str]]:
-        rows = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :index",
-            "ExpressionAttributeValues": {":index": {"S": KEY_INDEX}},
-        }
-        while True:
-            page = self._db.query(**kwargs)
-            for item in page.get("Items", []):
-                rows.append({name: item[name].get("S") or item[name].get("N", "") for name in KEY_COLUMNS})
-            if "LastEvaluatedKey" not in page:
-                return sorted(rows, key=lambda r: r["created_at"])
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-    def revoke_key(self, key_id: str) -> bool:
-        entry = self._db.get_item(TableName=self._table, Key=item_key(KEY_INDEX, key_id)).get("Item")
-        if entry is None:
-            return False
-        revoke = {
+    def _revoke(self, entry: dict[str, Any], only_active: bool) -> list[dict[str, Any]]:
+        """Revoke the key of an index entry, and the entry; `only_active`: fail unless it is active."""
+        revoke: dict[str, Any] = {
             "UpdateExpression": "SET #s = :revoked",
             "ExpressionAttributeNames": {"#s": "status"},
             "ExpressionAttributeValues": {":revoked": {"S": "revoked"}},
         }
-        self._db.transact_write_items(
-            TransactItems=[
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": item_key(entry["key_pk"]["S"], "KEY"),
-                        **revoke,
-                    }
-                },
-                {"Update": {"TableName": self._table, "Key": item_key(KEY_INDEX, key_id), **revoke}},
-            ]
-        )
-        return True
+        if only_active:
+            revoke["ConditionExpression"] = "#s = :active"
+            revoke["ExpressionAttributeValues"][":active"] = {"S": "active"}
+        keys = (item_key(entry["key_pk"]["S"], "KEY"), item_key(KEY_INDEX, entry["key_id"]["S"]))
+        return [{"Update": {"TableName": self._table, "Key": k, **revoke}} for k in keys]
 
-    def balance(self, account_id: str) -> int | None:
-        return read_balance(self._db, self._table, account_id)
+    def _index_item(self, key_id: str) -> dict[str, Any]:
+        item = self._db.get_item(
+            TableName=self._table, Key=item_key(KEY_INDEX, key_id), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise NotFound(f"no key with id {key_id}")
+        return item
 
-    def credit(self, account_id: str, amount_micros: int) -> int:
-        """Add to a balance atomically; returns the new balance."""
-        out = self._db.update_item(
-            TableName=self._table,
-            Key=item_key(account_pk(account_id), "ACCOUNT"),
-            UpdateExpression="ADD balance :amount",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":amount": {"N": str(amount_micros)}},
-            ReturnValues="UPDATED_NEW",
-        )
-        return int(out["Attributes"]["balance"]["N"])
+    def _query(self, pk: str, account_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of one partition; only one account's when `account_id` is given."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        if account_id:
+            kwargs["FilterExpression"] = "account_id = :account"
+            kwargs["ExpressionAttributeValues"][":account"] = {"S": account_id}
+        return query(self._db, **kwargs)
+
+
+def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item a Query returns, page by page."""
+    while True:
+        page = dynamodb.query(**kwargs)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:
+    """Run a transaction; None when it commits, else the index of the action whose condition failed.
+
+    DynamoDB cancels a transaction that races another one on the same item (TransactionConflict), which
+    is routine when one account sends requests in parallel; botocore does not retry that, so we do.
+    """
+    attempt = 0
+    while True:
+        try:
+            dynamodb.transact_write_items(TransactItems=actions)
+            return None
+        except dynamodb.exceptions.TransactionCanceledException as exc:
+            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if "ConditionalCheckFailed" in codes:
+                return codes.index("ConditionalCheckFailed")
+            attempt += 1
+            if "TransactionConflict" not in codes or attempt == CONFLICT_ATTEMPTS:
+                raise
+            sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
 
 
 def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:
@@ -198,3 +374,38 @@ def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:
 
 def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
     return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
+def _limits(images_per_minute: int | None, max_concurrent: int | None) -> dict[str, int | None]:
+    limits = {"images_per_minute": images_per_minute, "max_concurrent": max_concurrent}
+    for name, value in limits.items():
+        # Zero would lock the key out without saying so: revoking says it.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return limits
+
+
+def _number(item: dict[str, Any], name: str) -> int | None:
+    return int(item[name]["N"]) if name in item else None
+
+
+def _account_info(account_id: str, item: dict[str, Any]) -> AccountInfo:
+    return AccountInfo(
+        account_id,
+        item.get("label", {}).get("S", ""),
+        int(item["balance"]["N"]),
+        int(item["created_at"]["N"]),
+    )
+
+
+def _key_info(item: dict[str, Any]) -> KeyInfo:
+    return KeyInfo(
+        key_id=item["key_id"]["S"],
+        prefix=item["prefix"]["S"],
+        account_id=item["account_id"]["S"],
+        label=item["label"]["S"],
+        status=item["status"]["S"],
+        created_at=int(item["created_at"]["N"]),
+        images_per_minute=_number(item, "images_per_minute"),
+        max_concurrent=_number(item, "max_concurrent"),
+    )

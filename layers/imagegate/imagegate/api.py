@@ -6,9 +6,9 @@ Lambda functions each build an app with their one route; the dev server builds o
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,11 +29,18 @@ ROUTES: dict[Endpoint, str] = {
     "edits": "/v1/images/edits",
     "variations": "/v1/images/variations",
 }
+BALANCE_ROUTE = "/v1/balance"
+METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET"}
+MAX_USAGE_DAYS = 90
+# The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 MAX_FORM_FILES = 17  # 16 images and a mask
 
 
-def create_app(service: Service, endpoints: Iterable[Endpoint] = ROUTES) -> FastAPI:
+def create_app(
+    service: Service, endpoints: Iterable[Endpoint | Literal["balance"]] = (*ROUTES, "balance")
+) -> FastAPI:
     app = FastAPI(title="imagegate", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
     app.add_middleware(Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger)
     _add_error_handlers(app)
@@ -44,16 +51,17 @@ def create_app(service: Service, endpoints: Iterable[Endpoint] = ROUTES) -> Fast
     AccountDep = Annotated[Account, Depends(account)]
 
     def respond(result: ImageResponse) -> JSONResponse:
-        return JSONResponse(
-            result.body, headers={"x-imagegate-provider": result.provider, "x-request-id": result.request_id}
-        )
+        return JSONResponse(result.body, headers=result.headers)
 
     endpoints = set(endpoints)
     if "generations" in endpoints:
 
         @app.post(ROUTES["generations"])
-        def generations(body: GenerationRequest, acct: AccountDep) -> JSONResponse:
-            return respond(service.handle(acct, resolve("generations", body, service.catalog)))
+        def generations(
+            body: GenerationRequest, acct: AccountDep, key: IdempotencyKey = None
+        ) -> JSONResponse:
+            job = resolve("generations", body, service.catalog)
+            return respond(service.handle(acct, job, key, body.user))
 
     for endpoint in ("edits", "variations"):
         if endpoint in endpoints:
@@ -63,13 +71,25 @@ def create_app(service: Service, endpoints: Iterable[Endpoint] = ROUTES) -> Fast
                 methods=["POST"],
                 name=endpoint,
             )
+    if "balance" in endpoints:
+
+        @app.get(BALANCE_ROUTE)
+        def balance(
+            acct: AccountDep, days: Annotated[int, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
+        ) -> JSONResponse:
+            return JSONResponse(service.balance(acct, days))
+
     return app
 
 
 def _multipart_route(
     service: Service, endpoint: Endpoint, respond: Callable[[ImageResponse], JSONResponse], account_dep: Any
 ) -> Callable[..., Awaitable[JSONResponse]]:
-    async def route(request: Request, acct: account_dep) -> JSONResponse:  # type: ignore[valid-type]
+    async def route(
+        request: Request,
+        acct: account_dep,  # type: ignore[valid-type]
+        key: IdempotencyKey = None,
+    ) -> JSONResponse:
         fields, images, mask = await _read_form(request)
 
         def work() -> ImageResponse:
@@ -79,7 +99,7 @@ def _multipart_route(
                 raise errors.from_pydantic(exc.errors()) from exc
             inputs = [inspect(data, param) for param, data in images]
             job = resolve(endpoint, params, service.catalog, inputs, inspect(mask, "mask") if mask else None)
-            return service.handle(acct, job)
+            return service.handle(acct, job, key, params.user)
 
         return respond(await run_in_threadpool(work))
 
@@ -136,14 +156,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
         route = f"{request.method} {request.url.path}"
-        if status == 404 and request.url.path in ROUTES.values():
-            status = 405  # a known image route reached with the wrong method, in an app that lacks it
+        method = METHODS.get(request.url.path)
+        if status == 404 and method:
+            status = 405  # a known route reached with the wrong method, in an app that lacks it
         if status == 405:
             err = APIError(
                 405,
-                f"Method not allowed ({route}); use POST.",
+                f"Method not allowed ({route}); use {method}.",
                 code="method_not_allowed",
-                headers={"Allow": "POST"},
+                headers={"Allow": method or "POST"},
             )
         elif status == 404:
             err = APIError(404, f"Invalid URL ({route}).", code="not_found")

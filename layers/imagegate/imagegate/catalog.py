@@ -1,17 +1,19 @@
 """Model contracts: what each public model id accepts, and what an image costs.
 
 A contract is the promise made to clients (endpoints, sizes, qualities, n, prompt length, input image rules,
-price), independent of which upstream serves it. Everything here is pure data and pure functions.
+price), independent of which upstream serves it. Everything here is pure data and pure functions; the
+prices themselves are data too (prices.json, read by pricing.py) and are attached by `build_catalog`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
-from .money import usd_to_micros
+if TYPE_CHECKING:
+    from .pricing import ModelPrice, PriceBook
 
 Endpoint = Literal["generations", "edits", "variations"]
 ALL_ENDPOINTS: frozenset[Endpoint] = frozenset({"generations", "edits", "variations"})
@@ -22,6 +24,18 @@ GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 DALLE2_SIZES = ("256x256", "512x512", "1024x1024")
 DALLE3_SIZES = ("1024x1024", "1792x1024", "1024x1792")
 GPT_QUALITIES = ("low", "medium", "high", "auto")
+# Gemini 3 image models' 1K output for each aspect ratio the gemini provider asks for (1:1, 2:3, 3:2, 3:4,
+# 4:3, 4:5, 5:4, 9:16, 16:9, 21:9), from Google's image-generation guide: served at its native size.
+GEMINI_SIZES = (
+    "1024x1024", "848x1264", "1264x848", "896x1200", "1200x896",
+    "928x1152", "1152x928", "768x1376", "1376x768", "1584x672",
+)  # fmt: skip
+# One size for each aspect ratio Stable Image Core takes (1:1, 2:3, 3:2, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9):
+# Stability's one-megapixel sizes (SDXL, SD3); images.fit brings Core's output to them.
+STABILITY_SIZES = (
+    "1024x1024", "832x1216", "1216x832", "896x1088", "1088x896",
+    "768x1344", "1344x768", "640x1536", "1536x640",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,9 +56,6 @@ class Contract:
     sizes: tuple[str, ...]
     qualities: tuple[str, ...]
     prompt_max: int
-    # micro-USD per image, keyed by (quality, size); sizes absent from the table (free-form ones) are
-    # priced by area against the 1024x1024 entry, or at that entry's flat price when not priced_by_area.
-    prices: dict[tuple[str, str], int]
     default_size: str = "1024x1024"
     default_quality: str = "auto"
     free_form: FreeFormSizes | None = None
@@ -63,28 +74,15 @@ class Contract:
     reports_usage: bool = False
     # What `quality=auto` resolves to; priced and rendered as that quality.
     auto_quality: str = "medium"
-    priced_by_area: bool = True
+    # The price book's entry for this model (pricing.ModelPrice), attached by build_catalog.
+    pricing: ModelPrice | None = None
 
     def serves(self, endpoint: Endpoint) -> bool:
         return endpoint in self.endpoints
 
 
-_usd = usd_to_micros
-
-
-def _gpt_table(low: tuple[str, str], medium: tuple[str, str], high: tuple[str, str]) -> dict:
-    """Square and non-square per-image prices for each quality, as OpenAI publishes them."""
-    table = {}
-    for quality, (square, wide) in (("low", low), ("medium", medium), ("high", high)):
-        table[(quality, "1024x1024")] = _usd(square)
-        table[(quality, "1536x1024")] = _usd(wide)
-        table[(quality, "1024x1536")] = _usd(wide)
-    return table
-
-
 def _gpt(
     model_id: str,
-    prices: dict,
     *,
     endpoints: frozenset[Endpoint] = frozenset({"generations", "edits"}),
     input_fidelity: bool = True,
@@ -96,7 +94,6 @@ def _gpt(
         sizes=(*GPT_SIZES, "auto"),
         qualities=GPT_QUALITIES,
         prompt_max=32000,
-        prices=prices,
         default_size="auto",
         gpt_params=True,
         input_fidelity=input_fidelity,
@@ -104,13 +101,6 @@ def _gpt(
         **kw,  # type: ignore[arg-type]
     )
 
-
-_GPT_IMAGE_1_5 = _gpt_table(("0.009", "0.013"), ("0.034", "0.05"), ("0.133", "0.2"))
-_GPT_IMAGE_2 = {
-    ("low", "1024x1024"): _usd("0.006"),
-    ("medium", "1024x1024"): _usd("0.053"),
-    ("high", "1024x1024"): _usd("0.211"),
-}
 
 OPENAI_CONTRACTS: tuple[Contract, ...] = (
     Contract(
@@ -121,11 +111,6 @@ OPENAI_CONTRACTS: tuple[Contract, ...] = (
         default_quality="standard",
         auto_quality="standard",
         prompt_max=1000,
-        prices={
-            ("standard", "256x256"): _usd("0.016"),
-            ("standard", "512x512"): _usd("0.018"),
-            ("standard", "1024x1024"): _usd("0.020"),
-        },
         default_response_format="url",
         max_input_images=1,
         input_formats=("PNG",),
@@ -142,28 +127,57 @@ OPENAI_CONTRACTS: tuple[Contract, ...] = (
         styles=("vivid", "natural"),
         n_max=1,
         prompt_max=4000,
-        prices={
-            ("standard", "1024x1024"): _usd("0.04"),
-            ("standard", "1792x1024"): _usd("0.08"),
-            ("standard", "1024x1792"): _usd("0.08"),
-            ("hd", "1024x1024"): _usd("0.08"),
-            ("hd", "1792x1024"): _usd("0.12"),
-            ("hd", "1024x1792"): _usd("0.12"),
-        },
         default_response_format="url",
         revised_prompt=True,
     ),
-    _gpt("gpt-image-1", _gpt_table(("0.011", "0.016"), ("0.042", "0.063"), ("0.167", "0.25"))),
-    _gpt(
-        "gpt-image-1-mini",
-        _gpt_table(("0.005", "0.006"), ("0.011", "0.015"), ("0.036", "0.052")),
-        input_fidelity=False,
-    ),
-    _gpt("gpt-image-1.5", _GPT_IMAGE_1_5),
-    _gpt("chatgpt-image-latest", _GPT_IMAGE_1_5),
+    _gpt("gpt-image-1"),
+    _gpt("gpt-image-1-mini", input_fidelity=False),
+    _gpt("gpt-image-1.5"),
+    _gpt("chatgpt-image-latest"),
     *(
-        _gpt(model_id, _GPT_IMAGE_2, free_form=FreeFormSizes(), transparent_background=False)
+        _gpt(model_id, free_form=FreeFormSizes(), transparent_background=False)
         for model_id in ("gpt-image-2", "gpt-image-2-2026-04-21")
+    ),
+)
+
+
+def _own_price(
+    model_id: str, *, endpoints: frozenset[Endpoint], sizes: tuple[str, ...], **kw: object
+) -> Contract:
+    """A non-OpenAI upstream's model under its own id, sold at that upstream's per-image price: one
+    quality (`auto` is `standard`), n up to 4 (each image is its own upstream call, inside the 24 s budget),
+    base64 by default, and no GPT-image parameters."""
+    return Contract(
+        id=model_id,
+        endpoints=endpoints,
+        sizes=(*sizes, "auto"),
+        qualities=("standard", "auto"),
+        default_quality="standard",
+        auto_quality="standard",
+        n_max=4,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# Each input image is sent again with every image of a request, and billed each time, so the input count
+# (with the prompt length) bounds what a request costs upstream: prices.json prices that bound in.
+UPSTREAM_CONTRACTS: tuple[Contract, ...] = (
+    *(
+        _own_price(
+            model_id,
+            endpoints=ALL_ENDPOINTS,
+            sizes=GEMINI_SIZES,
+            prompt_max=4000,
+            max_input_images=4,
+            max_input_bytes=7 * MB,  # Gemini's limit for one inline file
+        )
+        for model_id in ("gemini-3.1-flash-image", "gemini-3-pro-image")
+    ),
+    _own_price(
+        "stability.stable-image-core-v1:1",
+        endpoints=frozenset({"generations"}),
+        sizes=STABILITY_SIZES,
+        prompt_max=10000,  # Stable Image Core's documented prompt limit
     ),
 )
 
@@ -171,26 +185,36 @@ LOCAL_MODEL = "imagegate-local"
 DEFAULT_MODEL = "dall-e-2"
 
 
-def local_contract(price_micros: int) -> Contract:
-    """The built-in renderer's own model id: every endpoint, free-form sizes, one flat price."""
-    return Contract(
-        id=LOCAL_MODEL,
-        endpoints=ALL_ENDPOINTS,
-        sizes=(*DALLE2_SIZES[:2], *GPT_SIZES, *DALLE3_SIZES[1:], "auto"),
-        free_form=FreeFormSizes(multiple_of=16, max_edge=2048, min_pixels=64 * 64, max_pixels=2048 * 2048),
-        qualities=GPT_QUALITIES,
-        default_size="auto",
-        prompt_max=32000,
-        prices={(q, "1024x1024"): price_micros for q in ("low", "medium", "high")},
-        gpt_params=True,
-        reports_usage=True,
-        priced_by_area=False,
-    )
+# The built-in renderer's own model id: every endpoint, free-form sizes, one flat price per image.
+LOCAL_CONTRACT = Contract(
+    id=LOCAL_MODEL,
+    endpoints=ALL_ENDPOINTS,
+    sizes=(*DALLE2_SIZES[:2], *GPT_SIZES, *DALLE3_SIZES[1:], "auto"),
+    free_form=FreeFormSizes(multiple_of=16, max_edge=2048, min_pixels=64 * 64, max_pixels=2048 * 2048),
+    qualities=GPT_QUALITIES,
+    default_size="auto",
+    prompt_max=32000,
+    gpt_params=True,
+    reports_usage=True,
+)
+
+CONTRACTS: tuple[Contract, ...] = (*OPENAI_CONTRACTS, *UPSTREAM_CONTRACTS, LOCAL_CONTRACT)
 
 
-def build_catalog(local_price_micros: int) -> dict[str, Contract]:
-    contracts = (*OPENAI_CONTRACTS, local_contract(local_price_micros))
-    return {c.id: c for c in contracts}
+def build_catalog(local_price_micros: int, prices: PriceBook | None = None) -> dict[str, Contract]:
+    """Every contract by model id, with its prices attached.
+
+    `prices` is the deployment's price book (`pricing.load_prices(settings)`, which also carries
+    imagegate-local's price, so `local_price_micros` then goes unused); without one, the packaged prices
+    and `local_price_micros` for imagegate-local.
+    """
+    if prices is None:
+        # pricing validates its book against these contracts, so it imports this module, not the reverse.
+        from .config import Settings
+        from .pricing import load_prices
+
+        prices = load_prices(Settings(local_price_micros=local_price_micros))
+    return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}
 
 
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", re.ASCII)
@@ -217,16 +241,11 @@ def free_form_problem(bounds: FreeFormSizes, width: int, height: int) -> str | N
 
 
 def price_per_image(contract: Contract, quality: str, size: str) -> int:
-    """Micro-USD for one image of a resolved (never `auto`) quality and size."""
-    exact = contract.prices.get((quality, size))
-    if exact is not None:
-        return exact
-    base = contract.prices[(quality, "1024x1024")]
-    if not contract.priced_by_area:
-        return base
-    w, h = parse_size(size) or (1024, 1024)
-    # Integer ceiling division: rounded up so that a free-form size is never sold below cost.
-    return -(-base * w * h // (1024 * 1024))
+    """Micro-USD for one image of a resolved (never `auto`) quality and size, markup included."""
+    parsed = parse_size(size)
+    if contract.pricing is None or parsed is None:
+        raise ValueError(f"no price for {contract.id} at {size!r}: contracts are priced by build_catalog")
+    return contract.pricing.per_image(quality, *parsed)
 
 
 def estimate_usage(prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str) -> dict:

@@ -1,80 +1,277 @@
-"""`imagegate`: the operator's admin CLI for keys and balances.
+"""`imagegate`: the operator's admin CLI for accounts, keys, balances, usage and the ledger.
 
 It talks to the local stack when AWS_ENDPOINT_URL is set (as `make serve` prints it), and to the deployed
 stack otherwise: the table comes from --table, --stack (read from the stack's outputs) or IMAGEGATE_TABLE.
+Amounts are USD with up to six decimals (money is kept in micro-USD); API keys are shown once, when
+created or rotated, as the last line of the output.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import getpass
+import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any, NoReturn
 
-from .accounts import Accounts
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import ledger
+from .accounts import Accounts, KeyInfo, NotFound
 from .aws import AWSClients
+from .billing import Billing
 from .config import Settings
 from .money import micros_to_usd, usd_to_micros
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        accounts = Accounts(_clients(args).dynamodb, _table(args))
-        return args.run(accounts, args)
-    except CLIError as exc:
-        print(f"imagegate: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # botocore's errors: say what failed without a traceback
-        print(f"imagegate: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
+CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
+# `usage --by`: the fields a report row is summed over
+GROUPINGS: dict[str, tuple[str, ...]] = {
+    "day": ("day",),
+    "model": ("model",),
+    "key": ("account_id", "key_id"),
+}
+COUNTS = ("requests", "images", "charged", "refunded")
+USAGE_COLUMNS = ("requests", "images", "charged", "charged_usd", "refunded", "refunded_usd")
 
 
 class CLIError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage mistake in one line (argparse would print the whole usage first); exit status 2."""
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+@dataclass
+class Admin:
+    """What every command works on: the table, through the same classes the service uses."""
+
+    dynamodb: Any
+    table: str
+    actor: str
+
+    @cached_property
+    def accounts(self) -> Accounts:
+        return Accounts(self.dynamodb, self.table)
+
+    @cached_property
+    def billing(self) -> Billing:
+        return Billing(self.dynamodb, self.table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        admin = Admin(_clients(args).dynamodb, _table(args), args.actor or _login())
+        return args.run(admin, args)
+    except (CLIError, NotFound, ValueError) as exc:  # an operator's mistake, said in their terms
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as exc:  # AWS's answer: say what failed, without a traceback
+        print(f"imagegate: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imagegate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--table", help="DynamoDB table (default: $IMAGEGATE_TABLE, or 'imagegate')")
     parser.add_argument("--stack", help="read the table name from this CloudFormation stack's outputs")
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
-    groups = parser.add_subparsers(dest="group", required=True)
-
-    keys = groups.add_parser("keys", help="create, list and revoke API keys").add_subparsers(required=True)
-    create = keys.add_parser("create", help="create an account with a balance and a key for it")
-    create.add_argument("--balance", required=True, type=_usd, help="opening balance in USD, e.g. 10")
-    create.add_argument("--label", default="", help="a note to recognise the key by")
-    create.add_argument(
-        "--account", help="add the key to this existing account instead (balance is credited)"
+    parser.add_argument(
+        "--actor",
+        metavar="NAME",
+        help="who the ledger records for balance changes (default: cli:<login name>)",
     )
-    create.set_defaults(run=_keys_create)
-    keys.add_parser("list", help="list keys (prefixes and ids only)").set_defaults(run=_keys_list)
-    revoke = keys.add_parser("revoke", help="revoke a key by its id (from `keys list`)")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(run=_keys_revoke)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
-    balance = groups.add_parser("balance", help="show and credit balances").add_subparsers(required=True)
-    show = balance.add_parser("show", help="show an account's balance")
+    accounts = _group(groups, "accounts", "create, show and list accounts")
+    create = _command(
+        accounts, "accounts create", _accounts_create, "create an account; its id is the last line"
+    )
+    create.add_argument(
+        "--balance", type=_amount, default=0, metavar="USD", help="opening balance in USD (default 0)"
+    )
+    create.add_argument("--label", default="", help="a note to recognise the account by")
+    show = _command(
+        accounts, "accounts show", _accounts_show, "an account's balance, keys and latest ledger entries"
+    )
     show.add_argument("account_id")
-    show.set_defaults(run=_balance_show)
-    credit = balance.add_parser("credit", help="add USD to an account's balance")
+    show.add_argument(
+        "--entries", type=_count, default=10, metavar="N", help="ledger entries to show (default 10)"
+    )
+    _command(accounts, "accounts list", _accounts_list, "every account with its balance")
+
+    keys = _group(groups, "keys", "create, list, rotate and revoke API keys; set their rate limits")
+    create = _command(
+        keys,
+        "keys create",
+        _keys_create,
+        "issue a key for an account (--account), or for a new account (--balance); the key is the last line",
+    )
+    create.add_argument("--account", metavar="ID", help="the existing account to issue the key for")
+    create.add_argument(
+        "--balance",
+        type=_amount,
+        metavar="USD",
+        help="without --account: the new account's opening balance in USD; with it: USD to credit",
+    )
+    create.add_argument("--label", default="", help="a note to recognise the key (and a new account) by")
+    create.add_argument(
+        "--images-per-minute", type=_count, metavar="N", help="images per minute (default: deployment's)"
+    )
+    create.add_argument(
+        "--max-concurrent", type=_count, metavar="N", help="requests at once (default: deployment's)"
+    )
+    listing = _command(keys, "keys list", _keys_list, "list keys: ids and prefixes, never the keys")
+    listing.add_argument("--account", metavar="ID", help="only this account's keys")
+    rotate = _command(
+        keys,
+        "keys rotate",
+        _keys_rotate,
+        "replace a key with a new one (same account, label, limits); the old one stops working",
+    )
+    rotate.add_argument("key_id")
+    revoke = _command(keys, "keys revoke", _keys_revoke, "revoke a key by its id (from `keys list`), at once")
+    revoke.add_argument("key_id")
+    limits = _command(
+        keys,
+        "keys limits",
+        _keys_limits,
+        "show or set a key's rate limits; `default` restores the deployment's",
+    )
+    limits.add_argument("key_id")
+    limits.add_argument("--images-per-minute", type=_limit, metavar="N|default", help="images per minute")
+    limits.add_argument("--max-concurrent", type=_limit, metavar="N|default", help="requests at once")
+
+    balance = _group(groups, "balance", "show, credit and adjust balances (every change is a ledger entry)")
+    show = _command(balance, "balance show", _balance_show, "an account's balance")
+    show.add_argument("account_id")
+    credit = _command(balance, "balance credit", _balance_credit, "add USD to an account's balance")
     credit.add_argument("account_id")
-    credit.add_argument("amount", type=_usd, help="USD to add, e.g. 5 or 0.25")
-    credit.set_defaults(run=_balance_credit)
+    credit.add_argument("amount", type=_positive_amount, help="USD to add, e.g. 5 or 0.25")
+    credit.add_argument(
+        "--reason", default=CREDIT_REASON, help=f"recorded in the ledger (default: {CREDIT_REASON!r})"
+    )
+    adjust = _command(
+        balance, "balance adjust", _balance_adjust, "correct a balance up or down (never below zero)"
+    )
+    adjust.add_argument("account_id")
+    adjust.add_argument("amount", type=_signed_amount, help="USD to add (e.g. 1.5) or remove (e.g. -1.5)")
+    adjust.add_argument("--reason", required=True, help="why, recorded in the ledger (required)")
+
+    usage = _command(groups, "usage", _usage, "requests, images and money per day, model or key")
+    usage.add_argument(
+        "--days",
+        type=_count,
+        default=30,
+        metavar="N",
+        help="the last N UTC days, today included (default 30)",
+    )
+    usage.add_argument("--account", metavar="ID", help="only this account")
+    usage.add_argument(
+        "--by", choices=tuple(GROUPINGS), default="day", help="one row per day, model or key (default: day)"
+    )
+    usage.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table for people; csv and json (micro-USD integers and USD strings) for programs",
+    )
+
+    reconcile = _command(
+        groups, "reconcile", _reconcile, "check balances against the ledger; exit status 1 on any mismatch"
+    )
+    which = reconcile.add_mutually_exclusive_group(required=True)
+    which.add_argument("account_id", nargs="?", help="the account to check")
+    which.add_argument("--all", action="store_true", help="check every account")
+
+    sweep = _command(
+        groups, "sweep", _sweep, "refund reservations that a killed request left open (each exactly once)"
+    )
+    sweep.add_argument("--account", metavar="ID", help="only this account (default: every account)")
+    sweep.add_argument(
+        "--older-than",
+        type=_count,
+        default=ledger.STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"only reservations at least this old (default {ledger.STALE_AFTER_S})",
+    )
     return parser
 
 
-def _usd(value: str) -> int:
-    try:
-        micros = usd_to_micros(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+def _group(groups: Any, name: str, help: str) -> Any:
+    group = groups.add_parser(name, help=help, description=help)
+    return group.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def _command(
+    commands: Any, name: str, run: Callable[[Admin, argparse.Namespace], int], help: str
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name.split()[-1], help=help, description=help, prog=f"imagegate {name}")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _parsed(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a checker raising ValueError: argparse then reports the message."""
+
+    def parse(value: str) -> Any:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+@_parsed
+def _amount(value: str) -> int:
+    micros = usd_to_micros(value)
     if micros < 0:
-        raise argparse.ArgumentTypeError("amount must not be negative")
+        raise ValueError("amount must not be negative")
     return micros
+
+
+@_parsed
+def _positive_amount(value: str) -> int:
+    micros = usd_to_micros(value)
+    if micros <= 0:
+        raise ValueError("amount must be more than zero (use `balance adjust` to take money off)")
+    return micros
+
+
+@_parsed
+def _signed_amount(value: str) -> int:
+    micros = usd_to_micros(value)
+    if micros == 0:
+        raise ValueError("an adjustment of zero changes nothing")
+    return micros
+
+
+@_parsed
+def _count(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+@_parsed
+def _limit(value: str) -> int | str:
+    return DEFAULT if value == DEFAULT else _count(value)
 
 
 def _clients(args: argparse.Namespace) -> AWSClients:
@@ -96,58 +293,339 @@ def _table(args: argparse.Namespace) -> str:
     return Settings.from_env().table
 
 
-def _keys_create(accounts: Accounts, args: argparse.Namespace) -> int:
+def _login() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:  # no login name in the environment or the password database (some containers)
+        return "cli"
+
+
+# --- accounts -------------------------------------------------------------------------------------------
+
+
+def _accounts_create(admin: Admin, args: argparse.Namespace) -> int:
+    account_id = admin.accounts.create_account(args.balance, args.label, actor=admin.actor)
+    print(
+        f"created account with balance {micros_to_usd(args.balance)}"
+        + (f", label {args.label}" if args.label else "")
+    )
+    print(account_id)
+    return 0
+
+
+def _accounts_show(admin: Admin, args: argparse.Namespace) -> int:
+    account = admin.accounts.show_account(args.account_id)
+    keys = admin.accounts.list_keys(account.account_id)
+    active = sum(key["status"] == "active" for key in keys)
+    _print_fields(
+        {
+            "account": account.account_id,
+            "label": account.label,
+            "created": _when(account.created_at),
+            "balance": _balance_text(account.balance),
+            "keys": f"{active} active, {len(keys) - active} revoked",
+        }
+    )
+    if keys:
+        print()
+        _print_keys(keys, with_account=False)
+    entries = ledger.entries(admin.dynamodb, admin.table, account.account_id)[-args.entries :]
+    if entries:
+        print()
+        print("latest ledger entries:")
+        _print_table(
+            ("WHEN (UTC)", "KIND", "AMOUNT", "REQUEST OR REASON", "ACTOR"),
+            [
+                (_when(e.at_ms / 1000), e.kind, micros_to_usd(e.amount), e.request_id or e.reason, e.actor)
+                for e in entries
+            ],
+            right={2},
+        )
+    return 0
+
+
+def _accounts_list(admin: Admin, args: argparse.Namespace) -> int:
+    accounts = admin.accounts.list_accounts()
+    if not accounts:
+        print("no accounts")
+        return 0
+    active: dict[str, int] = {}
+    for key in admin.accounts.list_keys():
+        active[key["account_id"]] = active.get(key["account_id"], 0) + (key["status"] == "active")
+    _print_table(
+        ("ACCOUNT_ID", "LABEL", "BALANCE", "ACTIVE KEYS", "CREATED (UTC)"),
+        [
+            (
+                a.account_id,
+                a.label,
+                micros_to_usd(a.balance),
+                active.get(a.account_id, 0),
+                _when(a.created_at),
+            )
+            for a in accounts
+        ],
+        right={2, 3},
+    )
+    return 0
+
+
+# --- keys -----------------------------------------------------------------------------------------------
+
+
+def _keys_create(admin: Admin, args: argparse.Namespace) -> int:
     account_id = args.account
     if account_id:
-        if accounts.balance(account_id) is None:
-            raise CLIError(f"no account {account_id}")
-        accounts.credit(account_id, args.balance)
+        if args.balance:
+            admin.billing.credit(
+                account_id, args.balance, reason=CREDIT_REASON, kind="credit", actor=admin.actor
+            )
+    elif args.balance is None:
+        raise CLIError("give --account ID for an existing account, or --balance USD to open a new one")
     else:
-        account_id = accounts.create_account(args.balance, args.label)
-    key = accounts.create_key(account_id, args.label)
-    print(f"account {account_id}  balance {micros_to_usd(accounts.balance(account_id) or 0)}")
-    print("key (shown once, store it now):")
-    print(key)
+        account_id = admin.accounts.create_account(args.balance, args.label, actor=admin.actor)
+    key = admin.accounts.create_key(
+        account_id, args.label, images_per_minute=args.images_per_minute, max_concurrent=args.max_concurrent
+    )
+    print(f"account {account_id}  balance {micros_to_usd(admin.accounts.show_account(account_id).balance)}")
+    _print_new_key(admin.accounts, key)
     return 0
 
 
-def _keys_list(accounts: Accounts, args: argparse.Namespace) -> int:
-    rows = accounts.list_keys()
-    if not rows:
-        print("no keys")
+def _keys_list(admin: Admin, args: argparse.Namespace) -> int:
+    keys = admin.accounts.list_keys(args.account)
+    if not keys:
+        print("no keys" + (f" for account {args.account}" if args.account else ""))
         return 0
-    _table_print(rows, ("key_id", "prefix", "account_id", "status", "label"))
+    _print_keys(keys, with_account=not args.account)
     return 0
 
 
-def _keys_revoke(accounts: Accounts, args: argparse.Namespace) -> int:
-    if not accounts.revoke_key(args.key_id):
-        raise CLIError(f"no key with id {args.key_id} (see `imagegate keys list`)")
+def _keys_rotate(admin: Admin, args: argparse.Namespace) -> int:
+    key = admin.accounts.rotate_key(args.key_id)
+    print(f"revoked {args.key_id}; its replacement has the same account, label and limits")
+    _print_new_key(admin.accounts, key)
+    return 0
+
+
+def _keys_revoke(admin: Admin, args: argparse.Namespace) -> int:
+    if not admin.accounts.revoke_key(args.key_id):
+        raise NotFound(f"no key with id {args.key_id} (see `imagegate keys list`)")
     print(f"revoked {args.key_id}")
     return 0
 
 
-def _balance_show(accounts: Accounts, args: argparse.Namespace) -> int:
-    balance = accounts.balance(args.account_id)
-    if balance is None:
-        raise CLIError(f"no account {args.account_id}")
-    print(f"{args.account_id}  {micros_to_usd(balance)}  ({balance} micro-USD)")
+def _keys_limits(admin: Admin, args: argparse.Namespace) -> int:
+    key = admin.accounts.get_key(args.key_id)
+    if args.images_per_minute is not None or args.max_concurrent is not None:
+        key = admin.accounts.set_limits(
+            args.key_id,
+            images_per_minute=_new_limit(args.images_per_minute, key["images_per_minute"]),
+            max_concurrent=_new_limit(args.max_concurrent, key["max_concurrent"]),
+        )
+    print(
+        f"{key['key_id']}  images per minute: {_limit_text(key['images_per_minute'])}  "
+        f"concurrent requests: {_limit_text(key['max_concurrent'])}"
+    )
     return 0
 
 
-def _balance_credit(accounts: Accounts, args: argparse.Namespace) -> int:
-    if accounts.balance(args.account_id) is None:
-        raise CLIError(f"no account {args.account_id}")
-    balance = accounts.credit(args.account_id, args.amount)
-    print(f"{args.account_id}  {micros_to_usd(balance)}  ({balance} micro-USD)")
+def _new_limit(given: int | str | None, current: int | None) -> int | None:
+    """A limit option's effect: absent keeps the current limit, `default` clears it."""
+    if given is None:
+        return current
+    return None if given == DEFAULT else int(given)
+
+
+def _print_new_key(accounts: Accounts, api_key: str) -> None:
+    key = accounts.authenticate(f"Bearer {api_key}")
+    print(
+        f"key {key.key_id}  images per minute: {_limit_text(key.images_per_minute)}  "
+        f"concurrent requests: {_limit_text(key.max_concurrent)}"
+    )
+    print("key (shown once, store it now):")
+    print(api_key)
+
+
+def _print_keys(keys: Sequence[KeyInfo], with_account: bool) -> None:
+    columns = ("KEY_ID", "PREFIX", *(("ACCOUNT_ID",) if with_account else ()), "STATUS", "LABEL")
+    _print_table(
+        (*columns, "IMAGES/MIN", "CONCURRENT", "CREATED (UTC)"),
+        [
+            (
+                k["key_id"],
+                k["prefix"],
+                *((k["account_id"],) if with_account else ()),
+                k["status"],
+                k["label"],
+                _limit_text(k["images_per_minute"]),
+                _limit_text(k["max_concurrent"]),
+                _when(k["created_at"]),
+            )
+            for k in keys
+        ],
+    )
+
+
+# --- balances -------------------------------------------------------------------------------------------
+
+
+def _balance_show(admin: Admin, args: argparse.Namespace) -> int:
+    account = admin.accounts.show_account(args.account_id)
+    print(f"{account.account_id}  {_balance_text(account.balance)}")
     return 0
 
 
-def _table_print(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+def _balance_credit(admin: Admin, args: argparse.Namespace) -> int:
+    return _change_balance(admin, args, "credit")
+
+
+def _balance_adjust(admin: Admin, args: argparse.Namespace) -> int:
+    return _change_balance(admin, args, "adjust")
+
+
+def _change_balance(admin: Admin, args: argparse.Namespace, kind: str) -> int:
+    balance = admin.billing.credit(
+        args.account_id, args.amount, reason=args.reason, kind=kind, actor=admin.actor
+    )
+    print(f"{args.account_id}  {_balance_text(balance)}")
+    return 0
+
+
+# --- usage ----------------------------------------------------------------------------------------------
+
+
+def _usage(admin: Admin, args: argparse.Namespace) -> int:
+    rows = ledger.usage(admin.dynamodb, admin.table, days=args.days, account_id=args.account)
+    fields = GROUPINGS[args.by]
+    totals: dict[tuple[str, ...], dict[str, int]] = {}
     for row in rows:
-        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+        sums = totals.setdefault(tuple(getattr(row, f) for f in fields), dict.fromkeys(COUNTS, 0))
+        for name in COUNTS:
+            sums[name] += getattr(row, name)
+    grouped = [{**dict(zip(fields, group, strict=True)), **sums} for group, sums in sorted(totals.items())]
+    if args.format == "table":
+        _usage_table(grouped, fields, args.days)
+    elif args.format == "json":
+        print(json.dumps([_usage_record(row, fields) for row in grouped], indent=2))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=[*fields, *USAGE_COLUMNS], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_usage_record(row, fields) for row in grouped)
+    return 0
+
+
+def _usage_record(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """A row for machines: micro-USD integers, and the same amounts as exact USD strings beside them."""
+    usd = {f"{name}_usd": micros_to_usd(row[name]).replace("$", "") for name in ("charged", "refunded")}
+    return {name: row[name] if name in row else usd[name] for name in (*fields, *USAGE_COLUMNS)}
+
+
+def _usage_table(grouped: list[dict[str, Any]], fields: tuple[str, ...], days: int) -> None:
+    if not grouped:
+        print("no usage " + ("today" if days == 1 else f"in the last {days} days"))
+        return
+
+    def counts(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["requests"], row["images"], micros_to_usd(row["charged"]), micros_to_usd(row["refunded"]))
+
+    total = {name: sum(row[name] for row in grouped) for name in COUNTS}
+    _print_table(
+        (*(f.upper() for f in fields), "REQUESTS", "IMAGES", "CHARGED", "REFUNDED"),
+        [(*(row[f] for f in fields), *counts(row)) for row in grouped],
+        right=range(len(fields), len(fields) + 4),
+        total=("total", *[""] * (len(fields) - 1), *counts(total)),
+    )
+
+
+# --- the ledger -----------------------------------------------------------------------------------------
+
+
+def _reconcile(admin: Admin, args: argparse.Namespace) -> int:
+    if args.all:
+        ids = [a.account_id for a in admin.accounts.list_accounts()]
+    else:
+        ids = [admin.accounts.show_account(args.account_id).account_id]
+    failed = 0
+    for account_id in ids:
+        result = ledger.reconcile(admin.dynamodb, admin.table, account_id)
+        failed += not result.ok
+        verdict = "ok" if result.ok else "MISMATCH"
+        in_flight = f"{result.in_flight} ({micros_to_usd(result.in_flight_micros)})"
+        print(
+            f"{account_id}  {verdict}  balance {micros_to_usd(result.balance or 0)}  "
+            f"ledger {micros_to_usd(result.expected)}  in flight {in_flight}"
+        )
+        for problem in result.problems:
+            print(f"  - {problem}")
+        if result.stale:
+            print(f"  abandoned reservations: {len(result.stale)} (`imagegate sweep` refunds them)")
+    if args.all:
+        print(f"accounts checked: {len(ids)}, with problems: {failed}")
+    return 1 if failed else 0
+
+
+def _sweep(admin: Admin, args: argparse.Namespace) -> int:
+    if args.account:
+        ids = [admin.accounts.show_account(args.account).account_id]
+    else:
+        ids = [a.account_id for a in admin.accounts.list_accounts()]
+    refunded = [
+        r for account_id in ids for r in admin.billing.sweep(account_id, older_than_s=args.older_than)
+    ]
+    if refunded:
+        _print_table(
+            ("REQUEST_ID", "ACCOUNT_ID", "MODEL", "RESERVED (UTC)", "REFUNDED"),
+            [
+                (r.request_id, r.account_id, r.model, _when(r.created_at), micros_to_usd(r.amount))
+                for r in refunded
+            ],
+            right={4},
+        )
+    total = micros_to_usd(sum(r.amount for r in refunded))
+    print(f"stale reservations refunded: {len(refunded)} ({total}); accounts checked: {len(ids)}")
+    return 0
+
+
+# --- output ---------------------------------------------------------------------------------------------
+
+
+def _print_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    right: Collection[int] = (),
+    total: Sequence[Any] | None = None,
+) -> None:
+    """Columns padded to their widest cell; `right`: columns aligned right (amounts, counts); `total`: a
+    last row, under a rule."""
+    cells = [list(headers), *([str(c) for c in row] for row in [*rows, *([total] if total else [])])]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    if total:
+        lines.insert(-1, "  ".join("-" * w for w in widths))
+    print("\n".join(line.rstrip() for line in lines))
+
+
+def _print_fields(fields: dict[str, str]) -> None:
+    width = max(len(name) for name in fields)
+    for name, value in fields.items():
+        print(f"{name.ljust(width)}  {value}")
+
+
+def _balance_text(micros: int) -> str:
+    return f"{micros_to_usd(micros)}  ({micros} micro-USD)"
+
+
+def _limit_text(limit: int | None) -> str:
+    return DEFAULT if limit is None else str(limit)
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 In AWS they come from a Secrets Manager secret or an SSM SecureString parameter holding one JSON object
 of credential name -> value (`{"OPENAI_API_KEY": "...", "GEMINI_API_KEY": "..."}`); locally, from
-environment variables of the same names. Errors name the secret or parameter, never a value.
+environment variables of the same names prefixed `IMAGEGATE_` (IMAGEGATE_OPENAI_API_KEY). The prefix matters:
+OPENAI_API_KEY in a developer's shell is the *client's* imagegate key, as the OpenAI SDK reads it, and must
+never be mistaken for an upstream credential. Errors name the secret or parameter, never a value.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 # operator's own routes can name others.
 DEFAULT_NAMES = ("OPENAI_API_KEY", "GEMINI_API_KEY")
 
+ENV_PREFIX = "IMAGEGATE_"
 _SHAPE = 'it must hold a JSON object of credential name to value, e.g. {"OPENAI_API_KEY": "..."}'
 
 
@@ -35,8 +38,8 @@ def load_credentials(
 ) -> dict[str, str]:
     """Credential name -> value, empty values left out (an empty value configures nothing).
 
-    From the environment only the variables in `names` are taken: never the whole environment, which
-    holds the function's own AWS credentials.
+    From the environment only `IMAGEGATE_<name>` for the names in `names` is taken: never the whole
+    environment, which holds the function's own AWS credentials.
     """
     if settings.upstream_secret_arn and settings.upstream_ssm_parameter:
         raise CredentialsError(
@@ -58,7 +61,7 @@ def load_credentials(
         client = aws.client("ssm", _arn_region(name))
         response = _fetch(where, lambda: client.get_parameter(Name=name, WithDecryption=True))
         return _parse(response["Parameter"]["Value"], where)
-    return {name: env[name] for name in names if env.get(name)}
+    return {name: env[ENV_PREFIX + name] for name in names if env.get(ENV_PREFIX + name)}
 
 
 def _fetch(where: str, call: Callable[[], Any]) -> Any:

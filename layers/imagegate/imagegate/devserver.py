@@ -123,7 +123,11 @@ def main() -> None:
     print(
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}"
     )
-    print("provider: local serves every model (no upstream credentials are configured)")
+    router = service.router
+    if router.local_only:
+        print("provider: local serves every model (no upstream credentials are configured)")
+    else:
+        print(f"providers: {', '.join(router.configured)} (routes: README, 'Routes')")
     print(f"base URL: http://127.0.0.1:{port}/v1   account {account.account_id}, balance {balance}")
     if created and not os.environ.get("IMAGEGATE_DEV_KEY"):
         print(f"dev key (shown once): {key}")

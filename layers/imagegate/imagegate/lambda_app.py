@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
@@ -15,11 +15,11 @@ from .config import Settings
 from .service import Service
 
 
-def lambda_handler(endpoint: Endpoint) -> Any:
-    """Build the handler for one route. Nothing here touches the network: clients come on first use."""
+def lambda_handler(route: Endpoint | Literal["balance"]) -> Any:
+    """Build the handler for one route. Nothing here touches the network: clients, credentials and
+    routes come on the first request."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
-    logger.info("provider local serves every model: no upstream providers are configured", route=endpoint)
     # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
-    return logger.inject_lambda_context(Mangum(create_app(service, [endpoint]), lifespan="off"))
+    return logger.inject_lambda_context(Mangum(create_app(service, [route]), lifespan="off"))

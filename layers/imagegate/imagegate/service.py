@@ -1,11 +1,15 @@
-"""One image request from authenticated key to OpenAI-shaped response: reserve, run, store, settle."""
+"""One image request from authenticated key to OpenAI-shaped response.
+
+check the route → (idempotency) → rate limit → reserve → upstream(s) → store → settle. Every step that can
+refuse a request runs before money moves, and every path after the reservation settles it exactly once.
+"""
 
 from __future__ import annotations
 
 import base64
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -17,30 +21,44 @@ from .billing import Billing
 from .catalog import Contract, build_catalog, estimate_usage
 from .config import Settings
 from .errors import APIError
-from .providers import Provider, ProviderError, ProviderResult, run
+from .idempotency import Idempotency, fingerprint
+from .metrics import Metrics
+from .money import micros_to_usd
+from .pricing import PriceBook, load_prices
+from .providers import Deps, ProviderError
+from .ratelimit import RateLimiter
+from .routing import Router, Served
 from .storage import Storage
 from .validation import ImageJob
+
+USAGE_FIELDS = ("requests", "images", "charged", "refunded")
+# A replayed response reuses the first response's URLs while they have this long left to live.
+REUSE_URL_MARGIN_S = 300
 
 
 @dataclass
 class ImageResponse:
     body: dict[str, Any]
-    provider: str
-    request_id: str
+    headers: dict[str, str]
 
 
-@dataclass
 class Service:
-    """Everything a request needs, built from settings; AWS clients come into being on first use."""
+    """Everything a request needs, built from settings; AWS clients and upstream routes come on first use."""
 
-    settings: Settings
-    aws: AWSClients
-    logger: Logger
-    providers: dict[str, Provider] = field(default_factory=dict)
+    def __init__(self, settings: Settings, aws: AWSClients, logger: Logger, deps: Deps | None = None) -> None:
+        self.settings = settings
+        self.aws = aws
+        self.logger = logger
+        self.deps = deps or Deps(aws)
+        self.metrics = Metrics(settings.metrics)
+
+    @cached_property
+    def prices(self) -> PriceBook:
+        return load_prices(self.settings)
 
     @cached_property
     def catalog(self) -> dict[str, Contract]:
-        return build_catalog(self.settings.local_price_micros)
+        return build_catalog(self.settings.local_price_micros, self.prices)
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -51,59 +69,171 @@ class Service:
         return Billing(self.aws.dynamodb, self.settings.table)
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(
+            self.aws.dynamodb,
+            self.settings.table,
+            images_per_minute=self.settings.images_per_minute,
+            max_concurrent=self.settings.max_concurrent,
+        )
+
+    @cached_property
+    def idempotency(self) -> Idempotency:
+        return Idempotency(self.aws.dynamodb, self.settings.table)
+
+    @cached_property
     def storage(self) -> Storage:
         return Storage(
             self.aws.s3, self.settings.bucket, self.settings.output_prefix, self.settings.url_ttl_seconds
         )
 
-    def provider_for(self, contract: Contract) -> Provider:
-        """The provider serving a contract: the built-in renderer until upstream routes are configured."""
-        provider = self.providers.get("local")
-        if provider is None:
-            from .providers.local import LocalProvider
+    @cached_property
+    def router(self) -> Router:
+        """Routes and credentials, read once per container on the first request (never at import)."""
+        from .credentials import load_credentials
+        from .routing import credential_names, load_routes
 
-            provider = self.providers["local"] = LocalProvider()  # routing replaces this seam
-        return provider
+        routes = load_routes(self.settings, self.catalog)
+        credentials = load_credentials(self.settings, self.aws, names=credential_names(routes))
+        router = Router(self.settings, routes, credentials, self.deps, self.logger)
+        if router.local_only:
+            self.logger.info("provider local serves every model: no upstream credentials are configured")
+        else:
+            self.logger.info("upstream providers configured", providers=router.configured)
+        return router
 
-    def handle(self, account: Account, job: ImageJob) -> ImageResponse:
+    def handle(
+        self, account: Account, job: ImageJob, idempotency_key: str | None = None, user: str | None = None
+    ) -> ImageResponse:
+        self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
+        if idempotency_key is None:
+            return self._serve(account, job, keep=False)[0]
+        stored = self.idempotency.begin(account.account_id, idempotency_key, fingerprint(job, user))
+        if stored is not None:
+            return self._replay(stored)
+        try:
+            response, record = self._serve(account, job, keep=True)
+        except BaseException:
+            # Refused or failed, and refunded: the client may retry with the same key.
+            self.idempotency.release(account.account_id, idempotency_key)
+            raise
+        self.idempotency.complete(account.account_id, idempotency_key, record)
+        return response
+
+    def balance(self, account: Account, days: int) -> dict[str, Any]:
+        """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
+        from .ledger import usage
+
+        balance = self.accounts.balance(account.account_id) or 0
+        totals: dict[tuple[str, str], dict[str, int]] = {}
+        for row in usage(self.aws.dynamodb, self.settings.table, days=days, account_id=account.account_id):
+            total = totals.setdefault((row.day, row.model), dict.fromkeys(USAGE_FIELDS, 0))
+            for name in USAGE_FIELDS:
+                total[name] += getattr(row, name)
+        data = [
+            {
+                "date": day,
+                "model": model,
+                "requests": t["requests"],
+                "images": t["images"],
+                "charged_usd": _usd(t["charged"]),
+                "refunded_usd": _usd(t["refunded"]),
+                "charged_micros": t["charged"],
+                "refunded_micros": t["refunded"],
+            }
+            for (day, model), t in sorted(totals.items(), key=lambda kv: (kv[0][0], kv[0][1]), reverse=True)
+        ]
+        return {
+            "object": "balance",
+            "account_id": account.account_id,
+            "balance_usd": _usd(balance),
+            "balance_micros": balance,
+            "usage": {"days": days, "data": data},
+        }
+
+    def _serve(self, account: Account, job: ImageJob, keep: bool) -> tuple[ImageResponse, dict[str, Any]]:
         request_id = "req_" + uuid.uuid4().hex
-        provider = self.provider_for(job.contract)
-        log = {
+        model = job.contract.id
+        try:
+            lease = self.limiter.acquire(account, request_id, job.n)
+        except APIError:
+            self.metrics.record(model=model, provider="none", RateLimited=1)
+            raise
+        try:
+            return self._reserved(account, job, request_id, lease.headers, keep)
+        finally:
+            self.limiter.release(lease)
+
+    def _reserved(
+        self, account: Account, job: ImageJob, request_id: str, headers: dict[str, str], keep: bool
+    ) -> tuple[ImageResponse, dict[str, Any]]:
+        quote = self.prices.quote(job)
+        log: dict[str, Any] = {
             "request_id": request_id,
             "account_id": account.account_id,
             "key_id": account.key_id,
             "endpoint": job.endpoint,
             "model": job.contract.id,
-            "provider": provider.name,
             "n": job.n,
             "size": job.size,
             "quality": job.quality,
-            "price_micros": job.price,
+            "reserved_micros": quote.reserve,
         }
-        started = time.perf_counter()
-        self.billing.reserve(
-            account.account_id,
-            request_id,
-            job.price,
-            {"model": job.contract.id, "endpoint": job.endpoint, "provider": provider.name},
-        )
-        charged = 0
+        details = {"model": job.contract.id, "endpoint": job.endpoint, "key_id": account.key_id}
         try:
-            result = run(provider, job)
-            images = result.images[: job.n]
+            self.billing.reserve(
+                account.account_id, request_id, quote.reserve, details, upper_bound=quote.token_priced
+            )
+        except APIError:
+            self.metrics.record(model=job.contract.id, provider="none", Rejected=1)
+            raise
+        started = time.perf_counter()
+        charged, delivered, provider = 0, 0, "none"
+        try:
+            served = self.router.run(job, request_id)
+            provider = served.provider
+            images = served.result.images[: job.n]
             if not images:
                 raise ProviderError("The upstream returned no images.")
-            data = self._data(account, request_id, job, result, images)
-            charged = job.price_per_image * len(images)
+            body, record = self._respond(account, request_id, job, served, images, keep)
+            delivered = len(images)
+            charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
         except ProviderError as exc:
-            self.logger.warning("provider failed", extra={**log, "error": str(exc), "status": exc.status})
-            raise APIError(exc.status, str(exc), type="server_error", code=exc.code) from exc
+            log.update(error=str(exc), status=exc.status)
+            self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
+            raise APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code) from exc
         finally:
             # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
-            self.billing.settle(account.account_id, request_id, charged)
-            log.update(charged_micros=charged, latency_ms=round((time.perf_counter() - started) * 1000, 1))
+            self.billing.settle(account.account_id, request_id, charged, images=delivered, provider=provider)
+            latency = round((time.perf_counter() - started) * 1000, 1)
+            log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
             self.logger.info("image request", extra=log)
-        body: dict[str, Any] = {"created": int(time.time()), "data": data}
+            self.metrics.record(
+                model=job.contract.id,
+                provider=provider,
+                latency_ms=latency,
+                Requests=1,
+                Images=delivered,
+                RevenueMicroUSD=charged,
+                RefundMicroUSD=quote.reserve - charged,
+            )
+        headers = {**headers, "x-imagegate-provider": provider, "x-request-id": request_id}
+        record["headers"] = headers
+        return ImageResponse(body, headers), record
+
+    def _respond(
+        self,
+        account: Account,
+        request_id: str,
+        job: ImageJob,
+        served: Served,
+        images: list[bytes],
+        keep: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The OpenAI body, and what an idempotent replay needs to rebuild it: S3 keys, never image bytes."""
+        result = served.result
+        extra = {"revised_prompt": result.revised_prompt} if result.revised_prompt is not None else {}
+        body: dict[str, Any] = {"created": int(time.time())}
         if job.contract.gpt_params:
             body.update(
                 background="transparent" if job.background == "transparent" else "opaque",
@@ -115,18 +245,40 @@ class Service:
             body["usage"] = result.usage or estimate_usage(
                 job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
             )
-        return ImageResponse(body, provider.name, request_id)
-
-    def _data(
-        self, account: Account, request_id: str, job: ImageJob, result: ProviderResult, images: list[bytes]
-    ) -> list[dict[str, str]]:
-        extra = {"revised_prompt": result.revised_prompt} if result.revised_prompt is not None else {}
+        record: dict[str, Any] = {"body": dict(body), "format": job.response_format, "extra": extra}
         if job.response_format == "b64_json":
             data = [{"b64_json": base64.b64encode(img).decode(), **extra} for img in images]
             _check_response_size(data, self.settings.max_response_bytes)
-            return data
-        keys = self.storage.put_images(account.account_id, request_id, images, job.output_format)
-        return [{"url": self.storage.presign(key), **extra} for key in keys]
+        if job.response_format == "url" or keep:
+            record["keys"] = self.storage.put_images(
+                account.account_id, request_id, images, job.output_format
+            )
+        if job.response_format == "url":
+            data = [{"url": self.storage.presign(key), **extra} for key in record["keys"]]
+            record["urls"], record["signed_at"] = [d["url"] for d in data], int(time.time())
+        return {"created": body["created"], "data": data, **body}, record
+
+    def _replay(self, record: dict[str, Any]) -> ImageResponse:
+        """The first response again: its URLs while they live, else fresh signatures for the same objects."""
+        extra = record["extra"]
+        if record["format"] == "url":
+            fresh = record["signed_at"] + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > time.time()
+            urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
+            data = [{"url": url, **extra} for url in urls]
+        else:
+            data = [
+                {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
+                for key in record["keys"]
+            ]
+        body = record["body"]
+        return ImageResponse(
+            {"created": body["created"], "data": data, **body},
+            {**record["headers"], "idempotent-replayed": "true"},
+        )
+
+
+def _usd(micros: int) -> str:
+    return micros_to_usd(micros).lstrip("$")
 
 
 def _check_response_size(data: list[dict[str, str]], ceiling: int) -> None:

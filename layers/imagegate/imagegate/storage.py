@@ -43,3 +43,7 @@ class Storage:
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
         )
+
+    def get(self, key: str) -> bytes:
+        """An image written earlier, for replaying an idempotent b64_json response."""
+        return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()

@@ -1,0 +1,376 @@
+"""The money trail: one ledger entry per balance change, daily usage counters, and the checks on both.
+
+Every transaction that changes a balance (billing.py, and the opening credit in accounts.py) also writes a
+ledger entry whose `amount` is exactly that change, so an account's balance always equals the sum of its
+ledger. Items (single table, `pk`/`sk`):
+
+  ACCOUNT#<account_id> / LEDGER#<13-digit epoch ms>#<entry id>
+      -> kind, amount (signed micro-USD, the balance change), created_at (epoch s), and per kind:
+         reserve  amount = -reserved; request_id, model, key_id
+         settle   amount = +refunded; request_id, charged, refunded (the request's final charge)
+         credit   amount > 0; reason, actor
+         adjust   amount of either sign (never taking the balance below zero); reason, actor
+  USAGE#<yyyy-mm-dd UTC> / <account_id>#<key_id>#<model>
+      -> account_id, key_id, model, requests, images, charged, refunded (ADDed by every settle),
+         expires_at (TTL, USAGE_TTL_DAYS after the day's last settle)
+
+`reconcile` checks one account; `stale_reservations` finds requests a killed Lambda left `reserved`
+(Billing.sweep refunds them). Every read is a GetItem or a Query on one partition.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .accounts import account_pk, item_key
+from .money import micros_to_usd
+
+LEDGER = "LEDGER#"
+REQUEST = "REQUEST#"
+USAGE = "USAGE#"
+USAGE_TTL_DAYS = 400
+# Longer than any request can run (Lambda's 15-minute ceiling): a reservation this old was abandoned.
+STALE_AFTER_S = 900
+KINDS = ("reserve", "settle", "credit", "adjust")
+RECONCILE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    at_ms: int
+    entry_id: str
+    kind: str
+    amount: int
+    request_id: str = ""
+    charged: int | None = None
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A request still in state `reserved`: running, or abandoned when old."""
+
+    account_id: str
+    request_id: str
+    amount: int
+    created_at: int
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    ok: bool
+    balance: int | None  # None: no such account
+    expected: int  # the sum of the ledger
+    in_flight: int  # requests still reserved
+    in_flight_micros: int
+    stale: list[Reservation] = field(default_factory=list)  # the in-flight ones older than the threshold
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: str
+    account_id: str
+    key_id: str
+    model: str
+    requests: int
+    images: int
+    charged: int
+    refunded: int
+
+
+def entry(
+    account_id: str, kind: str, amount: int, clock: Callable[[], float], *, table: str, **fields: str | int
+) -> dict[str, Any]:
+    """A TransactWriteItems Put writing one ledger entry; add it to the transaction that changes the balance
+    by `amount`. `fields` are stored as given (str or int); empty strings are left out."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ledger entry kind {kind!r}")
+    now = clock()
+    sk = f"{LEDGER}{int(now * 1000):013d}#{secrets.token_hex(6)}"
+    item = {
+        **item_key(account_pk(account_id), sk),
+        "kind": {"S": kind},
+        "amount": {"N": str(amount)},
+        "created_at": {"N": str(int(now))},
+        **{name: _attr(value) for name, value in fields.items() if value != ""},
+    }
+    return {"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
+def usage_update(
+    table: str,
+    day: date,
+    account_id: str,
+    key_id: str,
+    model: str,
+    *,
+    images: int,
+    charged: int,
+    refunded: int,
+) -> dict[str, Any]:
+    """A TransactWriteItems Update adding one settled request to its day's counters."""
+    expires = datetime.combine(day + timedelta(days=USAGE_TTL_DAYS), datetime.min.time(), UTC)
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": item_key(f"{USAGE}{day.isoformat()}", f"{account_id}#{key_id}#{model}"),
+            "UpdateExpression": (
+                "ADD requests :one, images :images, charged :charged, refunded :refunded "
+                "SET account_id = :account, key_id = :key, model = :model, expires_at = :expires"
+            ),
+            "ExpressionAttributeValues": {
+                ":one": {"N": "1"},
+                ":images": {"N": str(images)},
+                ":charged": {"N": str(charged)},
+                ":refunded": {"N": str(refunded)},
+                ":account": {"S": account_id},
+                ":key": {"S": key_id},
+                ":model": {"S": model},
+                ":expires": {"N": str(int(expires.timestamp()))},
+            },
+        }
+    }
+
+
+def entries(dynamodb: Any, table: str, account_id: str, since: float | None = None) -> list[LedgerEntry]:
+    """An account's ledger, oldest first; from `since` (epoch seconds) on when given."""
+    start = f"{LEDGER}{int(since * 1000):013d}" if since is not None else LEDGER
+    items = _query(
+        dynamodb,
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND sk BETWEEN :start AND :end",
+        ExpressionAttributeValues={
+            ":pk": {"S": account_pk(account_id)},
+            ":start": {"S": start},
+            ":end": {"S": LEDGER + "\uffff"},
+        },
+        ConsistentRead=True,
+    )
+    return [_entry(item) for item in items]
+
+
+def reconcile(
+    dynamodb: Any,
+    table: str,
+    account_id: str,
+    *,
+    stale_after_s: float = STALE_AFTER_S,
+    clock: Callable[[], float] = time.time,
+) -> Reconciliation:
+    """Check one account: balance == sum of its ledger; every finished request reserved == charged + refunded
+    with exactly the ledger entries that moved that money; reserved requests listed as in flight.
+
+    A Query is not a snapshot: a transaction committing while the partition is read can show half its
+    items. That passes, a real discrepancy stays, so a failed check is read again, up to
+    RECONCILE_ATTEMPTS times, before it is reported.
+    """
+    for _ in range(RECONCILE_ATTEMPTS):
+        items = list(
+            _query(
+                dynamodb,
+                TableName=table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": account_pk(account_id)}},
+                ConsistentRead=True,
+            )
+        )
+        result = _check(account_id, items, clock() - stale_after_s)
+        if result.ok:
+            break
+    return result
+
+
+def stale_reservations(
+    dynamodb: Any,
+    table: str,
+    account_id: str,
+    *,
+    older_than_s: float,
+    clock: Callable[[], float] = time.time,
+) -> list[Reservation]:
+    """Requests of an account still `reserved` more than `older_than_s` seconds after they were made."""
+    items = _query(
+        dynamodb,
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :request)",
+        FilterExpression="#s = :reserved AND created_at < :cutoff",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={
+            ":pk": {"S": account_pk(account_id)},
+            ":request": {"S": REQUEST},
+            ":reserved": {"S": "reserved"},
+            ":cutoff": {"N": str(int(clock() - older_than_s))},
+        },
+        ConsistentRead=True,
+    )
+    return [_reservation(account_id, item) for item in items]
+
+
+def usage(
+    dynamodb: Any, table: str, *, days: int, account_id: str | None = None, today: date | None = None
+) -> list[UsageRow]:
+    """Usage counters for the `days` UTC days ending `today` (default: now), newest day first; one
+    account's only when `account_id` is given."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    today = today or datetime.now(UTC).date()
+    rows = []
+    for back in range(days):
+        day = (today - timedelta(days=back)).isoformat()
+        values: dict[str, Any] = {":pk": {"S": f"{USAGE}{day}"}}
+        condition = "pk = :pk"
+        if account_id is not None:
+            condition += " AND begins_with(sk, :account)"
+            values[":account"] = {"S": f"{account_id}#"}
+        for item in _query(
+            dynamodb, TableName=table, KeyConditionExpression=condition, ExpressionAttributeValues=values
+        ):
+            rows.append(
+                UsageRow(
+                    day,
+                    item["account_id"]["S"],
+                    item["key_id"]["S"],
+                    item["model"]["S"],
+                    *(_int(item, name) for name in ("requests", "images", "charged", "refunded")),
+                )
+            )
+    return rows
+
+
+# --- checks --------------------------------------------------------------------------------------------
+
+
+def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) -> Reconciliation:
+    account = next((i for i in items if i["sk"]["S"] == "ACCOUNT"), None)
+    balance = int(account["balance"]["N"]) if account else None
+    ledger = [_entry(i) for i in items if i["sk"]["S"].startswith(LEDGER)]
+    requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
+    expected = sum(e.amount for e in ledger)
+    problems = []
+    if balance is None:
+        problems.append(f"no account {account_id}")
+    elif balance != expected:
+        problems.append(
+            f"balance {micros_to_usd(balance)} differs from the ledger's sum {micros_to_usd(expected)} "
+            f"by {micros_to_usd(balance - expected)}"
+        )
+    if balance is not None and balance < 0:
+        problems.append(f"balance {micros_to_usd(balance)} is below zero")
+    by_request: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for e in ledger:
+        if e.kind in ("reserve", "settle"):
+            by_request[e.request_id].append(e)
+        elif e.kind not in KINDS:
+            problems.append(f"ledger entry {e.entry_id} has an unknown kind {e.kind!r}")
+    for request_id in sorted(by_request.keys() - requests.keys()):
+        problems.append(f"ledger entries for {request_id or '(no request id)'}, which has no request record")
+    in_flight = []
+    for request_id, item in sorted(requests.items()):
+        problems += _request_problems(request_id, item, by_request.get(request_id, []))
+        if item["state"]["S"] == "reserved":
+            in_flight.append(_reservation(account_id, item))
+    return Reconciliation(
+        ok=not problems,
+        balance=balance,
+        expected=expected,
+        in_flight=len(in_flight),
+        in_flight_micros=sum(r.amount for r in in_flight),
+        stale=[r for r in in_flight if r.created_at < stale_before],
+        problems=problems,
+    )
+
+
+def _request_problems(request_id: str, item: dict[str, Any], ledger: list[LedgerEntry]) -> list[str]:
+    """What is wrong with one request: its amounts, or the ledger entries that should mirror them."""
+    state = item["state"]["S"]
+    reserved = _int(item, "reserved")
+    reserves = [e for e in ledger if e.kind == "reserve"]
+    settles = [e for e in ledger if e.kind == "settle"]
+    problems = []
+    if [e.amount for e in reserves] != [-reserved]:
+        problems.append(
+            f"{request_id}: reserved {micros_to_usd(reserved)} but its reserve entries debit "
+            f"{', '.join(micros_to_usd(-e.amount) for e in reserves) or 'nothing'}"
+        )
+    if state == "reserved":
+        if settles:
+            problems.append(f"{request_id}: still reserved, yet the ledger settled it")
+        return problems
+    if state not in ("settled", "refunded"):
+        return [*problems, f"{request_id}: unknown state {state!r}"]
+    charged, refunded = _int(item, "charged"), _int(item, "refunded")
+    if charged + refunded != reserved:
+        problems.append(
+            f"{request_id}: reserved {micros_to_usd(reserved)} but charged {micros_to_usd(charged)} "
+            f"+ refunded {micros_to_usd(refunded)}"
+        )
+    if (state == "settled") != (charged > 0):
+        problems.append(f"{request_id}: state {state} with a charge of {micros_to_usd(charged)}")
+    if [(e.amount, e.charged) for e in settles] != [(refunded, charged)]:
+        recorded = "; ".join(
+            f"refund {micros_to_usd(e.amount)}, charge {micros_to_usd(e.charged or 0)}" for e in settles
+        )
+        problems.append(
+            f"{request_id}: charged {micros_to_usd(charged)} and refunded {micros_to_usd(refunded)}, but its "
+            f"settle entries say {recorded or 'nothing'}"
+        )
+    return problems
+
+
+# --- items ---------------------------------------------------------------------------------------------
+
+
+def _entry(item: dict[str, Any]) -> LedgerEntry:
+    _, at_ms, entry_id = item["sk"]["S"].split("#", 2)
+    return LedgerEntry(
+        at_ms=int(at_ms),
+        entry_id=entry_id,
+        kind=item["kind"]["S"],
+        amount=int(item["amount"]["N"]),
+        request_id=_str(item, "request_id"),
+        charged=int(item["charged"]["N"]) if "charged" in item else None,
+        reason=_str(item, "reason"),
+        actor=_str(item, "actor"),
+    )
+
+
+def _reservation(account_id: str, item: dict[str, Any]) -> Reservation:
+    return Reservation(
+        account_id=account_id,
+        request_id=item["sk"]["S"].removeprefix(REQUEST),
+        amount=_int(item, "reserved"),
+        created_at=_int(item, "created_at"),
+        model=_str(item, "model"),
+    )
+
+
+def _query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    while True:
+        page = dynamodb.query(**kwargs)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _attr(value: str | int) -> dict[str, str]:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"ledger fields are strings or integers, not {value!r}")
+    return {"N": str(value)} if isinstance(value, int) else {"S": value}
+
+
+def _int(item: dict[str, Any], name: str) -> int:
+    return int(item[name]["N"]) if name in item else 0
+
+
+def _str(item: dict[str, Any], name: str) -> str:
+    return item[name]["S"] if name in item else ""

@@ -1,0 +1,402 @@
+"""Prices as data: what an image costs, what a request reserves, and what it is finally charged.
+
+Every price lives in `prices.json` (package data) as an exact USD string; the operator's `Settings.prices`
+(IMAGEGATE_PRICES: JSON text or a file path) is merged over it, model by model (a field given replaces that
+field, null removes it), and the result is validated against the catalog's contracts at startup, so a typo
+fails loudly instead of mispricing. Once loaded, every amount is integer micro-USD. Markups
+(`markup_percent`, global and per model) are applied once, with an integer ceiling, so the operator never
+sells below cost. imagegate-local's flat price comes from IMAGEGATE_LOCAL_PRICE_USD, with no markup.
+
+Per-image contracts reserve `per_image * n` and charge `per_image * delivered`. Token-priced contracts (the
+GPT image models, whose upstream bills tokens) reserve a worst-case bound on that bill and are charged the
+usage the upstream reports; `PriceBook.quote` and `PriceBook.charge` give the formulas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .catalog import CONTRACTS, LOCAL_CONTRACT, LOCAL_MODEL, Contract, parse_size
+from .config import Settings, load_document
+from .money import usd_to_micros
+
+if TYPE_CHECKING:
+    from .validation import ImageJob
+
+PRICES_PATH = Path(__file__).with_name("prices.json")
+BASE_SIZE = "1024x1024"
+BASE_PIXELS = 1024 * 1024
+PER_MILLION = 1_000_000  # token rates are micro-USD per 1M tokens
+
+# OpenAI's input-image token formula: fit the image within a 2048 px square, shrink it so its shortest side
+# is at most 512 px, and count 512 px tiles; each image costs a base plus a price per tile. gpt-image-1
+# bills 65 + 129 per tile (observed); the vision models' published 85 + 170 bound that from above.
+IMAGE_BOX_PX = 2048
+IMAGE_SHORT_SIDE_PX = 512
+IMAGE_TILE_PX = 512
+IMAGE_BASE_TOKENS = 85
+IMAGE_TILE_TOKENS = 170
+# Text tokens the upstream adds around the prompt and per input image (edits bill 32 per image, observed).
+FRAMING_TOKENS = 32
+
+_TOP_FIELDS = frozenset({"markup_percent", "models"})
+_MODEL_FIELDS = frozenset(
+    {"per_image", "token_rates", "image_output_tokens", "markup_percent", "always_high_fidelity"}
+)
+_RATES = ("text_input", "image_input", "image_output")
+_OPTIONAL_RATES = ("text_output",)
+
+
+@dataclass(frozen=True)
+class TokenPricing:
+    """A token-priced model: rates in micro-USD per 1M tokens ($5 per 1M tokens is 5_000_000)."""
+
+    text_input: int
+    image_input: int
+    image_output: int
+    text_output: int  # the image_output rate when the model publishes none: never undersold
+    # Output image tokens per image by (quality, size), from the upstream's published table.
+    output_tokens: Mapping[tuple[str, str], int]
+    # Reads every input image at high fidelity whatever `input_fidelity` says (gpt-image-2).
+    always_high_fidelity: bool = False
+
+    def image_output_tokens(self, quality: str, width: int, height: int) -> int:
+        """Output tokens of one image: the table's entry, else the 1024x1024 entry scaled by area (rounded
+        up) and never below it, since the upstream's per-image overhead does not shrink with the image."""
+        exact = self.output_tokens.get((quality, f"{width}x{height}"))
+        if exact is not None:
+            return exact
+        base = self.output_tokens[(quality, BASE_SIZE)]
+        return max(base, _ceil_div(base * width * height, BASE_PIXELS))
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """One public model's prices. Per-image amounts are micro-USD before markup."""
+
+    model: str
+    per_image_micros: Mapping[tuple[str, str], int]
+    markup_percent: Fraction = Fraction(0)
+    # Sizes absent from the table (free-form ones) cost the 1024x1024 price scaled by area; a flat price
+    # (imagegate-local) costs the same at every size.
+    by_area: bool = True
+    tokens: TokenPricing | None = None
+
+    def marked_up(self, numerator: int, denominator: int = 1) -> int:
+        """`numerator / denominator` micro-USD plus the markup, rounded up once to a whole micro-dollar."""
+        factor = 100 + self.markup_percent
+        return _ceil_div(numerator * factor.numerator, denominator * 100 * factor.denominator)
+
+    def per_image(self, quality: str, width: int, height: int) -> int:
+        exact = self.per_image_micros.get((quality, f"{width}x{height}"))
+        if exact is not None:
+            return self.marked_up(exact)
+        base = self.per_image_micros[(quality, BASE_SIZE)]
+        if not self.by_area:
+            return self.marked_up(base)
+        return self.marked_up(base * width * height, BASE_PIXELS)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a request reserves before it runs, and what charging it afterwards needs."""
+
+    reserve: int  # micro-USD debited up front; the charge never exceeds it
+    per_image: int  # micro-USD, markup included (ImageJob.price_per_image)
+    token_priced: bool  # reserve is a worst-case bound, charged from the upstream's token usage
+    price: ModelPrice
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    models: Mapping[str, ModelPrice]
+
+    def model(self, model_id: str) -> ModelPrice:
+        price = self.models.get(model_id)
+        if price is None:
+            raise ValueError(f"the price book has no prices for model '{model_id}'")
+        return price
+
+    def per_image(self, contract: Contract, quality: str, size: str) -> int:
+        """Micro-USD for one image of a resolved quality and size, markup included."""
+        parsed = parse_size(size)
+        if parsed is None:
+            raise ValueError(f"not a size: {size!r}")
+        return self.model(contract.id).per_image(quality, *parsed)
+
+    def quote(self, job: ImageJob) -> Quote:
+        """The reservation for a job.
+
+        Per-image models reserve `per_image * n`. Token-priced models reserve a bound on the upstream's bill,
+        plus markup, and never less than `per_image * n`:
+
+            text tokens   <= UTF-8 bytes of the prompt + 32 * (1 + input images)   (a token spans >= 1 byte)
+            input image tokens, per image (mask included)
+                          <= 85 + 170 * tiles(w, h), tiles as in OpenAI's formula (see IMAGE_* above),
+                           + the model's largest output-image token count when the image is read at high
+                             fidelity (input_fidelity=high, or always for gpt-image-2): OpenAI bills high
+                             fidelity as roughly one more high-quality image (~6,200 tokens for a 16:9 input
+                             on gpt-image-1) and publishes no formula, so the largest table entry bounds it
+            output tokens  = n * image_output_tokens(quality, size)
+            reserve        = ceil((text * text_input + image_in * image_input + output * image_output)
+                                  * (1 + markup/100) / 1e6)
+
+        Output text tokens (reasoning) are not bounded in advance; the charge is capped at the reservation.
+        """
+        price = self.model(job.contract.id)
+        per_image = price.per_image(job.quality, job.width, job.height)
+        if price.tokens is None:
+            return Quote(per_image * job.n, per_image, False, price)
+        bound = price.marked_up(_worst_case_cost(job, price.tokens), PER_MILLION)
+        return Quote(max(bound, per_image * job.n), per_image, True, price)
+
+    def charge(self, quote: Quote, delivered: int, requested: int, usage: Mapping[str, Any] | None) -> int:
+        """What a finished request costs, in micro-USD.
+
+        With token rates and the upstream's usage (OpenAI-shaped): every reported token at its rate, plus
+        markup, scaled by delivered / requested when fewer images arrived, rounded up once, and capped at the
+        reservation. Input tokens without a text/image breakdown are charged at the dearer input rate, output
+        tokens without one at the dearer output rate. Without usage (or with usage that is not a token count),
+        `per_image * delivered`.
+        """
+        delivered = max(0, min(delivered, requested))
+        if not delivered:
+            return 0
+        cost = _usage_cost(usage, quote.price.tokens) if usage and quote.price.tokens else None
+        if cost is None:
+            amount = quote.per_image * delivered
+        else:
+            amount = quote.price.marked_up(cost * delivered, PER_MILLION * requested)
+        return min(amount, quote.reserve)
+
+
+def input_image_tokens(width: int, height: int) -> int:
+    """An upper bound on the input tokens of one image at low fidelity (see IMAGE_* above)."""
+    scale = min(Fraction(1), Fraction(IMAGE_BOX_PX, max(width, height)))
+    scale *= min(Fraction(1), Fraction(IMAGE_SHORT_SIDE_PX) / (min(width, height) * scale))
+    columns = _ceil_div(math.ceil(width * scale), IMAGE_TILE_PX)
+    rows = _ceil_div(math.ceil(height * scale), IMAGE_TILE_PX)
+    return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * columns * rows
+
+
+def _worst_case_cost(job: ImageJob, tokens: TokenPricing) -> int:
+    """The bound in `PriceBook.quote`, before markup: micro-USD per 1M tokens times tokens."""
+    inputs = [*job.images, *([job.mask] if job.mask is not None else [])]
+    high_fidelity = tokens.always_high_fidelity or job.input_fidelity == "high"
+    fidelity_tokens = max(tokens.output_tokens.values()) if high_fidelity else 0
+    text = len(job.prompt.encode()) + FRAMING_TOKENS * (1 + len(inputs))
+    image_in = sum(input_image_tokens(i.width, i.height) + fidelity_tokens for i in inputs)
+    image_out = job.n * tokens.image_output_tokens(job.quality, job.width, job.height)
+    return text * tokens.text_input + image_in * tokens.image_input + image_out * tokens.image_output
+
+
+def _usage_cost(usage: Mapping[str, Any], tokens: TokenPricing) -> int | None:
+    """OpenAI-shaped usage priced before markup (micro-USD per 1M tokens times tokens); None if malformed."""
+    try:
+        input_cost = _split_cost(
+            usage, "input_tokens", {"text_tokens": tokens.text_input, "image_tokens": tokens.image_input}
+        )
+        output_cost = _split_cost(
+            usage, "output_tokens", {"image_tokens": tokens.image_output, "text_tokens": tokens.text_output}
+        )
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return input_cost + output_cost
+
+
+def _split_cost(usage: Mapping[str, Any], total_name: str, rates: dict[str, int]) -> int:
+    """A usage total priced by its `<total>_details` breakdown; what the breakdown leaves out (or all of it,
+    without one) at the dearest of the rates."""
+    total = _token_count(usage.get(total_name, 0))
+    details = usage.get(f"{total_name}_details") or {}
+    counted = {name: _token_count(details.get(name, 0)) for name in rates}
+    rest = max(0, total - sum(counted.values()))
+    return sum(counted[name] * rate for name, rate in rates.items()) + rest * max(rates.values())
+
+
+def _token_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a token count: {value!r}")
+    return value
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def load_prices(settings: Settings) -> PriceBook:
+    """The packaged prices with the operator's overrides merged in, checked against every contract.
+
+    Raises ValueError naming the model and field on an unknown model or field, a price that is not an exact,
+    non-negative USD string, a quality without its 1024x1024 price, or a contract size/quality left unpriced.
+    """
+    defaults = json.loads(PRICES_PATH.read_text())
+    override = load_document(settings.prices, PRICES_PATH) if settings.prices.strip() else {}
+    document = _merge(defaults, override)
+    markup = _percent("prices: markup_percent", document.get("markup_percent", "0"))
+    models = {name: _model_price(name, fields, markup) for name, fields in document["models"].items()}
+    models[LOCAL_MODEL] = _local_price(settings.local_price_micros)
+    for contract in CONTRACTS:
+        _check_covers(contract, models.get(contract.id))
+    return PriceBook(models)
+
+
+def _merge(defaults: dict[str, Any], override: Any) -> dict[str, Any]:
+    if not isinstance(override, dict):
+        raise ValueError("prices: the override must be a JSON object")
+    _check_fields("prices", override, _TOP_FIELDS)
+    models = {name: dict(fields) for name, fields in defaults["models"].items() if not name.startswith("_")}
+    given = override.get("models") or {}
+    if not isinstance(given, dict):
+        raise ValueError("prices: 'models' must be an object of model id -> fields")
+    for name, fields in given.items():
+        if name.startswith("_"):
+            continue
+        if name == LOCAL_MODEL:
+            raise ValueError(
+                f"prices: {LOCAL_MODEL} is priced by IMAGEGATE_LOCAL_PRICE_USD, not by the price book"
+            )
+        if name not in models:
+            raise ValueError(f"prices: unknown model '{name}' (priced models: {', '.join(sorted(models))})")
+        if not isinstance(fields, dict):
+            raise ValueError(f"prices: {name} must be an object of fields")
+        merged = {**models[name], **fields}
+        models[name] = {field: value for field, value in merged.items() if value is not None}
+    markup = override.get("markup_percent")
+    if markup is None:
+        markup = defaults.get("markup_percent", "0")
+    return {"markup_percent": markup, "models": models}
+
+
+def _model_price(name: str, fields: dict[str, Any], markup: Fraction) -> ModelPrice:
+    where = f"prices: {name}"
+    _check_fields(where, fields, _MODEL_FIELDS)
+    if "per_image" not in fields:
+        raise ValueError(f"{where}: 'per_image' is required")
+    per_image = _table(f"{where}.per_image", fields["per_image"], _usd)
+    if "markup_percent" in fields:
+        markup = _percent(f"{where}.markup_percent", fields["markup_percent"])
+    tokens = None
+    if "token_rates" in fields:
+        tokens = _token_pricing(where, fields, {quality for quality, _ in per_image})
+    return ModelPrice(name, per_image, markup, True, tokens)
+
+
+def _token_pricing(where: str, fields: dict[str, Any], qualities: set[str]) -> TokenPricing:
+    rates = fields["token_rates"]
+    if not isinstance(rates, dict):
+        raise ValueError(f"{where}.token_rates must be an object of USD per 1M tokens")
+    _check_fields(f"{where}.token_rates", rates, frozenset(_RATES + _OPTIONAL_RATES))
+    missing = [name for name in _RATES if name not in rates]
+    if missing:
+        raise ValueError(f"{where}.token_rates: missing {', '.join(missing)}")
+    micros = {name: _usd(f"{where}.token_rates.{name}", value) for name, value in rates.items()}
+    if "image_output_tokens" not in fields:
+        raise ValueError(f"{where}: token_rates need 'image_output_tokens' to bound the reservation")
+    output = _table(f"{where}.image_output_tokens", fields["image_output_tokens"], _tokens)
+    unbounded = qualities - {quality for quality, _ in output}
+    if unbounded:
+        raise ValueError(f"{where}.image_output_tokens: missing quality {', '.join(sorted(unbounded))}")
+    high_fidelity = fields.get("always_high_fidelity", False)
+    if not isinstance(high_fidelity, bool):
+        raise ValueError(f"{where}.always_high_fidelity must be true or false")
+    return TokenPricing(
+        text_input=micros["text_input"],
+        image_input=micros["image_input"],
+        image_output=micros["image_output"],
+        text_output=micros.get("text_output", micros["image_output"]),
+        output_tokens=output,
+        always_high_fidelity=high_fidelity,
+    )
+
+
+def _local_price(micros: int) -> ModelPrice:
+    if micros < 0:
+        raise ValueError("IMAGEGATE_LOCAL_PRICE_USD must not be negative")
+    qualities = [q for q in LOCAL_CONTRACT.qualities if q != "auto"]
+    return ModelPrice(LOCAL_MODEL, {(q, BASE_SIZE): micros for q in qualities}, by_area=False)
+
+
+def _check_covers(contract: Contract, price: ModelPrice | None) -> None:
+    """Every quality and fixed size a contract serves has a price, and the table names nothing else."""
+    where = f"prices: {contract.id}"
+    if price is None:
+        raise ValueError(f"{where}: the model has no prices")
+    qualities = {q for q in contract.qualities if q != "auto"}
+    sizes = {s for s in contract.sizes if s != "auto"}
+    for quality, size in price.per_image_micros:
+        if quality not in qualities:
+            raise ValueError(f"{where}: no quality '{quality}' (it has {', '.join(sorted(qualities))})")
+        if size not in sizes and contract.free_form is None:
+            raise ValueError(f"{where}: no size '{size}' (it has {', '.join(sorted(sizes))})")
+    for quality in sorted(qualities):
+        for size in sorted(sizes) if contract.free_form is None else [BASE_SIZE]:
+            if (quality, size) not in price.per_image_micros:
+                raise ValueError(f"{where}: no per_image price for quality '{quality}' at {size}")
+
+
+def _table(where: str, value: Any, parse: Any) -> dict[tuple[str, str], int]:
+    """`{quality: {size: value}}` -> `{(quality, size): parsed}`, with a 1024x1024 entry per quality."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{where} must be an object of quality -> {{size -> value}}")
+    table = {}
+    for quality, sizes in value.items():
+        if not isinstance(sizes, dict):
+            raise ValueError(f"{where}.{quality} must be an object of size -> value")
+        for size, amount in sizes.items():
+            if parse_size(size) is None:
+                raise ValueError(f"{where}.{quality}: {size!r} is not a size like '1024x1024'")
+            table[(quality, size)] = parse(f"{where}.{quality}.{size}", amount)
+        if BASE_SIZE not in sizes:
+            raise ValueError(
+                f"{where}.{quality}: a {BASE_SIZE} entry is required (other sizes are priced from it)"
+            )
+    return table
+
+
+def _usd(where: str, value: Any) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f'{where}: write USD amounts as strings, like "0.04"; got {value!r}')
+    try:
+        micros = usd_to_micros(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    if micros < 0:
+        raise ValueError(f"{where}: a price cannot be negative ({value})")
+    return micros
+
+
+def _tokens(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: a token count is a whole number of at least 1; got {value!r}")
+    return value
+
+
+def _percent(where: str, value: Any) -> Fraction:
+    try:
+        percent = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        percent = None
+    if percent is None or not percent.is_finite() or percent < 0:
+        raise ValueError(
+            f'{where}: a markup is a non-negative decimal string, like "20" or "12.5"; got {value!r}'
+        )
+    return Fraction(percent)
+
+
+def _check_fields(where: str, value: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(name for name in value if name not in allowed and not name.startswith("_"))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown field {', '.join(unknown)} (fields: {', '.join(sorted(allowed))})"
+        )

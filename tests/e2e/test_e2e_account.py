@@ -1,0 +1,151 @@
+"""What a key holder sees of money and limits, over HTTP with the OpenAI SDK: idempotent retries, rate
+limits and the balance endpoint."""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import openai
+import pytest
+
+from imagegate.ledger import reconcile
+
+DALLE2_256 = 16_000
+GENEROUS = {"images_per_minute": 10_000, "max_concurrent": 100}
+
+
+def generate(user, key=None, prompt="a lighthouse", response_format="url", **kw):
+    return user.client.images.generate(
+        model="dall-e-2",
+        prompt=prompt,
+        size="256x256",
+        response_format=response_format,
+        extra_headers={"Idempotency-Key": key} if key else None,
+        **kw,
+    )
+
+
+def test_a_retried_request_returns_the_first_response_and_charges_once(stack, new_user):
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+    first = generate(user, "retry-1", n=2)
+    raw = user.client.images.with_raw_response.generate(
+        model="dall-e-2",
+        prompt="a lighthouse",
+        size="256x256",
+        n=2,
+        response_format="url",
+        extra_headers={"Idempotency-Key": "retry-1"},
+    )
+    again = raw.parse()
+
+    assert [d.url for d in again.data] == [d.url for d in first.data]
+    assert again.created == first.created
+    assert raw.headers["idempotent-replayed"] == "true"
+    assert user.balance() == 1_000_000 - 2 * DALLE2_256
+    assert len(user.outputs()) == 2
+
+
+def test_b64_json_retries_replay_the_same_images(stack, new_user):
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+    first = generate(user, "b64-1", response_format="b64_json")
+    again = generate(user, "b64-1", response_format="b64_json")
+    assert again.data[0].b64_json == first.data[0].b64_json
+    assert user.balance() == 1_000_000 - DALLE2_256
+
+
+def test_the_same_key_with_a_different_body_is_refused_and_costs_nothing(stack, new_user):
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+    generate(user, "reused-1")
+    with pytest.raises(openai.BadRequestError) as info:
+        generate(user, "reused-1", prompt="a different lighthouse")
+    assert info.value.body["code"] == "idempotency_key_reused"
+    assert user.balance() == 1_000_000 - DALLE2_256
+
+
+def test_concurrent_retries_with_one_key_charge_once(stack, new_user):
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+
+    def attempt(_):
+        try:
+            return generate(user, "race-1", response_format="b64_json").data[0].b64_json
+        except openai.ConflictError as exc:
+            assert exc.body["code"] == "idempotency_key_in_use"
+            assert int(exc.response.headers["retry-after"]) >= 1
+            return 409
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(attempt, range(10)))
+
+    images = {r for r in results if r != 409}
+    assert len(images) == 1  # every 200 is the one response
+    assert user.balance() == 1_000_000 - DALLE2_256
+    report = reconcile(stack.aws.dynamodb, stack.settings.table, user.account_id)
+    assert report.ok and report.balance == 1_000_000 - DALLE2_256
+
+
+def test_a_failed_request_can_be_retried_with_the_same_key(stack, new_user):
+    user = new_user(stack, balance=DALLE2_256 // 2, **GENEROUS)
+    with pytest.raises(openai.APIStatusError) as info:
+        generate(user, "after-402")
+    assert info.value.status_code == 402
+    stack.service.billing.credit(user.account_id, DALLE2_256, reason="top-up")
+    generate(user, "after-402")
+    assert user.balance() == DALLE2_256 // 2
+
+
+def test_images_per_minute_over_the_limit_is_a_429_with_openai_headers(stack, new_user):
+    user = new_user(stack, balance=1_000_000, images_per_minute=3)
+    raw = user.client.images.with_raw_response.generate(
+        model="dall-e-2", prompt="x", size="256x256", n=2, response_format="b64_json"
+    )
+    assert raw.headers["x-ratelimit-limit-images"] == "3"
+    assert raw.headers["x-ratelimit-remaining-images"] == "1"
+
+    with pytest.raises(openai.RateLimitError) as info:
+        user.client.images.generate(model="dall-e-2", prompt="x", size="256x256", n=2)
+    error, headers = info.value.body, info.value.response.headers
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert "Limit 3, Used 2, Requested 2" in error["message"]
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert headers["x-ratelimit-remaining-images"] == "1"
+    assert headers["x-ratelimit-reset-images"].endswith("s")
+    # Refused whole, and free: the one image left in this minute can still be had.
+    assert user.balance() == 1_000_000 - 2 * DALLE2_256
+    user.client.images.generate(model="dall-e-2", prompt="x", size="256x256", response_format="b64_json")
+    assert user.balance() == 1_000_000 - 3 * DALLE2_256
+
+
+def test_the_balance_endpoint_shows_balance_and_usage_by_day_and_model(stack, new_user, http):
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+    generate(user, n=2)
+    generate(user)
+    user.client.images.generate(model="imagegate-local", prompt="x", size="256x256")
+
+    response = http.get(f"{stack.base_url}/v1/balance", headers={"Authorization": f"Bearer {user.key}"})
+
+    assert response.status_code == 200
+    body = response.json()
+    local = stack.service.settings.local_price_micros
+    assert body["object"] == "balance"
+    assert body["balance_micros"] == user.balance() == 1_000_000 - 3 * DALLE2_256 - local
+    assert body["balance_usd"] == f"{body['balance_micros'] / 1_000_000:.6f}"
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    rows = {(r["date"], r["model"]): r for r in body["usage"]["data"]}
+    assert rows[(today, "dall-e-2")] == {
+        "date": today,
+        "model": "dall-e-2",
+        "requests": 2,
+        "images": 3,
+        "charged_usd": "0.048000",
+        "refunded_usd": "0.000000",
+        "charged_micros": 3 * DALLE2_256,
+        "refunded_micros": 0,
+    }
+    assert rows[(today, "imagegate-local")]["charged_micros"] == local
+
+
+def test_the_balance_endpoint_needs_a_key(stack, http):
+    response = http.get(f"{stack.base_url}/v1/balance")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_api_key"
+    wrong = http.post(f"{stack.base_url}/v1/balance", headers={"Authorization": "Bearer x"})
+    assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET")
