@@ -308,3 +308,46 @@ def test_b64_answer_over_the_response_ceiling_is_400_and_refunded(stack):
     assert "response_format=url" in error["message"]
     assert stack.balance() == stack.start_balance
     assert stack.output_keys() == []
+
+
+def test_balance_event_shows_the_balance_and_todays_usage(stack):
+    assert stack.invoke("generations", stack.event("generations"))["statusCode"] == 200
+
+    response = stack.invoke("balance", stack.event("balance"))
+
+    assert response["statusCode"] == 200, response["body"]
+    body = body_of(response)
+    assert body["balance_micros"] == stack.balance() == stack.start_balance - 2 * DALLE2_256
+    assert body["usage"]["days"] == 7
+    [row] = body["usage"]["data"]
+    assert (row["model"], row["requests"], row["images"], row["charged_micros"]) == (
+        "dall-e-2",
+        1,
+        2,
+        2 * DALLE2_256,
+    )
+
+
+def test_balance_event_without_a_key_is_401(stack):
+    event = stack.event("balance")
+    del event["headers"]["authorization"]
+    assert_openai_error(stack.invoke("balance", event), 401, code="missing_api_key")
+
+
+def test_metrics_are_emf_lines_per_model_and_provider(stack, capsys):
+    capsys.readouterr()
+    stack.invoke("generations", stack.event("generations"), IMAGEGATE_METRICS="on")
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [emf] = lines
+    [directive] = emf["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "imagegate"
+    assert sorted(directive["Dimensions"][0]) == ["model", "provider", "service"]
+    assert (emf["model"], emf["provider"]) == ("dall-e-2", "local")
+    assert (emf["Requests"], emf["Images"], emf["RevenueMicroUSD"], emf["RefundMicroUSD"]) == (
+        [1.0],
+        [2.0],
+        [2.0 * DALLE2_256],
+        [0.0],
+    )
+    assert emf["Latency"][0] > 0
