@@ -125,14 +125,14 @@ def start_stack(aws_env, moto_endpoint):
     """Build and serve apps on the shared moto server, each with its own table and bucket."""
     stops = []
 
-    def start(upstream: Any = None, **settings: Any) -> Stack:
+    def start(upstream: Any = None, clock: Any = time.time, **settings: Any) -> Stack:
         """`upstream`: an httpx handler standing in for every HTTP upstream (routes come from `settings`)."""
         suffix = uuid.uuid4().hex[:12]
         config = Settings(table=f"e2e-{suffix}", bucket=f"e2e-{suffix}", region="us-east-1", **settings)
         aws = AWSClients(config, moto_endpoint)
         provision(aws, config)
         deps = Deps(aws, httpx.Client(transport=httpx.MockTransport(upstream))) if upstream else None
-        service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps)
+        service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps, clock)
         base_url, stop = _serve(create_app(service))
         stops.append(stop)
         return Stack(config, aws, service, base_url)

@@ -149,3 +149,23 @@ def test_the_balance_endpoint_needs_a_key(stack, http):
     assert response.json()["error"]["code"] == "missing_api_key"
     wrong = http.post(f"{stack.base_url}/v1/balance", headers={"Authorization": "Bearer x"})
     assert (wrong.status_code, wrong.headers["allow"]) == (405, "GET")
+
+
+def test_a_replay_after_the_urls_lifetime_is_signed_afresh_for_the_same_objects(start_stack, new_user, http):
+    now = [1_790_000_000.0]
+    stack = start_stack(clock=lambda: now[0])
+    user = new_user(stack, balance=1_000_000, **GENEROUS)
+    first = generate(user, "late-1")
+    now[0] += 60
+    soon = generate(user, "late-1")
+    now[0] += stack.settings.url_ttl_seconds
+    late = generate(user, "late-1")
+
+    assert soon.data[0].url == first.data[0].url
+    # Signed again at replay time (botocore signs with the real clock, so within one second the signature may
+    # repeat): the same object, and a URL that works.
+    assert late.data[0].url.split("?")[0] == first.data[0].url.split("?")[0]
+    fetched = http.get(late.data[0].url)
+    assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
+    assert late.created == first.created
+    assert user.balance() == 1_000_000 - DALLE2_256

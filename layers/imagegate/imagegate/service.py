@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -45,8 +46,16 @@ class ImageResponse:
 class Service:
     """Everything a request needs, built from settings; AWS clients and upstream routes come on first use."""
 
-    def __init__(self, settings: Settings, aws: AWSClients, logger: Logger, deps: Deps | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        aws: AWSClients,
+        logger: Logger,
+        deps: Deps | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.aws = aws
         self.logger = logger
         self.deps = deps or Deps(aws)
@@ -233,7 +242,7 @@ class Service:
         """The OpenAI body, and what an idempotent replay needs to rebuild it: S3 keys, never image bytes."""
         result = served.result
         extra = {"revised_prompt": result.revised_prompt} if result.revised_prompt is not None else {}
-        body: dict[str, Any] = {"created": int(time.time())}
+        body: dict[str, Any] = {"created": int(self.clock())}
         if job.contract.gpt_params:
             body.update(
                 background="transparent" if job.background == "transparent" else "opaque",
@@ -255,14 +264,14 @@ class Service:
             )
         if job.response_format == "url":
             data = [{"url": self.storage.presign(key), **extra} for key in record["keys"]]
-            record["urls"], record["signed_at"] = [d["url"] for d in data], int(time.time())
+            record["urls"], record["signed_at"] = [d["url"] for d in data], int(self.clock())
         return {"created": body["created"], "data": data, **body}, record
 
     def _replay(self, record: dict[str, Any]) -> ImageResponse:
         """The first response again: its URLs while they live, else fresh signatures for the same objects."""
         extra = record["extra"]
         if record["format"] == "url":
-            fresh = record["signed_at"] + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > time.time()
+            fresh = record["signed_at"] + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > self.clock()
             urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
             data = [{"url": url, **extra} for url in urls]
         else:
