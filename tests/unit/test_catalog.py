@@ -1,8 +1,19 @@
-"""Prices and size rules of the model contracts, checked against OpenAI's published per-image prices."""
+"""Prices and size rules of the model contracts, checked against the upstreams' published per-image prices."""
+
+import math
 
 import pytest
 
-from imagegate.catalog import OPENAI_CONTRACTS, FreeFormSizes, free_form_problem, parse_size, price_per_image
+from imagegate.catalog import (
+    GEMINI_SIZES,
+    OPENAI_CONTRACTS,
+    STABILITY_SIZES,
+    FreeFormSizes,
+    free_form_problem,
+    parse_size,
+    price_per_image,
+)
+from imagegate.providers import bedrock, gemini
 
 from .conftest import LOCAL_PRICE
 
@@ -82,6 +93,41 @@ def test_free_form_area_price_rounds_up(catalog, quality, micros):
 def test_free_form_price_of_a_whole_multiple_is_exact(catalog):
     # 2048x1024 is exactly twice the 1024x1024 area: no rounding to hide behind.
     assert price_per_image(catalog["gpt-image-2"], "medium", "2048x1024") == 106_000
+
+
+@pytest.mark.parametrize(
+    ("model", "sizes", "micros"),
+    [
+        # Per image: the 1K image's output tokens plus the most a 4,000-character prompt and 4 input images
+        # can add upstream (prices.json shows the sums): one price at every 1K size.
+        ("gemini-3.1-flash-image", GEMINI_SIZES, 71_440),
+        ("gemini-3-pro-image", GEMINI_SIZES, 176_880),
+        ("stability.stable-image-core-v1:1", STABILITY_SIZES, 40_000),
+    ],
+)
+def test_gemini_and_bedrock_models_sell_at_their_own_upstream_price(catalog, model, sizes, micros):
+    contract = catalog[model]
+    assert contract.sizes == (*sizes, "auto")
+    assert contract.qualities == ("standard", "auto")
+    assert [price_per_image(contract, "standard", size) for size in sizes] == [micros] * len(sizes)
+
+
+def test_gemini_sizes_are_one_native_1k_size_per_gemini_aspect_ratio():
+    ratios = [gemini.aspect_ratio(*parse_size(size)) for size in GEMINI_SIZES]
+    assert sorted(ratios) == sorted(gemini.ASPECT_RATIOS)
+    # The provider asks for 2K above a 1600-pixel edge; every contract size stays a (cheaper) 1K image.
+    assert max(max(parse_size(size)) for size in GEMINI_SIZES) <= 1600
+    assert all(w * h == pytest.approx(1024 * 1024, rel=0.03) for w, h in map(parse_size, GEMINI_SIZES))
+
+
+def test_stability_sizes_are_one_size_per_stable_image_core_aspect_ratio():
+    def nearest(width, height):
+        return min(
+            bedrock.STABILITY_RATIOS,
+            key=lambda r: abs(math.log(width * int(r.split(":")[1]) / (height * int(r.split(":")[0])))),
+        )
+
+    assert sorted(nearest(*parse_size(size)) for size in STABILITY_SIZES) == sorted(bedrock.STABILITY_RATIOS)
 
 
 def test_local_model_default_price(catalog):

@@ -75,7 +75,17 @@ def test_token_rates_of_the_gpt_image_models(model, rates):
     assert micros == tuple(int(r * 1_000_000) for r in rates)
 
 
-@pytest.mark.parametrize("model", ["dall-e-2", "dall-e-3", "imagegate-local"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "dall-e-2",
+        "dall-e-3",
+        "gemini-3.1-flash-image",
+        "gemini-3-pro-image",
+        "stability.stable-image-core-v1:1",
+        "imagegate-local",
+    ],
+)
 def test_per_image_models_have_no_token_rates(model):
     assert PACKAGED.model(model).tokens is None
 

@@ -4,20 +4,24 @@ Upstreams are scripted fakes built through the router's `factories` seam; time i
 fakes and the injected sleep advance, so nothing here waits.
 """
 
+import importlib
 import importlib.util
 import io
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
+from imagegate.catalog import OPENAI_CONTRACTS, UPSTREAM_CONTRACTS
 from imagegate.config import Settings
 from imagegate.errors import APIError
-from imagegate.providers import Deps, ProviderError, ProviderResult, content_policy
+from imagegate.providers import Deps, ProviderError, ProviderResult, Upstream, content_policy
 from imagegate.routing import (
     MAX_ATTEMPTS_PER_ROUTE,
     PROVIDERS,
@@ -31,8 +35,38 @@ from .conftest import upload
 
 REPO = Path(__file__).resolve().parents[2]
 OPENAI = {"OPENAI_API_KEY": "sk-test-openai-secret"}
-BOTH = {**OPENAI, "GEMINI_API_KEY": "gm-test-gemini-secret"}
+GEMINI = {"GEMINI_API_KEY": "gm-test-gemini-secret"}
+BOTH = {**OPENAI, **GEMINI}
 ALL_OPERATIONS = frozenset({"generate", "edit", "vary"})
+OPERATIONS = {"generations": "generate", "edits": "edit", "variations": "vary"}
+# An operator's table that falls over from OpenAI to Gemini: the packaged table has no such fallbacks
+# (a Gemini image costs more than these contracts sell for), so the fallover tests bring their own.
+FALLBACK = Settings(
+    routes=json.dumps(
+        {
+            "routes": {
+                model_id: [
+                    {
+                        "provider": "openai",
+                        "model": upstream,
+                        "credential": "OPENAI_API_KEY",
+                        "timeout_s": timeout,
+                    },
+                    {
+                        "provider": "gemini",
+                        "model": "gemini-3.1-flash-image",
+                        "credential": "GEMINI_API_KEY",
+                        "timeout_s": 15,
+                    },
+                ]
+                for model_id, upstream, timeout in (
+                    ("dall-e-2", "gpt-image-1-mini", 15),
+                    ("gpt-image-1.5", "gpt-image-1.5", 20),
+                )
+            }
+        }
+    )
+)
 
 
 class Clock:
@@ -175,29 +209,72 @@ def outcomes(served_or_attempts):
 # --- the route table ---
 
 
-def test_packaged_routes_cover_every_catalog_model(catalog_ids):
+def test_every_public_model_has_a_packaged_route(catalog_ids):
     routes = load_routes(Settings(), catalog_ids)
     assert sorted(routes) == sorted(catalog_ids)
     assert all(routes[model_id] for model_id in catalog_ids)
-    assert [(r.provider, r.model) for r in routes["dall-e-2"]] == [
-        ("openai", "gpt-image-1-mini"),
-        ("bedrock", "amazon.titan-image-generator-v2:0"),
-        ("gemini", "gemini-3.1-flash-image"),
-    ]
-    assert [(r.provider, r.model) for r in routes["dall-e-3"]] == [
-        ("openai", "gpt-image-1.5"),
-        ("gemini", "gemini-3-pro-image"),
-        ("bedrock", "amazon.nova-canvas-v1:0"),
-    ]
-    assert routes["gpt-image-1"][0] == RouteSpec("openai", "gpt-image-1.5", "OPENAI_API_KEY", 20.0)
-    assert routes["gpt-image-2-2026-04-21"] == [
-        RouteSpec("openai", "gpt-image-2-2026-04-21", "OPENAI_API_KEY", 20.0)
-    ]
     assert routes["imagegate-local"] == [RouteSpec("local", "imagegate-local")]
-    # A retired OpenAI model is never routed to itself.
-    upstream_models = {r.model for specs in routes.values() for r in specs if r.provider == "openai"}
-    assert not upstream_models & {"dall-e-2", "dall-e-3", "gpt-image-1"}
     assert credential_names(routes) == {"OPENAI_API_KEY", "GEMINI_API_KEY"}
+
+
+def test_the_packaged_table_sends_openai_contracts_only_to_openai(catalog_ids):
+    # A Gemini or Bedrock image costs more than most OpenAI contracts sell for: no fallback by default.
+    routes = load_routes(Settings(), catalog_ids)
+    served = {c.id: [(r.provider, r.model) for r in routes[c.id]] for c in OPENAI_CONTRACTS}
+    # Retired OpenAI models are served by their successors, never by themselves.
+    assert served == {
+        "dall-e-2": [("openai", "gpt-image-1-mini")],
+        "dall-e-3": [("openai", "gpt-image-1.5")],
+        "gpt-image-1": [("openai", "gpt-image-1.5")],
+        "gpt-image-1-mini": [("openai", "gpt-image-1-mini")],
+        "gpt-image-1.5": [("openai", "gpt-image-1.5")],
+        "chatgpt-image-latest": [("openai", "chatgpt-image-latest")],
+        "gpt-image-2": [("openai", "gpt-image-2")],
+        "gpt-image-2-2026-04-21": [("openai", "gpt-image-2-2026-04-21")],
+    }
+    assert {r.credential for c in OPENAI_CONTRACTS for r in routes[c.id]} == {"OPENAI_API_KEY"}
+    assert routes["gpt-image-1"] == [RouteSpec("openai", "gpt-image-1.5", "OPENAI_API_KEY", 20.0)]
+
+
+def test_gemini_and_bedrock_models_are_served_by_their_own_upstream_model(catalog_ids):
+    routes = load_routes(Settings(), catalog_ids)
+    assert {c.id: routes[c.id] for c in UPSTREAM_CONTRACTS} == {
+        "gemini-3.1-flash-image": [RouteSpec("gemini", "gemini-3.1-flash-image", "GEMINI_API_KEY", 20.0)],
+        "gemini-3-pro-image": [RouteSpec("gemini", "gemini-3-pro-image", "GEMINI_API_KEY", 20.0)],
+        # No region on the route: Bedrock stays off until the operator sets IMAGEGATE_BEDROCK_REGION.
+        "stability.stable-image-core-v1:1": [
+            RouteSpec("bedrock", "stability.stable-image-core-v1:1", timeout_s=15.0)
+        ],
+    }
+
+
+# Contract endpoints no packaged route serves, on purpose: OpenAI has no variations upstream any more, and
+# every other upstream costs more than dall-e-2 sells for. An operator route with its price serves them.
+UNSERVED_BY_DEFAULT = {("dall-e-2", "variations")}
+
+
+def test_every_packaged_route_supports_its_contracts_endpoints(catalog, catalog_ids):
+    """The real provider modules, built as the router builds them (no I/O: Bedrock's client is lazy)."""
+    routes = load_routes(Settings(), catalog_ids)
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: None))  # never called
+    deps = Deps(aws=None, http_client=client)
+    unserved = set()
+    for model_id, contract in catalog.items():
+        providers = [
+            importlib.import_module(f"imagegate.providers.{spec.provider}").create(
+                Upstream(spec.provider, spec.model, spec.base_url, "key", "us-west-2", spec.timeout_s),
+                deps,
+            )
+            for spec in routes[model_id]
+        ]
+        for endpoint in sorted(contract.endpoints):
+            supporting = [p.name for p in providers if p.supports(OPERATIONS[endpoint])]
+            if len(supporting) < len(providers):
+                unserved.add((model_id, endpoint))
+                # An endpoint is served by all of a model's routes or, listed above, by none of them.
+                assert not supporting, (model_id, endpoint, supporting)
+    client.close()
+    assert unserved == UNSERVED_BY_DEFAULT
 
 
 def test_operator_override_replaces_only_the_models_it_lists(catalog_ids):
@@ -361,11 +438,13 @@ def test_a_model_with_no_configured_upstream_is_not_available(router, job, upstr
 def test_bedrock_is_available_with_a_region_from_settings_or_the_route(router, job, upstreams):
     r = router(settings=Settings(bedrock_region="us-west-2"))
     assert not r.local_only
-    served = r.run(job(prompt="a fox", model="dall-e-2", size="512x512"), "req_1")
-    assert (served.provider, served.model) == ("bedrock", "amazon.titan-image-generator-v2:0")
+    served = r.run(job(prompt="a fox", model="stability.stable-image-core-v1:1", size="1344x768"), "req_1")
+    assert (served.provider, served.model) == ("bedrock", "stability.stable-image-core-v1:1")
     assert upstreams.built[-1].region == "us-west-2"
-    with pytest.raises(APIError, match=r"'gpt-image-1\.5' is not available"):
-        r.check(job(prompt="a fox", model="gpt-image-1.5"))
+    # Bedrock never stands in for an OpenAI contract by default.
+    for model_id in ("gpt-image-1.5", "dall-e-2"):
+        with pytest.raises(APIError, match=rf"'{model_id}' is not available"):
+            r.check(job(prompt="a fox", model=model_id))
 
     upstreams.built.clear()
     pinned = {"provider": "bedrock", "model": "amazon.nova-canvas-v1:0", "region": "eu-west-1"}
@@ -385,10 +464,31 @@ def test_check_refuses_an_operation_no_configured_upstream_supports(router, job,
         "The model 'dall-e-2' cannot serve /images/variations on this deployment: none of its configured "
         "upstreams supports it."
     )
-    # With Bedrock configured too, the variation skips OpenAI without calling it.
-    served = router(OPENAI, settings=Settings(bedrock_region="us-east-1")).run(variation, "req_1")
-    assert served.provider == "bedrock"
-    assert upstreams.calls == [("bedrock", "amazon.titan-image-generator-v2:0", 15.0, "vary")]
+    # With a route to an upstream that makes variations configured too, the variation skips OpenAI.
+    routes = {
+        "dall-e-2": [
+            RouteSpec("openai", "gpt-image-1-mini", "OPENAI_API_KEY", 15.0),
+            RouteSpec("gemini", "gemini-3.1-flash-image", "GEMINI_API_KEY", 15.0),
+        ]
+    }
+    served = router(BOTH, routes=routes).run(variation, "req_1")
+    assert served.provider == "gemini"
+    assert upstreams.calls == [("gemini", "gemini-3.1-flash-image", 15.0, "vary")]
+
+
+def test_a_gemini_key_alone_serves_the_gemini_models_and_no_openai_contract(router, job, upstreams):
+    r = router(GEMINI)
+    assert not r.local_only
+    for model_id in ("gemini-3.1-flash-image", "gemini-3-pro-image"):
+        served = r.run(job(prompt="a fox", model=model_id, size="1376x768", n=2), f"req_{model_id}")
+        assert (served.provider, served.model) == ("gemini", model_id)
+        assert served.result.images == [b"gemini"] * 2
+    for model_id in ("dall-e-2", "dall-e-3", "gpt-image-1-mini", "gpt-image-2"):
+        with pytest.raises(APIError) as info:
+            r.check(job(prompt="a fox", model=model_id))
+        assert (info.value.status, info.value.code) == (400, "model_not_available")
+    assert {c[0] for c in upstreams.calls} == {"gemini"}
+    assert [u.api_key for u in upstreams.built] == ["gm-test-gemini-secret"] * 2
 
 
 def test_providers_are_built_once_per_route_and_timeout(router, job, upstreams):
@@ -427,7 +527,9 @@ def test_backoff_is_exponential_with_full_jitter(router, job, upstreams, clock):
 
 def test_three_failed_attempts_fall_over_to_the_next_available_route(router, job, upstreams, clock):
     upstreams.script["openai"] = [retryable(status=502)] * 3
-    served = router(BOTH).run(job(prompt="a fox", model="dall-e-2", size="256x256"), "req_1")
+    served = router(BOTH, settings=FALLBACK).run(
+        job(prompt="a fox", model="dall-e-2", size="256x256"), "req_1"
+    )
     assert (served.provider, served.model) == ("gemini", "gemini-3.1-flash-image")
     assert MAX_ATTEMPTS_PER_ROUTE == 3
     assert [c[:2] for c in upstreams.calls] == [("openai", "gpt-image-1-mini")] * 3 + [
@@ -444,7 +546,7 @@ def test_three_failed_attempts_fall_over_to_the_next_available_route(router, job
 
 def test_an_upstream_auth_failure_falls_over_without_retrying(router, job, upstreams, clock):
     upstreams.script["openai"] = [auth_failure()]
-    served = router(BOTH).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+    served = router(BOTH, settings=FALLBACK).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
     assert served.provider == "gemini"
     assert clock.sleeps == []
     assert outcomes(served) == [("openai", 1, "fallover"), ("gemini", 1, "ok")]
@@ -454,7 +556,7 @@ def test_a_content_policy_refusal_is_final(router, job, upstreams, clock):
     refusal = content_policy("Your request was rejected by the safety system.")
     upstreams.script["openai"] = [refusal]
     with pytest.raises(ProviderError) as info:
-        router(BOTH).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+        router(BOTH, settings=FALLBACK).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
     assert info.value is refusal
     assert (info.value.status, info.value.code) == (400, "content_policy_violation")
     assert [c[0] for c in upstreams.calls] == ["openai"]
@@ -466,7 +568,7 @@ def test_when_every_route_fails_the_last_error_is_raised(router, job, upstreams)
     upstreams.script["openai"] = [retryable()] * 3
     upstreams.script["gemini"] = [last]
     with pytest.raises(ProviderError) as info:
-        router(BOTH).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+        router(BOTH, settings=FALLBACK).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
     assert info.value is last
     assert [c[0] for c in upstreams.calls] == ["openai"] * 3 + ["gemini"]
 
@@ -475,7 +577,7 @@ def test_timeouts_spend_the_budget_and_end_in_a_504(router, job, upstreams, cloc
     upstreams.script["openai"] = [timeout()] * 3
     started = clock.now
     with pytest.raises(ProviderError) as info:
-        router(BOTH, settings=Settings(upstream_budget_seconds=24.0)).run(
+        router(BOTH, settings=replace(FALLBACK, upstream_budget_seconds=24.0)).run(
             job(prompt="a fox", model="dall-e-2", size="256x256"), "req_1"
         )
     assert (info.value.status, info.value.code) == (504, "upstream_timeout")
@@ -494,7 +596,7 @@ def test_the_budget_caps_the_first_call_timeout(router, job, upstreams):
 
 def test_a_retry_after_beyond_the_budget_falls_over_at_once(router, job, upstreams, clock):
     upstreams.script["openai"] = [retryable(status=429, retry_after=60)]
-    served = router(BOTH).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+    served = router(BOTH, settings=FALLBACK).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
     assert served.provider == "gemini"
     assert clock.sleeps == []
     assert outcomes(served) == [("openai", 1, "fallover"), ("gemini", 1, "ok")]
@@ -503,7 +605,7 @@ def test_a_retry_after_beyond_the_budget_falls_over_at_once(router, job, upstrea
 def test_a_provider_bug_propagates_without_retry_or_fallover(router, job, upstreams, clock):
     upstreams.script["openai"] = [KeyError("data")]
     with pytest.raises(KeyError):
-        router(BOTH).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+        router(BOTH, settings=FALLBACK).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
     assert [c[0] for c in upstreams.calls] == ["openai"]
     assert clock.sleeps == []
 
@@ -514,7 +616,7 @@ def test_a_provider_bug_propagates_without_retry_or_fallover(router, job, upstre
 def test_every_attempt_is_logged_without_secrets_or_prompt(router, job, upstreams, log_stream):
     upstreams.script["openai"] = [retryable(status=503), auth_failure()]
     prompt = "a confidential prompt about project nightingale"
-    router(BOTH).run(job(prompt=prompt, model="gpt-image-1.5"), "req_abc")
+    router(BOTH, settings=FALLBACK).run(job(prompt=prompt, model="gpt-image-1.5"), "req_abc")
     records = [r for r in log_records(log_stream) if r["message"] == "upstream attempt"]
     fields = (
         "provider",

@@ -448,3 +448,136 @@ def test_images_with_corrupt_pixel_data_are_400(data):
     with pytest.raises(APIError) as info:
         inspect(data, "image")
     assert (info.value.status, info.value.param, info.value.code) == (400, "image", "invalid_image_format")
+
+
+# --- Gemini and Bedrock models under their own ids --------------------------------------------------------
+
+OWN_PRICE_MODELS = [
+    ("gemini-3.1-flash-image", 71_440),
+    ("gemini-3-pro-image", 176_880),
+    ("stability.stable-image-core-v1:1", 40_000),
+]
+
+
+@pytest.mark.parametrize(("model", "price"), OWN_PRICE_MODELS)
+def test_own_price_model_defaults(job, model, price):
+    j = job(prompt="a red fox", model=model)
+    assert (j.size, j.quality, j.n, j.response_format, j.output_format) == (
+        "1024x1024",
+        "standard",
+        1,
+        "b64_json",
+        "png",
+    )
+    assert (j.style, j.price_per_image) == (None, price)
+    assert job(prompt="a red fox", model=model, quality="auto", size="auto").quality == "standard"
+    assert job(prompt="a red fox", model=model, n=4).price == 4 * price
+
+
+@pytest.mark.parametrize(("model", "price"), OWN_PRICE_MODELS)
+def test_own_price_models_take_up_to_4_images_a_request(job, model, price):
+    err = rejected(job, prompt="x", model=model, n=5)
+    assert (err.param, err.message) == ("n", "5 is greater than the maximum of 4 - 'n'")
+
+
+@pytest.mark.parametrize(
+    ("model", "size"), [("gemini-3-pro-image", "848x1264"), ("gemini-3.1-flash-image", "1584x672")]
+)
+def test_gemini_serves_its_native_sizes(job, model, size):
+    assert job(prompt="x", model=model, size=size).size == size
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        ("gemini-3.1-flash-image", "1536x1024"),
+        ("gemini-3-pro-image", "2048x2048"),
+        ("stability.stable-image-core-v1:1", "1376x768"),
+        ("stability.stable-image-core-v1:1", "256x256"),
+    ],
+)
+def test_own_price_models_refuse_other_sizes(job, model, size):
+    err = rejected(job, prompt="x", model=model, size=size)
+    assert err.param == "size"
+    assert f"'{size}'" in err.message
+
+
+@pytest.mark.parametrize(
+    ("model", "limit"),
+    [
+        ("gemini-3.1-flash-image", 4000),
+        ("gemini-3-pro-image", 4000),
+        ("stability.stable-image-core-v1:1", 10000),
+    ],
+)
+def test_own_price_model_prompt_length(job, model, limit):
+    assert len(job(prompt="p" * limit, model=model).prompt) == limit
+    err = rejected(job, prompt="p" * (limit + 1), model=model)
+    assert (err.param, err.code) == ("prompt", "string_above_max_length")
+
+
+@pytest.mark.parametrize("model", [m for m, _ in OWN_PRICE_MODELS])
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("background", "opaque"), ("output_format", "webp"), ("moderation", "low"), ("style", "vivid")],
+)
+def test_own_price_models_refuse_gpt_and_dall_e_parameters(job, model, param, value):
+    err = rejected(job, prompt="x", model=model, **{param: value})
+    assert (err.param, err.code) == (param, "unsupported_parameter")
+    assert rejected(job, prompt="x", model=model, quality="hd").param == "quality"
+
+
+@pytest.mark.parametrize("model", ["gemini-3.1-flash-image", "gemini-3-pro-image"])
+def test_gemini_edits_take_up_to_4_png_jpeg_or_webp_images(job, model):
+    four = [
+        upload("image[]"),
+        upload("image[]", mode="RGB", fmt="JPEG"),
+        upload("image[]", fmt="WEBP"),
+        upload("image[]", width=96, height=64),
+    ]
+    j = job("edits", images=four, mask=half_mask(64, 64), prompt="add a moon", model=model)
+    assert ([i.format for i in j.images], j.mask.format) == (["PNG", "JPEG", "WEBP", "PNG"], "PNG")
+    assert (j.size, j.price) == ("1024x1024", j.price_per_image)
+    err = rejected(job, endpoint="edits", images=[*four, upload("image[]")], prompt="x", model=model)
+    assert (err.param, err.code) == ("image", "too_many_images")
+    gif = upload(mode="RGB", fmt="GIF")
+    err = rejected(job, endpoint="edits", images=[gif], prompt="x", model=model)
+    assert (err.param, err.code) == ("image", "invalid_image_format")
+
+
+@pytest.mark.parametrize("model", ["gemini-3.1-flash-image", "gemini-3-pro-image"])
+def test_gemini_variations_take_any_one_image(job, model):
+    j = job("variations", images=[upload(mode="RGB", fmt="JPEG", width=96, height=64)], model=model, n=2)
+    assert (j.prompt, j.n, j.size, j.images[0].format) == ("", 2, "1024x1024", "JPEG")
+
+
+def test_gemini_takes_no_image_on_generations(job):
+    png = base64.b64encode(image_bytes()).decode()
+    err = rejected(job, prompt="x", model="gemini-3.1-flash-image", image=png)
+    assert (err.param, err.code) == ("image", "unsupported_parameter")
+
+
+@pytest.mark.parametrize("endpoint", ["edits", "variations"])
+def test_stable_image_core_only_generates(job, endpoint):
+    prompt = {"prompt": "x"} if endpoint == "edits" else {}
+    err = rejected(
+        job, endpoint=endpoint, images=[upload()], model="stability.stable-image-core-v1:1", **prompt
+    )
+    assert err.param == "model"
+    assert f"/v1/images/{endpoint}" in err.message
+
+
+@pytest.mark.parametrize(
+    ("model", "upload_size", "expected"),
+    [
+        ("gemini-3.1-flash-image", (60, 40), (1264, 848)),
+        ("gemini-3.1-flash-image", (40, 80), (768, 1376)),
+        ("gpt-image-1.5", (60, 40), (1536, 1024)),
+        ("gpt-image-2", (40, 60), (1024, 1536)),
+    ],
+)
+def test_auto_size_with_an_input_is_the_contracts_own_nearest_size(job, model, upload_size, expected):
+    w, h = upload_size
+    j = job("edits", images=[upload(width=w, height=h)], prompt="x", model=model, size="auto")
+    assert (j.width, j.height) == expected
+    assert j.size in j.contract.sizes or j.contract.free_form

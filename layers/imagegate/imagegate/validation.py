@@ -252,12 +252,15 @@ def _size(contract: Contract, endpoint: Endpoint, size: str, images: list[InputI
 
 
 def _auto_size(contract: Contract, images: list[InputImage]) -> tuple[int, int]:
-    """`auto` keeps an input image's orientation (edits) and is square otherwise."""
+    """`auto` is the contract's standard size nearest an input image's aspect (edits), else 1024x1024.
+
+    Free-form contracts choose among the GPT sizes: `auto` means a standard size, not the input's own.
+    """
     if not images:
         return 1024, 1024
     aspect = images[0].width / images[0].height
-    sizes = [parse_size(s) for s in GPT_SIZES]
-    return min((s for s in sizes if s), key=lambda wh: abs(wh[0] / wh[1] - aspect))
+    sizes = [wh for wh in map(parse_size, GPT_SIZES if contract.free_form else contract.sizes) if wh]
+    return min(sizes, key=lambda wh: abs(wh[0] / wh[1] - aspect))
 
 
 def _check_inputs(
