@@ -169,3 +169,26 @@ def test_a_replay_after_the_urls_lifetime_is_signed_afresh_for_the_same_objects(
     assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
     assert late.created == first.created
     assert user.balance() == 1_000_000 - DALLE2_256
+
+
+@pytest.mark.parametrize("days", ["0", "91", "seven"])
+def test_a_bad_days_parameter_is_a_400_naming_it(stack, new_user, http, days):
+    user = new_user(stack)
+    response = http.get(
+        f"{stack.base_url}/v1/balance", params={"days": days}, headers={"Authorization": f"Bearer {user.key}"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "days"
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
+def test_a_bad_idempotency_key_is_a_400_naming_the_header_and_costs_nothing(stack, new_user, http, key):
+    user = new_user(stack)
+    response = http.post(
+        f"{stack.base_url}/v1/images/generations",
+        headers={"Authorization": f"Bearer {user.key}", "Idempotency-Key": key.encode()},
+        json={"model": "dall-e-2", "prompt": "x", "size": "256x256"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "Idempotency-Key"
+    assert user.balance() == 10_000_000

@@ -91,7 +91,7 @@ def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> t
             return api_key, False
         except APIError:
             pass  # not issued yet (a revoked one makes create_key below fail loudly)
-    account_id = accounts.create_account(usd_to_micros(balance_usd), label="dev")
+    account_id = accounts.create_account(usd_to_micros(balance_usd), label="dev", actor="devserver")
     return accounts.create_key(account_id, label="dev", api_key=api_key), True
 
 

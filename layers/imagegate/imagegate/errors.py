@@ -51,7 +51,8 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
     err = errors[0]
     # OpenAI names the top-level parameter; deeper parts of pydantic's location (union members, list
     # indexes) would only confuse a client.
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    # FastAPI prefixes where the value came from ("body", "query", "header"); the name follows it.
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
     param = loc[0] if loc else None
     kind = err.get("type", "")
     if kind == "json_invalid":
