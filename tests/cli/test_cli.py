@@ -703,3 +703,7 @@ def test_dates_are_utc(table, capsys):
     created = table.accounts.show_account(account_id).created_at
     code, out, _ = run(capsys, "accounts", "show", account_id)
     assert code == 0 and f"created  {datetime.fromtimestamp(created, UTC):%Y-%m-%d %H:%M:%S}" in out
+
+
+def test_sweep_refuses_an_age_that_could_catch_running_requests(table, capsys):
+    assert "must be at least 60 seconds" in usage_error(capsys, "sweep", "--older-than", "30")

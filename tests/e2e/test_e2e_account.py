@@ -192,3 +192,13 @@ def test_a_bad_idempotency_key_is_a_400_naming_the_header_and_costs_nothing(stac
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Idempotency-Key"
     assert user.balance() == 10_000_000
+
+
+def test_a_request_refused_for_its_balance_does_not_use_the_minutes_images(stack, new_user):
+    user = new_user(stack, balance=0, images_per_minute=1)
+    with pytest.raises(openai.APIStatusError) as info:
+        generate(user, response_format="b64_json")
+    assert info.value.status_code == 402
+    stack.service.billing.credit(user.account_id, DALLE2_256, reason="top-up")
+    generate(user, response_format="b64_json")  # the one image of this minute is still there
+    assert user.balance() == 0

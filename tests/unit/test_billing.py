@@ -328,7 +328,7 @@ def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
     account_id = accounts.create_account(100_000)
     rid = request_id()
     billing.reserve(account_id, rid, 10_000, DETAILS)
-    with pytest.raises(RuntimeError, match="reserved twice"):
+    with pytest.raises(RuntimeError, match="collided"):
         billing.reserve(account_id, rid, 10_000, DETAILS)
     assert accounts.balance(account_id) == 90_000
 

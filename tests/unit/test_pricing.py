@@ -362,47 +362,61 @@ def quote_for(prices=PACKAGED, **params):
     return prices.quote(make_job(prices, **params))
 
 
+LONG = "a" * 2000  # a prompt long enough that the reservation leaves room above the per-image price
+
+
 def test_charge_from_usage_by_hand():
+    quote = quote_for(prompt=LONG, model="gpt-image-1", quality="high")
+    # 2000 text tokens * $5/1M + 4160 image tokens * $40/1M = 10_000 + 166_400 micro-USD.
+    assert PACKAGED.charge(quote, 1, 1, usage(text=2000, output=4160)) == 176_400
+
+
+def test_charge_is_never_below_the_published_per_image_price():
     quote = quote_for(model="gpt-image-1", quality="high")
-    # 50 text tokens * $5/1M + 4160 image tokens * $40/1M = 250 + 166_400 micro-USD.
-    assert PACKAGED.charge(quote, 1, 1, usage(text=50, output=4160)) == 166_650
+    # 50 * $5 + 4160 * $40 per 1M = 166_650, under the published $0.167 an image.
+    assert PACKAGED.charge(quote, 1, 1, usage(text=50, output=4160)) == 167_000
+    # A proxy reporting zero tokens, or chat-style usage, gives nothing away.
+    assert PACKAGED.charge(quote, 1, 1, usage(text=0, output=0)) == 167_000
+    chat = {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
+    assert PACKAGED.charge(quote, 1, 1, chat) == 167_000
 
 
 def test_charge_at_fractional_rates_rounds_up_once():
-    quote = quote_for(model="gpt-image-1-mini", quality="low")
-    # 1 * $2 + 3 * $2.50 + 272 * $8 per 1M tokens = 2 + 7.5 + 2176 = 2185.5 micro-USD.
-    assert PACKAGED.charge(quote, 1, 1, usage(text=1, image=3, output=272)) == 2_186
+    quote = quote_for(prompt="a" * 3000, model="gpt-image-1-mini", quality="low")
+    # 1 * $2 + 3 * $2.50 + 700 * $8 per 1M tokens = 2 + 7.5 + 5600 = 5609.5 micro-USD.
+    assert PACKAGED.charge(quote, 1, 1, usage(text=1, image=3, output=700)) == 5_610
 
 
 def test_charge_with_markup():
     prices = book({"markup_percent": "12.5"})
-    quote = quote_for(prices, model="gpt-image-1", quality="high")
-    # 166_650 * 1.125 = 187_481.25, rounded up.
-    assert prices.charge(quote, 1, 1, usage(text=50, output=4160)) == 187_482
+    quote = quote_for(prices, prompt=LONG, model="gpt-image-1", quality="high")
+    # (2001 * 5 + 4160 * 40) * 1.125 = 176_405 * 1.125 = 198_455.625, rounded up.
+    assert prices.charge(quote, 1, 1, usage(text=2001, output=4160)) == 198_456
 
 
 def test_output_text_tokens_are_charged():
-    quote = quote_for(model="gpt-image-1.5", quality="high")
+    quote = quote_for(prompt=LONG, model="gpt-image-1.5", quality="high")
     # gpt-image-1.5 publishes $10/1M for text out; gpt-image-1 none, so its image-out rate applies.
-    assert PACKAGED.charge(quote, 1, 1, usage(text=10, output=1000, output_text=100)) == 50 + 32_000 + 1_000
-    quote = quote_for(model="gpt-image-1", quality="high")
-    assert PACKAGED.charge(quote, 1, 1, usage(text=10, output=1000, output_text=100)) == 50 + 40_000 + 4_000
+    assert PACKAGED.charge(quote, 1, 1, usage(text=10, output=4160, output_text=100)) == 50 + 133_120 + 1_000
+    quote = quote_for(prompt=LONG, model="gpt-image-1", quality="high")
+    assert PACKAGED.charge(quote, 1, 1, usage(text=10, output=4160, output_text=100)) == 50 + 166_400 + 4_000
 
 
 def test_usage_without_a_breakdown_is_charged_at_the_dearer_rate():
-    quote = quote_for(model="gpt-image-1", quality="high")
-    # 100 input tokens at the image rate ($10/1M, not text's $5), 1000 output at image out ($40/1M).
-    assert PACKAGED.charge(quote, 1, 1, {"input_tokens": 100, "output_tokens": 1000}) == 1_000 + 40_000
+    quote = quote_for(prompt=LONG, model="gpt-image-1", quality="high")
+    # 100 input tokens at the image rate ($10/1M, not text's $5), 4200 output at image out ($40/1M).
+    assert PACKAGED.charge(quote, 1, 1, {"input_tokens": 100, "output_tokens": 4200}) == 1_000 + 168_000
     # A breakdown that covers part of the total: the rest at the dearer rate.
-    partial = {"input_tokens": 100, "input_tokens_details": {"text_tokens": 60}, "output_tokens": 0}
-    assert PACKAGED.charge(quote, 1, 1, partial) == 60 * 5 + 40 * 10
+    partial = {"input_tokens": 100, "input_tokens_details": {"text_tokens": 60}, "output_tokens": 4200}
+    assert PACKAGED.charge(quote, 1, 1, partial) == 60 * 5 + 40 * 10 + 168_000
 
 
-def test_fewer_images_are_charged_pro_rata():
+def test_fewer_images_are_charged_their_reported_usage_not_scaled_again():
     quote = quote_for(model="gpt-image-1.5", quality="medium", n=4)
-    # (10 * $5 + 4224 * $32) per 1M = 135_218 micro-USD for four; one arrived: 33_804.5, rounded up.
-    assert PACKAGED.charge(quote, 1, 4, usage(text=10, output=4 * 1056)) == 33_805
-    assert PACKAGED.charge(quote, 4, 4, usage(text=10, output=4 * 1056)) == 135_218
+    # Three of four arrived and the usage covers those three: (10 * $5 + 3300 * $32) per 1M.
+    assert PACKAGED.charge(quote, 3, 4, usage(text=10, output=3300)) == 50 + 105_600
+    # One arrived with usage under its published price: the per-image price.
+    assert PACKAGED.charge(quote, 1, 4, usage(text=10, output=1056)) == 34_000
 
 
 def test_charge_is_capped_at_the_reservation():

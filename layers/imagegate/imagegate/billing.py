@@ -99,8 +99,9 @@ class Billing:
                 type="insufficient_quota",
                 code="insufficient_balance",
             )
-        if failed == 1:
-            raise RuntimeError(f"request id {request_id} was reserved twice")
+        if failed is not None:
+            # The request item or ledger entry already existed: reused ids, never a free request.
+            raise RuntimeError(f"request id {request_id} collided with an existing item (action {failed})")
 
     def settle(
         self, account_id: str, request_id: str, charged: int, *, images: int = 0, provider: str = ""

@@ -29,6 +29,8 @@ from .billing import Billing
 from .config import Settings
 from .money import micros_to_usd, usd_to_micros
 
+MIN_SWEEP_AGE_S = 60
+
 DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
 CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
 # `usage --by`: the fields a report row is summed over
@@ -205,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--account", metavar="ID", help="only this account (default: every account)")
     sweep.add_argument(
         "--older-than",
-        type=_count,
+        type=_sweep_age,
         default=ledger.STALE_AFTER_S,
         metavar="SECONDS",
         help=f"only reservations at least this old (default {ledger.STALE_AFTER_S})",
@@ -263,7 +265,20 @@ def _signed_amount(value: str) -> int:
 
 
 @_parsed
+def _sweep_age(value: str) -> int:
+    """A request may run for up to 29 s on Lambda: sweeping younger reservations would refund live ones."""
+    seconds = _whole(value)
+    if seconds < MIN_SWEEP_AGE_S:
+        raise ValueError(f"must be at least {MIN_SWEEP_AGE_S} seconds, so running requests are never swept")
+    return seconds
+
+
+@_parsed
 def _count(value: str) -> int:
+    return _whole(value)
+
+
+def _whole(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise ValueError(f"expected a whole number of at least 1, got {value!r}")
     return int(value)

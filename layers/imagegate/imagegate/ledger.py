@@ -23,12 +23,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .accounts import account_pk, item_key
+from .accounts import account_pk, item_key, query
 from .money import micros_to_usd
 
 LEDGER = "LEDGER#"
@@ -144,7 +144,7 @@ def usage_update(
 def entries(dynamodb: Any, table: str, account_id: str, since: float | None = None) -> list[LedgerEntry]:
     """An account's ledger, oldest first; from `since` (epoch seconds) on when given."""
     start = f"{LEDGER}{int(since * 1000):013d}" if since is not None else LEDGER
-    items = _query(
+    items = query(
         dynamodb,
         TableName=table,
         KeyConditionExpression="pk = :pk AND sk BETWEEN :start AND :end",
@@ -175,7 +175,7 @@ def reconcile(
     """
     for _ in range(RECONCILE_ATTEMPTS):
         items = list(
-            _query(
+            query(
                 dynamodb,
                 TableName=table,
                 KeyConditionExpression="pk = :pk",
@@ -198,7 +198,7 @@ def stale_reservations(
     clock: Callable[[], float] = time.time,
 ) -> list[Reservation]:
     """Requests of an account still `reserved` more than `older_than_s` seconds after they were made."""
-    items = _query(
+    items = query(
         dynamodb,
         TableName=table,
         KeyConditionExpression="pk = :pk AND begins_with(sk, :request)",
@@ -231,7 +231,7 @@ def usage(
         if account_id is not None:
             condition += " AND begins_with(sk, :account)"
             values[":account"] = {"S": f"{account_id}#"}
-        for item in _query(
+        for item in query(
             dynamodb, TableName=table, KeyConditionExpression=condition, ExpressionAttributeValues=values
         ):
             rows.append(
@@ -351,15 +351,6 @@ def _reservation(account_id: str, item: dict[str, Any]) -> Reservation:
         created_at=_int(item, "created_at"),
         model=_str(item, "model"),
     )
-
-
-def _query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    while True:
-        page = dynamodb.query(**kwargs)
-        yield from page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _attr(value: str | int) -> dict[str, str]:

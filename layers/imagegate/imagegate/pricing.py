@@ -161,19 +161,19 @@ class PriceBook:
         """What a finished request costs, in micro-USD.
 
         With token rates and the upstream's usage (OpenAI-shaped): every reported token at its rate, plus
-        markup, scaled by delivered / requested when fewer images arrived, rounded up once, and capped at the
-        reservation. Input tokens without a text/image breakdown are charged at the dearer input rate, output
-        tokens without one at the dearer output rate. Without usage (or with usage that is not a token count),
+        markup, rounded up once. The usage covers only the images the upstream made, so it is not scaled
+        again for fewer images. Input tokens without a text/image breakdown are charged at the dearer input
+        rate, output tokens without one at the dearer output rate. Never below the published per-image
+        price for what was delivered (a proxy reporting zero or partial usage must not give images away), and
+        never above the reservation. Without usage, or with usage lacking input and output token counts,
         `per_image * delivered`.
         """
         delivered = max(0, min(delivered, requested))
         if not delivered:
             return 0
+        floor = quote.per_image * delivered
         cost = _usage_cost(usage, quote.price.tokens) if usage and quote.price.tokens else None
-        if cost is None:
-            amount = quote.per_image * delivered
-        else:
-            amount = quote.price.marked_up(cost * delivered, PER_MILLION * requested)
+        amount = floor if cost is None else max(floor, quote.price.marked_up(cost, PER_MILLION))
         return min(amount, quote.reserve)
 
 
@@ -198,7 +198,10 @@ def _worst_case_cost(job: ImageJob, tokens: TokenPricing) -> int:
 
 
 def _usage_cost(usage: Mapping[str, Any], tokens: TokenPricing) -> int | None:
-    """OpenAI-shaped usage priced before markup (micro-USD per 1M tokens times tokens); None if malformed."""
+    """OpenAI-shaped usage priced before markup (micro-USD per 1M tokens times tokens); None if malformed
+    or not an image usage at all (chat-style `prompt_tokens`, totals only)."""
+    if not isinstance(usage, Mapping) or not {"input_tokens", "output_tokens"} <= usage.keys():
+        return None
     try:
         input_cost = _split_cost(
             usage, "input_tokens", {"text_tokens": tokens.text_input, "image_tokens": tokens.image_input}

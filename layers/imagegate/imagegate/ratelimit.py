@@ -59,6 +59,8 @@ class Lease:
     key_id: str
     request_id: str
     headers: dict[str, str]
+    quota: _Quota
+    images: int
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,12 @@ class RateLimiter:
                 headers={"retry-after": str(SLOT_RETRY_SECONDS), **quota.headers()},
             ) from exc
 
-    def release(self, lease: Lease) -> bool:
-        """Free the lease's slot. False when DynamoDB could not be reached: the slot then expires by itself
-        after SLOT_SECONDS, so a failed release must not turn a served request into an error."""
+    def release(self, lease: Lease, *, refused: bool = False) -> bool:
+        """Free the lease's slot; `refused`: the request was turned away before any work (a 402), so its
+        images go back to the minute too. False when DynamoDB could not be reached: the slot then expires by
+        itself after SLOT_SECONDS, so a failed release must not turn a served request into an error."""
+        if refused:
+            self._uncount(lease.quota, lease.images)
         try:
             self._db.update_item(
                 TableName=self._table,
@@ -181,7 +186,7 @@ class RateLimiter:
         except Exception:
             self._uncount(quota, images)
             raise
-        return Lease(quota.key_id, request_id, quota.headers(used, in_flight))
+        return Lease(quota.key_id, request_id, quota.headers(used, in_flight), quota, images)
 
     def _count(self, quota: _Quota, images: int, now: float) -> int:
         """Add `images` to this minute's count when they fit; returns the new count."""

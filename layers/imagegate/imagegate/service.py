@@ -126,7 +126,13 @@ class Service:
             # Refused or failed, and refunded: the client may retry with the same key.
             self.idempotency.release(account.account_id, idempotency_key)
             raise
-        self.idempotency.complete(account.account_id, idempotency_key, record)
+        try:
+            self.idempotency.complete(account.account_id, idempotency_key, record)
+        except Exception:
+            # The request is served and charged: answer it. The key stays locked for a minute at most.
+            self.logger.exception(
+                "idempotency record not completed", extra={"account_id": account.account_id}
+            )
         return response
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
@@ -168,10 +174,14 @@ class Service:
         except APIError:
             self.metrics.record(model=model, provider="none", RateLimited=1)
             raise
+        refused = False
         try:
             return self._reserved(account, job, request_id, lease.headers, keep)
+        except APIError as exc:
+            refused = exc.status == 402  # turned away before any work: the images were not used
+            raise
         finally:
-            self.limiter.release(lease)
+            self.limiter.release(lease, refused=refused)
 
     def _reserved(
         self, account: Account, job: ImageJob, request_id: str, headers: dict[str, str], keep: bool
@@ -208,12 +218,18 @@ class Service:
             delivered = len(images)
             charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
         except ProviderError as exc:
-            log.update(error=str(exc), status=exc.status)
+            # The code, not the message: an upstream's message may quote the prompt.
+            log.update(error=exc.code, status=exc.status)
             self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
             raise APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code) from exc
         finally:
             # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
-            self.billing.settle(account.account_id, request_id, charged, images=delivered, provider=provider)
+            settled = self.billing.settle(
+                account.account_id, request_id, charged, images=delivered, provider=provider
+            )
+            if not settled and charged:
+                # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
+                self.logger.error("reservation already closed; images delivered uncharged", extra=log)
             latency = round((time.perf_counter() - started) * 1000, 1)
             log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
             self.logger.info("image request", extra=log)

@@ -266,3 +266,21 @@ def test_variation_sends_the_image_with_a_fixed_instruction(job):
 def test_supports_every_operation():
     p = provider(FakeUpstream(httpx.Response(500)))
     assert all(p.supports(op) for op in ("generate", "edit", "vary"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"candidates": "nope"},
+        {"candidates": [{"content": {"parts": ["x"]}}]},
+        {
+            "candidates": [
+                {"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": "aGVsbG8="}}]}}
+            ]
+        },
+    ],
+)
+def test_answers_of_an_odd_shape_are_bad_responses_that_fall_over(job, body):
+    with pytest.raises(ProviderError) as info:
+        run(provider(FakeUpstream(httpx.Response(200, json=body))), job(prompt="x"))
+    assert (info.value.code, info.value.retry, info.value.fallover) == ("upstream_bad_response", False, True)

@@ -413,7 +413,15 @@ def test_upstream_failures_map_to_provider_errors(job, answer, status, code, ret
 
 
 @pytest.mark.parametrize(
-    "body", [{"data": []}, {"data": ["x"]}, {"data": [{"url": "https://x"}]}, {"error": None}]
+    "body",
+    [
+        {"data": []},
+        {"data": ["x"]},
+        {"data": [{"url": "https://x"}]},
+        {"error": None},
+        {"data": [{"b64_json": "not base64!"}]},
+        {"data": [{"b64_json": "aGVsbG8="}]},  # base64 of "hello": not an image
+    ],
 )
 def test_answers_without_image_data_are_bad_responses(job, body):
     with pytest.raises(ProviderError) as info:

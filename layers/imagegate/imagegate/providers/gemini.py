@@ -138,6 +138,13 @@ def _image(answer: Any) -> bytes:
     """The image in one generateContent answer, or the reason there is none."""
     if not isinstance(answer, dict):
         raise bad_response("gemini", "an answer that is not a JSON object")
+    try:
+        return _parse(answer)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        raise bad_response("gemini", "an answer of an unexpected shape") from None
+
+
+def _parse(answer: dict[str, Any]) -> bytes:
     blocked = (answer.get("promptFeedback") or {}).get("blockReason")
     if blocked:
         raise content_policy(f"Your request was rejected by the upstream's safety system ({blocked}).")
@@ -151,7 +158,7 @@ def _image(answer: Any) -> bytes:
         if mime.startswith("image/") and data.get("data") and not part.get("thought"):
             images.append(data["data"])
     if images:
-        return base64.b64decode(images[-1])
+        return _decoded(images[-1])
     reason = candidate.get("finishReason") or "none given"
     if reason in BLOCK_REASONS:
         raise content_policy(f"Your request was rejected by the upstream's safety system ({reason}).")
@@ -182,3 +189,16 @@ def _keep_unmasked(job: ImageJob, generated: bytes, mask: InputImage) -> bytes:
         job.output_format,
         job.output_compression,
     )
+
+
+def _decoded(b64: str) -> bytes:
+    """Inline data that really is an image: a broken one is the upstream's failure, not a crash later."""
+    from PIL import Image
+
+    try:
+        data = base64.b64decode(b64, validate=True)
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Exception:  # binascii and Pillow's many decoder errors
+        raise bad_response("gemini", "inline data that is not an image") from None
+    return data

@@ -164,7 +164,11 @@ class OpenAIProvider:
         b64 = item.get("b64_json")
         if not isinstance(b64, str):
             raise bad_response(self.name, "an image without b64_json data")
-        return fit(base64.b64decode(b64), job.width, job.height, job.output_format, job.output_compression)
+        try:
+            data = base64.b64decode(b64, validate=True)
+            return fit(data, job.width, job.height, job.output_format, job.output_compression)
+        except Exception as exc:  # binascii and Pillow's many decoder errors: the upstream sent no image
+            raise bad_response(self.name, f"b64_json that is not an image ({type(exc).__name__})") from None
 
 
 def create(upstream: Upstream, deps: Deps) -> OpenAIProvider:
