@@ -40,6 +40,7 @@ def test_a_retried_request_returns_the_first_response_and_charges_once(stack, ne
     assert [d.url for d in again.data] == [d.url for d in first.data]
     assert again.created == first.created
     assert raw.headers["idempotent-replayed"] == "true"
+    assert "x-ratelimit-remaining-images" not in raw.headers
     assert user.balance() == 1_000_000 - 2 * DALLE2_256
     assert len(user.outputs()) == 2
 

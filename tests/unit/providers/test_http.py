@@ -11,8 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagegate.providers import Deps, ProviderError, content_policy
-from imagegate.providers._http import gather, nearest_aspect, post, retry_after
+from imagegate.providers import Deps, ProviderError, content_policy, gather
+from imagegate.providers._http import nearest_aspect, post, retry_after
 
 SECRET = "sk-test-SECRET-0123456789"
 
@@ -239,7 +239,7 @@ def test_gather_returns_the_successes_of_a_partial_failure():
             raise outcome
         return outcome
 
-    assert sorted(gather(3, one)) == ["a", "b"]
+    assert sorted(gather([one] * 3)) == ["a", "b"]
 
 
 def test_gather_raises_the_final_error_when_every_call_fails():
@@ -251,12 +251,12 @@ def test_gather_raises_the_final_error_when_every_call_fails():
             raise next(errors)
 
     with pytest.raises(ProviderError) as info:
-        gather(2, one)
+        gather([one] * 2)
     assert info.value.code == "content_policy_violation"
 
 
 def test_gather_once_runs_inline():
-    assert gather(1, lambda: threading.current_thread()) == [threading.current_thread()]
+    assert gather([lambda: threading.current_thread()]) == [threading.current_thread()]
 
 
 def test_nearest_aspect_prefers_aspect_then_area():

@@ -8,10 +8,11 @@ provider is a module plus route (and, for a new public model id, catalog) entrie
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import httpx
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from ..validation import ImageJob
 
 Operation = Literal["generate", "edit", "vary"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,28 @@ class Provider(Protocol):
     def edit(self, job: ImageJob) -> ProviderResult: ...
 
     def vary(self, job: ImageJob) -> ProviderResult: ...
+
+
+def gather(calls: Sequence[Callable[[], T]], max_workers: int = 8) -> list[T]:
+    """Run the upstream calls side by side: every success, or (all failed) the most final error.
+
+    Partial success is a result: the service charges pro rata for the images delivered.
+    """
+    if len(calls) == 1:
+        return [calls[0]()]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
+        futures = [pool.submit(call) for call in calls]
+    results: list[T] = []
+    errors: list[ProviderError] = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except ProviderError as exc:
+            errors.append(exc)
+    if results:
+        return results
+    # A refusal (content policy) is the same on every route; report it over a transient failure.
+    raise next((e for e in errors if not (e.retry or e.fallover)), errors[0])
 
 
 def operation(job: ImageJob) -> Operation:

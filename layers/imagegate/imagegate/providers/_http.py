@@ -14,7 +14,6 @@ import email.utils
 import math
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -123,28 +122,6 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - now()
     return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def gather(count: int, call: Callable[[], T]) -> list[T]:
-    """Run `call` `count` times in parallel: every success, or (all failed) the most final error.
-
-    Partial success is a result: the service charges pro rata for the images delivered.
-    """
-    if count == 1:
-        return [call()]
-    with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(call) for _ in range(count)]
-    results: list[T] = []
-    errors: list[ProviderError] = []
-    for future in futures:
-        try:
-            results.append(future.result())
-        except ProviderError as exc:
-            errors.append(exc)
-    if results:
-        return results
-    # A refusal (content policy) is the same on every route; report it over a transient failure.
-    raise next((e for e in errors if not (e.retry or e.fallover)), errors[0])
 
 
 def nearest_aspect(width: int, height: int, shapes: Iterable[tuple[int, int]]) -> tuple[int, int]:

@@ -21,13 +21,11 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..images import fit
-from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy
+from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy, gather
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
@@ -158,7 +156,8 @@ class BedrockProvider:
             {"taskType": task, **params, "imageGenerationConfig": {"numberOfImages": k, **config}}
             for k in batches
         ]
-        return _result(job, _gather([lambda body=body: self._amazon_images(body) for body in bodies]))
+        calls = [lambda body=body: self._amazon_images(body) for body in bodies]
+        return _result(job, [img for batch in gather(calls, PARALLEL_CALLS) for img in batch])
 
     def _amazon_images(self, body: dict[str, Any]) -> list[bytes]:
         payload = self._invoke(body)
@@ -180,7 +179,8 @@ class BedrockProvider:
         }
         if self._negative:
             body["negative_prompt"] = self._negative
-        return _result(job, _gather([lambda: self._stability_images(body)] * job.n))
+        calls = [lambda: self._stability_images(body)] * job.n
+        return _result(job, [img for batch in gather(calls, PARALLEL_CALLS) for img in batch])
 
     def _stability_images(self, body: dict[str, Any]) -> list[bytes]:
         payload = self._invoke(body)
@@ -336,22 +336,6 @@ def _decode(images: object) -> list[bytes]:
         return [base64.b64decode(item, validate=True) for item in images if item]
     except (binascii.Error, TypeError, ValueError) as exc:
         raise ProviderError("Bedrock returned an image that is not valid base64.", retry=True) from exc
-
-
-def _gather(calls: list[Callable[[], list[bytes]]]) -> list[bytes]:
-    """Run the calls side by side; the images made, or the first call's error when none were."""
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(calls))) as pool:
-        futures = [pool.submit(call) for call in calls]
-    images: list[bytes] = []
-    failures: list[ProviderError] = []
-    for future in futures:
-        try:
-            images.extend(future.result())
-        except ProviderError as exc:
-            failures.append(exc)
-    if not images:
-        raise failures[0]
-    return images
 
 
 def _result(job: ImageJob, images: list[bytes]) -> ProviderResult:

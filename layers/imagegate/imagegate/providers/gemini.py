@@ -25,8 +25,8 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from ..images import CONTENT_TYPES, encode, fit
-from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy
-from ._http import bad_response, gather, nearest_aspect, post
+from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy, gather
+from ._http import bad_response, nearest_aspect, post
 
 if TYPE_CHECKING:
     import httpx
@@ -104,7 +104,7 @@ class GeminiProvider:
             )
             return _image(answer)
 
-        return gather(job.n, once)
+        return gather([once] * job.n)
 
     @staticmethod
     def _fitted(job: ImageJob, generated: list[bytes]) -> ProviderResult:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..catalog import DALLE2_SIZES, DALLE3_SIZES, GPT_SIZES, FreeFormSizes, free_form_problem, parse_size
 from ..images import CONTENT_TYPES, fit
-from . import Deps, Operation, ProviderResult, Upstream
-from ._http import bad_response, gather, nearest_aspect, post
+from . import Deps, Operation, ProviderResult, Upstream, gather
+from ._http import bad_response, nearest_aspect, post
 
 if TYPE_CHECKING:
     import httpx
@@ -153,7 +153,7 @@ class OpenAIProvider:
                 **request(n),
             )
 
-        bodies = gather(job.n, lambda: once(1)) if self.dalle3 else [once(job.n)]
+        bodies = gather([lambda: once(1)] * job.n) if self.dalle3 else [once(job.n)]
         items = [item for body in bodies for item in _data(body, self.name)][: job.n]
         images = [self._decode(job, item) for item in items]
         revised = items[0].get("revised_prompt") if job.contract.revised_prompt else None
