@@ -1,6 +1,7 @@
 """Shared fixtures for the unit suite: the catalog, in-code test images, and AWS emulated by moto."""
 
 import io
+import threading
 import uuid
 
 import pytest
@@ -94,3 +95,66 @@ def accounts(aws, settings):
 @pytest.fixture
 def billing(aws, settings):
     return Billing(aws.dynamodb, settings.table)
+
+
+class Clock:
+    """A clock that stands still until a test moves it (`clock.now += 60`)."""
+
+    def __init__(self, now=1_700_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class OneRequestAtATime:
+    """The DynamoDB client, with each API call made atomic.
+
+    Real DynamoDB applies every request (a transaction included) atomically; moto's in-process backend does
+    not, and overdraws under threads whatever the caller does. Serialising single calls restores DynamoDB's
+    guarantee and nothing more, so a reserve that read the balance and wrote it back in two calls would
+    still overdraw here.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name == "exceptions" or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
+class ConflictsFirst:
+    """The DynamoDB client, but the next `conflicts` transactions are cancelled as real DynamoDB cancels
+    one that races another transaction on the same item."""
+
+    def __init__(self, client, conflicts):
+        self._client = client
+        self.conflicts = conflicts
+        self.exceptions = client.exceptions
+
+    def transact_write_items(self, **kwargs):
+        if self.conflicts:
+            self.conflicts -= 1
+            reasons = [{"Code": "None"}] * (len(kwargs["TransactItems"]) - 1) + [
+                {"Code": "TransactionConflict"}
+            ]
+            raise self._client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
+                    "CancellationReasons": reasons,
+                },
+                "TransactWriteItems",
+            )
+        return self._client.transact_write_items(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)

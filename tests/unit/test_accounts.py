@@ -8,6 +8,8 @@ from imagegate import ledger
 from imagegate.accounts import Account, AccountInfo, Accounts, NotFound, hash_key, key_id_for
 from imagegate.errors import APIError
 
+from .conftest import ConflictsFirst
+
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
@@ -279,32 +281,6 @@ def test_rotation_is_all_or_nothing(aws, settings, accounts):
     assert [row["key_id"] for row in accounts.list_keys()] == [key_id_for(old)]
     stored = aws.dynamodb.scan(TableName=settings.table)["Items"]
     assert [item["pk"]["S"] for item in stored if item["sk"]["S"] == "KEY"] == [f"KEY#{hash_key(old)}"]
-
-
-class ConflictsFirst:
-    """The DynamoDB client, but the next `conflicts` transactions are cancelled as DynamoDB cancels one that
-    races another transaction on the same item (here: the account item, which requests keep updating)."""
-
-    def __init__(self, client, conflicts):
-        self._client = client
-        self.conflicts = conflicts
-        self.exceptions = client.exceptions
-
-    def transact_write_items(self, **kwargs):
-        if self.conflicts:
-            self.conflicts -= 1
-            raise self._client.exceptions.TransactionCanceledException(
-                {
-                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
-                    "CancellationReasons": [{"Code": "TransactionConflict"}]
-                    + [{"Code": "None"}] * (len(kwargs["TransactItems"]) - 1),
-                },
-                "TransactWriteItems",
-            )
-        return self._client.transact_write_items(**kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
 
 
 def test_key_creation_goes_through_conflicts_on_a_busy_account(aws, settings, accounts):

@@ -14,6 +14,8 @@ from imagegate.accounts import NotFound
 from imagegate.billing import Billing
 from imagegate.errors import APIError
 
+from .conftest import ConflictsFirst, OneRequestAtATime
+
 DETAILS = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_0123456789abcdef"}
 
 
@@ -333,31 +335,6 @@ def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
     assert accounts.balance(account_id) == 90_000
 
 
-class OneRequestAtATime:
-    """The DynamoDB client, with each API call made atomic.
-
-    Real DynamoDB applies every request (a transaction included) atomically; moto's in-process backend does
-    not, and overdraws under threads whatever the caller does. Serialising single calls restores DynamoDB's
-    guarantee and nothing more, so a reserve that read the balance and wrote it back in two calls would
-    still overdraw here.
-    """
-
-    def __init__(self, client):
-        self._client = client
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if name == "exceptions" or not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return call
-
-
 def test_concurrent_reservations_never_overdraw(aws, settings, accounts):
     account_id = accounts.create_account(7 * 20_000)
     billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table)
@@ -395,34 +372,6 @@ def test_concurrent_settles_refund_once(aws, settings, accounts):
     assert accounts.balance(account_id) == 80_000
     assert [e.kind for e in ledger_of(aws, settings, account_id)].count("settle") == 1
     assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
-
-
-class ConflictsFirst:
-    """The DynamoDB client, but the next `conflicts` transactions are cancelled as real DynamoDB cancels
-    one that races another transaction on the same item."""
-
-    def __init__(self, client, conflicts):
-        self._client = client
-        self.conflicts = conflicts
-        self.exceptions = client.exceptions
-
-    def transact_write_items(self, **kwargs):
-        if self.conflicts:
-            self.conflicts -= 1
-            reasons = [{"Code": "None"}] * (len(kwargs["TransactItems"]) - 1) + [
-                {"Code": "TransactionConflict"}
-            ]
-            raise self._client.exceptions.TransactionCanceledException(
-                {
-                    "Error": {"Code": "TransactionCanceledException", "Message": "conflict"},
-                    "CancellationReasons": reasons,
-                },
-                "TransactWriteItems",
-            )
-        return self._client.transact_write_items(**kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._client, name)
 
 
 def test_reserve_and_refund_go_through_transaction_conflicts(aws, settings, accounts):

@@ -12,20 +12,11 @@ import pytest
 from imagegate.errors import APIError
 from imagegate.idempotency import Idempotency, fingerprint
 
-from .conftest import half_mask, image_bytes, upload
-from .test_billing import OneRequestAtATime
+from .conftest import Clock, OneRequestAtATime, half_mask, image_bytes, upload
 
 START = 1_700_000_000
 ACCOUNT = "acct_a"
 RESPONSE = {"created": START, "data": [{"url": "outputs/acct_a/req_1/0.png"}], "size": "1024x1024"}
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

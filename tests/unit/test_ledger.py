@@ -10,24 +10,16 @@ import pytest
 from imagegate import ledger
 from imagegate.billing import Billing
 
-from .test_billing import OneRequestAtATime
+from .conftest import Clock, OneRequestAtATime
 
 # 2026-03-14 12:00:00 UTC
 NOON = datetime(2026, 3, 14, 12, tzinfo=UTC).timestamp()
 DAY = date(2026, 3, 14)
 
 
-class Clock:
-    def __init__(self, now=NOON):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(NOON)
 
 
 @pytest.fixture

@@ -11,19 +11,11 @@ from imagegate.accounts import Account
 from imagegate.errors import APIError
 from imagegate.ratelimit import RateLimiter, duration
 
-from .test_billing import OneRequestAtATime
+from .conftest import Clock, OneRequestAtATime
 
 MINUTE = 28_333_333  # an epoch minute: it starts at 1_699_999_980
 START = MINUTE * 60
 KEY = Account("acct_a", "key_a")
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
