@@ -234,3 +234,9 @@ class Billing:
             self._db, self._table, account_id, older_than_s=older_than_s, clock=self._clock
         )
         return [r for r in stale if self.settle(account_id, r.request_id, 0)]
+
+    def sweep_accounts(
+        self, account_ids: list[str], *, older_than_s: float = ledger.STALE_AFTER_S
+    ) -> list[ledger.Reservation]:
+        """`sweep` over several accounts (the CLI's and the scheduled sweeper's loop)."""
+        return [r for account_id in account_ids for r in self.sweep(account_id, older_than_s=older_than_s)]

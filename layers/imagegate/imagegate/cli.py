@@ -584,9 +584,7 @@ def _sweep(admin: Admin, args: argparse.Namespace) -> int:
         ids = [admin.accounts.show_account(args.account).account_id]
     else:
         ids = [a.account_id for a in admin.accounts.list_accounts()]
-    refunded = [
-        r for account_id in ids for r in admin.billing.sweep(account_id, older_than_s=args.older_than)
-    ]
+    refunded = admin.billing.sweep_accounts(ids, older_than_s=args.older_than)
     if refunded:
         _print_table(
             ("REQUEST_ID", "ACCOUNT_ID", "MODEL", "RESERVED (UTC)", "REFUNDED"),

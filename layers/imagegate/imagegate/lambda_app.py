@@ -23,3 +23,17 @@ def lambda_handler(route: Endpoint | Literal["balance"]) -> Any:
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
     # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
     return logger.inject_lambda_context(Mangum(create_app(service, [route]), lifespan="off"))
+
+
+def sweep_handler() -> Any:
+    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way."""
+    settings = Settings.from_env()
+    logger = Logger(service="imagegate")
+    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
+        result = service.sweep()
+        logger.info("sweep finished", extra=result)
+        return result
+
+    return logger.inject_lambda_context(handler)

@@ -166,6 +166,22 @@ class Service:
             "usage": {"days": days, "data": data},
         }
 
+    def sweep(self) -> dict[str, int]:
+        """The scheduled sweeper: refund, once each, reservations a killed request left open."""
+        ids = [a.account_id for a in self.accounts.list_accounts()]
+        refunded = self.billing.sweep_accounts(ids)
+        for r in refunded:
+            self.logger.warning(
+                "stale reservation refunded",
+                extra={"request_id": r.request_id, "account_id": r.account_id, "refunded_micros": r.amount},
+            )
+            self.metrics.record(model=r.model or "unknown", provider="sweep", RefundMicroUSD=r.amount)
+        return {
+            "accounts": len(ids),
+            "refunded": len(refunded),
+            "refunded_micros": sum(r.amount for r in refunded),
+        }
+
     def _serve(self, account: Account, job: ImageJob, keep: bool) -> tuple[ImageResponse, dict[str, Any]]:
         request_id = "req_" + uuid.uuid4().hex
         model = job.contract.id
