@@ -27,7 +27,7 @@ from .accounts import Accounts, KeyInfo, NotFound
 from .aws import AWSClients
 from .billing import Billing
 from .config import Settings
-from .money import micros_to_usd, usd_to_micros
+from .money import micros_to_decimal, micros_to_usd, usd_to_micros
 
 MIN_SWEEP_AGE_S = 60
 
@@ -39,7 +39,6 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "model": ("model",),
     "key": ("account_id", "key_id"),
 }
-COUNTS = ("requests", "images", "charged", "refunded")
 USAGE_COLUMNS = ("requests", "images", "charged", "charged_usd", "refunded", "refunded_usd")
 
 
@@ -512,12 +511,7 @@ def _change_balance(admin: Admin, args: argparse.Namespace, kind: str) -> int:
 def _usage(admin: Admin, args: argparse.Namespace) -> int:
     rows = ledger.usage(admin.dynamodb, admin.table, days=args.days, account_id=args.account)
     fields = GROUPINGS[args.by]
-    totals: dict[tuple[str, ...], dict[str, int]] = {}
-    for row in rows:
-        sums = totals.setdefault(tuple(getattr(row, f) for f in fields), dict.fromkeys(COUNTS, 0))
-        for name in COUNTS:
-            sums[name] += getattr(row, name)
-    grouped = [{**dict(zip(fields, group, strict=True)), **sums} for group, sums in sorted(totals.items())]
+    grouped = ledger.group_usage(rows, fields)
     if args.format == "table":
         _usage_table(grouped, fields, args.days)
     elif args.format == "json":
@@ -531,7 +525,7 @@ def _usage(admin: Admin, args: argparse.Namespace) -> int:
 
 def _usage_record(row: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """A row for machines: micro-USD integers, and the same amounts as exact USD strings beside them."""
-    usd = {f"{name}_usd": micros_to_usd(row[name]).replace("$", "") for name in ("charged", "refunded")}
+    usd = {f"{name}_usd": micros_to_decimal(row[name]) for name in ("charged", "refunded")}
     return {name: row[name] if name in row else usd[name] for name in (*fields, *USAGE_COLUMNS)}
 
 
@@ -543,7 +537,7 @@ def _usage_table(grouped: list[dict[str, Any]], fields: tuple[str, ...], days: i
     def counts(row: dict[str, Any]) -> tuple[Any, ...]:
         return (row["requests"], row["images"], micros_to_usd(row["charged"]), micros_to_usd(row["refunded"]))
 
-    total = {name: sum(row[name] for row in grouped) for name in COUNTS}
+    total = {name: sum(row[name] for row in grouped) for name in ledger.USAGE_COUNTS}
     _print_table(
         (*(f.upper() for f in fields), "REQUESTS", "IMAGES", "CHARGED", "REFUNDED"),
         [(*(row[f] for f in fields), *counts(row)) for row in grouped],

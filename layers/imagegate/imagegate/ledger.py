@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -213,6 +213,19 @@ def stale_reservations(
         ConsistentRead=True,
     )
     return [_reservation(account_id, item) for item in items]
+
+
+USAGE_COUNTS = ("requests", "images", "charged", "refunded")
+
+
+def group_usage(rows: Iterable[UsageRow], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Usage rows summed per distinct value of `fields` (e.g. ("day", "model")), in ascending order."""
+    totals: dict[tuple[str, ...], dict[str, int]] = {}
+    for row in rows:
+        sums = totals.setdefault(tuple(getattr(row, f) for f in fields), dict.fromkeys(USAGE_COUNTS, 0))
+        for name in USAGE_COUNTS:
+            sums[name] += getattr(row, name)
+    return [{**dict(zip(fields, group, strict=True)), **sums} for group, sums in sorted(totals.items())]
 
 
 def usage(

@@ -20,8 +20,14 @@ def usd_to_micros(amount: str | Decimal) -> int:
     return int(value)
 
 
-def micros_to_usd(micros: int) -> str:
-    """Render micro-USD as a dollar string with six decimals (`$0.020000`)."""
+def micros_to_decimal(micros: int) -> str:
+    """Micro-USD as an exact decimal string with six places (`0.020000`), for JSON and CSV."""
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{sign}${whole}.{frac:06d}"
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def micros_to_usd(micros: int) -> str:
+    """Render micro-USD as a dollar string with six decimals (`$0.020000`, `-$1.500000`)."""
+    amount = micros_to_decimal(micros)
+    return f"-${amount[1:]}" if micros < 0 else f"${amount}"

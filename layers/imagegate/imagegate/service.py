@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import APIError
 from .idempotency import Idempotency, fingerprint
 from .metrics import Metrics
-from .money import micros_to_usd
+from .money import micros_to_decimal
 from .pricing import PriceBook, load_prices
 from .providers import Deps, ProviderError
 from .ratelimit import RateLimiter
@@ -32,7 +32,6 @@ from .routing import Router, Served
 from .storage import Storage
 from .validation import ImageJob
 
-USAGE_FIELDS = ("requests", "images", "charged", "refunded")
 # A replayed response reuses the first response's URLs while they have this long left to live.
 REUSE_URL_MARGIN_S = 300
 
@@ -137,31 +136,27 @@ class Service:
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
-        from .ledger import usage
+        from .ledger import group_usage, usage
 
         balance = self.accounts.balance(account.account_id) or 0
-        totals: dict[tuple[str, str], dict[str, int]] = {}
-        for row in usage(self.aws.dynamodb, self.settings.table, days=days, account_id=account.account_id):
-            total = totals.setdefault((row.day, row.model), dict.fromkeys(USAGE_FIELDS, 0))
-            for name in USAGE_FIELDS:
-                total[name] += getattr(row, name)
+        rows = usage(self.aws.dynamodb, self.settings.table, days=days, account_id=account.account_id)
         data = [
             {
-                "date": day,
-                "model": model,
+                "date": t["day"],
+                "model": t["model"],
                 "requests": t["requests"],
                 "images": t["images"],
-                "charged_usd": _usd(t["charged"]),
-                "refunded_usd": _usd(t["refunded"]),
+                "charged_usd": micros_to_decimal(t["charged"]),
+                "refunded_usd": micros_to_decimal(t["refunded"]),
                 "charged_micros": t["charged"],
                 "refunded_micros": t["refunded"],
             }
-            for (day, model), t in sorted(totals.items(), key=lambda kv: (kv[0][0], kv[0][1]), reverse=True)
+            for t in reversed(group_usage(rows, ("day", "model")))
         ]
         return {
             "object": "balance",
             "account_id": account.account_id,
-            "balance_usd": _usd(balance),
+            "balance_usd": micros_to_decimal(balance),
             "balance_micros": balance,
             "usage": {"days": days, "data": data},
         }
@@ -297,7 +292,7 @@ class Service:
         if job.response_format == "url":
             data = [{"url": self.storage.presign(key), **extra} for key in record["keys"]]
             record["urls"], record["signed_at"] = [d["url"] for d in data], int(self.clock())
-        return {"created": body["created"], "data": data, **body}, record
+        return _with_data(body, data), record
 
     def _replay(self, record: dict[str, Any]) -> ImageResponse:
         """The first response again: its URLs while they live, else fresh signatures for the same objects."""
@@ -311,17 +306,17 @@ class Service:
                 {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
                 for key in record["keys"]
             ]
-        body = record["body"]
         return ImageResponse(
-            {"created": body["created"], "data": data, **body},
+            _with_data(record["body"], data),
             # The first response's rate-limit figures are stale now, and a replay consumes none.
             {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
             | {"idempotent-replayed": "true"},
         )
 
 
-def _usd(micros: int) -> str:
-    return micros_to_usd(micros).lstrip("$")
+def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:
+    """OpenAI's field order: `created`, `data`, then the rest."""
+    return {"created": body["created"], "data": data, **body}
 
 
 def _check_response_size(data: list[dict[str, str]], ceiling: int) -> None:
