@@ -124,13 +124,6 @@ class PriceBook:
             raise ValueError(f"the price book has no prices for model '{model_id}'")
         return price
 
-    def per_image(self, contract: Contract, quality: str, size: str) -> int:
-        """Micro-USD for one image of a resolved quality and size, markup included."""
-        parsed = parse_size(size)
-        if parsed is None:
-            raise ValueError(f"not a size: {size!r}")
-        return self.model(contract.id).per_image(quality, *parsed)
-
     def quote(self, job: ImageJob) -> Quote:
         """The reservation for a job.
 
