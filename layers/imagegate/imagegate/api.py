@@ -30,6 +30,7 @@ ROUTES: dict[Endpoint, str] = {
     "variations": "/v1/images/variations",
 }
 BALANCE_ROUTE = "/v1/balance"
+Route = Endpoint | Literal["balance"]  # what one Lambda function (or the dev server) may serve
 METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET"}
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
@@ -38,9 +39,7 @@ _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 MAX_FORM_FILES = 17  # 16 images and a mask
 
 
-def create_app(
-    service: Service, endpoints: Iterable[Endpoint | Literal["balance"]] = (*ROUTES, "balance")
-) -> FastAPI:
+def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance")) -> FastAPI:
     app = FastAPI(title="imagegate", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
     app.add_middleware(Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger)
     _add_error_handlers(app)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
 
-from .api import create_app
+from .api import Route, create_app
 from .aws import AWSClients
-from .catalog import Endpoint
 from .config import Settings
 from .service import Service
 
 
-def lambda_handler(route: Endpoint | Literal["balance"]) -> Any:
+def lambda_handler(route: Route) -> Any:
     """Build the handler for one route. Nothing here touches the network: clients, credentials and
     routes come on the first request."""
     settings = Settings.from_env()
