@@ -29,6 +29,7 @@ from imagegate.catalog import build_catalog
 from imagegate.config import Settings
 from imagegate.credentials import ENV_PREFIX
 from imagegate.errors import APIError
+from imagegate.pricing import load_prices
 from imagegate.providers import Deps, ProviderError
 from imagegate.routing import Router, RouteSpec
 from imagegate.validation import ImageParams, resolve
@@ -83,7 +84,7 @@ CHECKS = (
 
 def main(env: Mapping[str, str] = os.environ) -> int:
     settings = replace(Settings.from_env(env), upstream_budget_seconds=90.0)
-    catalog = build_catalog(settings.local_price_micros)
+    catalog = build_catalog(load_prices(settings))
     logger = Logger(service="imagegate-smoke", level="WARNING", stream=sys.stderr)
     deps = Deps(aws=AWSClients(settings))
     failed = False

@@ -15,6 +15,7 @@ from imagegate.catalog import build_catalog
 from imagegate.config import Settings
 from imagegate.devserver import provision
 from imagegate.images import inspect
+from imagegate.pricing import load_prices
 from imagegate.validation import ImageParams, resolve
 
 # IMAGEGATE_LOCAL_PRICE_USD's documented default, 0.002 USD.
@@ -23,7 +24,7 @@ LOCAL_PRICE = 2000
 
 @pytest.fixture(scope="session")
 def catalog():
-    return build_catalog(LOCAL_PRICE)
+    return build_catalog(load_prices(Settings(local_price_micros=LOCAL_PRICE)))
 
 
 def image_bytes(width=64, height=64, mode="RGBA", fmt="PNG", colour=(200, 40, 40, 255), **save):

@@ -19,7 +19,7 @@ def book(overrides=None, **settings):
 
 
 def make_job(prices, endpoint="generations", images=(), mask=None, **params):
-    catalog = build_catalog(LOCAL_PRICE, prices)
+    catalog = build_catalog(prices)
     return resolve(endpoint, ImageParams(**params), catalog, list(images), mask)
 
 
@@ -126,7 +126,7 @@ def test_negative_local_price_is_refused():
 
 def test_global_and_per_model_markup():
     prices = book({"markup_percent": "20", "models": {"gpt-image-1.5": {"markup_percent": "12.5"}}})
-    catalog = build_catalog(LOCAL_PRICE, prices)
+    catalog = build_catalog(prices)
     assert price_per_image(catalog["dall-e-2"], "standard", "1024x1024") == 24_000  # 20_000 * 1.2
     assert price_per_image(catalog["gpt-image-1.5"], "medium", "1024x1024") == 38_250  # 34_000 * 1.125
     # The operator's own local price is sold as set.

@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from . import ledger
 from .errors import APIError
+from .table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
 KEY_INDEX = "KEYS"  # partition listing every key by id, for the admin CLI
 ACCOUNT_INDEX = "ACCOUNTS"  # partition listing every account by id, for the admin CLI
 LIMITS = ("images_per_minute", "max_concurrent")
-CONFLICT_ATTEMPTS = 6
-CONFLICT_BACKOFF_S = 0.025
 
 
 def hash_key(api_key: str) -> str:
@@ -46,10 +46,6 @@ def key_id_for(api_key: str) -> str:
 def key_prefix(api_key: str) -> str:
     """What listings show of a key: four characters past `sk-ig-`, and none of a short (dev) key."""
     return api_key[: len(KEY_PREFIX) + 4] + "…" if len(api_key) >= 32 else "(short key)"
-
-
-def account_pk(account_id: str) -> str:
-    return f"ACCOUNT#{account_id}"
 
 
 class NotFound(LookupError):
@@ -124,8 +120,6 @@ class Accounts:
 
     def create_account(self, balance_micros: int, label: str = "", *, actor: str = "") -> str:
         """A new account holding `balance_micros`; its opening credit is a ledger entry, written with it."""
-        from . import ledger  # ledger builds on this module's item layout, so it is imported late
-
         if balance_micros < 0:
             raise ValueError("an opening balance cannot be negative")
         account_id = "acct_" + uuid.uuid4().hex[:20]
@@ -331,49 +325,6 @@ class Accounts:
             kwargs["FilterExpression"] = "account_id = :account"
             kwargs["ExpressionAttributeValues"][":account"] = {"S": account_id}
         return query(self._db, **kwargs)
-
-
-def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
-    """Every item a Query returns, page by page."""
-    while True:
-        page = dynamodb.query(**kwargs)
-        yield from page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
-            return
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:
-    """Run a transaction; None when it commits, else the index of the action whose condition failed.
-
-    DynamoDB cancels a transaction that races another one on the same item (TransactionConflict), which
-    is routine when one account sends requests in parallel; botocore does not retry that, so we do.
-    """
-    attempt = 0
-    while True:
-        try:
-            dynamodb.transact_write_items(TransactItems=actions)
-            return None
-        except dynamodb.exceptions.TransactionCanceledException as exc:
-            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if "ConditionalCheckFailed" in codes:
-                return codes.index("ConditionalCheckFailed")
-            attempt += 1
-            if "TransactionConflict" not in codes or attempt == CONFLICT_ATTEMPTS:
-                raise
-            sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
-
-
-def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:
-    """An account's balance in micro-USD (strongly consistent), or None when there is no such account."""
-    item = dynamodb.get_item(
-        TableName=table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
-    ).get("Item")
-    return int(item["balance"]["N"]) if item else None
-
-
-def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
-    return {"pk": {"S": pk}, "sk": {"S": sk}}
 
 
 def _limits(images_per_minute: int | None, max_concurrent: int | None) -> dict[str, int | None]:

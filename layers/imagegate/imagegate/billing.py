@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import ledger
-from .accounts import NotFound, account_pk, item_key, read_balance, transact
+from .accounts import NotFound
 from .errors import APIError
 from .money import micros_to_usd
+from .table import account_pk, item_key, read_balance, transact
 
 
 class Billing:

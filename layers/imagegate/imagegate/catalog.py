@@ -201,19 +201,8 @@ LOCAL_CONTRACT = Contract(
 CONTRACTS: tuple[Contract, ...] = (*OPENAI_CONTRACTS, *UPSTREAM_CONTRACTS, LOCAL_CONTRACT)
 
 
-def build_catalog(local_price_micros: int, prices: PriceBook | None = None) -> dict[str, Contract]:
-    """Every contract by model id, with its prices attached.
-
-    `prices` is the deployment's price book (`pricing.load_prices(settings)`, which also carries
-    imagegate-local's price, so `local_price_micros` then goes unused); without one, the packaged prices
-    and `local_price_micros` for imagegate-local.
-    """
-    if prices is None:
-        # pricing validates its book against these contracts, so it imports this module, not the reverse.
-        from .config import Settings
-        from .pricing import load_prices
-
-        prices = load_prices(Settings(local_price_micros=local_price_micros))
+def build_catalog(prices: PriceBook) -> dict[str, Contract]:
+    """Every contract by model id, with its prices (`pricing.load_prices(settings)`) attached."""
     return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}
 
 

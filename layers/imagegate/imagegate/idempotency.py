@@ -23,8 +23,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .accounts import item_key
 from .errors import APIError, invalid
+from .table import item_key
 
 if TYPE_CHECKING:
     from .validation import ImageJob

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .accounts import account_pk, item_key, query
 from .money import micros_to_usd
+from .table import account_pk, item_key, query
 
 LEDGER = "LEDGER#"
 REQUEST = "REQUEST#"

@@ -29,8 +29,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .accounts import Account, item_key
+from .accounts import Account
 from .errors import APIError
+from .table import item_key
 
 IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10

@@ -66,7 +66,7 @@ class Service:
 
     @cached_property
     def catalog(self) -> dict[str, Contract]:
-        return build_catalog(self.settings.local_price_micros, self.prices)
+        return build_catalog(self.prices)
 
     @cached_property
     def accounts(self) -> Accounts:
