@@ -5,6 +5,7 @@ import threading
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from PIL import Image
 
@@ -159,3 +160,52 @@ class ConflictsFirst:
 
     def __getattr__(self, name):
         return getattr(self._client, name)
+
+
+class Counting:
+    """The DynamoDB client, counting calls by API name and the items reads return."""
+
+    def __init__(self, client):
+        self._client = client
+        self.exceptions = client.exceptions
+        self.calls = {}
+        self.items_read = 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            out = attr(*args, **kwargs)
+            if isinstance(out, dict):
+                self.items_read += len(out.get("Items", [])) + ("Item" in out)
+            return out
+
+        return call
+
+
+class Failing:
+    """The DynamoDB client, failing the next `times` calls of `only` with a ClientError of `code`, as
+    DynamoDB does when it throttles."""
+
+    def __init__(self, client, code, times, only="transact_write_items"):
+        self._client = client
+        self.exceptions = client.exceptions
+        self.code = code
+        self.times = times
+        self.only = only
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if name != self.only:
+            return attr
+
+        def call(*args, **kwargs):
+            if self.times:
+                self.times -= 1
+                raise ClientError({"Error": {"Code": self.code, "Message": "injected"}}, name)
+            return attr(*args, **kwargs)
+
+        return call

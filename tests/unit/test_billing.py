@@ -10,13 +10,26 @@ import pytest
 from botocore.exceptions import ClientError
 
 from imagegate import ledger
-from imagegate.accounts import NotFound
-from imagegate.billing import Billing
+from imagegate.accounts import Account, NotFound
+from imagegate.billing import REQUEST_RETENTION_DAYS, Billing, Reservation
 from imagegate.errors import APIError
 
-from .conftest import ConflictsFirst, OneRequestAtATime
+from .conftest import Clock, ConflictsFirst, Counting, Failing, OneRequestAtATime
 
-DETAILS = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_0123456789abcdef"}
+DETAILS = {"model": "dall-e-2", "endpoint": "generations"}
+
+
+def holder(accounts, balance):
+    """A funded account with one key, as `authenticate` returns it for a request."""
+    account_id = accounts.create_account(balance)
+    api_key = accounts.create_key(account_id)
+    account = accounts.authenticate(f"Bearer {api_key}")
+    object.__setattr__(account, "api_key", api_key)
+    return account
+
+
+def reservation_of(account, rid, amount):
+    return Reservation(account.account_id, rid, amount, account.key_id, account.key_pk, "dall-e-2", 0)
 
 
 def request_id():
@@ -188,162 +201,176 @@ def test_adjust_takes_money_off_but_never_below_zero(aws, settings, accounts, bi
 
 
 def test_adjust_cannot_take_reserved_money(aws, settings, accounts, billing):
-    account_id = accounts.create_account(10_000)
-    billing.reserve(account_id, request_id(), 6_000, DETAILS)
+    account = holder(accounts, 10_000)
+    billing.reserve(account, request_id(), 6_000, DETAILS)
     with pytest.raises(ValueError, match="below zero"):
-        billing.credit(account_id, -5_000, reason="correction", kind="adjust")
-    assert accounts.balance(account_id) == 4_000
+        billing.credit(account.account_id, -5_000, reason="correction", kind="adjust")
+    assert accounts.balance(account.account_id) == 4_000
 
 
 # --- reserve and settle ---------------------------------------------------------------------------------
 
 
 def test_reserve_debits_exactly(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     rid = request_id()
-    billing.reserve(account_id, rid, 54_000, DETAILS)
-    assert accounts.balance(account_id) == 46_000
-    item = request_item(aws, settings, account_id, rid)
+    reservation = billing.reserve(account, rid, 54_000, DETAILS)
+    assert (reservation.amount, reservation.request_id, reservation.model) == (54_000, rid, "dall-e-2")
+    assert accounts.balance(account.account_id) == 46_000
+    item = request_item(aws, settings, account.account_id, rid)
     assert (item["state"]["S"], item["reserved"]["N"], item["model"]["S"], item["key_id"]["S"]) == (
         "reserved",
         "54000",
         "dall-e-2",
-        DETAILS["key_id"],
+        account.key_id,
     )
-    reserve = ledger_of(aws, settings, account_id)[-1]
+    reserve = ledger_of(aws, settings, account.account_id)[-1]
     assert (reserve.kind, reserve.amount, reserve.request_id) == ("reserve", -54_000, rid)
 
 
 def test_reserve_the_whole_balance(accounts, billing):
-    account_id = accounts.create_account(20_000)
-    billing.reserve(account_id, request_id(), 20_000, DETAILS)
-    assert accounts.balance(account_id) == 0
+    account = holder(accounts, 20_000)
+    billing.reserve(account, request_id(), 20_000, DETAILS)
+    assert accounts.balance(account.account_id) == 0
 
 
 def test_insufficient_balance_is_402_and_changes_nothing(aws, settings, accounts, billing):
-    account_id = accounts.create_account(15_000)
+    account = holder(accounts, 15_000)
     rid = request_id()
     with pytest.raises(APIError) as info:
-        billing.reserve(account_id, rid, 20_000, DETAILS)
+        billing.reserve(account, rid, 20_000, DETAILS)
     err = info.value
     assert (err.status, err.type, err.code) == (402, "insufficient_quota", "insufficient_balance")
     assert "$0.020000" in err.message
     assert "$0.015000" in err.message
-    assert accounts.balance(account_id) == 15_000
-    assert request_item(aws, settings, account_id, rid) is None
-    assert billing.settle(account_id, rid, 0) is False
-    assert accounts.balance(account_id) == 15_000
-    assert [e.kind for e in ledger_of(aws, settings, account_id)] == ["credit"]
+    assert accounts.balance(account.account_id) == 15_000
+    assert request_item(aws, settings, account.account_id, rid) is None
+    assert billing.settle(reservation_of(account, rid, 20_000), 0) is False
+    assert accounts.balance(account.account_id) == 15_000
+    assert [e.kind for e in ledger_of(aws, settings, account.account_id)] == ["credit"]
 
 
 def test_a_token_priced_402_says_the_amount_is_a_reservation(accounts, billing):
-    account_id = accounts.create_account(15_000)
+    account = holder(accounts, 15_000)
     with pytest.raises(APIError) as info:
-        billing.reserve(account_id, request_id(), 133_325, DETAILS, upper_bound=True)
+        billing.reserve(account, request_id(), 133_325, DETAILS, upper_bound=True)
     assert info.value.status == 402
     assert "reserves up to $0.133325" in info.value.message
     assert "$0.015000" in info.value.message
 
 
 def test_a_negative_reservation_is_refused(accounts, billing):
-    account_id = accounts.create_account(15_000)
+    account = holder(accounts, 15_000)
     with pytest.raises(ValueError, match="negative"):
-        billing.reserve(account_id, request_id(), -1, DETAILS)
-    assert accounts.balance(account_id) == 15_000
+        billing.reserve(account, request_id(), -1, DETAILS)
+    assert accounts.balance(account.account_id) == 15_000
 
 
-def test_reserve_against_an_unknown_account_is_402(billing):
-    with pytest.raises(APIError) as info:
-        billing.reserve("acct_missing", request_id(), 1, DETAILS)
-    assert info.value.status == 402
-    assert "$0.000000" in info.value.message
+def test_reserve_for_a_vanished_account_is_refused_and_writes_nothing(aws, settings, billing):
+    ghost = Account("acct_missing", "key_0000000000000000", "KEY#missing")
+    with pytest.raises(NotFound):
+        billing.reserve(ghost, request_id(), 1, DETAILS)
+    assert aws.dynamodb.scan(TableName=settings.table)["Items"] == []
 
 
 def test_settle_full_charge(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)
-    assert billing.settle(account_id, rid, 60_000) is True
-    assert accounts.balance(account_id) == 40_000
-    item = request_item(aws, settings, account_id, rid)
+    reservation = billing.reserve(account, rid, 60_000, DETAILS)
+    assert billing.settle(reservation, 60_000) is True
+    assert accounts.balance(account.account_id) == 40_000
+    item = request_item(aws, settings, account.account_id, rid)
     assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "60000", "0")
 
 
 def test_partial_charge_refunds_the_difference(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)  # n=3 at 20_000
-    assert billing.settle(account_id, rid, 20_000, images=1, provider="openai") is True  # one image came back
-    assert accounts.balance(account_id) == 80_000
-    item = request_item(aws, settings, account_id, rid)
+    reservation = billing.reserve(account, rid, 60_000, DETAILS)  # n=3 at 20_000
+    assert billing.settle(reservation, 20_000, images=1, provider="openai") is True  # one image came back
+    assert accounts.balance(account.account_id) == 80_000
+    item = request_item(aws, settings, account.account_id, rid)
     assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "20000", "40000")
     assert (item["images"]["N"], item["provider"]["S"]) == ("1", "openai")
-    settle = ledger_of(aws, settings, account_id)[-1]
+    settle = ledger_of(aws, settings, account.account_id)[-1]
     assert (settle.kind, settle.amount, settle.charged, settle.request_id) == ("settle", 40_000, 20_000, rid)
 
 
 def test_a_full_charge_still_writes_its_settle_entry(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
-    rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)
-    billing.settle(account_id, rid, 60_000, images=3)
-    entries = [(e.kind, e.amount, e.charged) for e in ledger_of(aws, settings, account_id)]
+    account = holder(accounts, 100_000)
+    reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
+    billing.settle(reservation, 60_000, images=3)
+    entries = [(e.kind, e.amount, e.charged) for e in ledger_of(aws, settings, account.account_id)]
     assert entries == [("credit", 100_000, None), ("reserve", -60_000, None), ("settle", 0, 60_000)]
-    assert sum(e.amount for e in ledger_of(aws, settings, account_id)) == accounts.balance(account_id)
+    assert sum(e.amount for e in ledger_of(aws, settings, account.account_id)) == accounts.balance(
+        account.account_id
+    )
 
 
 def test_failed_request_is_refunded_in_full(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)
-    assert billing.settle(account_id, rid, 0) is True
-    assert accounts.balance(account_id) == 100_000
-    assert request_item(aws, settings, account_id, rid)["state"]["S"] == "refunded"
+    reservation = billing.reserve(account, rid, 60_000, DETAILS)
+    assert billing.settle(reservation, 0) is True
+    assert accounts.balance(account.account_id) == 100_000
+    assert request_item(aws, settings, account.account_id, rid)["state"]["S"] == "refunded"
 
 
 def test_charge_above_the_reservation_is_capped(accounts, billing):
-    account_id = accounts.create_account(100_000)
-    rid = request_id()
-    billing.reserve(account_id, rid, 20_000, DETAILS)
-    assert billing.settle(account_id, rid, 999_999) is True
-    assert accounts.balance(account_id) == 80_000
+    account = holder(accounts, 100_000)
+    reservation = billing.reserve(account, request_id(), 20_000, DETAILS)
+    assert billing.settle(reservation, 999_999) is True
+    assert accounts.balance(account.account_id) == 80_000
 
 
 def test_settle_twice_refunds_once(aws, settings, accounts, billing):
-    account_id = accounts.create_account(100_000)
-    rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)
-    assert billing.settle(account_id, rid, 0) is True
-    assert billing.settle(account_id, rid, 0) is False
-    assert billing.settle(account_id, rid, 20_000) is False
-    assert accounts.balance(account_id) == 100_000
-    assert [e.kind for e in ledger_of(aws, settings, account_id)] == ["credit", "reserve", "settle"]
+    account = holder(accounts, 100_000)
+    reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
+    assert billing.settle(reservation, 0) is True
+    assert billing.settle(reservation, 0) is False
+    assert billing.settle(reservation, 20_000) is False
+    assert accounts.balance(account.account_id) == 100_000
+    assert [e.kind for e in ledger_of(aws, settings, account.account_id)] == ["credit", "reserve", "settle"]
 
 
 def test_settle_unknown_request(accounts, billing):
-    account_id = accounts.create_account(100_000)
-    assert billing.settle(account_id, request_id(), 0) is False
-    assert accounts.balance(account_id) == 100_000
+    account = holder(accounts, 100_000)
+    assert billing.settle(reservation_of(account, request_id(), 50_000), 0) is False
+    assert accounts.balance(account.account_id) == 100_000
 
 
 def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     rid = request_id()
-    billing.reserve(account_id, rid, 10_000, DETAILS)
+    billing.reserve(account, rid, 10_000, DETAILS)
     with pytest.raises(RuntimeError, match="collided"):
-        billing.reserve(account_id, rid, 10_000, DETAILS)
-    assert accounts.balance(account_id) == 90_000
+        billing.reserve(accounts.authenticate(f"Bearer {account.api_key}"), rid, 10_000, DETAILS)
+    assert accounts.balance(account.account_id) == 90_000
+
+
+def test_closed_requests_expire_and_leave_the_open_index(aws, settings, accounts):
+    clock = Clock()
+    billing = Billing(aws.dynamodb, settings.table, clock)
+    account = holder(accounts, 100_000)
+    rid = request_id()
+    reservation = billing.reserve(account, rid, 20_000, DETAILS)
+    item = request_item(aws, settings, account.account_id, rid)
+    assert "expires_at" not in item and item["open_shard"]["S"].startswith("OPEN#")
+    billing.settle(reservation, 20_000, images=1)
+    item = request_item(aws, settings, account.account_id, rid)
+    assert int(item["expires_at"]["N"]) == int(clock.now) + REQUEST_RETENTION_DAYS * 86400
+    assert "open_shard" not in item and "open_since" not in item
 
 
 def test_concurrent_reservations_never_overdraw(aws, settings, accounts):
-    account_id = accounts.create_account(7 * 20_000)
+    account = holder(accounts, 7 * 20_000)
     billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table)
     start = threading.Barrier(20)
 
     def attempt(_):
         start.wait()
         try:
-            billing.reserve(account_id, request_id(), 20_000, DETAILS)
+            billing.reserve(account, request_id(), 20_000, DETAILS)
         except APIError as exc:
             return exc.status
         return 200
@@ -352,46 +379,153 @@ def test_concurrent_reservations_never_overdraw(aws, settings, accounts):
         statuses = list(pool.map(attempt, range(20)))
     assert statuses.count(200) == 7
     assert statuses.count(402) == 13
-    assert accounts.balance(account_id) == 0
+    assert accounts.balance(account.account_id) == 0
 
 
 def test_concurrent_settles_refund_once(aws, settings, accounts):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table)
-    rid = request_id()
-    billing.reserve(account_id, rid, 60_000, DETAILS)
+    reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
     start = threading.Barrier(10)
 
     def settle(_):
         start.wait()
-        return billing.settle(account_id, rid, 20_000)
+        return billing.settle(reservation, 20_000)
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(settle, range(10)))
     assert results.count(True) == 1
-    assert accounts.balance(account_id) == 80_000
-    assert [e.kind for e in ledger_of(aws, settings, account_id)].count("settle") == 1
-    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+    assert accounts.balance(account.account_id) == 80_000
+    assert [e.kind for e in ledger_of(aws, settings, account.account_id)].count("settle") == 1
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
 
 
 def test_reserve_and_refund_go_through_transaction_conflicts(aws, settings, accounts):
-    account_id = accounts.create_account(100_000)
+    account = holder(accounts, 100_000)
     client = ConflictsFirst(aws.dynamodb, conflicts=2)
     billing = Billing(client, settings.table, sleep=lambda seconds: None)
     rid = request_id()
 
-    billing.reserve(account_id, rid, 60_000, DETAILS)
-    assert client.conflicts == 0 and accounts.balance(account_id) == 40_000  # debited once, not thrice
+    reservation = billing.reserve(account, rid, 60_000, DETAILS)
+    assert client.conflicts == 0 and accounts.balance(account.account_id) == 40_000  # debited once
 
     client.conflicts = 3
-    assert billing.settle(account_id, rid, 0) is True  # a lost refund would leave the 60_000 debited
-    assert accounts.balance(account_id) == 100_000
-    assert request_item(aws, settings, account_id, rid)["state"]["S"] == "refunded"
+    assert billing.settle(reservation, 0) is True  # a lost refund would leave the 60_000 debited
+    assert accounts.balance(account.account_id) == 100_000
+    assert request_item(aws, settings, account.account_id, rid)["state"]["S"] == "refunded"
 
 
-def test_endless_conflicts_surface_and_change_nothing(aws, settings, accounts):
-    account_id = accounts.create_account(100_000)
+def test_endless_contention_is_a_429_and_changes_nothing(aws, settings, accounts):
+    """Issue 8, item 11: DynamoDB contention during reserve was a 500; it is the limiter's 429."""
+    account = holder(accounts, 100_000)
     billing = Billing(ConflictsFirst(aws.dynamodb, conflicts=100), settings.table, sleep=lambda seconds: None)
+    with pytest.raises(APIError) as info:
+        billing.reserve(account, request_id(), 60_000, DETAILS)
+    assert (info.value.status, info.value.code) == (429, "rate_limit_exceeded")
+    assert info.value.headers["retry-after"] == "1"
+    assert accounts.balance(account.account_id) == 100_000
+
+
+@pytest.mark.parametrize("code", ["ThrottlingException", "ProvisionedThroughputExceededException"])
+def test_throttling_during_reserve_is_a_429(aws, settings, accounts, code):
+    account = holder(accounts, 100_000)
+    billing = Billing(Failing(aws.dynamodb, code, times=1), settings.table)
+    with pytest.raises(APIError) as info:
+        billing.reserve(account, request_id(), 60_000, DETAILS)
+    assert info.value.status == 429
+    assert accounts.balance(account.account_id) == 100_000
+
+
+# --- settle under failure (issue 8, item 3) -------------------------------------------------------------
+
+
+def test_settle_retries_throttling_within_its_deadline(aws, settings, accounts):
+    account = holder(accounts, 100_000)
+    client = Failing(aws.dynamodb, "ThrottlingException", times=0)
+    billing = Billing(client, settings.table, sleep=lambda seconds: None)
+    reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
+    client.times = 3
+    assert billing.settle(reservation, 20_000, images=1) is True
+    assert accounts.balance(account.account_id) == 80_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
+
+
+def test_a_settle_that_never_lands_leaves_its_charge_for_the_sweeper(aws, settings, accounts):
+    clock = Clock()
+    account = holder(accounts, 100_000)
+    client = Failing(aws.dynamodb, "ThrottlingException", times=0, only="transact_write_items")
+
+    def sleep(seconds):
+        clock.now += seconds + 1
+
+    billing = Billing(client, settings.table, clock, sleep)
+    reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
+    client.times = 10_000
     with pytest.raises(ClientError):
-        billing.reserve(account_id, request_id(), 60_000, DETAILS)
-    assert accounts.balance(account_id) == 100_000
+        billing.settle(reservation, 20_000, images=1, provider="local")
+    assert accounts.balance(account.account_id) == 40_000  # nothing refunded yet: the charge stands
+    client.times = 0
+    clock.now += 3600
+    closed = billing.sweep(older_than_s=900)
+    assert [(r.request_id, charged) for r, charged in closed] == [(reservation.request_id, 20_000)]
+    assert accounts.balance(account.account_id) == 80_000  # charged what was delivered, not refunded
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
+
+
+# --- the sweeper (issue 8, item 5) ----------------------------------------------------------------------
+
+
+def test_sweep_reads_only_open_reservations(aws, settings, accounts):
+    clock = Clock()
+    counting = Counting(aws.dynamodb)
+    billing = Billing(counting, settings.table, clock)
+    account = holder(accounts, 10_000_000)
+    for _ in range(30):  # history: closed requests the sweeper must not read
+        billing.settle(billing.reserve(account, request_id(), 1_000, DETAILS), 1_000, images=1)
+    stale = billing.reserve(account, request_id(), 5_000, DETAILS)
+    clock.now += 3600
+    fresh = billing.reserve(account, request_id(), 7_000, DETAILS)
+    counting.items_read = 0
+    closed = billing.sweep(older_than_s=900)
+    assert [(r.request_id, charged) for r, charged in closed] == [(stale.request_id, 0)]
+    assert counting.items_read == 1  # the one stale reservation, from the sparse index
+    assert [r.request_id for r in billing.open_reservations(older_than_s=-1)] == [fresh.request_id]
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
+
+
+def test_one_failing_reservation_does_not_stop_the_sweep(aws, settings, accounts):
+    clock = Clock()
+    first, second = holder(accounts, 100_000), holder(accounts, 100_000)
+
+    class BrokenForFirst:
+        """DynamoDB refusing every transaction that touches the first account (an item edited by hand)."""
+
+        def __init__(self, client):
+            self._client = client
+            self.exceptions = client.exceptions
+
+        def transact_write_items(self, TransactItems):
+            if f"ACCOUNT#{first.account_id}" in repr(TransactItems) and broken:
+                raise ClientError({"Error": {"Code": "ValidationException"}}, "TransactWriteItems")
+            return self._client.transact_write_items(TransactItems=TransactItems)
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    broken = False
+    billing = Billing(BrokenForFirst(aws.dynamodb), settings.table, clock)
+    stuck = billing.reserve(first, request_id(), 5_000, DETAILS)
+    healthy = billing.reserve(second, request_id(), 6_000, DETAILS)
+    clock.now += 3600
+    broken = True
+    errors = []
+
+    class Log:
+        def exception(self, message, extra):
+            errors.append(extra["request_id"])
+
+    closed = billing.sweep(older_than_s=900, log=Log())
+    assert [r.request_id for r, _ in closed] == [healthy.request_id]
+    assert errors == [stuck.request_id]
+    assert accounts.balance(second.account_id) == 100_000
+    assert accounts.balance(first.account_id) == 95_000  # left for the next sweep

@@ -17,17 +17,17 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from . import ledger
 from .errors import APIError
+from .ratelimit import State
 from .table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
 KEY_INDEX = "KEYS"  # partition listing every key by id, for the admin CLI
 ACCOUNT_INDEX = "ACCOUNTS"  # partition listing every account by id, for the admin CLI
-LIMITS = ("images_per_minute", "max_concurrent")
 
 
 def hash_key(api_key: str) -> str:
@@ -54,11 +54,12 @@ class NotFound(LookupError):
 
 @dataclass(frozen=True)
 class Account:
+    """An authenticated request's account and key, with the key's limiter state as just read."""
+
     account_id: str
     key_id: str
-    # Per-key rate-limit overrides; None means the deployment's defaults.
-    images_per_minute: int | None = None
-    max_concurrent: int | None = None
+    key_pk: str = ""
+    limiter: State = field(default_factory=State)
 
 
 @dataclass(frozen=True)
@@ -101,20 +102,17 @@ class Accounts:
                 "(Authorization: Bearer YOUR_KEY).",
                 code="missing_api_key",
             )
-        item = self._db.get_item(
-            TableName=self._table,
-            Key=item_key(f"KEY#{hash_key(api_key.strip())}", "KEY"),
-            ConsistentRead=True,
-        ).get("Item")
+        key_pk = f"KEY#{hash_key(api_key.strip())}"
+        item = self._db.get_item(TableName=self._table, Key=item_key(key_pk, "KEY"), ConsistentRead=True).get(
+            "Item"
+        )
         if item is None or item["status"]["S"] != "active":
             raise APIError(
                 401,
                 "Incorrect API key provided. Check the key, or ask your provider for a new one.",
                 code="invalid_api_key",
             )
-        return Account(
-            item["account_id"]["S"], item["key_id"]["S"], *(_number(item, name) for name in LIMITS)
-        )
+        return Account(item["account_id"]["S"], item["key_id"]["S"], key_pk, State.from_item(item))
 
     # --- accounts ---------------------------------------------------------------------------------------
 
@@ -130,6 +128,7 @@ class Accounts:
                 {
                     **item_key(account_pk(account_id), "ACCOUNT"),
                     "balance": {"N": str(balance_micros)},
+                    "slots": {"M": {}},
                     **listed,
                 },
                 new=True,
@@ -236,20 +235,8 @@ class Accounts:
         self, key_id: str, images_per_minute: int | None = None, max_concurrent: int | None = None
     ) -> KeyInfo:
         """Set a key's rate limits (None: the deployment's default); returns the key as it now is."""
-        limits = _limits(images_per_minute, max_concurrent)
+        update = _limits_update(_limits(images_per_minute, max_concurrent))
         entry = self._index_item(key_id)
-        given = {name: value for name, value in limits.items() if value is not None}
-        clauses = []
-        if given:
-            clauses.append("SET " + ", ".join(f"{name} = :{name}" for name in given))
-        if len(given) < len(limits):
-            clauses.append("REMOVE " + ", ".join(name for name in limits if name not in given))
-        update: dict[str, Any] = {
-            "UpdateExpression": " ".join(clauses),
-            "ConditionExpression": "attribute_exists(pk)",
-        }
-        if given:
-            update["ExpressionAttributeValues"] = {f":{name}": {"N": str(v)} for name, v in given.items()}
         keys = (item_key(entry["key_pk"]["S"], "KEY"), item_key(KEY_INDEX, key_id))
         transact(
             self._db, [{"Update": {"TableName": self._table, "Key": k, **update}} for k in keys], self._sleep
@@ -257,6 +244,18 @@ class Accounts:
         key = _key_info(entry)
         key["images_per_minute"], key["max_concurrent"] = images_per_minute, max_concurrent
         return key
+
+    def set_account_limits(
+        self, account_id: str, images_per_minute: int | None = None, max_concurrent: int | None = None
+    ) -> None:
+        """Set an account's rate limits over all its keys (None: the deployment's default)."""
+        update = _limits_update(_limits(images_per_minute, max_concurrent))
+        try:
+            self._db.update_item(
+                TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), **update
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            raise NotFound(f"no account {account_id}") from None
 
     def get_key(self, key_id: str) -> KeyInfo:
         return _key_info(self._index_item(key_id))
@@ -289,7 +288,7 @@ class Accounts:
             **{name: {"N": str(value)} for name, value in limits.items() if value is not None},
         }
         return [
-            self._put({**item_key(key_pk, "KEY"), **fields}, new=True),
+            self._put({**item_key(key_pk, "KEY"), **fields, "slots": {"M": {}}}, new=True),
             self._put({**item_key(KEY_INDEX, key_id_for(api_key)), "key_pk": {"S": key_pk}, **fields}),
         ]
 
@@ -334,6 +333,23 @@ def _limits(images_per_minute: int | None, max_concurrent: int | None) -> dict[s
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
     return limits
+
+
+def _limits_update(limits: dict[str, int | None]) -> dict[str, Any]:
+    """UpdateItem arguments that set the given limits and remove the others (back to the default)."""
+    given = {name: value for name, value in limits.items() if value is not None}
+    clauses = []
+    if given:
+        clauses.append("SET " + ", ".join(f"{name} = :{name}" for name in given))
+    if len(given) < len(limits):
+        clauses.append("REMOVE " + ", ".join(name for name in limits if name not in given))
+    update: dict[str, Any] = {
+        "UpdateExpression": " ".join(clauses),
+        "ConditionExpression": "attribute_exists(pk)",
+    }
+    if given:
+        update["ExpressionAttributeValues"] = {f":{name}": {"N": str(v)} for name, v in given.items()}
+    return update
 
 
 def _number(item: dict[str, Any], name: str) -> int | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .pricing import ModelPrice, PriceBook
@@ -227,6 +228,16 @@ def free_form_problem(bounds: FreeFormSizes, width: int, height: int) -> str | N
     if max(width, height) > bounds.max_aspect * min(width, height):
         return f"the aspect ratio must be between 1:{bounds.max_aspect:g} and {bounds.max_aspect:g}:1"
     return None
+
+
+# What a GPT-image successor makes for a DALL·E quality (see providers/openai.py); a route's
+# `options.quality` may choose otherwise. Pricing uses the same mapping to bound the upstream's bill.
+DALLE_QUALITY = {"standard": "low", "hd": "medium"}
+
+
+def upstream_quality(quality: str, options: Mapping[str, Any]) -> str:
+    """The quality an upstream is asked for when a contract's `quality` is served through a route."""
+    return {**DALLE_QUALITY, **options.get("quality", {})}.get(quality, quality)
 
 
 def price_per_image(contract: Contract, quality: str, size: str) -> int:

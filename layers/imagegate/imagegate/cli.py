@@ -574,22 +574,26 @@ def _reconcile(admin: Admin, args: argparse.Namespace) -> int:
 
 
 def _sweep(admin: Admin, args: argparse.Namespace) -> int:
-    if args.account:
-        ids = [admin.accounts.show_account(args.account).account_id]
-    else:
-        ids = [a.account_id for a in admin.accounts.list_accounts()]
-    refunded = admin.billing.sweep_accounts(ids, older_than_s=args.older_than)
-    if refunded:
+    account_id = admin.accounts.show_account(args.account).account_id if args.account else None
+    closed = admin.billing.sweep(older_than_s=args.older_than, account_id=account_id)
+    if closed:
         _print_table(
-            ("REQUEST_ID", "ACCOUNT_ID", "MODEL", "RESERVED (UTC)", "REFUNDED"),
+            ("REQUEST_ID", "ACCOUNT_ID", "MODEL", "RESERVED (UTC)", "CHARGED", "REFUNDED"),
             [
-                (r.request_id, r.account_id, r.model, _when(r.created_at), micros_to_usd(r.amount))
-                for r in refunded
+                (
+                    r.request_id,
+                    r.account_id,
+                    r.model,
+                    _when(r.created_at),
+                    micros_to_usd(charged),
+                    micros_to_usd(r.amount - charged),
+                )
+                for r, charged in closed
             ],
-            right={4},
+            right={4, 5},
         )
-    total = micros_to_usd(sum(r.amount for r in refunded))
-    print(f"stale reservations refunded: {len(refunded)} ({total}); accounts checked: {len(ids)}")
+    refunded = micros_to_usd(sum(r.amount - charged for r, charged in closed))
+    print(f"stale reservations closed: {len(closed)} (refunded {refunded})")
     return 0
 
 

@@ -39,6 +39,10 @@ class Settings:
     # Per-key defaults; a key's own limits (imagegate keys limits) override them.
     images_per_minute: int = 50
     max_concurrent: int = 10
+    # Per-account ceilings over all of an account's keys (0: none); an account's own limits override them.
+    # They keep one tenant well under what a single DynamoDB partition takes (README: limits).
+    account_images_per_minute: int = 600
+    account_max_concurrent: int = 50
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +66,12 @@ class Settings:
             metrics=env.get("IMAGEGATE_METRICS", "") == "on",
             images_per_minute=int(env.get("IMAGEGATE_IMAGES_PER_MINUTE", cls.images_per_minute)),
             max_concurrent=int(env.get("IMAGEGATE_MAX_CONCURRENT", cls.max_concurrent)),
+            account_images_per_minute=int(
+                env.get("IMAGEGATE_ACCOUNT_IMAGES_PER_MINUTE", cls.account_images_per_minute)
+            ),
+            account_max_concurrent=int(
+                env.get("IMAGEGATE_ACCOUNT_MAX_CONCURRENT", cls.account_max_concurrent)
+            ),
         )
 
 

@@ -21,6 +21,7 @@ from .aws import AWSClients
 from .config import Settings
 from .errors import APIError
 from .money import micros_to_usd, usd_to_micros
+from .table import OPEN_INDEX
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -65,10 +66,22 @@ def provision(aws: AWSClients, settings: Settings) -> None:
             AttributeDefinitions=[
                 {"AttributeName": "pk", "AttributeType": "S"},
                 {"AttributeName": "sk", "AttributeType": "S"},
+                {"AttributeName": "open_shard", "AttributeType": "S"},
+                {"AttributeName": "open_since", "AttributeType": "N"},
             ],
             KeySchema=[
                 {"AttributeName": "pk", "KeyType": "HASH"},
                 {"AttributeName": "sk", "KeyType": "RANGE"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": OPEN_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "open_shard", "KeyType": "HASH"},
+                        {"AttributeName": "open_since", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
             ],
         )
         db.get_waiter("table_exists").wait(TableName=settings.table)

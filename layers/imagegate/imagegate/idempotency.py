@@ -2,17 +2,21 @@
 
 Item (single table, `pk`/`sk`):
   IDEMPOTENCY#<account_id>#<sha256 of the key> / IDEMPOTENCY
-    -> state (in_progress|completed), fingerprint, created_at, locked_until, response (JSON text, once
-       completed), completed_at, expires_at (TTL: created_at + ttl_seconds)
+    -> state (in_progress|completed), fingerprint, request_id (the request that holds it), created_at,
+       locked_until, response (JSON text, once completed), completed_at, expires_at (TTL: created_at +
+       ttl_seconds)
 
 Keys are scoped per account and stored only hashed (a client may put anything in them). The fingerprint ties
 a key to one request: the same key with different parameters or images is a client bug, refused with 400
 as Stripe does (`idempotency_key_reused`); retrying cannot fix it. While the first request runs, a retry
 gets 409 `idempotency_key_in_use` with `retry-after`; the OpenAI SDKs retry 409 by themselves.
 
-The service calls `begin` after validation; then `complete` with the response on success, or `release` on
-any failure so that a retry runs again. A Lambda killed mid-request calls neither: its in-progress record
-stops blocking the key when its lock runs out (LOCK_SECONDS), and any request may then take the key over.
+The service calls `begin` after validation. On success the record is completed inside the settle
+transaction (`completion`), so a request that was charged can always be replayed, never run again; on a
+failure before any image exists, `release` lets a retry run again. Once images exist the key is never
+released. A Lambda killed mid-request does neither: its in-progress record stops blocking the key when its
+lock runs out (LOCK_SECONDS), and a request may then take the key over; the dead request's reservation is
+closed by the sweeper.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class Idempotency:
         self._clock = clock
         self._ttl = ttl_seconds
 
-    def begin(self, account_id: str, key: str, fingerprint: str) -> dict | None:
+    def begin(self, account_id: str, key: str, fingerprint: str, request_id: str) -> dict | None:
         """Claim `key` for a request: None when it is this request's to run (an in-progress record is now
         written), the stored response when an identical request already completed. 400 when the key was
         used for a different request, 409 while the first request is still running."""
@@ -95,6 +99,7 @@ class Idempotency:
                     **_item_key(account_id, key),
                     "state": {"S": "in_progress"},
                     "fingerprint": {"S": fingerprint},
+                    "request_id": {"S": request_id},
                     "created_at": {"N": str(int(now))},
                     "locked_until": {"N": str(int(now) + LOCK_SECONDS)},
                     "expires_at": {"N": str(int(now) + self._ttl)},
@@ -129,29 +134,37 @@ class Idempotency:
             headers={"retry-after": str(wait)},
         )
 
-    def complete(self, account_id: str, key: str, response: dict) -> bool:
-        """Store the response that later retries with `key` replay; False when the key is no longer this
-        request's (released, or taken over after its lock ran out)."""
+    def completion(self, account_id: str, key: str, request_id: str, response: dict) -> dict[str, Any]:
+        """The Update (for the settle transaction) that stores the response later retries with `key` replay;
+        its condition fails when the key is no longer this request's (taken over after its lock ran out)."""
         text = json.dumps(response, separators=(",", ":"))
         if len(text.encode()) > MAX_RESPONSE_BYTES:
             raise ValueError(
                 f"an idempotent response must stay under {MAX_RESPONSE_BYTES} bytes of JSON, this one is "
                 f"{len(text.encode())}: store S3 keys, never image bytes"
             )
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_item_key(account_id, key),
-                UpdateExpression="SET #state = :completed, #response = :response, completed_at = :now",
-                ConditionExpression="#state = :in_progress",
-                ExpressionAttributeNames={"#state": "state", "#response": "response"},
-                ExpressionAttributeValues={
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": _item_key(account_id, key),
+                "UpdateExpression": "SET #state = :completed, #response = :response, completed_at = :now",
+                "ConditionExpression": "#state = :in_progress AND request_id = :rid",
+                "ExpressionAttributeNames": {"#state": "state", "#response": "response"},
+                "ExpressionAttributeValues": {
                     ":completed": {"S": "completed"},
                     ":in_progress": {"S": "in_progress"},
+                    ":rid": {"S": request_id},
                     ":response": {"S": text},
                     ":now": {"N": str(int(self._clock()))},
                 },
-            )
+            }
+        }
+
+    def complete(self, account_id: str, key: str, request_id: str, response: dict) -> bool:
+        """`completion` on its own (when the settle transaction could not carry it); False when the key is no
+        longer this request's."""
+        try:
+            self._db.update_item(**self.completion(account_id, key, request_id, response)["Update"])
         except self._db.exceptions.ConditionalCheckFailedException:
             return False
         return True

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import CONTRACTS, LOCAL_CONTRACT, LOCAL_MODEL, Contract, parse_size
+from .catalog import CONTRACTS, LOCAL_CONTRACT, LOCAL_MODEL, Contract, parse_size, upstream_quality
 from .config import Settings, load_document
 from .money import usd_to_micros
 
@@ -112,6 +112,9 @@ class Quote:
     per_image: int  # micro-USD, markup included (ImageJob.price_per_image)
     token_priced: bool  # reserve is a worst-case bound, charged from the upstream's token usage
     price: ModelPrice
+    # Every token table that may bill this request: the contract's own, and the upstream models' its routes
+    # translate it to. A charge from usage takes the dearest.
+    tokens: tuple[TokenPricing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class PriceBook:
             raise ValueError(f"the price book has no prices for model '{model_id}'")
         return price
 
-    def quote(self, job: ImageJob) -> Quote:
+    def quote(self, job: ImageJob, upstreams: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> Quote:
         """The reservation for a job.
 
         Per-image models reserve `per_image * n`. Token-priced models reserve a bound on the upstream's bill,
@@ -142,19 +145,33 @@ class PriceBook:
                                   * (1 + markup/100) / 1e6)
 
         Output text tokens (reasoning) are not bounded in advance; the charge is capped at the reservation.
+
+        `upstreams` are the (upstream model id, route options) that may serve the job. Where a route
+        translates the contract to another priced model that bills tokens, that model's bill is bounded the
+        same way (at the quality the route asks it for) and the reservation covers the dearest, so that a
+        legacy contract sold per image is never served below its upstream's cost.
         """
         price = self.model(job.contract.id)
         per_image = price.per_image(job.quality, job.width, job.height)
-        if price.tokens is None:
+        bills = [(price.tokens, job.quality)] if price.tokens else []
+        for model_id, options in upstreams:
+            upstream = self.models.get(model_id)
+            if model_id != job.contract.id and upstream is not None and upstream.tokens is not None:
+                bills.append((upstream.tokens, upstream_quality(job.quality, options)))
+        if not bills:
             return Quote(per_image * job.n, per_image, False, price)
-        bound = price.marked_up(_worst_case_cost(job, price.tokens), PER_MILLION)
-        return Quote(max(bound, per_image * job.n), per_image, True, price)
+        bound = max(
+            price.marked_up(_worst_case_cost(job, tokens, quality), PER_MILLION) for tokens, quality in bills
+        )
+        tokens = tuple({id(t): t for t, _ in bills}.values())
+        return Quote(max(bound, per_image * job.n), per_image, True, price, tokens)
 
     def charge(self, quote: Quote, delivered: int, requested: int, usage: Mapping[str, Any] | None) -> int:
         """What a finished request costs, in micro-USD.
 
-        With token rates and the upstream's usage (OpenAI-shaped): every reported token at its rate, plus
-        markup, rounded up once. The usage covers only the images the upstream made, so it is not scaled
+        With token rates and the upstream's usage (OpenAI-shaped): every reported token at its rate (the
+        dearest of the quote's token tables: the contract's and its upstream models'), plus markup, rounded up
+        once. The usage covers only the images the upstream made, so it is not scaled
         again for fewer images. Input tokens without a text/image breakdown are charged at the dearer input
         rate, output tokens without one at the dearer output rate. Never below the published per-image
         price for what was delivered (a proxy reporting zero or partial usage must not give images away), and
@@ -165,8 +182,8 @@ class PriceBook:
         if not delivered:
             return 0
         floor = quote.per_image * delivered
-        cost = _usage_cost(usage, quote.price.tokens) if usage and quote.price.tokens else None
-        amount = floor if cost is None else max(floor, quote.price.marked_up(cost, PER_MILLION))
+        costs = [c for c in (_usage_cost(usage, t) for t in quote.tokens) if c is not None] if usage else []
+        amount = max(floor, quote.price.marked_up(max(costs), PER_MILLION)) if costs else floor
         return min(amount, quote.reserve)
 
 
@@ -179,14 +196,21 @@ def input_image_tokens(width: int, height: int) -> int:
     return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * columns * rows
 
 
-def _worst_case_cost(job: ImageJob, tokens: TokenPricing) -> int:
-    """The bound in `PriceBook.quote`, before markup: micro-USD per 1M tokens times tokens."""
+def _worst_case_cost(job: ImageJob, tokens: TokenPricing, quality: str) -> int:
+    """The bound in `PriceBook.quote`, before markup: micro-USD per 1M tokens times tokens, with output
+    images at `quality` (the table's dearest entry when the table has no such quality)."""
     inputs = [*job.images, *([job.mask] if job.mask is not None else [])]
     high_fidelity = tokens.always_high_fidelity or job.input_fidelity == "high"
     fidelity_tokens = max(tokens.output_tokens.values()) if high_fidelity else 0
     text = len(job.prompt.encode()) + FRAMING_TOKENS * (1 + len(inputs))
     image_in = sum(input_image_tokens(i.width, i.height) + fidelity_tokens for i in inputs)
-    image_out = job.n * tokens.image_output_tokens(job.quality, job.width, job.height)
+    qualities = {q for q, _ in tokens.output_tokens}
+    per_image = (
+        tokens.image_output_tokens(quality, job.width, job.height)
+        if quality in qualities
+        else max(tokens.image_output_tokens(q, job.width, job.height) for q in qualities)
+    )
+    image_out = job.n * per_image
     return text * tokens.text_input + image_in * tokens.image_input + image_out * tokens.image_output
 
 

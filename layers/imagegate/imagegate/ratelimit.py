@@ -1,315 +1,269 @@
-"""Per-key rate limits in DynamoDB: images per minute, and requests in flight at once.
+"""Rate limits as conditions of the reserve transaction: images per minute and requests in flight, per key and
+per account. Pure: this module builds DynamoDB update fragments and judges item images; billing.py runs them.
 
-Items (single table, `pk`/`sk`):
-  RATE#<key_id> / MINUTE#<epoch minute> -> images (requested in that minute), expires_at (TTL)
-  RATE#<key_id> / INFLIGHT              -> slots: map request_id -> expiry (epoch seconds)
+State lives on items a request touches anyway, so limiting costs no extra call:
+  KEY#<hash> / KEY         -> tat, slots (+ the key's overrides images_per_minute, max_concurrent)
+  ACCOUNT#<id> / ACCOUNT   -> tat, slots (+ the account's overrides), next to the balance
 
-Images per minute is a fixed one-minute window: one conditional ADD admits a request only when its images
-still fit, so a request that would overshoot is refused whole and consumes nothing. The images stay
-counted when the request later fails, as OpenAI counts them: a client that retries failures at full speed
-is exactly what the limit is for.
+Images per minute is a token bucket of `limit` images that refills at `limit` a minute, kept as GCRA: `tat`
+(epoch ms) is when the bucket will be full again. A request for n images costs n * 60000/limit ms and is
+admitted when max(tat, now) + cost <= now + 60000. Unlike a fixed minute window, no boundary admits twice
+the limit at once. Since `tat` only ever grows, any value once seen is a lower bound of the stored one: with
+one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one in the future it is
+`SET tat = tat + cost` on condition `tat <= now + 60000 - cost`. A wrong guess fails the condition, returns
+the item, and the transaction is built again from what it showed.
 
-Concurrency is a map of slots; taking one is a conditional SET (`size(slots) < max`), giving it back a
-REMOVE. Every slot carries an expiry, so the slot of a Lambda killed mid-request is pruned when it is in
-the way instead of blocking the key forever.
+Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
+`size(slots) < max` and removed by the settle transaction. A slot's expiry outlives the function timeout, so
+the slot of a killed Lambda is pruned (on condition that it is still expired) when it is in the way.
 
-Every refusal is a 429 in OpenAI's shape (type "requests", code "rate_limit_exceeded") with `retry-after`
-and OpenAI's `x-ratelimit-*` headers; a `Lease` carries the same headers for the success response. A request
-for more images than the key's whole minute allows is a 429 too, as OpenAI answers a request larger than a
-limit, but with `x-should-retry: false` and no `retry-after`: waiting cannot make it pass.
+Every refusal is a 429 in OpenAI's shape (type "requests", code "rate_limit_exceeded") with `retry-after` and
+OpenAI's `x-ratelimit-*` headers; admitted requests carry the same headers. A request for more images than
+a whole minute allows can never pass: 429 with `x-should-retry: false` and no `retry-after`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from .accounts import Account
 from .errors import APIError
-from .table import item_key
 
 IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10
-WINDOW_SECONDS = 60
-# Longer than the 29 s function timeout: only the slot of a request that can no longer be running expires.
-SLOT_SECONDS = 60
-# Nothing reads a closed window; the margin only keeps TTL's lazy deletion away from the open one.
-COUNTER_GRACE_SECONDS = 120
+WINDOW_MS = 60_000
+# Longer than any synchronous request can run (the function timeout): only a dead request's slot expires.
+SLOT_SECONDS = 120
 # When a slot frees is unknowable; in-flight requests finish within seconds, so ask for a short wait.
 SLOT_RETRY_SECONDS = 1
-# DynamoDB pushing back on one key's hot items is contention too: the client should slow down, not see a 500.
-BUSY_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-    }
-)
+LIMITS = ("images_per_minute", "max_concurrent")
 
 
 @dataclass(frozen=True)
-class Lease:
-    """A request admitted by the limiter; `release` it when the request ends, however it ends."""
+class Limits:
+    """Limits in force for one scope; 0 means none."""
 
-    key_id: str
-    request_id: str
-    headers: dict[str, str]
-    quota: _Quota
-    images: int
+    images_per_minute: int
+    max_concurrent: int
 
 
 @dataclass(frozen=True)
-class _Quota:
-    """One key's limits at one moment of one minute window."""
+class State:
+    """What is known of one scope's limiter attributes: read with the key, or returned by a failed condition.
 
-    key_id: str
-    images: int
-    requests: int
-    minute: int
-    reset: int  # whole seconds until the window closes, 1..60
+    `slots` None: the item has no slot map yet. `overrides`: the item's own limits (None: the default).
+    """
 
-    def headers(self, used: int | None = None, in_flight: int | None = None) -> dict[str, str]:
-        """OpenAI's rate-limit headers; the remaining counts only where they are known."""
-        headers = {
-            "x-ratelimit-limit-images": str(self.images),
-            "x-ratelimit-reset-images": duration(self.reset),
-            "x-ratelimit-limit-requests": str(self.requests),
-        }
-        if used is not None:
-            headers["x-ratelimit-remaining-images"] = str(max(0, self.images - used))
-        if in_flight is not None:
-            headers["x-ratelimit-remaining-requests"] = str(max(0, self.requests - in_flight))
-        return headers
+    tat: int = 0
+    slots: dict[str, int] | None = field(default_factory=dict)
+    overrides: tuple[int | None, int | None] = (None, None)
 
-    def refused(
-        self, what: str, *, limit: int, used: int, requested: int, wait: int, headers: dict[str, str]
-    ) -> APIError:
-        return APIError(
-            429,
-            f"Rate limit reached for {what} on key {self.key_id}: Limit {limit}, Used {used}, "
-            f"Requested {requested}. Please try again in {duration(wait)}.",
-            type="requests",
-            code="rate_limit_exceeded",
-            headers={"retry-after": str(wait), **headers},
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> State:
+        slots = item.get("slots", {}).get("M")
+        return cls(
+            tat=int(item["tat"]["N"]) if "tat" in item else 0,
+            slots=None if slots is None else {rid: int(v["N"]) for rid, v in slots.items()},
+            overrides=tuple(int(item[n]["N"]) if n in item else None for n in LIMITS),  # type: ignore[arg-type]
         )
 
-
-class _SlotsTaken(Exception):
-    """Every slot is held; `slots` is the map that refused (None: the key has no slot map yet)."""
-
-    def __init__(self, slots: dict | None) -> None:
-        super().__init__("slots taken")
-        self.slots = slots
-
-
-class RateLimiter:
-    def __init__(
-        self,
-        dynamodb: Any,
-        table: str,
-        clock: Any = time.time,
-        images_per_minute: int = IMAGES_PER_MINUTE,
-        max_concurrent: int = MAX_CONCURRENT,
-    ) -> None:
-        self._db = dynamodb
-        self._table = table
-        self._clock = clock
-        self._images_per_minute = images_per_minute
-        self._max_concurrent = max_concurrent
-
-    def acquire(self, account: Account, request_id: str, images: int) -> Lease:
-        """Admit a request for `images` images, or raise a 429 having consumed nothing."""
-        now = self._clock()
-        minute = int(now // WINDOW_SECONDS)
-        images_limit, requests_limit = account.images_per_minute, account.max_concurrent
-        quota = _Quota(
-            key_id=account.key_id,
-            images=self._images_per_minute if images_limit is None else images_limit,
-            requests=self._max_concurrent if requests_limit is None else requests_limit,
-            minute=minute,
-            reset=math.ceil((minute + 1) * WINDOW_SECONDS - now),
+    def limits(self, default: Limits) -> Limits:
+        ipm, conc = self.overrides
+        return Limits(
+            default.images_per_minute if ipm is None else ipm,
+            default.max_concurrent if conc is None else conc,
         )
-        if images > quota.images:
-            raise _too_large(quota, images)
-        try:
-            return self._admit(quota, request_id, images, now)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in BUSY_CODES:
-                raise
-            raise APIError(
+
+    def in_flight(self, now: float) -> int:
+        return sum(1 for expiry in (self.slots or {}).values() if expiry > now)
+
+
+@dataclass
+class Fragment:
+    """Parts of one Update action; several fragments (balance, limits) merge into one."""
+
+    set: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    add: list[str] = field(default_factory=list)
+    conditions: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def merge(self, other: Fragment) -> Fragment:
+        return Fragment(
+            self.set + other.set,
+            self.remove + other.remove,
+            self.add + other.add,
+            self.conditions + other.conditions,
+            {**self.names, **other.names},
+            {**self.values, **other.values},
+        )
+
+    def update(self, table: str, key: dict[str, Any], *, return_old: bool = True) -> dict[str, Any]:
+        clauses = [
+            f"{verb} {', '.join(parts)}"
+            for verb, parts in (("SET", self.set), ("REMOVE", self.remove), ("ADD", self.add))
+            if parts
+        ]
+        update: dict[str, Any] = {"TableName": table, "Key": key}
+        if clauses:
+            update["UpdateExpression"] = " ".join(clauses)
+        if self.conditions:
+            update["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+        if self.names:
+            update["ExpressionAttributeNames"] = self.names
+        if self.values:
+            update["ExpressionAttributeValues"] = self.values
+        if return_old and self.conditions:
+            update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        # Nothing to write (no limits in force): the assumptions are still checked.
+        return {"Update" if clauses else "ConditionCheck": update}
+
+
+def cost_ms(images: int, limit: int) -> int:
+    """How far n images move the bucket's `tat`; rounded up, so the limit is never exceeded."""
+    return -(-images * WINDOW_MS // limit)
+
+
+def take(
+    scope: str, state: State, default: Limits, request_id: str, images: int, now: float, *, slot: bool = True
+) -> Fragment:
+    """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
+    placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
+    `state` fails the transaction instead of admitting too much."""
+    limits = state.limits(default)
+    now_ms = int(now * 1000)
+    frag = Fragment()
+    # The item's overrides must still be those the limits came from.
+    for name, value in zip(LIMITS, state.overrides, strict=True):
+        placeholder = f":{scope}_{name}"
+        if value is None:
+            frag.conditions.append(f"attribute_not_exists({name})")
+        else:
+            frag.conditions.append(f"{name} = {placeholder}")
+            frag.values[placeholder] = _n(value)
+    if limits.images_per_minute:
+        cost = cost_ms(images, limits.images_per_minute)
+        if cost > WINDOW_MS:
+            # More than a whole minute's images can never pass: a condition no existing item meets.
+            frag.conditions.append("attribute_not_exists(pk)")
+        if state.tat > now_ms:
+            frag.set.append(f"tat = tat + :{scope}_cost")
+            frag.conditions.append(f"tat <= :{scope}_room")
+            frag.values[f":{scope}_cost"] = _n(cost)
+            frag.values[f":{scope}_room"] = _n(now_ms + WINDOW_MS - cost)
+        else:
+            frag.set.append(f"tat = :{scope}_tat")
+            frag.conditions.append(f"attribute_not_exists(tat) OR tat <= :{scope}_now")
+            frag.values[f":{scope}_tat"] = _n(now_ms + cost)
+            frag.values[f":{scope}_now"] = _n(now_ms)
+    if limits.max_concurrent and slot:
+        expiry = _n(int(now) + SLOT_SECONDS)
+        if state.slots is None:
+            frag.set.append(f"slots = :{scope}_slots")
+            frag.conditions.append("attribute_not_exists(slots)")
+            frag.values[f":{scope}_slots"] = {"M": {request_id: expiry}}
+        else:
+            frag.names[f"#{scope}_id"] = request_id
+            frag.set.append(f"slots.#{scope}_id = :{scope}_expiry")
+            frag.values[f":{scope}_expiry"] = expiry
+            expired = sorted(rid for rid, at in state.slots.items() if at <= now)
+            for i, rid in enumerate(expired):
+                name = f"#{scope}_x{i}"
+                frag.names[name] = rid
+                frag.remove.append(f"slots.{name}")
+                frag.conditions.append(f"slots.{name} <= :{scope}_now_s")
+            if expired:
+                frag.values[f":{scope}_now_s"] = _n(int(now))
+            frag.conditions.append(f"attribute_exists(slots) AND size(slots) < :{scope}_max")
+            frag.values[f":{scope}_max"] = _n(limits.max_concurrent + len(expired))
+    return frag
+
+
+def release(scope: str, request_id: str) -> Fragment:
+    """Give a request's slot back (in the settle transaction); removing an absent slot changes nothing."""
+    return Fragment(remove=[f"slots.#{scope}_done"], names={f"#{scope}_done": request_id})
+
+
+def admitted(state: State, default: Limits, images: int, now: float) -> State:
+    """The state just after `take` succeeded on `state` (for the response's headers)."""
+    limits = state.limits(default)
+    now_ms = int(now * 1000)
+    tat = state.tat
+    if limits.images_per_minute:
+        tat = max(tat, now_ms) + cost_ms(images, limits.images_per_minute)
+    live = {rid: at for rid, at in (state.slots or {}).items() if at > now}
+    return replace(state, tat=tat, slots={**live, "": int(now) + SLOT_SECONDS})
+
+
+def refusal(
+    what: str, state: State, default: Limits, images: int, now: float, *, slot: bool = True
+) -> APIError | None:
+    """Why `state` cannot admit a request for `images` images now (a 429), or None when it can; `slot`:
+    the request needs a slot too.
+
+    `what` names the scope in messages: "key key_…" or "account acct_…".
+    """
+    limits = state.limits(default)
+    now_ms = int(now * 1000)
+    if limits.images_per_minute:
+        if images > limits.images_per_minute:
+            return APIError(
                 429,
-                f"Too many requests at once on key {quota.key_id}. "
-                f"Please try again in {duration(SLOT_RETRY_SECONDS)}.",
+                f"Request too large for images per minute on {what}: Limit {limits.images_per_minute}, "
+                f"Requested {images}. This request can never fit the limit; ask for fewer images per "
+                "request.",
                 type="requests",
                 code="rate_limit_exceeded",
-                headers={"retry-after": str(SLOT_RETRY_SECONDS), **quota.headers()},
-            ) from exc
-
-    def release(self, lease: Lease, *, refused: bool = False) -> bool:
-        """Free the lease's slot; `refused`: the request was turned away before any work (a 402), so its
-        images go back to the minute too. False when DynamoDB could not be reached: the slot then expires by
-        itself after SLOT_SECONDS, so a failed release must not turn a served request into an error."""
-        if refused:
-            self._uncount(lease.quota, lease.images)
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_inflight_key(lease.key_id),
-                UpdateExpression="REMOVE slots.#id",
-                ExpressionAttributeNames={"#id": lease.request_id},
+                headers={"x-should-retry": "false", **headers(state, default, now)},
             )
-        except (ClientError, BotoCoreError):
-            return False
-        return True
-
-    def _admit(self, quota: _Quota, request_id: str, images: int, now: float) -> Lease:
-        """Count the images, then take a slot; a refused slot gives the images back."""
-        used = self._count(quota, images, now)
-        try:
-            in_flight = self._take_slot(quota, request_id, now)
-        except _SlotsTaken as full:
-            self._uncount(quota, images)
-            in_flight = _in_flight(full.slots or {}, now)
-            raise quota.refused(
-                "concurrent requests",
-                limit=quota.requests,
-                used=in_flight,
-                requested=1,
-                wait=SLOT_RETRY_SECONDS,
-                headers=quota.headers(used - images, in_flight),
-            ) from None
-        except Exception:
-            self._uncount(quota, images)
-            raise
-        return Lease(quota.key_id, request_id, quota.headers(used, in_flight), quota, images)
-
-    def _count(self, quota: _Quota, images: int, now: float) -> int:
-        """Add `images` to this minute's count when they fit; returns the new count."""
-        try:
-            out = self._db.update_item(
-                TableName=self._table,
-                Key=_minute_key(quota.key_id, quota.minute),
-                UpdateExpression="SET expires_at = :expires ADD images :n",
-                # `images + :n <= :limit`, written as DynamoDB can evaluate it (no arithmetic in conditions).
-                ConditionExpression="attribute_not_exists(images) OR images <= :room",
-                ExpressionAttributeValues={
-                    ":n": _n(images),
-                    ":room": _n(quota.images - images),
-                    ":expires": _n((quota.minute + 1) * WINDOW_SECONDS + COUNTER_GRACE_SECONDS),
-                },
-                ReturnValues="UPDATED_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        wait_ms = max(state.tat, now_ms) + cost_ms(images, limits.images_per_minute) - now_ms - WINDOW_MS
+        if wait_ms > 0:
+            return _refused(
+                f"images per minute on {what}: Limit {limits.images_per_minute}, "
+                f"Remaining {remaining_images(state, limits, now_ms)}, Requested {images}",
+                math.ceil(wait_ms / 1000),
+                headers(state, default, now),
             )
-        except self._db.exceptions.ConditionalCheckFailedException as exc:
-            used = int(exc.response["Item"]["images"]["N"])
-            in_flight = _in_flight(self._slots(quota.key_id), now)
-            raise quota.refused(
-                "images per minute",
-                limit=quota.images,
-                used=used,
-                requested=images,
-                wait=quota.reset,
-                headers=quota.headers(used, in_flight),
-            ) from None
-        return int(out["Attributes"]["images"]["N"])
-
-    def _uncount(self, quota: _Quota, images: int) -> None:
-        """Give back images counted for a request that was then refused. Best effort: what a failure here
-        leaves counted expires with the minute."""
-        with contextlib.suppress(ClientError, BotoCoreError):
-            self._db.update_item(
-                TableName=self._table,
-                Key=_minute_key(quota.key_id, quota.minute),
-                UpdateExpression="ADD images :n",
-                ExpressionAttributeValues={":n": _n(-images)},
-            )
-
-    def _take_slot(self, quota: _Quota, request_id: str, now: float) -> int:
-        """Hold a slot for `request_id`; returns how many requests are in flight, this one included.
-
-        A refusal is retried once, after creating the key's slot map (its first request) or pruning slots
-        that expired; a refusal with nothing to prune, or a second one, raises _SlotsTaken.
-        """
-        try:
-            return self._try_slot(quota, request_id, now)
-        except _SlotsTaken as full:
-            if full.slots is None:
-                self._create_slots(quota.key_id)
-            else:
-                expired = [rid for rid, expiry in full.slots.items() if float(expiry["N"]) <= now]
-                if not expired:
-                    raise
-                self._prune(quota.key_id, expired, now)
-        return self._try_slot(quota, request_id, now)
-
-    def _try_slot(self, quota: _Quota, request_id: str, now: float) -> int:
-        try:
-            out = self._db.update_item(
-                TableName=self._table,
-                Key=_inflight_key(quota.key_id),
-                UpdateExpression="SET slots.#id = :expiry",
-                # attribute_exists first: a missing map is a refusal to act on, not an invalid path.
-                ConditionExpression="attribute_exists(slots) AND size(slots) < :max",
-                ExpressionAttributeNames={"#id": request_id},
-                ExpressionAttributeValues={
-                    ":expiry": _n(int(now) + SLOT_SECONDS),
-                    ":max": _n(quota.requests),
-                },
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except self._db.exceptions.ConditionalCheckFailedException as exc:
-            item = exc.response.get("Item")
-            raise _SlotsTaken(item["slots"]["M"] if item else None) from None
-        return _in_flight(out["Attributes"]["slots"]["M"], now)
-
-    def _create_slots(self, key_id: str) -> None:
-        # A concurrent first request may have created it: then there is nothing to do.
-        with contextlib.suppress(self._db.exceptions.ConditionalCheckFailedException):
-            self._db.put_item(
-                TableName=self._table,
-                Item={**_inflight_key(key_id), "slots": {"M": {}}},
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-
-    def _prune(self, key_id: str, expired: list[str], now: float) -> None:
-        names = {f"#e{i}": rid for i, rid in enumerate(expired)}
-        # Only slots still expired (or already pruned by a concurrent request) go; should one have been
-        # renewed meanwhile, nothing is removed and the retry that follows decides.
-        with contextlib.suppress(self._db.exceptions.ConditionalCheckFailedException):
-            self._db.update_item(
-                TableName=self._table,
-                Key=_inflight_key(key_id),
-                UpdateExpression="REMOVE " + ", ".join(f"slots.{name}" for name in names),
-                ConditionExpression=" AND ".join(
-                    f"(attribute_not_exists(slots.{name}) OR slots.{name} <= :now)" for name in names
-                ),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={":now": _n(now)},
-            )
-
-    def _slots(self, key_id: str) -> dict:
-        item = self._db.get_item(TableName=self._table, Key=_inflight_key(key_id)).get("Item")
-        return item["slots"]["M"] if item else {}
+    if slot and limits.max_concurrent and state.in_flight(now) >= limits.max_concurrent:
+        return _refused(
+            f"concurrent requests on {what}: Limit {limits.max_concurrent}, "
+            f"In flight {state.in_flight(now)}, Requested 1",
+            SLOT_RETRY_SECONDS,
+            headers(state, default, now),
+        )
+    return None
 
 
-def _too_large(quota: _Quota, images: int) -> APIError:
-    """More images than the key's whole minute allows: waiting cannot help, so no `retry-after`, and
-    `x-should-retry: false` keeps the OpenAI SDKs from retrying it (they retry every 429 otherwise)."""
-    return APIError(
-        429,
-        f"Request too large for images per minute on key {quota.key_id}: Limit {quota.images}, "
-        f"Requested {images}. This request can never fit the limit; ask for fewer images per request.",
-        type="requests",
-        code="rate_limit_exceeded",
-        headers={"x-should-retry": "false", **quota.headers()},
-    )
+def busy(what: str) -> APIError:
+    """DynamoDB pushing back on one tenant's hot items is contention: the client should slow down, not see a
+    500."""
+    return _refused(f"concurrent requests on {what} (too many at once)", SLOT_RETRY_SECONDS, {})
+
+
+def remaining_images(state: State, limits: Limits, now_ms: int) -> int:
+    backlog = max(state.tat - now_ms, 0)
+    return max(0, (WINDOW_MS - backlog) * limits.images_per_minute // WINDOW_MS)
+
+
+def headers(state: State, default: Limits, now: float) -> dict[str, str]:
+    """OpenAI's rate-limit headers for one scope's state."""
+    limits = state.limits(default)
+    now_ms = int(now * 1000)
+    out: dict[str, str] = {}
+    if limits.images_per_minute:
+        out |= {
+            "x-ratelimit-limit-images": str(limits.images_per_minute),
+            "x-ratelimit-remaining-images": str(remaining_images(state, limits, now_ms)),
+            "x-ratelimit-reset-images": duration(math.ceil(max(state.tat - now_ms, 0) / 1000)),
+        }
+    if limits.max_concurrent:
+        out |= {
+            "x-ratelimit-limit-requests": str(limits.max_concurrent),
+            "x-ratelimit-remaining-requests": str(max(0, limits.max_concurrent - state.in_flight(now))),
+        }
+    return out
 
 
 def duration(seconds: int) -> str:
@@ -318,17 +272,15 @@ def duration(seconds: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _in_flight(slots: dict, now: float) -> int:
-    return sum(1 for expiry in slots.values() if float(expiry["N"]) > now)
+def _refused(what: str, wait: int, extra: dict[str, str]) -> APIError:
+    return APIError(
+        429,
+        f"Rate limit reached for {what}. Please try again in {duration(wait)}.",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(wait), **extra},
+    )
 
 
-def _minute_key(key_id: str, minute: int) -> dict[str, dict[str, str]]:
-    return item_key(f"RATE#{key_id}", f"MINUTE#{minute}")
-
-
-def _inflight_key(key_id: str) -> dict[str, dict[str, str]]:
-    return item_key(f"RATE#{key_id}", "INFLIGHT")
-
-
-def _n(value: float) -> dict[str, str]:
+def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}

@@ -258,9 +258,10 @@ class Router:
             }
         )
 
-    def check(self, job: ImageJob) -> None:
-        """Raise the 400 a job gets when nothing here can serve it; called before any money is reserved."""
-        self._candidates(job)
+    def check(self, job: ImageJob) -> list[RouteSpec]:
+        """The routes that may serve a job, in order; the 400 a job gets when nothing here can serve it.
+        Called before any money is reserved (pricing bounds what these upstreams may bill)."""
+        return [spec for _, spec in self._candidates(job)]
 
     def run(self, job: ImageJob, request_id: str) -> Served:
         routes = self._candidates(job)

@@ -7,6 +7,8 @@ refuse a request runs before money moves, and every path after the reservation s
 from __future__ import annotations
 
 import base64
+import contextlib
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from aws_lambda_powertools.logging import Logger
 
 from .accounts import Account, Accounts
 from .aws import AWSClients
-from .billing import Billing
+from .billing import Billing, Reservation
 from .catalog import Contract, build_catalog, estimate_usage
 from .config import Settings
 from .errors import APIError
@@ -27,8 +29,8 @@ from .metrics import Metrics
 from .money import micros_to_decimal
 from .pricing import PriceBook, load_prices
 from .providers import Deps, ProviderError
-from .ratelimit import RateLimiter
-from .routing import Router, Served
+from .ratelimit import Limits
+from .routing import Router, RouteSpec, Served
 from .storage import Storage
 from .validation import ImageJob
 
@@ -74,15 +76,14 @@ class Service:
 
     @cached_property
     def billing(self) -> Billing:
-        return Billing(self.aws.dynamodb, self.settings.table)
-
-    @cached_property
-    def limiter(self) -> RateLimiter:
-        return RateLimiter(
+        return Billing(
             self.aws.dynamodb,
             self.settings.table,
-            images_per_minute=self.settings.images_per_minute,
-            max_concurrent=self.settings.max_concurrent,
+            self.clock,
+            key_limits=Limits(self.settings.images_per_minute, self.settings.max_concurrent),
+            account_limits=Limits(
+                self.settings.account_images_per_minute, self.settings.account_max_concurrent
+            ),
         )
 
     @cached_property
@@ -111,28 +112,30 @@ class Service:
         return router
 
     def handle(
-        self, account: Account, job: ImageJob, idempotency_key: str | None = None, user: str | None = None
+        self,
+        account: Account,
+        job: ImageJob,
+        idempotency_key: str | None = None,
+        user: str | None = None,
+        request_id: str | None = None,
     ) -> ImageResponse:
-        self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
+        request_id = request_id or new_request_id()
+        routes = self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
+        _check_response_fits(job, self.settings.max_response_bytes)
         if idempotency_key is None:
-            return self._serve(account, job, keep=False)[0]
-        stored = self.idempotency.begin(account.account_id, idempotency_key, fingerprint(job, user))
+            return self._serve(account, job, request_id, routes, None)
+        stored = self.idempotency.begin(
+            account.account_id, idempotency_key, fingerprint(job, user), request_id
+        )
         if stored is not None:
+            self.billing.count(account, job.n)  # a replay is metered like the request it repeats
             return self._replay(stored)
         try:
-            response, record = self._serve(account, job, keep=True)
+            return self._serve(account, job, request_id, routes, idempotency_key)
         except BaseException:
-            # Refused or failed, and refunded: the client may retry with the same key.
+            # Raised only while no image was delivered, and refunded: the client may retry with the same key.
             self.idempotency.release(account.account_id, idempotency_key)
             raise
-        try:
-            self.idempotency.complete(account.account_id, idempotency_key, record)
-        except Exception:
-            # The request is served and charged: answer it. The key stays locked for a minute at most.
-            self.logger.exception(
-                "idempotency record not completed", extra={"account_id": account.account_id}
-            )
-        return response
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
@@ -162,42 +165,39 @@ class Service:
         }
 
     def sweep(self) -> dict[str, int]:
-        """The scheduled sweeper: refund, once each, reservations a killed request left open."""
-        ids = [a.account_id for a in self.accounts.list_accounts()]
-        refunded = self.billing.sweep_accounts(ids)
-        for r in refunded:
+        """The scheduled sweeper: close, once each, reservations a killed request left open."""
+        closed = self.billing.sweep(log=self.logger)
+        for r, charged in closed:
             self.logger.warning(
-                "stale reservation refunded",
-                extra={"request_id": r.request_id, "account_id": r.account_id, "refunded_micros": r.amount},
+                "stale reservation closed",
+                extra={
+                    "request_id": r.request_id,
+                    "account_id": r.account_id,
+                    "charged_micros": charged,
+                    "refunded_micros": r.amount - charged,
+                },
             )
-            self.metrics.record(model=r.model or "unknown", provider="sweep", RefundMicroUSD=r.amount)
+            self.metrics.record(
+                model=r.model or "unknown",
+                provider="sweep",
+                RevenueMicroUSD=charged,
+                RefundMicroUSD=r.amount - charged,
+            )
         return {
-            "accounts": len(ids),
-            "refunded": len(refunded),
-            "refunded_micros": sum(r.amount for r in refunded),
+            "closed": len(closed),
+            "charged_micros": sum(c for _, c in closed),
+            "refunded_micros": sum(r.amount - c for r, c in closed),
         }
 
-    def _serve(self, account: Account, job: ImageJob, keep: bool) -> tuple[ImageResponse, dict[str, Any]]:
-        request_id = "req_" + uuid.uuid4().hex
-        model = job.contract.id
-        try:
-            lease = self.limiter.acquire(account, request_id, job.n)
-        except APIError:
-            self.metrics.record(model=model, provider="none", RateLimited=1)
-            raise
-        refused = False
-        try:
-            return self._reserved(account, job, request_id, lease.headers, keep)
-        except APIError as exc:
-            refused = exc.status == 402  # turned away before any work: the images were not used
-            raise
-        finally:
-            self.limiter.release(lease, refused=refused)
-
-    def _reserved(
-        self, account: Account, job: ImageJob, request_id: str, headers: dict[str, str], keep: bool
-    ) -> tuple[ImageResponse, dict[str, Any]]:
-        quote = self.prices.quote(job)
+    def _serve(
+        self,
+        account: Account,
+        job: ImageJob,
+        request_id: str,
+        routes: list[RouteSpec],
+        idempotency_key: str | None,
+    ) -> ImageResponse:
+        quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         log: dict[str, Any] = {
             "request_id": request_id,
             "account_id": account.account_id,
@@ -209,40 +209,52 @@ class Service:
             "quality": job.quality,
             "reserved_micros": quote.reserve,
         }
-        details = {"model": job.contract.id, "endpoint": job.endpoint, "key_id": account.key_id}
         try:
-            self.billing.reserve(
-                account.account_id, request_id, quote.reserve, details, upper_bound=quote.token_priced
+            reservation = self.billing.reserve(
+                account,
+                request_id,
+                quote.reserve,
+                {"model": job.contract.id, "endpoint": job.endpoint},
+                images=job.n,
+                upper_bound=quote.token_priced,
             )
-        except APIError:
-            self.metrics.record(model=job.contract.id, provider="none", Rejected=1)
+        except APIError as exc:
+            refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
+            self.metrics.record(model=job.contract.id, provider="none", **refused)
             raise
         started = time.perf_counter()
         charged, delivered, provider = 0, 0, "none"
+        completion: dict[str, Any] | None = None
         try:
             served = self.router.run(job, request_id)
             provider = served.provider
             images = served.result.images[: job.n]
             if not images:
                 raise ProviderError("The upstream returned no images.")
-            body, record = self._respond(account, request_id, job, served, images, keep)
+            body, record, headers = self._respond(
+                account, request_id, job, served, images, keep=idempotency_key is not None
+            )
             delivered = len(images)
             charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
+            headers |= {**reservation.headers, "x-imagegate-provider": provider, "x-request-id": request_id}
+            record["headers"] = headers
+            if idempotency_key is not None:
+                completion = self.idempotency.completion(
+                    account.account_id, idempotency_key, request_id, record
+                )
         except ProviderError as exc:
             # The code, not the message: an upstream's message may quote the prompt.
             log.update(error=exc.code, status=exc.status)
             self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
-            raise APIError(exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code) from exc
+            headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else {}
+            raise APIError(
+                exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code, headers=headers
+            ) from exc
         finally:
             # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
-            settled = self.billing.settle(
-                account.account_id, request_id, charged, images=delivered, provider=provider
-            )
-            if not settled and charged:
-                # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
-                self.logger.error("reservation already closed; images delivered uncharged", extra=log)
             latency = round((time.perf_counter() - started) * 1000, 1)
             log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
+            self._settle(reservation, charged, delivered, provider, completion, log)
             self.logger.info("image request", extra=log)
             self.metrics.record(
                 model=job.contract.id,
@@ -253,9 +265,37 @@ class Service:
                 RevenueMicroUSD=charged,
                 RefundMicroUSD=quote.reserve - charged,
             )
-        headers = {**headers, "x-imagegate-provider": provider, "x-request-id": request_id}
-        record["headers"] = headers
-        return ImageResponse(body, headers), record
+        return ImageResponse(body, headers)
+
+    def _settle(
+        self,
+        reservation: Reservation,
+        charged: int,
+        delivered: int,
+        provider: str,
+        completion: dict[str, Any] | None,
+        log: dict[str, Any],
+    ) -> None:
+        """Settle; a settle that cannot be written answers the client all the same once images exist (the
+        sweeper charges the intended amount), and never turns a delivered request into an error."""
+        try:
+            settled = self.billing.settle(
+                reservation, charged, images=delivered, provider=provider, completion=completion
+            )
+        except Exception:
+            self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
+            if completion is not None:
+                with contextlib.suppress(Exception):
+                    self._db_complete(completion)
+            if not delivered:
+                raise
+            return
+        if not settled and charged:
+            # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
+            self.logger.error("reservation already closed; images delivered uncharged", extra=log)
+
+    def _db_complete(self, completion: dict[str, Any]) -> None:
+        self.aws.dynamodb.update_item(**completion["Update"])
 
     def _respond(
         self,
@@ -265,8 +305,14 @@ class Service:
         served: Served,
         images: list[bytes],
         keep: bool,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The OpenAI body, and what an idempotent replay needs to rebuild it: S3 keys, never image bytes."""
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+        """The OpenAI body, what an idempotent replay needs to rebuild it (S3 keys, never image bytes), and
+        the response's own headers.
+
+        b64_json images that turn out larger than the runtime can return (the up-front check in
+        `_check_response_fits` lets through what may fit) are delivered as URLs instead, and charged: they
+        were made, and the client can fetch them. `x-imagegate-response-format: url` says so.
+        """
         result = served.result
         extra = {"revised_prompt": result.revised_prompt} if result.revised_prompt is not None else {}
         body: dict[str, Any] = {"created": int(self.clock())}
@@ -281,18 +327,21 @@ class Service:
             body["usage"] = result.usage or estimate_usage(
                 job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
             )
-        record: dict[str, Any] = {"body": dict(body), "format": job.response_format, "extra": extra}
-        if job.response_format == "b64_json":
+        fmt, headers = job.response_format, {}
+        if fmt == "b64_json":
             data = [{"b64_json": base64.b64encode(img).decode(), **extra} for img in images]
-            _check_response_size(data, self.settings.max_response_bytes)
-        if job.response_format == "url" or keep:
+            ceiling = self.settings.max_response_bytes
+            if ceiling and sum(len(d["b64_json"]) for d in data) > ceiling:
+                fmt, headers = "url", {"x-imagegate-response-format": "url"}
+        record: dict[str, Any] = {"body": dict(body), "format": fmt, "extra": extra}
+        if fmt == "url" or keep:
             record["keys"] = self.storage.put_images(
                 account.account_id, request_id, images, job.output_format
             )
-        if job.response_format == "url":
+        if fmt == "url":
             data = [{"url": self.storage.presign(key), **extra} for key in record["keys"]]
             record["urls"], record["signed_at"] = [d["url"] for d in data], int(self.clock())
-        return _with_data(body, data), record
+        return _with_data(body, data), record, headers
 
     def _replay(self, record: dict[str, Any]) -> ImageResponse:
         """The first response again: its URLs while they live, else fresh signatures for the same objects."""
@@ -319,15 +368,26 @@ def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, An
     return {"created": body["created"], "data": data, **body}
 
 
-def _check_response_size(data: list[dict[str, str]], ceiling: int) -> None:
-    """Refuse a b64_json answer the runtime could not return (Lambda: 6 MB). Raised before settling, so the
-    request is refunded; the images were made but cannot be sent."""
-    size = sum(len(d["b64_json"]) for d in data)
-    if ceiling and size > ceiling:
+# The fewest bytes an image of each format plausibly compresses to. A request whose images would not fit
+# the runtime's response even at this size is refused before anything is made or reserved.
+MIN_BYTES_PER_PIXEL = {"png": 0.5, "jpeg": 0.05, "webp": 0.05}
+
+
+def _check_response_fits(job: ImageJob, ceiling: int) -> None:
+    """Refuse, before the upstream is paid, a b64_json answer the runtime (Lambda: 6 MB) cannot return."""
+    if not ceiling or job.response_format != "b64_json":
+        return
+    smallest = math.ceil(job.n * job.width * job.height * MIN_BYTES_PER_PIXEL[job.output_format] * 4 / 3)
+    if smallest > ceiling:
         raise APIError(
             400,
-            f"The images come to {size} bytes of base64, above this deployment's response limit of {ceiling} "
-            "bytes. Use response_format=url, or fewer or smaller images. Nothing was charged.",
+            f"{job.n} image(s) of {job.width}x{job.height} as {job.output_format} come to at least "
+            f"{smallest} bytes of base64, above this deployment's response limit of {ceiling} bytes. Use "
+            "response_format=url, a smaller n, or output_format=jpeg or webp. Nothing was charged.",
             param="response_format",
             code="response_too_large",
         )
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex

@@ -1,10 +1,10 @@
 """The single DynamoDB table: item keys, and the two calls every module makes (paged Query, Transact).
 
 Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module documents its own items:
-  KEY#…, KEYS, ACCOUNT#<id> / ACCOUNT, ACCOUNTS       accounts.py
+  KEY#…, KEYS, ACCOUNT#<id> / ACCOUNT, ACCOUNTS       accounts.py (limiter attributes: ratelimit.py)
   ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
-  RATE#<key_id> / …                                   ratelimit.py
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
+The sparse index OPEN_INDEX holds only reservations still open (billing.py), for the sweeper.
 This module is at the bottom: it imports nothing of imagegate, and every module above builds on it.
 """
 
@@ -15,6 +15,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+# The sparse GSI of open reservations (template.yaml and devserver.provision declare it): sharded, so that
+# the whole deployment's requests do not write one index partition.
+OPEN_INDEX = "open"
+OPEN_SHARDS = 8
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
 
@@ -38,10 +42,20 @@ def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
 
 
 def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:
-    """Run a transaction; None when it commits, else the index of the action whose condition failed.
+    """Run a transaction; None when it commits, else the index of the action whose condition failed."""
+    failed = transact_or_reasons(dynamodb, actions, sleep)
+    return None if failed is None else min(failed)
+
+
+def transact_or_reasons(
+    dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep
+) -> dict[int, dict[str, Any] | None] | None:
+    """Run a transaction; None when it commits, else {index: the item as it was (for actions that asked with
+    ReturnValuesOnConditionCheckFailure=ALL_OLD and whose item exists), for every failed condition}.
 
     DynamoDB cancels a transaction that races another one on the same item (TransactionConflict), which
-    is routine when one account sends requests in parallel; botocore does not retry that, so we do.
+    is routine when one account sends requests in parallel; botocore does not retry that, so we do, a few
+    times, then raise.
     """
     attempt = 0
     while True:
@@ -49,11 +63,17 @@ def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sle
             dynamodb.transact_write_items(TransactItems=actions)
             return None
         except dynamodb.exceptions.TransactionCanceledException as exc:
-            codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
-            if "ConditionalCheckFailed" in codes:
-                return codes.index("ConditionalCheckFailed")
+            reasons = exc.response.get("CancellationReasons", [])
+            failed = {
+                i: r.get("Item") for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"
+            }
+            if failed:
+                return failed
             attempt += 1
-            if "TransactionConflict" not in codes or attempt == CONFLICT_ATTEMPTS:
+            if (
+                not any(r.get("Code") == "TransactionConflict" for r in reasons)
+                or attempt == CONFLICT_ATTEMPTS
+            ):
                 raise
             sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
 

@@ -21,8 +21,8 @@ Legacy contracts routed to a successor keep their promise (see `_gpt_quality`, `
   choice still changes the picture (GPT image models have no style parameter).
 - revised_prompt: only when the upstream returns one (a dall-e-3 upstream); never invented.
 - dall-e-2 edits without a mask edit where the image itself is transparent: the image doubles as the mask.
-- usage: passed through only when the upstream model is the contract's own model; a translated contract
-  is priced per image.
+- usage: always passed on as the upstream reported it: a translated contract is charged at the dearer of its
+  own token rates and the upstream model's (pricing.py), never below its per-image price.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ import base64
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..catalog import DALLE2_SIZES, DALLE3_SIZES, GPT_SIZES, FreeFormSizes, free_form_problem, parse_size
+from ..catalog import (
+    DALLE2_SIZES,
+    DALLE3_SIZES,
+    GPT_SIZES,
+    FreeFormSizes,
+    free_form_problem,
+    parse_size,
+    upstream_quality,
+)
 from ..images import CONTENT_TYPES, fit
 from . import Deps, Operation, ProviderResult, Upstream, gather
 from ._http import bad_response, nearest_aspect, post
@@ -157,7 +165,7 @@ class OpenAIProvider:
         items = [item for body in bodies for item in _data(body, self.name)][: job.n]
         images = [self._decode(job, item) for item in items]
         revised = items[0].get("revised_prompt") if job.contract.revised_prompt else None
-        usage = bodies[0].get("usage") if job.contract.id == self.model else None
+        usage = bodies[0].get("usage")
         return ProviderResult(images=images, revised_prompt=revised or None, usage=usage)
 
     def _decode(self, job: ImageJob, item: dict[str, Any]) -> bytes:
@@ -175,11 +183,8 @@ def create(upstream: Upstream, deps: Deps) -> OpenAIProvider:
     return OpenAIProvider(upstream, deps.http)
 
 
-DALLE_QUALITY = {"standard": "low", "hd": "medium"}
-
-
 def _gpt_quality(job: ImageJob, options: Mapping[str, Any]) -> str:
-    return {**DALLE_QUALITY, **options.get("quality", {})}.get(job.quality, job.quality)
+    return upstream_quality(job.quality, options)
 
 
 def _data(body: Any, label: str) -> list[dict[str, Any]]:
