@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from shims import ByAccount
 
 from imagegate import ledger
 from imagegate.accounts import Accounts, key_id_for
@@ -37,7 +38,7 @@ class Table:
         return Accounts(self.db, self.name)
 
     def billing(self, clock=time.time):
-        return Billing(self.db, self.name, clock=clock)
+        return ByAccount(Billing(self.db, self.name, clock=clock))
 
     def entries(self, account_id):
         return [(e.kind, e.amount, e.reason, e.actor) for e in ledger.entries(self.db, self.name, account_id)]
@@ -214,7 +215,7 @@ def test_keys_create_for_an_existing_account_with_limits(table, capsys):
         capsys, "--account", account_id, "--label", "ci", "--images-per-minute", "20", "--max-concurrent", "2"
     )
     account = table.accounts.authenticate(f"Bearer {key}")
-    assert (account.account_id, account.images_per_minute, account.max_concurrent) == (account_id, 20, 2)
+    assert (account.account_id, account.limiter.overrides) == (account_id, (20, 2))
     assert "images per minute: 20  concurrent requests: 2" in out
     assert table.balance(account_id) == 1_000_000
     assert table.entries(account_id) == [("credit", 1_000_000, "opening balance", "")]
@@ -276,7 +277,7 @@ def test_keys_rotate(table, capsys):
         table.accounts.authenticate(f"Bearer {old}")
     assert info.value.status == 401
     after = table.accounts.authenticate(f"Bearer {rotated}")
-    assert (after.account_id, after.images_per_minute, after.max_concurrent) == (before.account_id, 9, None)
+    assert (after.account_id, after.limiter.overrides) == (before.account_id, (9, None))
     assert table.accounts.get_key(after.key_id)["label"] == "prod"
     assert table.accounts.authenticate(f"Bearer {new}").account_id == before.account_id
     statuses = {k["key_id"]: k["status"] for k in table.accounts.list_keys()}
@@ -312,13 +313,13 @@ def test_keys_limits_show_set_and_restore_defaults(table, capsys):
     )
     _, out, _ = run(capsys, "keys", "limits", key_id, "--images-per-minute", "30", "--max-concurrent", "3")
     assert out == f"{key_id}  images per minute: 30  concurrent requests: 3\n"
-    assert table.accounts.authenticate(f"Bearer {key}").images_per_minute == 30
+    assert table.accounts.authenticate(f"Bearer {key}").limiter.overrides[0] == 30
 
     # An option left out keeps its limit; `default` hands it back to the deployment.
     _, out, _ = run(capsys, "keys", "limits", key_id, "--images-per-minute", "default")
     assert out == f"{key_id}  images per minute: default  concurrent requests: 3\n"
     account = table.accounts.authenticate(f"Bearer {key}")
-    assert (account.images_per_minute, account.max_concurrent) == (None, 3)
+    assert account.limiter.overrides == (None, 3)
 
     assert run(capsys, "keys", "limits", "key_nope", "--max-concurrent", "1") == (
         1,
@@ -621,7 +622,7 @@ def test_sweep_refunds_abandoned_reservations_once(table, capsys):
     assert row["RESERVED (UTC)"] == datetime.fromtimestamp(int(abandoned_at), UTC).strftime(
         "%Y-%m-%d %H:%M:%S"
     )
-    assert out.splitlines()[-1] == "stale reservations refunded: 1 ($0.050000); accounts checked: 1"
+    assert out.splitlines()[-1] == "stale reservations closed: 1 (refunded $0.050000)"
     assert table.balance(account_id) == 980_000
     assert (table.request_state(account_id, "req_dead"), table.request_state(account_id, "req_live")) == (
         "refunded",
@@ -629,7 +630,7 @@ def test_sweep_refunds_abandoned_reservations_once(table, capsys):
     )
     assert run(capsys, "sweep", "--account", account_id) == (
         0,
-        "stale reservations refunded: 0 ($0.000000); accounts checked: 1\n",
+        "stale reservations closed: 0 (refunded $0.000000)\n",
         "",
     )
     assert table.balance(account_id) == 980_000

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 from PIL import Image, ImageChops
+from shims import ByAccount
 
 from imagegate.billing import Billing
 
@@ -356,14 +357,16 @@ def test_metrics_are_emf_lines_per_model_and_provider(stack, capsys):
 
 
 def test_sweep_event_refunds_a_stale_reservation_once_and_leaves_fresh_ones(stack):
-    old = Billing(stack.dynamodb, stack.table, clock=lambda: 1_000)  # reserved long ago, never settled
-    fresh = Billing(stack.dynamodb, stack.table)
+    old = ByAccount(
+        Billing(stack.dynamodb, stack.table, clock=lambda: 1_000)
+    )  # reserved long ago, never settled
+    fresh = ByAccount(Billing(stack.dynamodb, stack.table))
     details = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_x"}
     old.reserve(stack.account_id, "req_killed", DALLE2_256, details)
     fresh.reserve(stack.account_id, "req_running", DALLE2_256, details)
 
     result = stack.invoke("sweep", stack.event("sweep"))
 
-    assert result == {"accounts": 1, "refunded": 1, "refunded_micros": DALLE2_256}
+    assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": DALLE2_256}
     assert stack.balance() == stack.start_balance - DALLE2_256  # the running one stays reserved
-    assert stack.invoke("sweep", stack.event("sweep"))["refunded"] == 0
+    assert stack.invoke("sweep", stack.event("sweep"))["closed"] == 0

@@ -16,6 +16,7 @@ from .conftest import Clock, OneRequestAtATime, half_mask, image_bytes, upload
 
 START = 1_700_000_000
 ACCOUNT = "acct_a"
+RID = "req_first"
 RESPONSE = {"created": START, "data": [{"url": "outputs/acct_a/req_1/0.png"}], "size": "1024x1024"}
 
 
@@ -48,7 +49,7 @@ def error(call, *args):
 
 
 def test_first_use_runs_and_a_completed_key_replays(aws, settings, idem, clock):
-    assert idem.begin(ACCOUNT, "key-1", "fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) is None
     item = record(aws, settings, "key-1")
     assert {
         name: item[name] for name in ("state", "fingerprint", "created_at", "locked_until", "expires_at")
@@ -61,27 +62,27 @@ def test_first_use_runs_and_a_completed_key_replays(aws, settings, idem, clock):
     }
 
     clock.now += 5
-    assert idem.complete(ACCOUNT, "key-1", RESPONSE) is True
+    assert idem.complete(ACCOUNT, "key-1", RID, RESPONSE) is True
     item = record(aws, settings, "key-1")
     assert (item["state"]["S"], json.loads(item["response"]["S"])) == ("completed", RESPONSE)
     assert item["expires_at"] == {"N": str(START + 86400)}  # 24 h from the first request, not the last
 
     clock.now += 3600
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) == RESPONSE
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) == RESPONSE
 
 
 def test_the_key_is_stored_only_hashed(aws, settings, idem):
-    idem.begin(ACCOUNT, "my-secret-looking-key", "fp")
+    idem.begin(ACCOUNT, "my-secret-looking-key", "fp", RID)
     assert "my-secret-looking-key" not in json.dumps(aws.dynamodb.scan(TableName=settings.table)["Items"])
 
 
 @pytest.mark.parametrize("completed", [False, True])
 def test_same_key_for_a_different_request_is_400(idem, completed):
-    idem.begin(ACCOUNT, "key-1", "fp")
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
     if completed:
-        idem.complete(ACCOUNT, "key-1", RESPONSE)
-    err = error(idem.begin, ACCOUNT, "key-1", "other-fp")
+        idem.complete(ACCOUNT, "key-1", RID, RESPONSE)
+    err = error(idem.begin, ACCOUNT, "key-1", "other-fp", "req_second")
     assert (err.status, err.type, err.code, err.param) == (
         400,
         "invalid_request_error",
@@ -95,9 +96,9 @@ def test_same_key_for_a_different_request_is_400(idem, completed):
 
 
 def test_a_retry_while_the_first_request_runs_is_409(idem, clock):
-    idem.begin(ACCOUNT, "key-1", "fp")
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
     clock.now += 2
-    err = error(idem.begin, ACCOUNT, "key-1", "fp")
+    err = error(idem.begin, ACCOUNT, "key-1", "fp", "req_second")
     assert (err.status, err.type, err.code, err.param) == (
         409,
         "invalid_request_error",
@@ -107,85 +108,88 @@ def test_a_retry_while_the_first_request_runs_is_409(idem, clock):
     assert "the original request is still running" in err.message
     assert err.headers == {"retry-after": "5"}
     clock.now = START + 57.5  # the lock has 2.5 s to run
-    assert error(idem.begin, ACCOUNT, "key-1", "fp").headers == {"retry-after": "3"}
+    assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_second").headers == {"retry-after": "3"}
 
 
 def test_an_expired_lock_lets_a_retry_take_over(aws, settings, idem, clock):
-    idem.begin(ACCOUNT, "key-1", "fp")  # this request's Lambda is killed: no complete, no release
+    idem.begin(ACCOUNT, "key-1", "fp", RID)  # this request's Lambda is killed: no complete, no release
     clock.now = START + 59
-    assert error(idem.begin, ACCOUNT, "key-1", "fp").status == 409
+    assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_second").status == 409
     clock.now = START + 60
-    assert idem.begin(ACCOUNT, "key-1", "fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "fp", "req_second") is None
     item = record(aws, settings, "key-1")
     assert (item["created_at"], item["locked_until"]) == ({"N": str(START + 60)}, {"N": str(START + 120)})
-    assert error(idem.begin, ACCOUNT, "key-1", "fp").status == 409  # the new holder's lock
-    assert idem.complete(ACCOUNT, "key-1", RESPONSE) is True
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
+    assert item["request_id"] == {"S": "req_second"}
+    assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_third").status == 409  # the new holder's lock
+    # The dead request's completion can no longer land on the record it lost.
+    assert idem.complete(ACCOUNT, "key-1", RID, {"stale": True}) is False
+    assert idem.complete(ACCOUNT, "key-1", "req_second", RESPONSE) is True
+    assert idem.begin(ACCOUNT, "key-1", "fp", "req_fourth") == RESPONSE
 
 
 def test_an_abandoned_key_is_free_for_any_request(idem, clock):
-    idem.begin(ACCOUNT, "key-1", "fp")
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
     clock.now = START + 60
-    assert idem.begin(ACCOUNT, "key-1", "other-fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "other-fp", RID) is None
 
 
 def test_after_24_hours_the_key_is_fresh(aws, settings, idem, clock):
-    idem.begin(ACCOUNT, "key-1", "fp")
-    idem.complete(ACCOUNT, "key-1", RESPONSE)
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
+    idem.complete(ACCOUNT, "key-1", RID, RESPONSE)
     clock.now = START + 86399
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) == RESPONSE
     # DynamoDB's TTL deletes lazily; the record is still there, but counts as gone.
     clock.now = START + 86400
-    assert idem.begin(ACCOUNT, "key-1", "other-fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "other-fp", RID) is None
     assert record(aws, settings, "key-1")["state"]["S"] == "in_progress"
 
 
 def test_ttl_is_configurable(aws, settings, clock):
     idem = Idempotency(aws.dynamodb, settings.table, clock=clock, ttl_seconds=3600)
-    idem.begin(ACCOUNT, "key-1", "fp")
-    idem.complete(ACCOUNT, "key-1", RESPONSE)
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
+    idem.complete(ACCOUNT, "key-1", RID, RESPONSE)
     assert record(aws, settings, "key-1")["expires_at"] == {"N": str(START + 3600)}
     clock.now = START + 3600
-    assert idem.begin(ACCOUNT, "key-1", "fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) is None
 
 
 def test_release_after_a_failure_lets_the_retry_run(aws, settings, idem):
-    idem.begin(ACCOUNT, "key-1", "fp")
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
     assert idem.release(ACCOUNT, "key-1") is True
     assert record(aws, settings, "key-1") is None
     assert idem.release(ACCOUNT, "key-1") is False
-    assert idem.begin(ACCOUNT, "key-1", "fp") is None
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) is None
 
 
 def test_release_never_removes_a_completed_response(idem):
-    idem.begin(ACCOUNT, "key-1", "fp")
-    idem.complete(ACCOUNT, "key-1", RESPONSE)
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
+    idem.complete(ACCOUNT, "key-1", RID, RESPONSE)
     assert idem.release(ACCOUNT, "key-1") is False
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) == RESPONSE
 
 
 def test_complete_only_an_in_progress_claim(aws, settings, idem):
-    assert idem.complete(ACCOUNT, "never-begun", RESPONSE) is False
+    assert idem.complete(ACCOUNT, "never-begun", RID, RESPONSE) is False
     assert record(aws, settings, "never-begun") is None
-    idem.begin(ACCOUNT, "key-1", "fp")
-    idem.complete(ACCOUNT, "key-1", RESPONSE)
-    assert idem.complete(ACCOUNT, "key-1", {"other": True}) is False
-    assert idem.begin(ACCOUNT, "key-1", "fp") == RESPONSE
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
+    idem.complete(ACCOUNT, "key-1", RID, RESPONSE)
+    assert idem.complete(ACCOUNT, "key-1", RID, {"other": True}) is False
+    assert idem.begin(ACCOUNT, "key-1", "fp", RID) == RESPONSE
 
 
 def test_a_response_too_large_to_store_is_refused(aws, settings, idem):
-    idem.begin(ACCOUNT, "key-1", "fp")
+    idem.begin(ACCOUNT, "key-1", "fp", RID)
     with pytest.raises(ValueError, match="never image bytes"):
-        idem.complete(ACCOUNT, "key-1", {"data": [{"b64_json": "A" * 300_000}]})
+        idem.complete(ACCOUNT, "key-1", RID, {"data": [{"b64_json": "A" * 300_000}]})
     assert record(aws, settings, "key-1")["state"]["S"] == "in_progress"
 
 
 def test_keys_are_scoped_per_account(idem):
-    assert idem.begin("acct_a", "shared", "fp-a") is None
-    assert idem.begin("acct_b", "shared", "fp-b") is None
-    idem.complete("acct_a", "shared", RESPONSE)
-    assert idem.begin("acct_a", "shared", "fp-a") == RESPONSE
-    assert error(idem.begin, "acct_b", "shared", "fp-b").status == 409
+    assert idem.begin("acct_a", "shared", "fp-a", RID) is None
+    assert idem.begin("acct_b", "shared", "fp-b", RID) is None
+    idem.complete("acct_a", "shared", RID, RESPONSE)
+    assert idem.begin("acct_a", "shared", "fp-a", RID) == RESPONSE
+    assert error(idem.begin, "acct_b", "shared", "fp-b", "req_second").status == 409
 
 
 def test_ten_concurrent_begins_admit_exactly_one(aws, settings, clock):
@@ -195,7 +199,7 @@ def test_ten_concurrent_begins_admit_exactly_one(aws, settings, clock):
     def begin(_):
         start.wait()
         try:
-            return idem.begin(ACCOUNT, "key-1", "fp")
+            return idem.begin(ACCOUNT, "key-1", "fp", RID)
         except APIError as exc:
             return exc.status
 
@@ -214,7 +218,7 @@ def test_ten_concurrent_begins_admit_exactly_one(aws, settings, clock):
     ids=["empty", "256-chars", "non-ascii", "tab", "newline", "del", "nul", "emoji"],
 )
 def test_invalid_header_values_are_400(aws, settings, idem, key):
-    err = error(idem.begin, ACCOUNT, key, "fp")
+    err = error(idem.begin, ACCOUNT, key, "fp", "req_second")
     assert (err.status, err.param, err.code) == (400, "Idempotency-Key", "invalid_value")
     assert err.message == "Invalid 'Idempotency-Key' header: it must be 1 to 255 printable ASCII characters."
     assert aws.dynamodb.scan(TableName=settings.table)["Items"] == []
@@ -222,7 +226,7 @@ def test_invalid_header_values_are_400(aws, settings, idem, key):
 
 @pytest.mark.parametrize("key", ["k", "k" * 255, "a b~!@#$%^&*()", "550e8400-e29b-41d4-a716-446655440000"])
 def test_valid_header_values(idem, key):
-    assert idem.begin(ACCOUNT, key, "fp") is None
+    assert idem.begin(ACCOUNT, key, "fp", RID) is None
 
 
 # --- fingerprints ---------------------------------------------------------------------------------------

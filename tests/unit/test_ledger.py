@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 
 import pytest
+from shims import ByAccount
 
 from imagegate import ledger
 from imagegate.billing import Billing
@@ -24,7 +25,12 @@ def clock():
 
 @pytest.fixture
 def clocked(aws, settings, clock):
-    return Billing(aws.dynamodb, settings.table, clock=clock)
+    return ByAccount(Billing(aws.dynamodb, settings.table, clock=clock))
+
+
+@pytest.fixture
+def billing(aws, settings):
+    return ByAccount(Billing(aws.dynamodb, settings.table))
 
 
 def details(model="gpt-image-1.5", key_id="key_a"):
@@ -168,6 +174,21 @@ def test_reconcile_reads_again_before_reporting(aws, settings, accounts, billing
     result = ledger.reconcile(client, settings.table, account_id)
     assert not result.ok
     assert result.problems[0].startswith("balance $1.125000 differs from the ledger's sum")
+
+
+def test_reconcile_accepts_expired_request_records_whose_ledger_balances(aws, settings, accounts, clocked):
+    account_id = accounts.create_account(100_000)
+    closed, broken = rid(), rid()
+    clocked.reserve(account_id, closed, 30_000, details())
+    clocked.settle(account_id, closed, 20_000, images=1)
+    clocked.reserve(account_id, broken, 10_000, details())
+    for request in (closed, broken):  # TTL removes closed records; an open one vanishing is a fault
+        aws.dynamodb.delete_item(
+            TableName=settings.table,
+            Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": f"REQUEST#{request}"}},
+        )
+    result = reconcile(aws, settings, account_id)
+    assert result.problems == [f"ledger entries for {broken}, which has no request record"]
 
 
 def test_reconcile_of_an_unknown_account(aws, settings):
@@ -318,7 +339,7 @@ def test_sweep_refunds_stale_reservations_once_and_leaves_fresh_ones(aws, settin
 
 def test_concurrent_sweeps_refund_once(aws, settings, accounts, clock):
     account_id = accounts.create_account(100_000)
-    billing = Billing(OneRequestAtATime(aws.dynamodb), settings.table, clock=clock)
+    billing = ByAccount(Billing(OneRequestAtATime(aws.dynamodb), settings.table, clock=clock))
     for _ in range(3):
         billing.reserve(account_id, rid(), 10_000, details())
     clock.now += 3_600

@@ -6,6 +6,7 @@ import pytest
 
 from imagegate.catalog import CONTRACTS, build_catalog, price_per_image
 from imagegate.config import Settings
+from imagegate.errors import APIError
 from imagegate.pricing import PRICES_PATH, input_image_tokens, load_prices
 from imagegate.validation import ImageParams, resolve
 
@@ -501,3 +502,96 @@ def test_the_bound_covers_the_worst_case_usage(params, markup):
     # Real usage as OpenAI reports it (65 + 129 per input tile, the table's output) stays under it.
     real = usage(text=len(job.prompt), image=194 * len(job.images), output=worst["output_tokens"])
     assert prices.charge(quote, job.n, job.n, real) <= quote.reserve
+
+
+# --- routes that translate a contract (issue 8, item 2) ----------------------------------------------------
+
+
+def _packaged_translations():
+    """(contract id, route) for every packaged route that serves a contract with another, token-billed
+    model: the routes whose upstream bill is not the contract's own."""
+    from imagegate.routing import load_routes
+
+    routes = load_routes(Settings(), [c.id for c in CONTRACTS])
+    return [
+        (model_id, spec)
+        for model_id, specs in routes.items()
+        for spec in specs
+        if spec.model != model_id and spec.model in PACKAGED.models and PACKAGED.model(spec.model).tokens
+    ]
+
+
+def _worst_jobs(contract):
+    """The dearest requests a contract allows, per endpoint, quality and size: the most images out, the
+    longest prompt, the most and largest inputs at high fidelity where it has one."""
+    sizes = [s for s in contract.sizes if s != "auto"] or ["1024x1024"]
+    if contract.free_form is not None:
+        sizes.append("3840x2160")
+    for endpoint in sorted(contract.endpoints):
+        for quality in [q for q in contract.qualities if q != "auto"] or [None]:
+            for size in sizes:
+                params = {"model": contract.id, "size": size, "n": contract.n_max}
+                if quality:
+                    params["quality"] = quality
+                if endpoint != "variations":
+                    params["prompt"] = "\u00e9" * contract.prompt_max  # two UTF-8 bytes a character
+                if contract.input_fidelity and endpoint == "edits":
+                    params["input_fidelity"] = "high"
+                images = []
+                if endpoint != "generations":
+                    count = contract.max_input_images if endpoint == "edits" else 1
+                    side = 1024 if contract.square_png_input else 2048
+                    images = [upload(width=side, height=side)] * count
+                try:
+                    yield make_job(PACKAGED, endpoint, images, None, **params)
+                except APIError:
+                    continue  # a combination the contract refuses (variations take no quality)
+
+
+def _upstream_bill(job, tokens, quality):
+    """The upstream's bill in micro-USD for the most tokens this job can cost it, and that usage."""
+    from imagegate.pricing import FRAMING_TOKENS
+
+    high = tokens.always_high_fidelity or job.input_fidelity == "high"
+    fidelity = max(tokens.output_tokens.values()) if high else 0
+    text = len(job.prompt.encode()) + FRAMING_TOKENS * (1 + len(job.images))
+    image = sum(input_image_tokens(i.width, i.height) + fidelity for i in job.images)
+    output = job.n * tokens.image_output_tokens(quality, job.width, job.height)
+    cost = text * tokens.text_input + image * tokens.image_input + output * tokens.image_output
+    return -(-cost // 1_000_000), usage(text=text, image=image, output=output)
+
+
+@pytest.mark.parametrize(("model_id", "spec"), _packaged_translations(), ids=lambda v: getattr(v, "model", v))
+def test_no_packaged_route_sells_below_its_upstreams_cost(model_id, spec):
+    from imagegate.catalog import upstream_quality
+
+    tokens = PACKAGED.model(spec.model).tokens
+    checked = 0
+    for job in _worst_jobs(build_catalog(PACKAGED)[model_id]):
+        quote = PACKAGED.quote(job, [(spec.model, spec.options)])
+        bill, worst = _upstream_bill(job, tokens, upstream_quality(job.quality, spec.options))
+        assert quote.reserve >= bill, (job.endpoint, job.quality, job.size)
+        charged = PACKAGED.charge(quote, job.n, job.n, worst)
+        assert charged >= bill, (job.endpoint, job.quality, job.size)
+        checked += 1
+    assert checked > 0
+
+
+def test_a_translated_contract_is_charged_its_upstreams_tokens():
+    """The measured case: 16 high-fidelity inputs to gpt-image-1 (served by gpt-image-1.5) charged $0.011."""
+    job = make_job(
+        PACKAGED,
+        "edits",
+        [upload(width=1536, height=1024)] * 16,
+        None,
+        model="gpt-image-1",
+        prompt="x",
+        quality="low",
+        input_fidelity="high",
+    )
+    quote = PACKAGED.quote(job, [("gpt-image-1.5", {})])
+    reported = usage(text=40, image=16 * 6_400, output=272)
+    charged = PACKAGED.charge(quote, 1, 1, reported)
+    # gpt-image-1's own image-input rate ($10/1M) is the dearer: 102,400 tokens of it alone are $1.024.
+    assert charged >= 1_024_000
+    assert charged <= quote.reserve

@@ -210,3 +210,28 @@ def test_threads_never_exceed_images_or_slots(aws, settings, accounts, funded, c
 
 def test_duration_is_openais_reset_format():
     assert [duration(s) for s in (0, 7, 60, 61, 3600)] == ["0s", "7s", "1m0s", "1m1s", "60m0s"]
+
+
+def test_a_burst_under_generous_limits_is_never_turned_away(aws, settings, accounts, funded, clock):
+    """Racing requests on one busy key and account must not exhaust their retries on each other's writes
+    (each computes `now` itself, and commits after the others' waits)."""
+    client = OneRequestAtATime(aws.dynamodb)
+    ticks = iter(range(10**6))
+    moving = Clock()
+    moving.__class__ = type("Moving", (Clock,), {"__call__": lambda self: self.now + next(ticks) * 0.05})
+    billing = make(aws, settings, moving, key=Limits(10_000, 100), account=Limits(600, 50), client=client)
+    _, api_key = funded
+    start = threading.Barrier(40)
+
+    def attempt(_):
+        account = auth(accounts, api_key)
+        start.wait()
+        try:
+            billing.reserve(account, rid(), 1_000, DETAILS, images=1)
+        except APIError as exc:
+            return exc.status
+        return 200
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        statuses = list(pool.map(attempt, range(40)))
+    assert statuses == [200] * 40

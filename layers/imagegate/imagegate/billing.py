@@ -122,11 +122,16 @@ class Billing:
         # The container's memory of the account is a guess (its own limits may have changed since): only
         # an item image DynamoDB returned may refuse a request; a wrong guess merely fails the condition.
         account_state, account_seen = self._accounts.get(account.account_id, State()), False
+        key_raced = account_raced = False
         for _ in range(RESERVE_ATTEMPTS):
             now = self._clock()
             self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
-            key_take = ratelimit.take("k", key_state, self._key_limits, request_id, images, now)
-            account_take = ratelimit.take("a", account_state, self._account_limits, request_id, images, now)
+            key_take = ratelimit.take(
+                "k", key_state, self._key_limits, request_id, images, now, raced=key_raced
+            )
+            account_take = ratelimit.take(
+                "a", account_state, self._account_limits, request_id, images, now, raced=account_raced
+            )
             slots = "".join(
                 scope
                 for scope, state, default in (
@@ -186,7 +191,9 @@ class Billing:
             if 0 in failed:
                 if failed[0] is None:
                     raise NotFound(f"no account {account.account_id}")
-                account_state, account_seen = State.from_item(failed[0]), True
+                learned = State.from_item(failed[0])
+                account_raced = learned.tat != account_state.tat
+                account_state, account_seen = learned, True
                 self._accounts[account.account_id] = account_state
                 balance = int(failed[0]["balance"]["N"])
             else:
@@ -194,7 +201,9 @@ class Billing:
             if 3 in failed:
                 if failed[3] is None:
                     raise NotFound(f"no key {account.key_id}")
-                key_state = State.from_item(failed[3])
+                learned = State.from_item(failed[3])
+                key_raced = learned.tat != key_state.tat
+                key_state = learned
             self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
             if balance is not None and balance < amount:
                 raise _insufficient(amount, balance, upper_bound)

@@ -452,9 +452,10 @@ def _new_limit(given: int | str | None, current: int | None) -> int | None:
 
 def _print_new_key(accounts: Accounts, api_key: str) -> None:
     key = accounts.authenticate(f"Bearer {api_key}")
+    images_per_minute, max_concurrent = key.limiter.overrides
     print(
-        f"key {key.key_id}  images per minute: {_limit_text(key.images_per_minute)}  "
-        f"concurrent requests: {_limit_text(key.max_concurrent)}"
+        f"key {key.key_id}  images per minute: {_limit_text(images_per_minute)}  "
+        f"concurrent requests: {_limit_text(max_concurrent)}"
     )
     print("key (shown once, store it now):")
     print(api_key)

@@ -285,7 +285,10 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
         elif e.kind not in KINDS:
             problems.append(f"ledger entry {e.entry_id} has an unknown kind {e.kind!r}")
     for request_id in sorted(by_request.keys() - requests.keys()):
-        problems.append(f"ledger entries for {request_id or '(no request id)'}, which has no request record")
+        if not _closed_and_expired(by_request[request_id]):
+            problems.append(
+                f"ledger entries for {request_id or '(no request id)'}, which has no request record"
+            )
     in_flight = []
     for request_id, item in sorted(requests.items()):
         problems += _request_problems(request_id, item, by_request.get(request_id, []))
@@ -299,6 +302,19 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
         in_flight_micros=sum(r.amount for r in in_flight),
         stale=[r for r in in_flight if r.created_at < stale_before],
         problems=problems,
+    )
+
+
+def _closed_and_expired(entries: list[LedgerEntry]) -> bool:
+    """A request whose record expired (closed requests have a TTL, billing.py): its ledger alone must show one
+    reserve and one settle that account for every micro-dollar reserved."""
+    reserves = [e for e in entries if e.kind == "reserve"]
+    settles = [e for e in entries if e.kind == "settle"]
+    return (
+        len(reserves) == 1
+        and len(settles) == 1
+        and settles[0].charged is not None
+        and -reserves[0].amount == settles[0].amount + settles[0].charged
     )
 
 

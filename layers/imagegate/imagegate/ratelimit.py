@@ -11,7 +11,8 @@ admitted when max(tat, now) + cost <= now + 60000. Unlike a fixed minute window,
 the limit at once. Since `tat` only ever grows, any value once seen is a lower bound of the stored one: with
 one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one in the future it is
 `SET tat = tat + cost` on condition `tat <= now + 60000 - cost`. A wrong guess fails the condition, returns
-the item, and the transaction is built again from what it showed.
+the item, and the transaction is built again from what it showed. (A `tat` up to SLACK_MS in the past takes
+the second form too, so that racing requests do not keep guessing wrong: see SLACK_MS.)
 
 Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
 `size(slots) < max` and removed by the settle transaction. A slot's expiry outlives the function timeout, so
@@ -37,6 +38,10 @@ WINDOW_MS = 60_000
 SLOT_SECONDS = 120
 # When a slot frees is unknowable; in-flight requests finish within seconds, so ask for a short wait.
 SLOT_RETRY_SECONDS = 1
+# A bucket whose `tat` lies less than this in the past is updated as if it were now (`tat = tat + cost`):
+# exact GCRA would move it to now first, but then every request racing a busy key would have to guess the
+# instant of its neighbour's write, and keep failing. The price is at most this much refill admitted early.
+SLACK_MS = 1_000
 LIMITS = ("images_per_minute", "max_concurrent")
 
 
@@ -127,11 +132,25 @@ def cost_ms(images: int, limit: int) -> int:
 
 
 def take(
-    scope: str, state: State, default: Limits, request_id: str, images: int, now: float, *, slot: bool = True
+    scope: str,
+    state: State,
+    default: Limits,
+    request_id: str,
+    images: int,
+    now: float,
+    *,
+    slot: bool = True,
+    raced: bool = False,
 ) -> Fragment:
     """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
     placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
-    `state` fails the transaction instead of admitting too much."""
+    `state` fails the transaction instead of admitting too much.
+
+    `raced`: `state.tat` was just written by a concurrent request (this request's previous attempt lost to
+    it), so the bucket is in use now: it is updated as `tat = tat + cost` from that value even if the
+    writer's clock ran behind this one's. Otherwise requests racing on a busy key, each with its own idea of
+    now, could keep failing one another; the cost is at most the race's duration of refill admitted early.
+    """
     limits = state.limits(default)
     now_ms = int(now * 1000)
     frag = Fragment()
@@ -148,10 +167,11 @@ def take(
         if cost > WINDOW_MS:
             # More than a whole minute's images can never pass: a condition no existing item meets.
             frag.conditions.append("attribute_not_exists(pk)")
-        if state.tat > now_ms:
+        if state.tat > now_ms - SLACK_MS or (raced and state.tat):
             frag.set.append(f"tat = tat + :{scope}_cost")
-            frag.conditions.append(f"tat <= :{scope}_room")
+            frag.conditions.append(f"tat BETWEEN :{scope}_floor AND :{scope}_room")
             frag.values[f":{scope}_cost"] = _n(cost)
+            frag.values[f":{scope}_floor"] = _n(min(state.tat, now_ms - SLACK_MS))
             frag.values[f":{scope}_room"] = _n(now_ms + WINDOW_MS - cost)
         else:
             frag.set.append(f"tat = :{scope}_tat")
@@ -192,7 +212,7 @@ def admitted(state: State, default: Limits, images: int, now: float) -> State:
     now_ms = int(now * 1000)
     tat = state.tat
     if limits.images_per_minute:
-        tat = max(tat, now_ms) + cost_ms(images, limits.images_per_minute)
+        tat = (tat if tat > now_ms - SLACK_MS else now_ms) + cost_ms(images, limits.images_per_minute)
     live = {rid: at for rid, at in (state.slots or {}).items() if at > now}
     return replace(state, tat=tat, slots={**live, "": int(now) + SLOT_SECONDS})
 

@@ -86,11 +86,12 @@ def test_defaults_are_left_to_the_upstream(job):
     }
 
 
-def test_usage_is_dropped_when_another_model_serves_the_contract(job):
+def test_usage_is_passed_on_when_another_model_serves_the_contract(job):
+    """Issue 8, item 2: dropping it sold gpt-image-1 per image while gpt-image-1.5 billed its tokens."""
     fake = FakeUpstream(images_response(1, 1024, 1024, usage=USAGE))
     result = run(provider(fake, "gpt-image-1.5"), job(prompt="x", model="gpt-image-1"))
     assert sent_json(fake.request)["model"] == "gpt-image-1.5"
-    assert result.usage is None
+    assert result.usage == USAGE
 
 
 def test_dalle3_hd_wide_becomes_gpt_image_1_5_medium_then_fitted(job):
@@ -108,7 +109,7 @@ def test_dalle3_hd_wide_becomes_gpt_image_1_5_medium_then_fitted(job):
     }
     assert [opened(img) for img in result.images] == [("PNG", (1792, 1024))]
     assert result.revised_prompt is None  # a GPT upstream has none, and none is invented
-    assert result.usage is None
+    assert result.usage == USAGE  # billed from it at the dearer of the two models' rates
 
 
 def test_dalle3_standard_is_low_and_vivid_by_default(job):
@@ -147,7 +148,7 @@ def test_dalle2_small_square_becomes_mini_1024_low_then_fitted(job):
         "output_format": "png",
     }
     assert [opened(img) for img in result.images] == [("PNG", (256, 256))] * 3
-    assert result.usage is None
+    assert result.usage == USAGE
 
 
 def test_gpt_image_2_free_form_size_passes_through(job):

@@ -41,7 +41,7 @@ def test_the_route_model_name_is_sent_to_the_base_url_without_a_key(job):
     body = json.loads(fake.request.content)
     assert (body["model"], body["prompt"], body["size"]) == ("flux-dev", "a boat", "1536x1024")
     assert [opened(img) for img in result.images] == [("PNG", (1536, 1024))]
-    assert result.usage is None  # another model served the contract: priced per image
+    assert result.usage == {"input_tokens": 1}  # passed on; pricing ignores what it cannot price
 
 
 def test_a_key_is_sent_as_bearer(job):

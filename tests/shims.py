@@ -1,0 +1,27 @@
+"""Test-only adapters shared by the suites (on sys.path through pytest's `pythonpath`)."""
+
+from imagegate.accounts import Account
+
+
+class ByAccount:
+    """Billing driven by account id and request id, as tests of the ledger and the CLI think of it: the key
+    named in `details` is used as it is (no key item is needed while no rate limit is in force)."""
+
+    def __init__(self, billing):
+        self.billing = billing
+        self.reservations = {}
+
+    def reserve(self, account_id, request, amount, details):
+        key_id = details.get("key_id", "key_test")
+        account = Account(account_id, key_id, f"KEY#{key_id}")
+        fields = {"model": details["model"], "endpoint": details.get("endpoint", "generations")}
+        self.reservations[request] = self.billing.reserve(account, request, amount, fields)
+
+    def settle(self, account_id, request, charged, images=0):
+        return self.billing.settle(self.reservations[request], charged, images=images)
+
+    def sweep(self, account_id, older_than_s):
+        return [r for r, _ in self.billing.sweep(older_than_s=older_than_s, account_id=account_id)]
+
+    def __getattr__(self, name):
+        return getattr(self.billing, name)
