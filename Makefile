@@ -14,8 +14,8 @@ export UV_PYTHON_DOWNLOADS := never
 # The venv follows uv.lock exactly (nothing is installed by hand) and is rebuilt when the lock changes.
 $(UV):
 	@echo "==> creating $(VENV) with $$($(PYTHON) --version) and installing uv $(UV_VERSION)"
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet "uv==$(UV_VERSION)"
+	$(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip --python $(BIN)/python install --disable-pip-version-check --quiet "uv==$(UV_VERSION)"
 
 $(STAMP): uv.lock pyproject.toml | $(UV)
 	@echo "==> installing the locked runtime and dev dependencies (uv.lock) into $(VENV)"
@@ -26,7 +26,8 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/python -m imagegate.devserver
+	@echo "==> starting the dev stack on 127.0.0.1:$${PORT:-8000} (the first start compiles bytecode: a few seconds more)"
+	@$(BIN)/python -m imagegate.devserver
 
 # The layer's requirements file is exported from the lock: the same pins in the venv, the layer and CI.
 lint: $(STAMP)
