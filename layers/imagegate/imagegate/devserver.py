@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -34,6 +35,16 @@ LOCAL_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+# `make serve`'s emulator: serves until its parent closes the pipe (or dies), so none is ever left behind.
+EMULATOR_CHILD = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
+from imagegate.devserver import start_aws_emulator
+print(start_aws_emulator(int(sys.argv[1])).server_address[1], flush=True)
+sys.stdin.read()
+"""
 
 
 def start_aws_emulator(port: int) -> BaseWSGIServer:
@@ -147,12 +158,17 @@ def main() -> None:
     api_socket = bind(port, "the API", "PORT")
     port = api_socket.getsockname()[1]  # PORT=0: whichever port is free
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    emulator = None
     if not endpoint:
         aws_port = int(os.environ.get("IMAGEGATE_AWS_PORT", "4566"))
         bind(aws_port, "the AWS emulation", "IMAGEGATE_AWS_PORT").close()
-        emulator = start_aws_emulator(aws_port)
-        endpoint = f"http://127.0.0.1:{emulator.server_address[1]}"
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        # moto in a child process imports on the other core while this one imports the app.
+        emulator = subprocess.Popen(
+            [sys.executable, "-c", EMULATOR_CHILD, str(aws_port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     import uvicorn
     from aws_lambda_powertools.logging import Logger
@@ -160,6 +176,15 @@ def main() -> None:
     from .api import create_app
     from .lambda_app import wrap
     from .service import Service
+
+    if emulator is not None:
+        port_line = emulator.stdout.readline().strip() if emulator.stdout else ""
+        if not port_line.isdigit():
+            code = emulator.wait()
+            print(f"imagegate: the AWS emulation did not start (exit code {code})", file=sys.stderr)
+            raise SystemExit(1)
+        endpoint = f"http://127.0.0.1:{port_line}"
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     settings = Settings.from_env()
     aws = AWSClients(settings, endpoint)
@@ -193,4 +218,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C while starting: no traceback, the shell's usual status
+        raise SystemExit(130) from None
