@@ -22,6 +22,7 @@ import pytest
 
 from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
+from imagegate.billing import Billing
 from imagegate.config import Settings
 from imagegate.devserver import provision
 
@@ -141,7 +142,7 @@ def aws_endpoint():
 def deployment(aws_endpoint, monkeypatch):
     """A fresh table and bucket with a funded account for the events' key; the template's environment."""
 
-    def make(**parameters: str) -> tuple[dict[str, str], Callable[[], int]]:
+    def make(**parameters: str) -> tuple[dict[str, str], Callable[[], int], Callable[[], None]]:
         suffix = uuid.uuid4().hex[:12]
         env = Stack(**parameters).environment()
         env.update(
@@ -165,7 +166,15 @@ def deployment(aws_endpoint, monkeypatch):
         accounts = Accounts(aws.dynamodb, settings.table)
         account_id = accounts.create_account(START_BALANCE, label="packaging")
         accounts.create_key(account_id, label="events", api_key=EVENT_KEY)
-        return env, lambda: accounts.balance(account_id)
+
+        def killed_request() -> None:
+            """A reservation made long ago and never settled, as a killed function leaves it."""
+            details = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_x"}
+            Billing(aws.dynamodb, settings.table, clock=lambda: 1_000).reserve(
+                account_id, "req_killed", 16_000, details
+            )
+
+        return env, lambda: accounts.balance(account_id), killed_request
 
     return make
 
@@ -210,14 +219,17 @@ def iam_actions(calls: list) -> set[str]:
 
 @pytest.mark.parametrize("function", list(EVENTS))
 def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, deployment, function, tmp_path):
-    env, balance = deployment(DemoMode="true")  # no upstream here: a demo stack draws under real model ids
+    env, balance, killed_request = deployment(DemoMode="true")  # no upstream: a demo draws under real ids
+    if function == "sweep":
+        killed_request()
     before = balance()
     out = run(built, function, env, tmp_path)
 
     assert out["foreign"] == []  # nothing imported from outside the function, the layer and the stdlib
     for result in out["results"]:
         if function == "sweep":
-            assert set(result) == {"accounts", "refunded", "refunded_micros"}
+            assert result == {"accounts": 1, "refunded": 1, "refunded_micros": 16_000}
+            assert balance() == START_BALANCE
             continue
         assert result["statusCode"] == 200, result["body"][:500]
         body = json.loads(result["body"])
@@ -236,7 +248,7 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
 def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built_function(
     built, deployment, tmp_path
 ):
-    env, balance = deployment()
+    env, balance, _ = deployment()
     [result] = run(built, "generations", env, tmp_path)["results"]
 
     assert result["statusCode"] == 400

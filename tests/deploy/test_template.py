@@ -96,8 +96,6 @@ def test_each_function_gets_only_its_own_actions():
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
-        "dynamodb:ConditionCheckItem",
-        "dynamodb:Query",
         "s3:PutObject",
         "s3:GetObject",
         "s3:DeleteObject",
