@@ -179,8 +179,17 @@ def deployment(aws_endpoint, monkeypatch):
     return make
 
 
+def retried(event: dict) -> list[dict]:
+    """The event sent twice with one Idempotency-Key: the second answer is a replay read back from S3."""
+    for headers, value in ((event["headers"], "pkg-retry-1"), (event["multiValueHeaders"], ["pkg-retry-1"])):
+        headers["idempotency-key"] = value
+    return [event, event]
+
+
 def run(built: Path, function: str, env: dict, tmp_path: Path) -> dict:
     events = [json.loads((ROOT / "events" / f"{name}.json").read_text()) for name in EVENTS[function]]
+    if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
+        events += retried(json.loads((ROOT / "events" / "edits.json").read_text()))
     events_path = tmp_path / f"{function}-events.json"
     events_path.write_text(json.dumps(events))
     result = subprocess.run(
@@ -241,6 +250,11 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
             assert body["data"]
     if function in ("generations", "edits", "variations"):
         assert balance() < before
+    if function == "edits":
+        first, replay = out["results"][-2:]
+        assert replay["headers"]["idempotent-replayed"] == "true"
+        assert json.loads(replay["body"]) == json.loads(first["body"])
+        assert ["s3", "GetObject", []] in out["calls"]
     # Every AWS call the function made is allowed by its own policy in template.yaml, and no more is needed.
     assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true"))
 
