@@ -17,7 +17,7 @@ from .money import usd_to_micros
 # next to the headers and request context, for which this much is kept back.
 LAMBDA_PAYLOAD_BYTES = 6_291_456
 EVENT_ENVELOPE_BYTES = 32_768
-# The largest body that still fits in the invocation once base64-encoded: 4,693,992 bytes (about 4.4 MiB).
+# The largest body that still fits in the invocation once base64-encoded: 4,694,016 bytes (about 4.5 MB).
 # A larger one never reaches the function on AWS, so the local server refuses it too, with the same 413.
 MAX_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES) // 4 * 3
 # The response JSON travels as text (not base64), less room for the status line and headers.
