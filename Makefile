@@ -2,28 +2,56 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs the locked set in seconds; its own version is pinned in pyproject.toml's dev extras.
+UV_VERSION := $(shell sed -n 's/.*"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
+UV := $(BIN)/uv
+LAYER_REQUIREMENTS := layers/imagegate/requirements.txt
+# Never fetch a Python of uv's own: the venv uses $(PYTHON), as the README says.
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install serve test lint unit bench clean
+.PHONY: install serve test lint unit bench lock layer clean
 
-# The venv is rebuilt whenever pyproject.toml changes; nothing is installed by hand.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# The venv follows uv.lock exactly (nothing is installed by hand) and is rebuilt when the lock changes.
+$(UV):
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version) and installing uv $(UV_VERSION)"
+	$(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip --python $(BIN)/python install --disable-pip-version-check --quiet "uv==$(UV_VERSION)"
+
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	@echo "==> installing the locked runtime and dev dependencies (uv.lock) into $(VENV)"
+	$(UV) sync --frozen --extra dev --python $(BIN)/python
+	@touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/python -m imagegate.devserver
+	@echo "==> starting the dev stack on 127.0.0.1:$${PORT:-8000} (the first start compiles bytecode: a few seconds more)"
+	@$(BIN)/python -m imagegate.devserver
 
+# The layer's requirements file is exported from the lock: the same pins in the venv, the layer and CI.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/cfn-lint template.yaml
+	@mkdir -p build && $(UV) export --frozen --no-emit-project --no-dev --format requirements-txt --quiet \
+		--no-header -o build/requirements.check.txt && grep -v '^#' $(LAYER_REQUIREMENTS) \
+		| diff -u - build/requirements.check.txt \
+		|| (echo "$(LAYER_REQUIREMENTS) is out of step with uv.lock: run make lock" && exit 1)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q
+
+# Refresh every pin (runtime and dev) to the newest releases the pyproject ranges allow, then re-export the
+# layer's requirements. Commit uv.lock and the requirements file together.
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) export --frozen --no-emit-project --no-dev --format requirements-txt --quiet \
+		-o $(LAYER_REQUIREMENTS)
+
+# The Lambda layer as `sam build` makes it (arm64, the template's Python), into build/layer.
+layer: | $(UV)
+	$(MAKE) -C layers/imagegate build-ImagegateLayer ARTIFACTS_DIR=$(CURDIR)/build/layer UV=$(CURDIR)/$(UV)
 
 bench: $(STAMP)
 	$(BIN)/python bench/cold_start.py

@@ -1,4 +1,4 @@
-"""Build the sample API Gateway HTTP API (payload 2.0) events in this folder.
+"""Build the sample API Gateway REST API (Lambda proxy, payload 1.0) events in this folder.
 
 Regenerate (output is byte-for-byte deterministic):
 
@@ -7,7 +7,8 @@ Regenerate (output is byte-for-byte deterministic):
 Each request is made by the real OpenAI Python SDK against an httpx mock transport, so headers and multipart
 bodies are exactly what the SDK puts on the wire; only the multipart boundary is pinned, and headers that
 depend on the build machine (x-stainless-os, -arch, -runtime-version) are left out. The request is then
-wrapped the way API Gateway hands it to Lambda: multipart bodies base64-encoded, JSON bodies as text.
+wrapped the way a REST API hands it to Lambda: multipart bodies base64-encoded (the API's binaryMediaTypes
+list multipart/form-data), JSON bodies as text, headers both single- and multi-valued, stage `api`.
 Use them with `sam local invoke GenerationsFunction -e events/generations.json`, and in tests/handlers/.
 """
 
@@ -17,6 +18,7 @@ import base64
 import io
 import json
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -30,6 +32,7 @@ DOMAIN = f"{API_ID}.execute-api.us-east-1.amazonaws.com"
 BOUNDARY = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"  # httpx draws 32 random hex digits; pinned for diffs
 TIME_EPOCH_MS = 1_763_700_000_000
 SOURCE_IP = "203.0.113.7"
+STAGE = "api"
 KEEP_HEADERS = (
     "accept",
     "accept-encoding",
@@ -68,7 +71,7 @@ def capture(call: str, **kwargs: object) -> httpx.Request:
 
     client = openai.OpenAI(
         api_key=API_KEY,
-        base_url=f"https://{DOMAIN}/v1",
+        base_url=f"https://{DOMAIN}/{STAGE}/v1",
         max_retries=0,
         http_client=httpx.Client(transport=httpx.MockTransport(record)),
     )
@@ -82,7 +85,7 @@ def capture(call: str, **kwargs: object) -> httpx.Request:
 
 
 def event(request: httpx.Request, index: int) -> dict:
-    request_id = f"Ev{index}Tq8CIAMEbZw0="
+    request_id = str(uuid.UUID(int=index + 1, version=4))
     headers = {k: v for k, v in request.headers.items() if k in KEEP_HEADERS}
     headers.update(
         {
@@ -92,35 +95,55 @@ def event(request: httpx.Request, index: int) -> dict:
             "x-forwarded-proto": "https",
         }
     )
+    headers = dict(sorted(headers.items()))
     binary = not headers.get("content-type", "application/json").startswith("application/json")
     body = request.content
-    route_key = f"{request.method} {request.url.path}"
-    payload = {"body": base64.b64encode(body).decode() if binary else body.decode()} if body else {}
+    path = request.url.path.removeprefix(f"/{STAGE}")  # the event's path leaves the stage out
+    query = {k: v for k, v in request.url.params.multi_items()} or None
+    multi_query = {k: request.url.params.get_list(k) for k in request.url.params} or None
     return {
-        "version": "2.0",
-        "routeKey": route_key,
-        "rawPath": request.url.path,
-        "rawQueryString": request.url.query.decode(),
-        "headers": dict(sorted(headers.items())),
+        "resource": path,
+        "path": path,
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": multi_query,
+        "pathParameters": None,
+        "stageVariables": None,
         "requestContext": {
+            "resourceId": f"r{index}x7k2",
+            "resourcePath": path,
+            "httpMethod": request.method,
+            "extendedRequestId": f"Ev{index}Tq8CIAMEbZw0=",
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(TIME_EPOCH_MS // 1000)),
+            "path": f"/{STAGE}{path}",
             "accountId": "123456789012",
-            "apiId": API_ID,
-            "domainName": DOMAIN,
+            "protocol": "HTTP/1.1",
+            "stage": STAGE,
             "domainPrefix": API_ID,
-            "http": {
-                "method": request.method,
-                "path": request.url.path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": SOURCE_IP,
-                "userAgent": headers["user-agent"],
-            },
+            "requestTimeEpoch": TIME_EPOCH_MS,
             "requestId": request_id,
-            "routeKey": route_key,
-            "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(TIME_EPOCH_MS // 1000)),
-            "timeEpoch": TIME_EPOCH_MS,
+            "identity": {
+                "cognitoIdentityPoolId": None,
+                "accountId": None,
+                "cognitoIdentityId": None,
+                "caller": None,
+                "sourceIp": SOURCE_IP,
+                "principalOrgId": None,
+                "accessKey": None,
+                "cognitoAuthenticationType": None,
+                "cognitoAuthenticationProvider": None,
+                "userArn": None,
+                "userAgent": headers["user-agent"],
+                "user": None,
+            },
+            "domainName": DOMAIN,
+            "deploymentId": "d3p10y",
+            "apiId": API_ID,
         },
-        **payload,
+        # A REST API sends null for a request without a body.
+        "body": (base64.b64encode(body).decode() if binary else body.decode()) if body else None,
         "isBase64Encoded": binary,
     }
 
@@ -158,7 +181,7 @@ def main() -> None:
         # Not an SDK method: a key holder's GET, as curl sends it.
         "balance": httpx.Request(
             "GET",
-            f"https://{DOMAIN}/v1/balance?days=7",
+            f"https://{DOMAIN}/{STAGE}/v1/balance?days=7",
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
     }

@@ -3,7 +3,9 @@
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -38,21 +40,31 @@ def test_readme_python_example_runs_unchanged(stack, new_user, monkeypatch, tmp_
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_readme_curl_examples_run(stack, new_user, tmp_path):
+def test_readme_curl_blocks_run_on_their_own_and_follow_port(stack, new_user, tmp_path):
+    """Each curl block runs as a whole script in an empty directory (the edit makes its own input image),
+    reaching the server only through ${PORT:-8000}."""
     user = new_user(stack)
-    Image.new("RGBA", (64, 64), (10, 120, 200, 255)).save(tmp_path / "lighthouse.png")
+    port = urlsplit(stack.base_url).port
     blocks = [b for b in _blocks("sh") if "curl -s" in b]
-    commands = [c for b in blocks for c in b.replace("\\\n", " ").splitlines() if c.startswith("curl")]
-    assert len(commands) == 4
-    for command in commands:
+    assert len(blocks) == 3
+    assert not [b for b in blocks if README_BASE_URL in b]  # every URL follows PORT
+    tools = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # python3 decodes b64_json
+    outputs = []
+    for i, block in enumerate(blocks):
+        workdir = tmp_path / f"block{i}"
+        workdir.mkdir()
         result = subprocess.run(
-            ["bash", "-c", command.replace(README_BASE_URL, stack.base_url)],
-            cwd=tmp_path,
-            env={"OPENAI_API_KEY": user.key, "PATH": "/usr/bin:/bin"},
+            ["bash", "-c", "set -euo pipefail\n" + block],
+            cwd=workdir,
+            env={"OPENAI_API_KEY": user.key, "PATH": tools, "PORT": str(port)},
             capture_output=True,
             text=True,
-            timeout=60,
-            check=True,
+            timeout=120,
         )
-        expected = '"object":"balance"' if "/v1/balance" in command else '"data":[{'
-        assert expected in result.stdout, result.stdout[:300]
+        assert result.returncode == 0, result.stderr[-1000:]
+        outputs.append(result.stdout)
+    assert '"data":[{' in outputs[0]
+    with Image.open(tmp_path / "block1" / "lighthouse.png") as img:
+        assert img.size == (1024, 1024)
+    assert '"data":[{' in outputs[1]  # the edit
+    assert '"object":"balance"' in outputs[2]

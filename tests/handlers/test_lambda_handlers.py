@@ -29,11 +29,19 @@ def multipart_body(event: dict) -> bytes:
     return base64.b64decode(event["body"])
 
 
+def set_header(event: dict, name: str, value: str | None) -> dict:
+    """Set (or, with None, remove) a request header in both of a REST API event's header maps."""
+    for key, holder in (("headers", lambda v: v), ("multiValueHeaders", lambda v: [v])):
+        event[key].pop(name, None)
+        if value is not None:
+            event[key][name] = holder(value)
+    return event
+
+
 def with_multipart_body(event: dict, body: bytes) -> dict:
     """Swap a multipart body, keeping content-length honest as API Gateway would."""
     event["body"] = base64.b64encode(body).decode()
-    event["headers"]["content-length"] = str(len(body))
-    return event
+    return set_header(event, "content-length", str(len(body)))
 
 
 def part_span(body: bytes, name: str) -> tuple[int, int]:
@@ -187,7 +195,7 @@ def test_variations_event_stores_recoloured_copies_of_the_upload(stack):
 
 def test_missing_authorization_is_401_and_costs_nothing(stack):
     event = stack.event("generations")
-    del event["headers"]["authorization"]
+    set_header(event, "authorization", None)
 
     response = stack.invoke("generations", event)
 
@@ -198,37 +206,86 @@ def test_missing_authorization_is_401_and_costs_nothing(stack):
 
 def test_unknown_key_is_401(stack):
     event = stack.event("variations")
-    event["headers"]["authorization"] = "Bearer sk-ig-not-a-key-we-issued"
+    set_header(event, "authorization", "Bearer sk-ig-not-a-key-we-issued")
 
     assert_openai_error(stack.invoke("variations", event), 401, code="invalid_api_key")
     assert stack.balance() == stack.start_balance
 
 
-def as_default_route(event: dict, method: str, path: str) -> dict:
-    """The event API Gateway sends the $default route (the generations function) for another path."""
-    event.update(routeKey="$default", rawPath=path, isBase64Encoded=False)
-    del event["body"]  # API Gateway leaves the key out when there is no body
+def with_method(event: dict, method: str) -> dict:
+    """What API Gateway sends a route's function (its method is ANY) for another method, bodiless."""
+    event.update(httpMethod=method, body=None, isBase64Encoded=False)
+    event["requestContext"].update(httpMethod=method)
     for name in ("content-type", "content-length"):
-        event["headers"].pop(name)
-    event["requestContext"].update(routeKey="$default")
-    event["requestContext"]["http"].update(method=method, path=path)
+        set_header(event, name, None)
     return event
 
 
-def test_unknown_route_through_default_is_404(stack):
-    event = as_default_route(stack.event("generations"), "GET", "/v1/models")
-
-    error = assert_openai_error(stack.invoke("generations", event), 404, code="not_found")
-    assert "/v1/models" in error["message"]
-
-
 def test_get_on_an_image_route_is_405_with_allow(stack):
-    event = as_default_route(stack.event("generations"), "GET", "/v1/images/edits")
-
-    response = stack.invoke("generations", event)
+    response = stack.invoke("generations", with_method(stack.event("generations"), "GET"))
 
     assert_openai_error(response, 405, code="method_not_allowed")
     assert response["headers"]["allow"] == "POST"
+
+
+def test_post_on_the_balance_route_is_405_with_allow(stack):
+    response = stack.invoke("balance", with_method(stack.event("balance"), "POST"))
+
+    assert_openai_error(response, 405, code="method_not_allowed")
+    assert response["headers"]["allow"] == "GET"
+
+
+def test_demo_deployment_marks_every_response_and_charges_the_local_price(stack):
+    env = {"AWS_LAMBDA_FUNCTION_NAME": "imagegate-generations", "IMAGEGATE_DEMO_MODE": "on"}
+    response = stack.invoke(
+        "generations", stack.event("generations"), IMAGEGATE_LOCAL_PRICE_USD="0.003", **env
+    )
+
+    assert_image_response(response)
+    assert response["headers"]["x-imagegate-demo"] == "local renderer, not AI"
+    assert stack.balance() == stack.start_balance - 2 * 3_000  # n=2 at the local price, not dall-e-2's
+    error = stack.invoke("balance", set_header(stack.event("balance"), "authorization", None), **env)
+    assert error["headers"]["x-imagegate-demo"] == "local renderer, not AI"
+
+
+def test_deployed_stack_without_upstreams_never_sells_local_under_a_real_model_id(stack):
+    response = stack.invoke(
+        "generations", stack.event("generations"), AWS_LAMBDA_FUNCTION_NAME="imagegate-generations"
+    )
+
+    assert_openai_error(response, 400, param="model", code="model_not_available")
+    assert "x-imagegate-demo" not in response["headers"]
+    assert stack.balance() == stack.start_balance
+    event = stack.event("generations")
+    event["body"] = event["body"].replace('"dall-e-2"', '"imagegate-local"')
+    set_header(event, "content-length", str(len(event["body"])))
+    served = stack.invoke("generations", event)
+    assert_image_response(served)
+    assert stack.balance() == stack.start_balance - 2 * 2_000  # imagegate-local at LocalPriceUsd
+
+
+def test_cors_preflight_and_exposed_headers_when_origins_are_set(stack):
+    origin = "https://app.example.com"
+    preflight = with_method(stack.event("generations"), "OPTIONS")
+    set_header(preflight, "origin", origin)
+    set_header(preflight, "access-control-request-method", "POST")
+    set_header(preflight, "access-control-request-headers", "authorization,content-type")
+
+    response = stack.invoke("generations", preflight, IMAGEGATE_CORS_ORIGINS=origin)
+
+    assert response["statusCode"] == 200
+    assert response["headers"]["access-control-allow-origin"] == origin
+    served = stack.invoke(
+        "generations",
+        set_header(stack.event("generations"), "origin", origin),
+        IMAGEGATE_CORS_ORIGINS=origin,
+    )
+    assert_image_response(served)
+    assert "x-request-id" in served["headers"]["access-control-expose-headers"]
+    # Without the parameter, no CORS headers at all.
+    event = set_header(stack.event("generations"), "origin", origin)
+    plain = stack.invoke("generations", event, IMAGEGATE_CORS_ORIGINS="")
+    assert "access-control-allow-origin" not in plain["headers"]
 
 
 @pytest.mark.parametrize(
@@ -263,7 +320,7 @@ def test_body_over_the_limit_is_413_before_anything_is_charged(stack):
 def test_body_limit_counts_the_bytes_not_the_declared_length(stack):
     event = stack.event("edits")
     size = len(multipart_body(event))
-    event["headers"]["content-length"] = "100"  # a client may understate it; the decoded body decides
+    set_header(event, "content-length", "100")  # a client may understate it; the decoded body decides
 
     response = stack.invoke("edits", event, IMAGEGATE_MAX_BODY_BYTES=str(size - 1))
 
@@ -333,7 +390,7 @@ def test_balance_event_shows_the_balance_and_todays_usage(stack):
 
 def test_balance_event_without_a_key_is_401(stack):
     event = stack.event("balance")
-    del event["headers"]["authorization"]
+    set_header(event, "authorization", None)
     assert_openai_error(stack.invoke("balance", event), 401, code="missing_api_key")
 
 

@@ -100,3 +100,22 @@ def test_a_failed_write_leaves_other_requests_alone(aws, bucket):
             "acct_1", "req_fail", [b"a", b"b", b"c"], "png"
         )
     assert keys_in(aws.s3, bucket) == [kept]
+
+
+@pytest.mark.parametrize("region", ["af-south-1", "ap-east-1", "il-central-1", "eu-west-1", "us-east-1"])
+def test_presigned_urls_use_the_regional_virtual_hosted_endpoint(monkeypatch, region):
+    """The legacy global host (<bucket>.s3.amazonaws.com) fails in opt-in regions: sign regional URLs."""
+    from imagegate.aws import AWSClients
+    from imagegate.config import Settings
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    s3 = AWSClients(Settings(region=region)).s3
+    url = Storage(s3, "imagegate-outputs-abc123").presign("outputs/acct_1/2026-01-01/req_1/0.png")
+    parts = urlsplit(url)
+    assert parts.scheme == "https"
+    assert parts.netloc == f"imagegate-outputs-abc123.s3.{region}.amazonaws.com"
+    assert parts.path == "/outputs/acct_1/2026-01-01/req_1/0.png"
+    assert f"%2F{region}%2Fs3%2Faws4_request" in parts.query  # signed for the bucket's own region

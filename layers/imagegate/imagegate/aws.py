@@ -51,8 +51,7 @@ class AWSClients:
 
         config = Config(
             signature_version="s3v4" if service == "s3" else None,
-            # Emulators on 127.0.0.1 cannot serve virtual-hosted bucket names.
-            s3={"addressing_style": "path"} if self._endpoint_url else None,
+            s3=_s3_options(self._endpoint_url),
             retries={"mode": "standard", "max_attempts": max_attempts},
             read_timeout=read_timeout or 60,
             # A dead endpoint must not eat a request's whole upstream budget before the read even starts.
@@ -65,3 +64,13 @@ class AWSClients:
         return self._session.client(
             service, region_name=region, endpoint_url=self._endpoint_url, config=config
         )
+
+
+def _s3_options(endpoint_url: str | None) -> dict[str, str]:
+    """Emulators on 127.0.0.1 cannot serve virtual-hosted bucket names: path style there. On AWS, regional
+    virtual-hosted URLs (`<bucket>.s3.<region>.amazonaws.com`): botocore's default, the legacy global host
+    `<bucket>.s3.amazonaws.com`, fails for buckets in opt-in regions (af-south-1, ap-east-1, ...) and may
+    redirect for new ones, which breaks a presigned URL's signature."""
+    if endpoint_url:
+        return {"addressing_style": "path"}
+    return {"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"}

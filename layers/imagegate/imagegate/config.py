@@ -11,6 +11,39 @@ from typing import Any
 
 from .money import usd_to_micros
 
+# --- platform limits (README, "Limits") -------------------------------------------------------------
+# Lambda takes and returns at most 6 MB (6,291,456 bytes) per synchronous invocation, the whole event or
+# response JSON included. API Gateway hands multipart bodies over base64-encoded (4 bytes for every 3),
+# next to the headers and request context, for which this much is kept back.
+LAMBDA_PAYLOAD_BYTES = 6_291_456
+EVENT_ENVELOPE_BYTES = 32_768
+# The largest body that still fits in the invocation once base64-encoded: 4,694,016 bytes (about 4.5 MB).
+# A larger one never reaches the function on AWS, so the local server refuses it too, with the same 413.
+MAX_BODY_BYTES = (LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES) // 4 * 3
+# The response JSON travels as text (not base64), less room for the status line and headers.
+MAX_RESPONSE_BYTES = LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES
+
+# --- time ------------------------------------------------------------------------------------------------
+# API Gateway's integration timeout runs from the request's arrival, a cold start included; the function's
+# own work outside the upstream calls (authenticate, reserve, store the images, settle) needs some too. The
+# upstream budget is what is left, so that a charged request is answered before the gateway gives up.
+DEFAULT_INTEGRATION_TIMEOUT_SECONDS = 29.0
+# A function's imports with the layer's bytecode took 2.3-2.8 s on a busy 2-core x86_64 machine (README,
+# "Development"); Lambda's own start-up comes on top, a few hundred milliseconds.
+COLD_START_ALLOWANCE_SECONDS = 3.0
+FINISH_ALLOWANCE_SECONDS = 2.0  # DynamoDB reserve and settle, S3 writes of the images
+MIN_UPSTREAM_BUDGET_SECONDS = 1.0
+
+
+def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
+    """The upstream time a request may spend within `integration_timeout_seconds`: `requested` when given
+    and it fits, never more than the timeout less the cold-start and finishing allowances."""
+    ceiling = max(
+        MIN_UPSTREAM_BUDGET_SECONDS,
+        integration_timeout_seconds - COLD_START_ALLOWANCE_SECONDS - FINISH_ALLOWANCE_SECONDS,
+    )
+    return ceiling if requested is None else max(MIN_UPSTREAM_BUDGET_SECONDS, min(requested, ceiling))
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -19,9 +52,9 @@ class Settings:
     region: str | None = None  # None: boto3 resolves it (AWS config profile), as the AWS CLI would
     url_ttl_seconds: int = 3600
     local_price_micros: int = 2_000
-    max_body_bytes: int = 10 * 1024 * 1024
-    # Lambda returns at most 6 MB; 0 means no ceiling (local server).
-    max_response_bytes: int = 0
+    # Lambda's payload limits, everywhere, so a laptop refuses what AWS would (0: no ceiling).
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_response_bytes: int = MAX_RESPONSE_BYTES
     output_prefix: str = "outputs"
     # Upstream credentials: a Secrets Manager secret or an SSM SecureString holding a JSON object of
     # credential name -> value; locally, environment variables of the same names.
@@ -32,9 +65,18 @@ class Settings:
     # Operator overrides, each JSON text or a path to a JSON file; empty means the packaged defaults.
     routes: str = ""
     prices: str = ""
-    # Seconds a whole request may spend on upstreams, retries and fallbacks included: under Lambda's 29 s
-    # timeout with room to store the images and settle.
-    upstream_budget_seconds: float = 24.0
+    # Seconds a whole request may spend on upstreams, retries and fallbacks included: derived from the API's
+    # integration timeout (29 s: 24 s), with room for a cold start and to store the images and settle.
+    integration_timeout_seconds: float = DEFAULT_INTEGRATION_TIMEOUT_SECONDS
+    upstream_budget_seconds: float = upstream_budget(DEFAULT_INTEGRATION_TIMEOUT_SECONDS)
+    # When no upstream is configured, may the local renderer stand in for every model id? Yes on a laptop
+    # and in tests; never in a deployed function (AWS_LAMBDA_FUNCTION_NAME set) unless demo mode is on.
+    local_serves_all: bool = True
+    # A demo deployment: local output under every model id, at the local price, and every response marked.
+    demo_mode: bool = False
+    # Browser origins allowed by CORS ("*" or a list); empty: no CORS headers.
+    cors_origins: tuple[str, ...] = ()
+    tracing: bool = False  # X-Ray through the Powertools Tracer
     metrics: bool = False  # CloudWatch EMF lines on stdout; on in Lambda, off on a laptop
     # Per-key defaults; a key's own limits (imagegate keys limits) override them.
     images_per_minute: int = 50
@@ -47,22 +89,35 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        demo = env.get("IMAGEGATE_DEMO_MODE", "") == "on"
+        deployed = bool(env.get("AWS_LAMBDA_FUNCTION_NAME"))
+        integration = float(
+            env.get("IMAGEGATE_INTEGRATION_TIMEOUT_SECONDS") or DEFAULT_INTEGRATION_TIMEOUT_SECONDS
+        )
+        requested = env.get("IMAGEGATE_UPSTREAM_BUDGET_SECONDS")
+        local_price = usd_to_micros(env.get("IMAGEGATE_LOCAL_PRICE_USD", "0.002"))
+        prices = env.get("IMAGEGATE_PRICES", "")
         return cls(
             table=env.get("IMAGEGATE_TABLE", cls.table),
             bucket=env.get("IMAGEGATE_BUCKET", cls.bucket),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
             url_ttl_seconds=int(env.get("IMAGEGATE_URL_TTL", cls.url_ttl_seconds)),
-            local_price_micros=usd_to_micros(env.get("IMAGEGATE_LOCAL_PRICE_USD", "0.002")),
+            local_price_micros=local_price,
             max_body_bytes=int(env.get("IMAGEGATE_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_response_bytes=int(env.get("IMAGEGATE_MAX_RESPONSE_BYTES", cls.max_response_bytes)),
             upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
             upstream_ssm_parameter=env.get("IMAGEGATE_UPSTREAM_SSM_PARAMETER", ""),
             bedrock_region=env.get("IMAGEGATE_BEDROCK_REGION", ""),
             routes=env.get("IMAGEGATE_ROUTES", ""),
-            prices=env.get("IMAGEGATE_PRICES", ""),
-            upstream_budget_seconds=float(
-                env.get("IMAGEGATE_UPSTREAM_BUDGET_SECONDS", cls.upstream_budget_seconds)
+            prices=demo_prices(local_price) if demo else prices,
+            integration_timeout_seconds=integration,
+            upstream_budget_seconds=upstream_budget(integration, float(requested) if requested else None),
+            local_serves_all=demo or not deployed,
+            demo_mode=demo,
+            cors_origins=tuple(
+                o.strip() for o in env.get("IMAGEGATE_CORS_ORIGINS", "").split(",") if o.strip()
             ),
+            tracing=env.get("IMAGEGATE_TRACING", "") == "on",
             metrics=env.get("IMAGEGATE_METRICS", "") == "on",
             images_per_minute=int(env.get("IMAGEGATE_IMAGES_PER_MINUTE", cls.images_per_minute)),
             max_concurrent=int(env.get("IMAGEGATE_MAX_CONCURRENT", cls.max_concurrent)),
@@ -82,3 +137,29 @@ def load_document(source: str, default: Path) -> Any:
         return json.loads(default.read_text())
     text = source if source.lstrip().startswith(("{", "[")) else Path(source).read_text()
     return json.loads(text)
+
+
+def demo_prices(local_price_micros: int) -> str:
+    """A price-book override (IMAGEGATE_PRICES) that sells every model at the local renderer's price, no
+    markup and no token pricing: what a demo deployment charges for its drawings under real model ids."""
+    from .money import micros_to_decimal
+
+    packaged = json.loads(Path(__file__).with_name("prices.json").read_text())
+    price = micros_to_decimal(local_price_micros)
+    models = {}
+    for name, fields in packaged["models"].items():
+        if name.startswith("_"):
+            continue
+        per_image = {
+            quality: {size: price for size in sizes if not size.startswith("_")}
+            for quality, sizes in fields["per_image"].items()
+            if not quality.startswith("_")
+        }
+        # None removes the packaged field: the flat price is the whole charge.
+        models[name] = {
+            "per_image": per_image,
+            "markup_percent": "0",
+            "token_rates": None,
+            "image_output_tokens": None,
+        }
+    return json.dumps({"markup_percent": "0", "models": models})

@@ -2,15 +2,23 @@
 
 S3 and DynamoDB come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points elsewhere
 (LocalStack, say); the table and bucket are created, a funded dev key is seeded, and uvicorn serves all
-three routes on 127.0.0.1:$PORT.
+routes on 127.0.0.1:$PORT.
+
+The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
+moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
+Both ports are bound before anything is printed, so a port in use is an error, not a key that never works.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +36,16 @@ LOCAL_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+# `make serve`'s emulator: serves until its parent closes the pipe (or dies), so none is ever left behind.
+EMULATOR_CHILD = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
+from imagegate.devserver import start_aws_emulator
+print(start_aws_emulator(int(sys.argv[1])).server_address[1], flush=True)
+sys.stdin.read()
+"""
 
 
 def start_aws_emulator(port: int) -> BaseWSGIServer:
@@ -97,7 +115,8 @@ def provision(aws: AWSClients, settings: Settings) -> None:
 
 
 def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> tuple[str, bool]:
-    """Fund a dev account and key; returns (key, created). A key that already works is left as it is."""
+    """Fund a dev account and key; returns (key, created). A key that already works is left as it is, so
+    seeding the same key at every start is idempotent."""
     if api_key:
         try:
             accounts.authenticate(f"Bearer {api_key}")
@@ -108,45 +127,111 @@ def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> t
     return accounts.create_key(account_id, label="dev", api_key=api_key), True
 
 
+def dev_key(env: dict[str, str] | os._Environ, state_dir: Path) -> str:
+    """IMAGEGATE_DEV_KEY, else the key kept in `state_dir/dev-key`, else a new one, kept there (mode 600)."""
+    if env.get("IMAGEGATE_DEV_KEY"):
+        return env["IMAGEGATE_DEV_KEY"]
+    path = state_dir / "dev-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = f"sk-ig-dev-{secrets.token_hex(20)}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / ".gitignore").write_text("*\n")
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    return key
+
+
+def bind(port: int, what: str, variable: str) -> socket.socket:
+    """A listening socket on 127.0.0.1:`port`, or exit with a message naming the variable that moves it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        print(
+            f"imagegate: cannot serve {what} on 127.0.0.1:{port}: {exc.strerror}. Another `make serve`?"
+            f" Stop it, or choose another port: {variable}={port + 1} make serve",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    sock.listen(128)
+    return sock
+
+
+def settings_balance(env: dict[str, str] | os._Environ) -> str:
+    return env.get("IMAGEGATE_DEV_BALANCE", "10")
+
+
 def main() -> None:
     for name, value in LOCAL_CREDENTIALS.items():
         os.environ.setdefault(name, value)
+    port = int(os.environ.get("PORT", "8000"))
+    # Both ports first: a port in use stops us before any key is printed.
+    api_socket = bind(port, "the API", "PORT")
+    port = api_socket.getsockname()[1]  # PORT=0: whichever port is free
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    emulator = None
     if not endpoint:
-        emulator = start_aws_emulator(int(os.environ.get("IMAGEGATE_AWS_PORT", "4566")))
-        endpoint = f"http://127.0.0.1:{emulator.server_address[1]}"
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        aws_port = int(os.environ.get("IMAGEGATE_AWS_PORT", "4566"))
+        bind(aws_port, "the AWS emulation", "IMAGEGATE_AWS_PORT").close()
+        # moto in a child process imports on the other core while this one imports the app.
+        emulator = subprocess.Popen(
+            [sys.executable, "-c", EMULATOR_CHILD, str(aws_port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     import uvicorn
     from aws_lambda_powertools.logging import Logger
 
     from .api import create_app
+    from .lambda_app import wrap
     from .service import Service
+
+    if emulator is not None:
+        port_line = emulator.stdout.readline().strip() if emulator.stdout else ""
+        if not port_line.isdigit():
+            code = emulator.wait()
+            print(f"imagegate: the AWS emulation did not start (exit code {code})", file=sys.stderr)
+            raise SystemExit(1)
+        endpoint = f"http://127.0.0.1:{port_line}"
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     settings = Settings.from_env()
     aws = AWSClients(settings, endpoint)
     provision(aws, settings)
-    service = Service(settings, aws, Logger(service="imagegate"))
-    key, created = seed_dev_key(
-        service.accounts, os.environ.get("IMAGEGATE_DEV_KEY"), os.environ.get("IMAGEGATE_DEV_BALANCE", "10")
-    )
-    port = int(os.environ.get("PORT", "8000"))
+    logger = Logger(service="imagegate")
+    # Quiet while starting, so that the banner is not interleaved with JSON log lines; requests log after.
+    level = logger.log_level
+    logger.setLevel(logging.WARNING)
+    service = Service(settings, aws, logger)
+    state_dir = Path(os.environ.get("IMAGEGATE_DEV_STATE", ".imagegate"))
+    key, _ = seed_dev_key(service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ))
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
-    print(
-        f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}"
-    )
     router = service.router
-    if router.local_only:
-        print("provider: local serves every model (no upstream credentials are configured)")
-    else:
-        print(f"providers: {', '.join(router.configured)} (routes: README, 'Routes')")
-    print(f"base URL: http://127.0.0.1:{port}/v1   account {account.account_id}, balance {balance}")
-    if created and not os.environ.get("IMAGEGATE_DEV_KEY"):
-        print(f"dev key (shown once): {key}")
-    sys.stdout.flush()
-    uvicorn.run(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    app = wrap(create_app(service), settings)
+    logger.setLevel(level)
+    lines = [
+        f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
+        "provider: local serves every model (no upstream credentials are configured; drawings, not AI)"
+        if router.local_only
+        else f"providers: {', '.join(router.configured)} (routes: README, 'Routes')",
+        f"base URL: http://127.0.0.1:{port}/v1   account {account.account_id}, balance {balance}",
+        f"dev key:  {key}",
+        f"          (kept in {state_dir / 'dev-key'}: the same key after a restart; balances restart at"
+        f" ${settings_balance(os.environ)})",
+        f"try:      export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY={key}",
+    ]
+    print("\n".join(lines), flush=True)
+    config = uvicorn.Config(app, log_level="warning")
+    uvicorn.Server(config).run(sockets=[api_socket])
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C while starting: no traceback, the shell's usual status
+        raise SystemExit(130) from None

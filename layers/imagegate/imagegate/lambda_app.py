@@ -1,8 +1,9 @@
-"""Lambda entry points: one FastAPI app per function, adapted by Mangum."""
+"""Lambda entry points: one FastAPI app per function, adapted by Mangum (API Gateway REST API events)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
@@ -13,6 +14,8 @@ from .aws import AWSClients
 from .config import Settings
 from .service import Service
 
+DEMO_HEADER = (b"x-imagegate-demo", b"local renderer, not AI")
+
 
 def lambda_handler(route: Route) -> Any:
     """Build the handler for one route. Nothing here touches the network: clients, credentials and
@@ -20,8 +23,10 @@ def lambda_handler(route: Route) -> Any:
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+    app = wrap(create_app(service, [route]), settings)
     # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
-    return logger.inject_lambda_context(Mangum(create_app(service, [route]), lifespan="off"))
+    handler = logger.inject_lambda_context(Mangum(app, lifespan="off"))
+    return _traced(handler, settings)
 
 
 def sweep_handler() -> Any:
@@ -35,4 +40,46 @@ def sweep_handler() -> Any:
         logger.info("sweep finished", extra=result)
         return result
 
-    return logger.inject_lambda_context(handler)
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def wrap(app: Any, settings: Settings) -> Any:
+    """What a deployment adds around the app: CORS for browser clients, and the demo mark."""
+    if settings.demo_mode:
+        app = _Marked(app)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app = CORSMiddleware(
+            app,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "idempotency-key", "openai-organization"],
+            expose_headers=["x-request-id", "x-imagegate-provider", "x-imagegate-demo", "retry-after"],
+            max_age=600,
+        )
+    return app
+
+
+class _Marked:
+    """Every response of a demo deployment says that its images are the local renderer's, not AI."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        async def marked(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), DEMO_HEADER]}
+            await send(message)
+
+        await self.app(scope, receive, marked if scope["type"] == "http" else send)
+
+
+def _traced(handler: Any, settings: Settings) -> Any:
+    """X-Ray through the Powertools Tracer, only when the stack turns it on (the SDK costs cold start)."""
+    if not settings.tracing:
+        return handler
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service="imagegate").capture_lambda_handler(handler, capture_response=False)

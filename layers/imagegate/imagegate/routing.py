@@ -237,7 +237,9 @@ class Router:
         self._sleep = sleep
         self._factories = factories
         self._providers: dict[tuple[str, int, float], Provider] = {}
-        self._local_only = not any(
+        # Local stands in for every model only where settings allow it (a laptop, tests, a demo stack): a
+        # deployed stack with no upstream serves imagegate-local alone, and real ids are model_not_available.
+        self._local_only = settings.local_serves_all and not any(
             self._available(spec) for specs in routes.values() for spec in specs if spec.provider != "local"
         )
 

@@ -1,0 +1,278 @@
+"""The packaging test: the Lambda layer built as `sam build` builds it (layers/imagegate/Makefile, here for
+this machine's architecture and Python), every function copied from its CodeUri, and each one run from those
+built directories in a clean interpreter (`python -I -S`: no site-packages, nothing from the venv; only the
+function and the layer on sys.path) against emulated AWS, with the events/ samples and the environment the
+template gives it.
+
+This catches a dependency missing from the layer, a handler that only works inside the venv, and an AWS call
+that the function's IAM policy in template.yaml does not allow (each call is recorded and checked).
+"""
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagegate.accounts import Accounts
+from imagegate.aws import AWSClients
+from imagegate.billing import Billing
+from imagegate.config import Settings
+from imagegate.devserver import provision
+
+from .cfn import ROOT, Stack, actions
+
+EVENT_KEY = "sk-ig-events-0123456789abcdef0123456789abcdef"
+START_BALANCE = 5_000_000
+REGION = "us-east-1"
+RUN_TIMEOUT_S = 120
+
+# The emulator `make serve` runs, on a free port, in its own process.
+MOTO_CHILD = """
+import sys
+from imagegate.devserver import start_aws_emulator
+print(start_aws_emulator(0).server_address[1], flush=True)
+sys.stdin.read()
+"""
+
+# Runs in the clean interpreter: imports the function as Lambda's bootstrap would, records every AWS API call
+# (service, operation, transaction item kinds), invokes the handler with each event and prints the results.
+BOOTSTRAP = r"""
+import json, sys
+function_dir, layer_dir, events_path = sys.argv[1:4]
+sys.path[:0] = [function_dir, layer_dir]
+
+import botocore.client
+
+calls = []
+_make_api_call = botocore.client.BaseClient._make_api_call
+
+
+def recorded(self, operation, params):
+    service = self.meta.service_model.endpoint_prefix
+    kinds = [next(iter(item)) for item in params.get("TransactItems", [])]
+    calls.append([service, operation, kinds])
+    return _make_api_call(self, operation, params)
+
+
+botocore.client.BaseClient._make_api_call = recorded
+
+
+class Context:
+    function_name = "imagegate-packaging"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 1024
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:imagegate-packaging"
+    aws_request_id = "00000000-0000-4000-8000-00000000000a"
+
+    def get_remaining_time_in_millis(self):
+        return 29_000
+
+
+import app
+
+results = [app.handler(event, Context()) for event in json.load(open(events_path))]
+roots = (function_dir, layer_dir, sys.base_prefix, sys.base_exec_prefix)
+files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+foreign = sorted(f for f in files if f and not f.startswith(roots))
+print("\n" + json.dumps({"results": results, "calls": calls, "foreign": foreign}))
+"""
+
+EVENTS = {
+    "generations": ["generations"],
+    "edits": ["edits", "edits_two_images"],
+    "variations": ["variations"],
+    "balance": ["balance"],
+    "sweep": ["sweep"],
+}
+LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in EVENTS}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """build/: the layer (python/) and one directory per function, as `sam build` lays them out."""
+    out = tmp_path_factory.mktemp("sam-build")
+    layer = out / "ImagegateLayer"
+    version = "{}.{}".format(*sys.version_info[:2])
+    subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(ROOT / "layers/imagegate"),
+            "build-ImagegateLayer",
+            f"ARTIFACTS_DIR={layer}",
+            f"ARCH={platform.machine()}",
+            f"PYTHON_VERSION={version}",
+            f"RUNTIME_PYTHON={sys.executable}",
+            f"UV={ROOT / '.venv/bin/uv'}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    for name in EVENTS:
+        shutil.copytree(ROOT / "functions" / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def aws_endpoint():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION)
+    with subprocess.Popen(
+        [sys.executable, "-c", MOTO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        port = proc.stdout.readline().strip()
+        assert port.isdigit(), f"moto server did not start (exit code {proc.poll()})"
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def deployment(aws_endpoint, monkeypatch):
+    """A fresh table and bucket with a funded account for the events' key; the template's environment."""
+
+    def make(**parameters: str) -> tuple[dict[str, str], Callable[[], int], Callable[[], None]]:
+        suffix = uuid.uuid4().hex[:12]
+        env = Stack(**parameters).environment()
+        env.update(
+            IMAGEGATE_TABLE=f"ig-pkg-{suffix}",
+            IMAGEGATE_BUCKET=f"ig-pkg-{suffix}",
+            AWS_ENDPOINT_URL=aws_endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_REGION=REGION,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_LAMBDA_FUNCTION_NAME="imagegate-packaging",
+            LANG="C.UTF-8",
+        )
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+            monkeypatch.setenv(name, env[name])
+        settings = Settings.from_env(env)
+        aws = AWSClients(settings, aws_endpoint)
+        provision(aws, settings)
+        accounts = Accounts(aws.dynamodb, settings.table)
+        account_id = accounts.create_account(START_BALANCE, label="packaging")
+        accounts.create_key(account_id, label="events", api_key=EVENT_KEY)
+
+        def killed_request() -> None:
+            """A reservation made long ago and never settled, as a killed function leaves it."""
+            details = {"model": "dall-e-2", "endpoint": "generations", "key_id": "key_x"}
+            Billing(aws.dynamodb, settings.table, clock=lambda: 1_000).reserve(
+                account_id, "req_killed", 16_000, details
+            )
+
+        return env, lambda: accounts.balance(account_id), killed_request
+
+    return make
+
+
+def retried(event: dict) -> list[dict]:
+    """The event sent twice with one Idempotency-Key: the second answer is a replay read back from S3."""
+    for headers, value in ((event["headers"], "pkg-retry-1"), (event["multiValueHeaders"], ["pkg-retry-1"])):
+        headers["idempotency-key"] = value
+    return [event, event]
+
+
+def run(built: Path, function: str, env: dict, tmp_path: Path) -> dict:
+    events = [json.loads((ROOT / "events" / f"{name}.json").read_text()) for name in EVENTS[function]]
+    if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
+        events += retried(json.loads((ROOT / "events" / "edits.json").read_text()))
+    events_path = tmp_path / f"{function}-events.json"
+    events_path.write_text(json.dumps(events))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            BOOTSTRAP,
+            str(built / function),
+            str(built / "ImagegateLayer/python"),
+            str(events_path),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.rstrip().splitlines()[-1])
+
+
+def iam_actions(calls: list) -> set[str]:
+    """The IAM actions behind the recorded API calls (a transaction is authorised item by item)."""
+    needed = set()
+    for service, operation, kinds in calls:
+        if operation == "TransactWriteItems":
+            needed |= {f"{service}:{kind}Item" for kind in kinds}
+        elif operation == "TransactGetItems":
+            needed.add(f"{service}:GetItem")
+        else:
+            needed.add(f"{service}:{operation}")
+    return needed
+
+
+@pytest.mark.parametrize("function", list(EVENTS))
+def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, deployment, function, tmp_path):
+    env, balance, killed_request = deployment(DemoMode="true")  # no upstream: a demo draws under real ids
+    if function == "sweep":
+        killed_request()
+    before = balance()
+    out = run(built, function, env, tmp_path)
+
+    assert out["foreign"] == []  # nothing imported from outside the function, the layer and the stdlib
+    for result in out["results"]:
+        if function == "sweep":
+            assert result == {"accounts": 1, "refunded": 1, "refunded_micros": 16_000}
+            assert balance() == START_BALANCE
+            continue
+        assert result["statusCode"] == 200, result["body"][:500]
+        body = json.loads(result["body"])
+        if function == "balance":
+            assert body["balance_micros"] == START_BALANCE
+        else:
+            assert result["headers"]["x-imagegate-provider"] == "local"
+            assert result["headers"]["x-imagegate-demo"] == "local renderer, not AI"
+            assert body["data"]
+    if function in ("generations", "edits", "variations"):
+        assert balance() < before
+    if function == "edits":
+        first, replay = out["results"][-2:]
+        assert replay["headers"]["idempotent-replayed"] == "true"
+        assert json.loads(replay["body"]) == json.loads(first["body"])
+        assert ["s3", "GetObject", []] in out["calls"]
+    # Every AWS call the function made is allowed by its own policy in template.yaml, and no more is needed.
+    assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true"))
+
+
+def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built_function(
+    built, deployment, tmp_path
+):
+    env, balance, _ = deployment()
+    [result] = run(built, "generations", env, tmp_path)["results"]
+
+    assert result["statusCode"] == 400
+    assert json.loads(result["body"])["error"]["code"] == "model_not_available"
+    assert balance() == START_BALANCE
+
+
+def test_the_layer_holds_bytecode_for_its_python(built):
+    layer = built / "ImagegateLayer/python"
+    tag = sys.implementation.cache_tag
+    assert (layer / "imagegate" / "__pycache__" / f"api.{tag}.pyc").exists()
+    assert (layer / "pydantic" / "__pycache__" / f"main.{tag}.pyc").exists()
+    assert {p.name.split(".")[-2] for p in layer.glob("**/*.pyc")} == {tag}  # none for another Python

@@ -1,0 +1,321 @@
+"""template.yaml, checked as data: least privilege, alarms that can be delivered, an API whose own errors
+speak OpenAI's shape, limits and timeouts that agree with the code, state that outlives the stack."""
+
+import copy
+import json
+import re
+
+import pytest
+
+from imagegate.config import COLD_START_ALLOWANCE_SECONDS, FINISH_ALLOWANCE_SECONDS, Settings
+
+from .cfn import ROOT, Stack, actions, functions, statements, template
+
+READ_VERBS = re.compile(r"^(dynamodb:(GetItem|BatchGetItem|Query)|s3:GetObject)$")
+AWS_MANAGED_KEY = re.compile(r"^(alias/)?aws/")
+
+
+# --- least privilege ------------------------------------------------------------------------------------
+
+
+def iam_statements(document: dict) -> list[tuple[str, dict]]:
+    """(owner, statement) for every identity policy in a template: function policies and IAM resources.
+    Resource policies (a KMS key's, a bucket's) are not identity grants and are left out."""
+    found = []
+    for name, resource in document["Resources"].items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function":
+            for policy in props.get("Policies", []):
+                if isinstance(policy, dict) and "Statement" in policy:
+                    found += [(name, s) for s in policy["Statement"]]
+        elif resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+            found += [(name, s) for s in props["PolicyDocument"]["Statement"]]
+        elif resource["Type"] == "AWS::IAM::Role":
+            for policy in props.get("Policies", []):
+                found += [(name, s) for s in policy["PolicyDocument"]["Statement"]]
+    flat = []
+    for owner, statement in found:
+        if list(statement) == ["Fn::If"]:
+            flat += [(owner, s) for s in statement["Fn::If"][1:] if "Ref" not in s]
+        else:
+            flat.append((owner, statement))
+    return flat
+
+
+def wildcard_actions(document: dict) -> list[str]:
+    bad = []
+    for owner, statement in iam_statements(document):
+        listed = statement.get("Action", [])
+        for action in [listed] if isinstance(listed, str) else listed:
+            if "*" in action:
+                bad.append(f"{owner}: {action}")
+        if "NotAction" in statement:
+            bad.append(f"{owner}: NotAction")
+    return bad
+
+
+def write_actions(allowed: set[str]) -> set[str]:
+    return {a for a in allowed if not READ_VERBS.match(a)}
+
+
+def test_no_identity_policy_grants_a_wildcard_action():
+    assert wildcard_actions(template()) == []
+
+
+def test_the_wildcard_check_catches_one():
+    document = copy.deepcopy(template())
+    document["Resources"]["BalanceFunction"]["Properties"]["Policies"][0]["Statement"][0]["Action"] = [
+        "dynamodb:*"
+    ]
+    assert wildcard_actions(document) == ["BalanceFunction: dynamodb:*"]
+
+
+def test_the_read_only_balance_function_can_only_read():
+    allowed = actions("BalanceFunction")
+    assert allowed == {"dynamodb:GetItem", "dynamodb:Query"}
+    assert write_actions(allowed) == set()
+
+
+def test_the_write_check_catches_a_write_on_the_balance_function():
+    assert write_actions({"dynamodb:GetItem", "s3:PutObject", "dynamodb:UpdateItem"}) == {
+        "s3:PutObject",
+        "dynamodb:UpdateItem",
+    }
+
+
+def test_each_function_gets_only_its_own_actions():
+    image = actions("GenerationsFunction")
+    assert image == actions("EditsFunction") == actions("VariationsFunction")
+    assert "bedrock:InvokeModel" in image and "secretsmanager:GetSecretValue" in image
+    sweep = actions("SweepFunction")
+    assert not {a for a in sweep if not a.startswith("dynamodb:")}  # no S3, no secrets, no Bedrock
+    assert "dynamodb:DeleteItem" not in sweep
+    # Nothing conditional is granted by default: no secret, no parameter, no key, no Bedrock.
+    assert actions("GenerationsFunction", Stack()) == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:DeleteObject",
+    }
+
+
+def test_a_customer_managed_key_gets_decrypt_through_secrets_manager_and_ssm_only():
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert "kms:Decrypt" not in actions("GenerationsFunction", Stack())
+    [statement] = [
+        s
+        for s in statements("GenerationsFunction", Stack(UpstreamCredentialsKmsKeyArn=key))
+        if "kms" in str(s)
+    ]
+    assert statement["Action"] == "kms:Decrypt"
+    assert "kms:ViaService" in statement["Condition"]["StringEquals"]
+
+
+@pytest.mark.parametrize(
+    ("arn", "ok"),
+    [
+        ("", True),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:imagegate/upstreams-AbCdEf", True),
+        ("arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:up-123abc", True),
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:imagegate/upstreams", False),  # partial
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:upstreams-AbC", False),
+        ("imagegate/upstreams", False),
+    ],
+)
+def test_the_secret_arn_must_be_complete(arn, ok):
+    pattern = template()["Parameters"]["UpstreamCredentialsSecretArn"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, arn)) is ok
+
+
+# --- alarms that arrive ---------------------------------------------------------------------------------
+
+
+def undeliverable_alarm_topics(document: dict) -> list[str]:
+    """Topics that alarms notify but CloudWatch cannot publish to: encrypted under an AWS-managed key
+    (alias/aws/sns admits no service principal), or under a key whose policy does not admit CloudWatch."""
+    resources = document["Resources"]
+    topics = {
+        a["Ref"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        for a in json.loads(
+            json.dumps(r["Properties"].get("AlarmActions", [])).replace('"Fn::If"', '"If"')
+        ).get("If", [None, [], []])[1]
+        if isinstance(a, dict) and "Ref" in a
+    }
+    assert topics, "no alarm notifies a topic"
+    bad = []
+    for name in sorted(topics):
+        key = resources[name]["Properties"].get("KmsMasterKeyId")
+        if key is None:
+            continue
+        if isinstance(key, str):
+            if AWS_MANAGED_KEY.match(key):
+                bad.append(f"{name}: {key}")
+            continue
+        policy = resources[key["Ref"]]["Properties"]["KeyPolicy"]["Statement"]
+        admits = [
+            s
+            for s in policy
+            if s.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com"
+            and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(s["Action"])
+        ]
+        if not admits:
+            bad.append(f"{name}: key {key['Ref']} does not admit cloudwatch.amazonaws.com")
+    return bad
+
+
+def test_alarm_topics_can_be_published_to_by_cloudwatch():
+    assert undeliverable_alarm_topics(template()) == []
+
+
+def test_the_alarm_check_catches_the_aws_managed_sns_key():
+    document = copy.deepcopy(template())
+    document["Resources"]["AlarmTopic"]["Properties"]["KmsMasterKeyId"] = "alias/aws/sns"
+    assert undeliverable_alarm_topics(document) == ["AlarmTopic: alias/aws/sns"]
+
+
+def test_alarm_email_is_documented_as_what_makes_alarms_act():
+    assert "notify nobody" in template()["Parameters"]["AlarmEmail"]["Description"]
+
+
+# --- the REST API ---------------------------------------------------------------------------------------
+
+
+def api() -> dict:
+    [(name, resource)] = [
+        (n, r)
+        for n, r in template()["Resources"].items()
+        if r["Type"].startswith("AWS::Serverless::") and "Api" in r["Type"]
+    ]
+    assert (name, resource["Type"]) == ("RestApi", "AWS::Serverless::Api")
+    return resource["Properties"]
+
+
+GATEWAY_ERRORS = {
+    "DEFAULT_4XX": None,
+    "DEFAULT_5XX": None,
+    "MISSING_AUTHENTICATION_TOKEN": 404,
+    "RESOURCE_NOT_FOUND": 404,
+    "REQUEST_TOO_LARGE": 413,
+    "THROTTLED": 429,
+    "QUOTA_EXCEEDED": 429,
+    "INTEGRATION_TIMEOUT": 504,
+    "INTEGRATION_FAILURE": 502,
+    "WAF_FILTERED": 403,
+}
+
+
+@pytest.mark.parametrize(("kind", "status"), GATEWAY_ERRORS.items())
+def test_gateway_errors_are_openai_shaped_with_the_request_id(kind, status):
+    response = api()["GatewayResponses"][kind]
+    assert response.get("StatusCode") == status
+    assert response["ResponseParameters"]["Headers"]["x-request-id"] == "context.requestId"
+    body = response["ResponseTemplates"]["application/json"]
+    # API Gateway substitutes $context variables; messageString comes quoted.
+    rendered = body.replace("$context.error.messageString", '"Forbidden"')
+    rendered = re.sub(r"\$context\.\w+", "x", rendered)
+    error = json.loads(rendered)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and error["code"]
+
+
+def test_api_takes_multipart_as_binary_throttles_the_stage_and_logs_access():
+    props = api()
+    assert props["BinaryMediaTypes"] == ["multipart~1form-data"]
+    [setting] = props["MethodSettings"]
+    assert setting["ThrottlingBurstLimit"] == {"Ref": "ThrottlingBurstLimit"}
+    assert setting["ThrottlingRateLimit"] == {"Ref": "ThrottlingRateLimit"}
+    params = template()["Parameters"]
+    assert params["ThrottlingBurstLimit"]["MinValue"] == params["ThrottlingRateLimit"]["MinValue"] == 1
+    assert "authorization" not in props["AccessLogSetting"]["Format"].lower()
+    assert "ApiBaseUrl" in template()["Outputs"]
+
+
+def test_one_function_per_endpoint_each_with_its_own_route():
+    routes = {}
+    for name, function in functions().items():
+        for event in function["Properties"].get("Events", {}).values():
+            if event["Type"] == "Api":
+                assert event["Properties"]["RestApiId"] == {"Ref": "RestApi"}
+                routes[event["Properties"]["Path"]] = name
+    assert routes == {
+        "/v1/images/generations": "GenerationsFunction",
+        "/v1/images/edits": "EditsFunction",
+        "/v1/images/variations": "VariationsFunction",
+        "/v1/balance": "BalanceFunction",
+    }
+
+
+def test_integration_timeout_drives_the_gateway_the_functions_and_the_upstream_budget():
+    document = template()
+    allowed = document["Parameters"]["IntegrationTimeoutSeconds"]["AllowedValues"]
+    mapping = document["Mappings"]["IntegrationTimeout"]
+    assert document["Globals"]["Function"]["Timeout"] == {"Ref": "IntegrationTimeoutSeconds"}
+    for seconds in allowed:
+        assert mapping[seconds]["Millis"] == int(seconds) * 1000
+        settings = Settings.from_env(Stack(IntegrationTimeoutSeconds=seconds).environment())
+        # A cold start plus the budget plus storing and settling never outlasts the gateway.
+        total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
+        assert total <= int(seconds)
+    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction", "BalanceFunction"):
+        [event] = functions()[function]["Properties"]["Events"].values()
+        assert event["Properties"]["TimeoutInMillis"] == {
+            "Fn::FindInMap": ["IntegrationTimeout", {"Ref": "IntegrationTimeoutSeconds"}, "Millis"]
+        }
+
+
+def test_optional_waf_domain_cors_tracing_and_reserved_concurrency():
+    resources = template()["Resources"]
+    assert resources["WebAclAssociation"]["Condition"] == "HasWebAcl"
+    assert resources["ApiDomain"]["Condition"] == resources["ApiDomainMapping"]["Condition"] == "HasDomain"
+    assert (
+        Stack(CorsAllowOrigins="https://a.example").environment()["IMAGEGATE_CORS_ORIGINS"]
+        == "https://a.example"
+    )
+    assert Stack(XRayTracing="true").environment()["IMAGEGATE_TRACING"] == "on"
+    assert Stack().environment()["IMAGEGATE_TRACING"] == "off"
+    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction"):
+        reserved = functions()[function]["Properties"]["ReservedConcurrentExecutions"]
+        assert Stack(ReservedConcurrency="5").resolve(reserved) == "5"
+        assert Stack().resolve(reserved) is not None and Stack().resolve(reserved) != "0"
+
+
+# --- honest defaults, state, build ------------------------------------------------------------------------
+
+
+def test_a_default_stack_never_lets_local_stand_in_for_real_models():
+    env = {**Stack().environment(), "AWS_LAMBDA_FUNCTION_NAME": "imagegate-generations"}
+    assert Settings.from_env(env).local_serves_all is False
+    demo = {**Stack(DemoMode="true").environment(), "AWS_LAMBDA_FUNCTION_NAME": "imagegate-generations"}
+    assert Settings.from_env(demo).demo_mode is True
+    outputs = template()["Outputs"]
+    assert outputs["DemoModeWarning"]["Condition"] == "IsDemo"
+    assert outputs["NoUpstreamWarning"]["Condition"] == "HasNoUpstream"
+    assert "not AI" in template()["Parameters"]["LocalPriceUsd"]["Description"]
+
+
+def test_the_table_is_protected_retained_and_can_be_adopted():
+    table = template()["Resources"]["Table"]
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    assert table["Properties"]["DeletionProtectionEnabled"] is True
+    assert (
+        Stack(ExistingTableName="imagegate-Table-OLD").environment()["IMAGEGATE_TABLE"]
+        == "imagegate-Table-OLD"
+    )
+    assert Stack().environment()["IMAGEGATE_TABLE"] == "Table"  # the stack's own table
+
+
+def test_the_layer_build_matches_the_template_architecture_and_runtime():
+    functions_globals = template()["Globals"]["Function"]
+    layer = template()["Resources"]["ImagegateLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "makefile"
+    makefile = (ROOT / "layers/imagegate/Makefile").read_text()
+    arch = {"arm64": "aarch64", "x86_64": "x86_64"}[functions_globals["Architectures"][0]]
+    assert re.search(rf"^ARCH \?= {arch}$", makefile, re.M)
+    version = functions_globals["Runtime"].removeprefix("python")
+    assert re.search(rf"^PYTHON_VERSION \?= {re.escape(version)}$", makefile, re.M)
+    assert layer["Properties"]["CompatibleRuntimes"] == [functions_globals["Runtime"]]
