@@ -93,7 +93,29 @@ def test_a_failed_request_can_be_retried_with_the_same_key(stack, new_user):
     assert user.balance() == DALLE2_256 // 2
 
 
-def test_images_per_minute_over_the_limit_is_a_429_with_openai_headers(stack, new_user):
+class Clock:
+    """Time that stands still unless a test moves it, so no limit depends on when the test runs."""
+
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def clock():
+    return Clock()
+
+
+@pytest.fixture(scope="module")
+def clocked_stack(start_stack, clock):
+    return start_stack(clock=clock)
+
+
+def test_images_per_minute_over_the_limit_is_a_429_with_openai_headers(clocked_stack, clock, new_user):
+    """It once flaked at minute boundaries (a fixed window): now a token bucket on an injected clock."""
+    stack = clocked_stack
     user = new_user(stack, balance=1_000_000, images_per_minute=3)
     raw = user.client.images.with_raw_response.generate(
         model="dall-e-2", prompt="x", size="256x256", n=2, response_format="b64_json"
@@ -106,14 +128,20 @@ def test_images_per_minute_over_the_limit_is_a_429_with_openai_headers(stack, ne
     error, headers = info.value.body, info.value.response.headers
     assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
     assert "Limit 3, Remaining 1, Requested 2" in error["message"]
-    # A token bucket: one more image refills every 20 s, so two fit again about 20 s from now.
-    assert 15 <= int(headers["retry-after"]) <= 20
+    # A token bucket: one image refills every 20 s, so the second of two fits exactly 20 s from now.
+    assert headers["retry-after"] == "20"
+    assert headers["x-ratelimit-reset-images"] == "40s"
     assert headers["x-ratelimit-remaining-images"] == "1"
     assert headers["x-ratelimit-reset-images"].endswith("s")
     # Refused whole, and free: the one image left in this minute can still be had.
     assert user.balance() == 1_000_000 - 2 * DALLE2_256
     user.client.images.generate(model="dall-e-2", prompt="x", size="256x256", response_format="b64_json")
     assert user.balance() == 1_000_000 - 3 * DALLE2_256
+    with pytest.raises(openai.RateLimitError):
+        user.client.images.generate(model="dall-e-2", prompt="x", size="256x256")
+    clock.now += 20  # one image's refill
+    user.client.images.generate(model="dall-e-2", prompt="x", size="256x256", response_format="b64_json")
+    assert user.balance() == 1_000_000 - 4 * DALLE2_256
 
 
 def test_the_balance_endpoint_shows_balance_and_usage_by_day_and_model(stack, new_user, http):
