@@ -159,8 +159,9 @@ class Billing:
                     model=details.get("model", ""),
                     key_id=account.key_id,
                 ),
-                key_take.update(self._table, item_key(account.key_pk, "KEY")),
             ]
+            if key_take.set or key_take.remove:  # a key with no limit in force is not written at all
+                actions.append(key_take.update(self._table, item_key(account.key_pk, "KEY")))
             try:
                 failed = transact_or_reasons(self._db, actions, self._sleep)
             except ClientError as exc:

@@ -111,9 +111,7 @@ class Fragment:
             for verb, parts in (("SET", self.set), ("REMOVE", self.remove), ("ADD", self.add))
             if parts
         ]
-        update: dict[str, Any] = {"TableName": table, "Key": key}
-        if clauses:
-            update["UpdateExpression"] = " ".join(clauses)
+        update: dict[str, Any] = {"TableName": table, "Key": key, "UpdateExpression": " ".join(clauses)}
         if self.conditions:
             update["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
         if self.names:
@@ -122,8 +120,7 @@ class Fragment:
             update["ExpressionAttributeValues"] = self.values
         if return_old and self.conditions:
             update["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-        # Nothing to write (no limits in force): the assumptions are still checked.
-        return {"Update" if clauses else "ConditionCheck": update}
+        return {"Update": update}
 
 
 def cost_ms(images: int, limit: int) -> int:
