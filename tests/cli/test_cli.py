@@ -828,3 +828,11 @@ def test_usage_csv_and_table_escape_stored_control_characters(table, capsys):
     _, out, _ = run(capsys, "usage", "--by", "key", "--format", "json")  # JSON escapes them itself
     assert_clean(out)
     assert json.loads(out)[0]["key_id"] == "key\x1b[1m"
+
+
+def test_a_label_with_bytes_that_are_not_utf8_is_refused(table, capsys):
+    """A shell passes undecodable argv bytes through as lone surrogates, which DynamoDB cannot store."""
+    for argv in (("accounts", "create", "--label", "caf\udce9"), ("--actor", "\udcff", "accounts", "create")):
+        err = usage_error(capsys, *argv)
+        assert "control characters" in err and "\udce9" not in err and "\udcff" not in err
+    assert table.accounts.list_accounts() == []

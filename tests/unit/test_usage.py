@@ -2,12 +2,15 @@
 
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from imagegate import accounts as accounts_module
 from imagegate import ledger
+from imagegate.accounts import Account
 from imagegate.billing import Billing
+from imagegate.service import Service
 
 from .conftest import Clock
 
@@ -34,7 +37,7 @@ class Counting:
         return call
 
 
-def settle_daily(aws, settings, account_id, days, models=("dall-e-2",), key_id="key_a"):
+def settle_daily(aws, settings, account_id, days, models=("dall-e-2",), key_id="key_a", today=TODAY):
     """Counters of one settled request per model on each of the `days` UTC days ending TODAY: the items
     billing's settle makes with `ledger.usage_update`, written 25 at a time (a settle takes ~0.3 s in
     moto)."""
@@ -43,7 +46,7 @@ def settle_daily(aws, settings, account_id, days, models=("dall-e-2",), key_id="
         for model in models:
             update = ledger.usage_update(
                 settings.table,
-                TODAY - timedelta(days=back),
+                today - timedelta(days=back),
                 account_id,
                 key_id,
                 model,
@@ -74,6 +77,20 @@ def test_one_accounts_usage_over_90_days_is_one_query(aws, settings, accounts):
     days = [r.day for r in rows]
     assert days == sorted(days, reverse=True)  # newest first
     assert days[0] == "2026-03-14" and days[-1] == (TODAY - timedelta(days=89)).isoformat()
+
+
+def test_the_balance_endpoints_90_days_are_one_get_and_one_query(aws, settings, accounts):
+    account_id = accounts.create_account(10_000_000)
+    # The endpoint's window ends today by the wall clock: counters from 100 days back to tomorrow, so that
+    # any 90-day window ending today (or a day either side, past midnight) holds 90 days of them.
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    settle_daily(aws, settings, account_id, 102, models=("dall-e-2", "gpt-image-1"), today=tomorrow)
+    db = Counting(aws.dynamodb)
+    service = Service(settings, SimpleNamespace(dynamodb=db), logger=None)
+    body = service.balance(Account(account_id, "key_a"), days=90)
+    assert db.calls == {"get_item": 1, "query": 1}
+    assert body["balance_micros"] == 10_000_000
+    assert len(body["usage"]["data"]) == 90 * 2  # one row per day and model
 
 
 def test_the_window_is_exact_at_both_ends(aws, settings, accounts):

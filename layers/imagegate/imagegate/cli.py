@@ -42,9 +42,10 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
 }
 USAGE_COLUMNS = ("requests", "images", "charged", "charged_usd", "refunded", "refunded_usd")
 MAX_LABEL = 200  # characters in a label, reason or actor: a note, not a document
-# What must never reach a terminal from the table: C0 and C1 controls (newlines, tabs, ANSI escapes) and the
-# invisible bidirectional controls that reorder what a line appears to say, and line/paragraph separators.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# What must never reach a terminal from the table: C0 and C1 controls (newlines, tabs, ANSI escapes), the
+# invisible bidirectional controls that reorder what a line appears to say, line/paragraph separators, and
+# lone surrogates (undecodable bytes in argv arrive as them, and DynamoDB cannot store them).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -303,7 +304,8 @@ def _text(value: str) -> str:
     """A label, reason or actor: stored, and shown in tables, so one line of printable text."""
     if _UNSAFE.search(value):
         raise ValueError(
-            "must not contain control characters (newlines, tabs, terminal escapes, bidirectional controls)"
+            "must not contain control characters (newlines, tabs, terminal escapes, bidirectional controls) "
+            "or bytes that are not UTF-8"
         )
     if len(value) > MAX_LABEL:
         raise ValueError(f"must be at most {MAX_LABEL} characters, got {len(value)}")
