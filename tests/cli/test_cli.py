@@ -708,3 +708,132 @@ def test_dates_are_utc(table, capsys):
 
 def test_sweep_refuses_an_age_that_could_catch_running_requests(table, capsys):
     assert "must be at least 60 seconds" in usage_error(capsys, "sweep", "--older-than", "30")
+
+
+# --- bounds on what an operator types (issue 8, item 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("days", ["367", "99999", "9" * 400])
+def test_a_usage_window_beyond_366_days_is_a_usage_error(table, capsys, days):
+    err = usage_error(capsys, "usage", "--days", days)
+    assert "argument --days: must be from 1 to 366 days" in err
+
+
+def test_a_usage_window_of_366_days_is_reported(traffic, capsys):
+    code, out, _ = run(capsys, "usage", "--days", "366", "--by", "model", "--format", "json")
+    assert code == 0 and sum(r["requests"] for r in json.loads(out)) == 5
+
+
+HUGE_AMOUNTS = [
+    ("accounts", "create", "--balance", "1e40"),
+    ("accounts", "create", "--balance", "1000000000.000001"),
+    ("keys", "create", "--balance", "1e35"),
+    ("balance", "credit", "ACCOUNT", "1e35"),
+    ("balance", "credit", "ACCOUNT", "1E+999999"),  # overflows decimal's default context
+    ("balance", "adjust", "ACCOUNT", "--reason", "x", "--", "-1e35"),
+]
+
+
+def test_amounts_above_one_billion_dollars_are_refused(table, capsys):
+    account_id = table.accounts.create_account(5_000_000)
+    for argv in HUGE_AMOUNTS:
+        err = usage_error(capsys, *(account_id if a == "ACCOUNT" else a for a in argv))
+        assert "above the ceiling of $1,000,000,000 for one amount" in err, argv
+    assert table.balance(account_id) == 5_000_000 and len(table.accounts.list_accounts()) == 1
+
+
+def test_an_amount_of_exactly_one_billion_dollars_is_accepted(table, capsys):
+    code, out, err = run(capsys, "accounts", "create", "--balance", "1000000000")
+    assert (code, err) == (0, "") and "$1000000000.000000" in out
+
+
+CONTROL_LABELS = [
+    "two\nlines",
+    "carriage\rreturn",
+    "\x1b[31mred\x1b[0m",
+    "tab\there",
+    "nul\x00",
+    "del\x7f",
+    "c1\x9b2J",
+    "bidi\u202eevil",
+    "line\u2028separator",
+]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("accounts", "create", "--label"),
+        ("keys", "create", "--balance", "1", "--label"),
+        ("balance", "credit", "ACCOUNT", "1", "--reason"),
+        ("balance", "adjust", "ACCOUNT", "1", "--reason"),
+        ("--actor",),
+    ],
+)
+def test_control_characters_in_labels_reasons_and_actors_are_refused(table, capsys, command):
+    account_id = table.accounts.create_account(0)
+    for label in CONTROL_LABELS:
+        argv = [account_id if a == "ACCOUNT" else a for a in (*command, label)]
+        if argv == ["--actor", label]:
+            argv += ["balance", "credit", account_id, "1"]
+        err = usage_error(capsys, *argv)
+        assert "control characters" in err, label
+        assert "\x1b" not in err and "\u202e" not in err  # the message itself stays one clean line
+    assert len(table.accounts.list_accounts()) == 1 and table.accounts.list_keys() == []
+    assert table.entries(account_id) == []
+
+
+def test_a_label_longer_than_200_characters_is_refused(table, capsys):
+    assert "at most 200 characters" in usage_error(capsys, "accounts", "create", "--label", "x" * 201)
+    code, _, _ = run(capsys, "accounts", "create", "--label", "é☕" * 100)
+    assert code == 0 and table.accounts.list_accounts()[0].label == "é☕" * 100
+
+
+HOSTILE = "evil\n\x1b[2Jlabel\t\u202e"
+ESCAPED = "evil\\n\\x1b[2Jlabel\\t\\u202e"
+
+
+def assert_clean(out):
+    assert not {c for c in out if c != "\n" and (ord(c) < 32 or 0x7F <= ord(c) < 0xA0)}
+    assert "\u202e" not in out
+
+
+def test_labels_already_stored_with_control_characters_are_shown_escaped(table, capsys):
+    """Labels written before the check (or by another tool) cannot break a table or a terminal."""
+    account_id = table.accounts.create_account(1_000_000, label=HOSTILE)
+    table.accounts.create_key(account_id, label=HOSTILE)
+    for argv in (("accounts", "list"), ("keys", "list"), ("accounts", "show", account_id)):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        assert_clean(out)
+        assert ESCAPED in out
+    _, out, _ = run(capsys, "accounts", "list")
+    [row] = rows(out)
+    assert row["LABEL"] == ESCAPED
+
+
+def test_usage_csv_and_table_escape_stored_control_characters(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    day = datetime.now(UTC).date()
+    update = ledger.usage_update(
+        table.name, day, account_id, "key\x1b[1m", "model\nx", images=1, charged=5, refunded=0
+    )
+    table.db.update_item(**update["Update"])
+    _, out, _ = run(capsys, "usage", "--by", "model", "--format", "csv")
+    assert_clean(out)
+    [row] = csv.DictReader(io.StringIO(out))
+    assert row["model"] == "model\\nx"
+    _, out, _ = run(capsys, "usage", "--by", "key")
+    assert_clean(out)
+    assert rows("\n".join(out.splitlines()[:-2]))[0]["KEY_ID"] == "key\\x1b[1m"
+    _, out, _ = run(capsys, "usage", "--by", "key", "--format", "json")  # JSON escapes them itself
+    assert_clean(out)
+    assert json.loads(out)[0]["key_id"] == "key\x1b[1m"
+
+
+def test_a_label_with_bytes_that_are_not_utf8_is_refused(table, capsys):
+    """A shell passes undecodable argv bytes through as lone surrogates, which DynamoDB cannot store."""
+    for argv in (("accounts", "create", "--label", "caf\udce9"), ("--actor", "\udcff", "accounts", "create")):
+        err = usage_error(capsys, *argv)
+        assert "control characters" in err and "\udce9" not in err and "\udcff" not in err
+    assert table.accounts.list_accounts() == []

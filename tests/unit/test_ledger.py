@@ -288,7 +288,7 @@ def test_usage_is_counted_per_utc_day_and_expires(aws, settings, accounts, clock
     assert len(ledger.usage(aws.dynamodb, settings.table, days=4, account_id=account_id, today=later)) == 3
     item = aws.dynamodb.get_item(
         TableName=settings.table,
-        Key={"pk": {"S": "USAGE#2026-03-14"}, "sk": {"S": f"{account_id}#key_a#gpt-image-1.5"}},
+        Key={"pk": {"S": f"USAGE#{account_id}"}, "sk": {"S": "2026-03-14#key_a#gpt-image-1.5"}},
     )["Item"]
     assert int(item["expires_at"]["N"]) == int(datetime(2027, 4, 18, tzinfo=UTC).timestamp())  # 400 days on
 

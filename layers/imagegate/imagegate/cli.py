@@ -13,6 +13,7 @@ import csv
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "key": ("account_id", "key_id"),
 }
 USAGE_COLUMNS = ("requests", "images", "charged", "charged_usd", "refunded", "refunded_usd")
+MAX_LABEL = 200  # characters in a label, reason or actor: a note, not a document
+# What must never reach a terminal from the table: C0 and C1 controls (newlines, tabs, ANSI escapes), the
+# invisible bidirectional controls that reorder what a line appears to say, line/paragraph separators, and
+# lone surrogates (undecodable bytes in argv arrive as them, and DynamoDB cannot store them).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class CLIError(Exception):
@@ -94,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     parser.add_argument(
         "--actor",
+        type=_text,
         metavar="NAME",
         help="who the ledger records for balance changes (default: cli:<login name>)",
     )
@@ -106,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--balance", type=_amount, default=0, metavar="USD", help="opening balance in USD (default 0)"
     )
-    create.add_argument("--label", default="", help="a note to recognise the account by")
+    create.add_argument("--label", type=_text, default="", help="a note to recognise the account by")
     show = _command(
         accounts, "accounts show", _accounts_show, "an account's balance, keys and latest ledger entries"
     )
@@ -130,7 +138,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="USD",
         help="without --account: the new account's opening balance in USD; with it: USD to credit",
     )
-    create.add_argument("--label", default="", help="a note to recognise the key (and a new account) by")
+    create.add_argument(
+        "--label", type=_text, default="", help="a note to recognise the key (and a new account) by"
+    )
     create.add_argument(
         "--images-per-minute", type=_count, metavar="N", help="images per minute (default: deployment's)"
     )
@@ -165,22 +175,25 @@ def _parser() -> argparse.ArgumentParser:
     credit.add_argument("account_id")
     credit.add_argument("amount", type=_positive_amount, help="USD to add, e.g. 5 or 0.25")
     credit.add_argument(
-        "--reason", default=CREDIT_REASON, help=f"recorded in the ledger (default: {CREDIT_REASON!r})"
+        "--reason",
+        type=_text,
+        default=CREDIT_REASON,
+        help=f"recorded in the ledger (default: {CREDIT_REASON!r})",
     )
     adjust = _command(
         balance, "balance adjust", _balance_adjust, "correct a balance up or down (never below zero)"
     )
     adjust.add_argument("account_id")
     adjust.add_argument("amount", type=_signed_amount, help="USD to add (e.g. 1.5) or remove (e.g. -1.5)")
-    adjust.add_argument("--reason", required=True, help="why, recorded in the ledger (required)")
+    adjust.add_argument("--reason", type=_text, required=True, help="why, recorded in the ledger (required)")
 
     usage = _command(groups, "usage", _usage, "requests, images and money per day, model or key")
     usage.add_argument(
         "--days",
-        type=_count,
+        type=_days,
         default=30,
         metavar="N",
-        help="the last N UTC days, today included (default 30)",
+        help=f"the last N UTC days, today included (default 30, at most {ledger.MAX_USAGE_DAYS})",
     )
     usage.add_argument("--account", metavar="ID", help="only this account")
     usage.add_argument(
@@ -275,6 +288,28 @@ def _sweep_age(value: str) -> int:
 @_parsed
 def _count(value: str) -> int:
     return _whole(value)
+
+
+@_parsed
+def _days(value: str) -> int:
+    """A usage window: each day is more to read, so it has a ceiling (a leap year)."""
+    days = _whole(value.lstrip("0")[:4] or "0")  # no int() of a thousand digits
+    if days > ledger.MAX_USAGE_DAYS:
+        raise ValueError(f"must be from 1 to {ledger.MAX_USAGE_DAYS} days")
+    return days
+
+
+@_parsed
+def _text(value: str) -> str:
+    """A label, reason or actor: stored, and shown in tables, so one line of printable text."""
+    if _UNSAFE.search(value):
+        raise ValueError(
+            "must not contain control characters (newlines, tabs, terminal escapes, bidirectional controls) "
+            "or bytes that are not UTF-8"
+        )
+    if len(value) > MAX_LABEL:
+        raise ValueError(f"must be at most {MAX_LABEL} characters, got {len(value)}")
+    return value
 
 
 def _whole(value: str) -> int:
@@ -520,7 +555,10 @@ def _usage(admin: Admin, args: argparse.Namespace) -> int:
     else:
         writer = csv.DictWriter(sys.stdout, fieldnames=[*fields, *USAGE_COLUMNS], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(_usage_record(row, fields) for row in grouped)
+        writer.writerows(
+            {name: _shown(v) if isinstance(v, str) else v for name, v in _usage_record(row, fields).items()}
+            for row in grouped
+        )
     return 0
 
 
@@ -609,7 +647,7 @@ def _print_table(
 ) -> None:
     """Columns padded to their widest cell; `right`: columns aligned right (amounts, counts); `total`: a
     last row, under a rule."""
-    cells = [list(headers), *([str(c) for c in row] for row in [*rows, *([total] if total else [])])]
+    cells = [list(headers), *([_shown(c) for c in row] for row in [*rows, *([total] if total else [])])]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(
@@ -625,7 +663,17 @@ def _print_table(
 def _print_fields(fields: dict[str, str]) -> None:
     width = max(len(name) for name in fields)
     for name, value in fields.items():
-        print(f"{name.ljust(width)}  {value}")
+        print(f"{name.ljust(width)}  {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A value as one line of printable text: stored text can predate the checks on what is typed
+    (or come from elsewhere), so controls are shown as escapes (`\\n`, `\\x1b`, `\\u202e`), never sent."""
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m[0]) or _escape(m[0]), str(value))
+
+
+def _escape(char: str) -> str:
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def _balance_text(micros: int) -> str:

@@ -10,9 +10,14 @@ ledger. Items (single table, `pk`/`sk`):
          settle   amount = +refunded; request_id, charged, refunded (the request's final charge)
          credit   amount > 0; reason, actor
          adjust   amount of either sign (never taking the balance below zero); reason, actor
-  USAGE#<yyyy-mm-dd UTC> / <account_id>#<key_id>#<model>
+  USAGE#<account_id> / <yyyy-mm-dd UTC>#<key_id>#<model>
       -> account_id, key_id, model, requests, images, charged, refunded (ADDed by every settle),
-         expires_at (TTL, USAGE_TTL_DAYS after the day's last settle)
+         expires_at (TTL, USAGE_TTL_DAYS after the day)
+     One partition per account, sorted by day: any window of one account's usage is one Query (`sk BETWEEN`),
+     and settles of different accounts write to different partitions. The report over every account reads
+     the accounts index (ACCOUNTS, accounts.py) and then one Query per account: its cost follows the number
+     of accounts, never the number of days. (Before, counters were kept per day, USAGE#<day> / <account>#…,
+     and a window cost one Query per day; such items are no longer read and expire by their TTL.)
 
 `reconcile` checks one account; `stale_reservations` finds requests a killed Lambda left `reserved`
 (Billing.sweep refunds them). Every read is a GetItem or a Query on one partition.
@@ -35,6 +40,11 @@ LEDGER = "LEDGER#"
 REQUEST = "REQUEST#"
 USAGE = "USAGE#"
 USAGE_TTL_DAYS = 400
+# The longest usage window anyone may ask for: a leap year. (The API allows less: api.MAX_USAGE_DAYS.)
+MAX_USAGE_DAYS = 366
+# accounts.ACCOUNT_INDEX: the partition listing every account. The ledger sits below accounts.py (which
+# imports it), so it names the partition itself; a test keeps the two names equal.
+ACCOUNT_INDEX = "ACCOUNTS"
 # Longer than any request can run (Lambda's 15-minute ceiling): a reservation this old was abandoned.
 STALE_AFTER_S = 900
 KINDS = ("reserve", "settle", "credit", "adjust")
@@ -122,7 +132,7 @@ def usage_update(
     return {
         "Update": {
             "TableName": table,
-            "Key": item_key(f"{USAGE}{day.isoformat()}", f"{account_id}#{key_id}#{model}"),
+            "Key": item_key(f"{USAGE}{account_id}", f"{day.isoformat()}#{key_id}#{model}"),
             "UpdateExpression": (
                 "ADD requests :one, images :images, charged :charged, refunded :refunded "
                 "SET account_id = :account, key_id = :key, model = :model, expires_at = :expires"
@@ -232,31 +242,54 @@ def usage(
     dynamodb: Any, table: str, *, days: int, account_id: str | None = None, today: date | None = None
 ) -> list[UsageRow]:
     """Usage counters for the `days` UTC days ending `today` (default: now), newest day first; one
-    account's only when `account_id` is given."""
-    if days < 1:
-        raise ValueError("days must be at least 1")
+    account's only when `account_id` is given.
+
+    One account: one Query (paged past 1 MB). Every account: the accounts index, then one Query each.
+    """
+    if not 1 <= days <= MAX_USAGE_DAYS:
+        raise ValueError(f"days must be from 1 to {MAX_USAGE_DAYS}, got {days}")
     today = today or datetime.now(UTC).date()
-    rows = []
-    for back in range(days):
-        day = (today - timedelta(days=back)).isoformat()
-        values: dict[str, Any] = {":pk": {"S": f"{USAGE}{day}"}}
-        condition = "pk = :pk"
-        if account_id is not None:
-            condition += " AND begins_with(sk, :account)"
-            values[":account"] = {"S": f"{account_id}#"}
+    first = (today - timedelta(days=days - 1)).isoformat()
+    if account_id is not None:
+        return _account_usage(dynamodb, table, account_id, first, today.isoformat())
+    ids = [
+        item["sk"]["S"]
         for item in query(
-            dynamodb, TableName=table, KeyConditionExpression=condition, ExpressionAttributeValues=values
-        ):
-            rows.append(
-                UsageRow(
-                    day,
-                    item["account_id"]["S"],
-                    item["key_id"]["S"],
-                    item["model"]["S"],
-                    *(_int(item, name) for name in ("requests", "images", "charged", "refunded")),
-                )
-            )
+            dynamodb,
+            TableName=table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": ACCOUNT_INDEX}},
+            ProjectionExpression="sk",
+        )
+    ]
+    rows = [row for i in ids for row in _account_usage(dynamodb, table, i, first, today.isoformat())]
+    rows.sort(key=lambda r: r.day, reverse=True)  # stable: each account's rows keep their order within a day
     return rows
+
+
+def _account_usage(dynamodb: Any, table: str, account_id: str, first: str, last: str) -> list[UsageRow]:
+    """One account's counters from day `first` to day `last` (ISO dates, inclusive), newest day first."""
+    items = query(
+        dynamodb,
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND sk BETWEEN :first AND :last",
+        ExpressionAttributeValues={
+            ":pk": {"S": f"{USAGE}{account_id}"},
+            ":first": {"S": f"{first}#"},
+            ":last": {"S": f"{last}#\uffff"},
+        },
+        ScanIndexForward=False,
+    )
+    return [
+        UsageRow(
+            item["sk"]["S"].partition("#")[0],
+            item["account_id"]["S"],
+            item["key_id"]["S"],
+            item["model"]["S"],
+            *(_int(item, name) for name in USAGE_COUNTS),
+        )
+        for item in items
+    ]
 
 
 # --- checks --------------------------------------------------------------------------------------------

@@ -5,19 +5,33 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
+# The largest single amount (a price, a credit, an adjustment) accepted: $1,000,000,000. Far above any real
+# prepayment, and it keeps every amount and any realistic balance exact wherever it goes: in micro-USD it is
+# 10**15, below 2**53, so JSON readers that parse numbers as doubles (JavaScript, jq) read `balance_micros`
+# exactly, and DynamoDB's 38 digits are never approached.
+MAX_USD = 1_000_000_000
 
 
 def usd_to_micros(amount: str | Decimal) -> int:
     """Exact conversion of a decimal USD amount to integer micro-USD; no floats touch money."""
     try:
-        value = Decimal(str(amount)) * MICROS_PER_USD
+        usd = Decimal(str(amount))
     except InvalidOperation as exc:
         raise ValueError(f"not a USD amount: {amount!r}") from exc
-    if not value.is_finite():
+    if not usd.is_finite():
         raise ValueError(f"not a USD amount: {amount!r}")
-    if value != value.to_integral_value():
+    if abs(usd) > MAX_USD:  # checked before any arithmetic, which could overflow or round
+        raise ValueError(f"{amount} USD is above the ceiling of ${MAX_USD:,} for one amount")
+    # Integer arithmetic on the decimal's digits: Decimal's own would round past 28 significant digits.
+    sign, digits, exponent = usd.as_tuple()
+    coefficient = int("".join(map(str, digits)))
+    if coefficient == 0:
+        return 0
+    shift = int(exponent) + 6  # |usd| <= MAX_USD bounds a positive shift to 15
+    micros, finer = (coefficient * 10**shift, 0) if shift >= 0 else divmod(coefficient, 10**-shift)
+    if finer:
         raise ValueError(f"{amount} USD is finer than one micro-dollar")
-    return int(value)
+    return -micros if sign else micros
 
 
 def micros_to_decimal(micros: int) -> str:
