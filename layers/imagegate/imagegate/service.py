@@ -111,16 +111,23 @@ class Service:
         return router
 
     def handle(
-        self, account: Account, job: ImageJob, idempotency_key: str | None = None, user: str | None = None
+        self,
+        account: Account,
+        job: ImageJob,
+        idempotency_key: str | None = None,
+        user: str | None = None,
+        request_id: str | None = None,
     ) -> ImageResponse:
+        """`request_id`: the id the HTTP layer already sent in `x-request-id`; a new one when None."""
         self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
+        request_id = request_id or "req_" + uuid.uuid4().hex
         if idempotency_key is None:
-            return self._serve(account, job, keep=False)[0]
+            return self._serve(account, job, keep=False, request_id=request_id)[0]
         stored = self.idempotency.begin(account.account_id, idempotency_key, fingerprint(job, user))
         if stored is not None:
             return self._replay(stored)
         try:
-            response, record = self._serve(account, job, keep=True)
+            response, record = self._serve(account, job, keep=True, request_id=request_id)
         except BaseException:
             # Refused or failed, and refunded: the client may retry with the same key.
             self.idempotency.release(account.account_id, idempotency_key)
@@ -177,8 +184,9 @@ class Service:
             "refunded_micros": sum(r.amount for r in refunded),
         }
 
-    def _serve(self, account: Account, job: ImageJob, keep: bool) -> tuple[ImageResponse, dict[str, Any]]:
-        request_id = "req_" + uuid.uuid4().hex
+    def _serve(
+        self, account: Account, job: ImageJob, keep: bool, request_id: str
+    ) -> tuple[ImageResponse, dict[str, Any]]:
         model = job.contract.id
         try:
             lease = self.limiter.acquire(account, request_id, job.n)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
 from ..images import encode
-from . import Deps, Operation, ProviderResult, Upstream
+from . import Deps, Operation, ProviderError, ProviderResult, Upstream
 
 if TYPE_CHECKING:
     from ..images import InputImage
@@ -36,7 +36,7 @@ class LocalProvider:
         return self._result(job, images)
 
     def edit(self, job: ImageJob) -> ProviderResult:
-        base = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        base = _decoded(job.images[0], (job.width, job.height))
         edit_area = self._edit_area(job, base)
         # Decoded one at a time and kept only as thumbnails: up to 16 inputs must not all sit in memory.
         thumbs = [_thumbnail(img, (job.width // 4, job.height // 4)) for img in job.images[1:]]
@@ -49,7 +49,7 @@ class LocalProvider:
         return self._result(job, images)
 
     def vary(self, job: ImageJob) -> ProviderResult:
-        source = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        source = _decoded(job.images[0], (job.width, job.height))
         images = []
         for i in range(job.n):
             rng = random.Random(seed(job, i))
@@ -67,7 +67,7 @@ class LocalProvider:
         """White where the image may change: the mask's transparent pixels; with no mask, dall-e-2 uses
         the image's own transparent pixels, and GPT models rework the whole image (drawn over it)."""
         if job.mask is not None:
-            alpha = job.mask.open().convert("RGBA").resize((job.width, job.height)).getchannel("A")
+            alpha = _decoded(job.mask, (job.width, job.height)).getchannel("A")
             return ImageChops.invert(alpha.point(lambda v: 255 if v else 0))
         if job.contract.square_png_input:
             return ImageChops.invert(base.getchannel("A").point(lambda v: 255 if v else 0))
@@ -94,9 +94,40 @@ def create(upstream: Upstream, deps: Deps) -> LocalProvider:
 
 
 def _thumbnail(image: InputImage, box: tuple[int, int]) -> Image.Image:
-    with image.open() as img:
-        img.thumbnail(box)  # decodes at reduced scale where the format allows (JPEG draft mode)
-        return img.convert("RGBA")
+    try:
+        with image.open() as img:
+            img.thumbnail(box)  # decodes at reduced scale where the format allows (JPEG draft mode)
+            return img.convert("RGBA")
+    except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
+        raise _undecodable(image, exc) from exc
+
+
+def _decoded(image: InputImage, size: tuple[int, int]) -> Image.Image:
+    """An upload decoded once, RGBA at `size`: validation read only its header, so this is the first and
+    only full decode. JPEGs decode at a reduced scale when that still covers `size`; modes that resize
+    well are resized before the RGBA conversion, so no full-size RGBA copy is made of them."""
+    try:
+        with image.open() as img:
+            img.draft(img.mode, size)
+            img.load()
+            if img.mode not in ("RGBA", "RGB", "L", "LA"):
+                return img.convert("RGBA").resize(size)
+            resized = img.resize(size)
+    except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
+        raise _undecodable(image, exc) from exc
+    return resized if resized.mode == "RGBA" else resized.convert("RGBA")
+
+
+def _undecodable(image: InputImage, exc: Exception) -> ProviderError:
+    """An upload whose header was fine but whose pixels are not: the client's 400, the same on any route."""
+    return ProviderError(
+        f"Invalid file '{image.param}': its image data could not be decoded ({type(exc).__name__}).",
+        status=400,
+        code="invalid_image_format",
+        type="invalid_request_error",
+        param=image.param,
+        fallover=False,
+    )
 
 
 def seed(job: ImageJob, index: int) -> int:
