@@ -27,6 +27,7 @@ def main() -> None:
         ("gpt-image-1.5, 17 files", "funded", "gpt-image-1.5", 17),
         ("gpt-image-1.5, 16 files", "funded", "gpt-image-1.5", 16),
         ("gpt-image-1.5, 16 files, $0 key", "broke", "gpt-image-1.5", 16),
+        ("gpt-image-1.5, 4 files, $0 key", "broke", "gpt-image-1.5", 4),
     ]
     with in_process({"funded": 10_000_000, "broke": 0}) as app:
         for label, key, model, count in cases:
