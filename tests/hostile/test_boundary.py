@@ -308,3 +308,14 @@ def test_mask_of_the_right_size_is_still_accepted(gate):
         files=files,
     )
     assert response.status_code == 200, response.text
+
+
+def test_an_idempotent_replay_answers_with_the_first_requests_id(gate):
+    """The replay is the first response again, charged once: its id is the one the ledger knows."""
+    body = {"prompt": "x", "model": "imagegate-local", "size": "256x256", "response_format": "b64_json"}
+    headers = {**gate.auth(), "Idempotency-Key": "hostile-replay-1"}
+    first = gate.client.post(GEN, headers=headers, json=body)
+    again = gate.client.post(GEN, headers=headers, json=body)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers.get_list("x-request-id") == [first.headers["x-request-id"]]

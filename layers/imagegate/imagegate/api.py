@@ -375,8 +375,11 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, id_header]}
+                headers = list(message.get("headers", []))
+                # The service sets this id itself, except on an idempotent replay, which is the first
+                # response again and keeps the first request's id (the one the ledger knows).
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, id_header]}
             await send(message)
 
         too_large = APIError(
