@@ -112,9 +112,12 @@ def _multipart_route(
         form = await _read_form(request)
 
         def work() -> ImageResponse:
+            # Taken out of the form, so the uploads die with this call, before the response is rendered.
+            images, mask = form.images, form.mask
+            form.images, form.mask = [], None
             params = _validated(ImageParams, form_values(form.fields))
             # Not opened yet: `resolve` reads their headers once the cheap checks have passed.
-            job = resolve(endpoint, params, service.catalog, form.images, form.mask)
+            job = resolve(endpoint, params, service.catalog, images, mask)
             return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
 
         return respond(await run_in_threadpool(work))
