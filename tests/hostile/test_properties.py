@@ -10,7 +10,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagegate.validation import INT_FIELDS, check_unicode, form_values
+from imagegate.validation import BOOL_FIELDS, INT_FIELDS, ImageParams, check_unicode, form_values
 
 GEN, EDITS, VARIATIONS = "/v1/images/generations", "/v1/images/edits", "/v1/images/variations"
 PARAMS = sorted(
@@ -96,7 +96,12 @@ def test_a_form_integer_is_exactly_the_decimal_digit_strings(text):
         assert isinstance(value, int) and (value == int(text) or abs(value) == 10**20)
     else:
         assert value == text  # left as text: the strict model refuses it as invalid_type
-    assert "n" in INT_FIELDS
+
+
+def test_the_form_conversions_cover_every_typed_field_of_the_model():
+    typed = {name: field.annotation for name, field in ImageParams.model_fields.items()}
+    assert {name for name, kind in typed.items() if kind == int | None} == INT_FIELDS
+    assert {name for name, kind in typed.items() if kind == bool | None} == BOOL_FIELDS
 
 
 @given(document=st.dictionaries(any_text, json_value, max_size=4))
