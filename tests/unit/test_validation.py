@@ -471,6 +471,21 @@ def test_corrupt_pixel_data_behind_an_intact_structure_is_left_to_the_decoder():
     assert not (info.value.retry or info.value.fallover)
 
 
+def test_every_provider_decodes_inputs_through_open_which_answers_400_for_bad_pixels():
+    """Gemini (mask compositing) and Bedrock (inpainting, variations) decode uploads with `open()` too: a
+    corrupt one is the client's 400 there as well, not a crash (a 500) inside the provider."""
+    from pathlib import Path
+
+    from imagegate.providers import ProviderError
+
+    with pytest.raises(ProviderError) as info:
+        inspect(CORRUPT_IDAT, "mask").open()
+    assert (info.value.status, info.value.param, info.value.code) == (400, "mask", "invalid_image_format")
+    providers = Path(__file__).resolve().parents[2] / "layers" / "imagegate" / "imagegate" / "providers"
+    for module in providers.glob("*.py"):
+        assert "BytesIO(image.data" not in module.read_text(), module.name  # no decode around open()
+
+
 def resolve_job(img):
     from imagegate.catalog import build_catalog
     from imagegate.config import Settings

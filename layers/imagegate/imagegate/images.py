@@ -45,10 +45,22 @@ class InputImage:
     height: int
     has_alpha: bool
 
-    def open(self) -> Image:
+    def open(self, size: tuple[int, int] | None = None) -> Image:
+        """The upload, decoded: validation read only its header, so this is where its pixels are first
+        decoded, in whichever provider needs them (after the key, rate limit and balance have passed).
+        `size`: a JPEG may decode at a reduced scale that still covers it. Pixels that cannot be decoded
+        are the client's 400 (a final ProviderError, refunded), never a provider's crash."""
         from PIL import Image as PILImage
 
-        return PILImage.open(io.BytesIO(self.data))
+        img = PILImage.open(io.BytesIO(self.data))
+        try:
+            if size is not None:
+                img.draft(img.mode, size)
+            img.load()
+        except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
+            img.close()
+            raise undecodable(self, exc) from exc
+        return img
 
 
 def inspect(data: bytes, param: str) -> InputImage:
@@ -101,6 +113,20 @@ def _png_intact(data: bytes) -> bool:
             return True
         offset = end + 4
     return False
+
+
+def undecodable(image: InputImage, exc: Exception) -> Exception:
+    """An upload whose header was fine but whose pixels are not: a 400 naming it, the same on any route."""
+    from .providers import ProviderError
+
+    return ProviderError(
+        f"Invalid file '{image.param}': its image data could not be decoded ({type(exc).__name__}).",
+        status=400,
+        code="invalid_image_format",
+        type="invalid_request_error",
+        param=image.param,
+        fallover=False,
+    )
 
 
 def encode(img: Image, output_format: str, compression: int | None) -> bytes:

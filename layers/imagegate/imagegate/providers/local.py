@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
 from ..images import encode
-from . import Deps, Operation, ProviderError, ProviderResult, Upstream
+from . import Deps, Operation, ProviderResult, Upstream
 
 if TYPE_CHECKING:
     from ..images import InputImage
@@ -94,40 +94,19 @@ def create(upstream: Upstream, deps: Deps) -> LocalProvider:
 
 
 def _thumbnail(image: InputImage, box: tuple[int, int]) -> Image.Image:
-    try:
-        with image.open() as img:
-            img.thumbnail(box)  # decodes at reduced scale where the format allows (JPEG draft mode)
-            return img.convert("RGBA")
-    except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
-        raise _undecodable(image, exc) from exc
+    with image.open(box) as img:  # decoded at a reduced scale where the format allows (JPEG draft mode)
+        img.thumbnail(box)
+        return img.convert("RGBA")
 
 
 def _decoded(image: InputImage, size: tuple[int, int]) -> Image.Image:
-    """An upload decoded once, RGBA at `size`: validation read only its header, so this is the first and
-    only full decode. JPEGs decode at a reduced scale when that still covers `size`; modes that resize
-    well are resized before the RGBA conversion, so no full-size RGBA copy is made of them."""
-    try:
-        with image.open() as img:
-            img.draft(img.mode, size)
-            img.load()
-            if img.mode not in ("RGBA", "RGB", "L", "LA"):
-                return img.convert("RGBA").resize(size)
-            resized = img.resize(size)
-    except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
-        raise _undecodable(image, exc) from exc
+    """An upload decoded once, RGBA at `size`. Modes that resize well are resized before the RGBA
+    conversion, so no full-size RGBA copy is made of them."""
+    with image.open(size) as img:
+        if img.mode not in ("RGBA", "RGB", "L", "LA"):
+            return img.convert("RGBA").resize(size)
+        resized = img.resize(size)
     return resized if resized.mode == "RGBA" else resized.convert("RGBA")
-
-
-def _undecodable(image: InputImage, exc: Exception) -> ProviderError:
-    """An upload whose header was fine but whose pixels are not: the client's 400, the same on any route."""
-    return ProviderError(
-        f"Invalid file '{image.param}': its image data could not be decoded ({type(exc).__name__}).",
-        status=400,
-        code="invalid_image_format",
-        type="invalid_request_error",
-        param=image.param,
-        fallover=False,
-    )
 
 
 def seed(job: ImageJob, index: int) -> int:
