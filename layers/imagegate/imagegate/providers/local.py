@@ -40,12 +40,15 @@ class LocalProvider:
         edit_area = self._edit_area(job, base)
         # Decoded one at a time and kept only as thumbnails: up to 16 inputs must not all sit in memory.
         thumbs = [_thumbnail(img, (job.width // 4, job.height // 4)) for img in job.images[1:]]
+        keep = ImageChops.invert(edit_area)  # where the input shows through
+        del edit_area
         images = []
         for i in range(job.n):
             drawing = render(job.prompt, job.width, job.height, seed(job, i))
             for k, thumb in enumerate(thumbs):
                 drawing.paste(thumb, (8 + k * (job.width // 4 + 8) % job.width, 8), thumb)
-            images.append(self._finish(job, Image.composite(drawing, base, edit_area)))
+            drawing.paste(base, (0, 0), keep)  # in place: no third full-size canvas per image
+            images.append(self._finish(job, drawing))
         return self._result(job, images)
 
     def vary(self, job: ImageJob) -> ProviderResult:
@@ -120,11 +123,11 @@ def render(prompt: str, width: int, height: int, seed_value: int) -> Image.Image
     top = tuple(rng.randrange(256) for _ in range(3))
     bottom = tuple(rng.randrange(256) for _ in range(3))
     gradient = Image.linear_gradient("L").resize((width, height))
-    img = Image.composite(
-        Image.new("RGBA", (width, height), (*bottom, 255)),
-        Image.new("RGBA", (width, height), (*top, 255)),
-        gradient,
-    )
+    # One canvas: the bottom colour painted through the gradient onto the top colour (what composite of two
+    # full-size colour canvases gives, without making them).
+    img = Image.new("RGBA", (width, height), (*top, 255))
+    img.paste((*bottom, 255), (0, 0, width, height), gradient)
+    del gradient
     draw = ImageDraw.Draw(img)
     unit = min(width, height)
     for _ in range(6):
