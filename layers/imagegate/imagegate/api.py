@@ -138,8 +138,8 @@ def _validated(model: type[BaseModel], document: dict[str, Any]) -> Any:
 
 
 async def _read_body(request: Request) -> bytes:
-    """The whole body, without copying it when it arrives in one message (Mangum, and the Guard's limit
-    holds as it streams)."""
+    """The whole body (the Guard enforces its limit as it streams in), without a copy when it arrives in
+    one message, as it does from Mangum."""
     chunks = [chunk async for chunk in request.stream() if chunk]
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
