@@ -227,12 +227,6 @@ SURROGATE_BUGS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8 item 6, in validation.py (another change owns it): a lone surrogate in `prompt` is "
-    "accepted, and in `model` or `size` it is echoed into a 400 that cannot be encoded. Reproduce: "
-    'curl -d \'{"prompt": "a fox", "model": "\\ud800"}\' .../v1/images/generations -> 500',
-)
 @pytest.mark.parametrize("body", SURROGATE_BUGS.values(), ids=SURROGATE_BUGS.keys())
 def test_a_lone_surrogate_is_a_400_naming_the_parameter(body):
     result = parse("generations", body)

@@ -432,22 +432,68 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
 
+# A valid header and valid CRCs, but pixel data that is not zlib: only decoding the pixels finds that out.
+CORRUPT_IDAT = (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", (64).to_bytes(4, "big") * 2 + bytes([8, 6, 0, 0, 0]))
+    + _png_chunk(b"IDAT", b"garbage-not-zlib" * 10)
+    + _png_chunk(b"IEND", b"")
+)
+
+
 @pytest.mark.parametrize(
     "data",
     [
-        # A valid header and valid CRCs, but pixel data that is not zlib: Pillow's verify() passes it.
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", (64).to_bytes(4, "big") * 2 + bytes([8, 6, 0, 0, 0]))
-        + _png_chunk(b"IDAT", b"garbage-not-zlib" * 10)
-        + _png_chunk(b"IEND", b""),
         image_bytes(300, 300, mode="RGB", fmt="JPEG")[:400],  # a JPEG cut short
+        image_bytes(64, 64)[:-30],  # a PNG cut short: its chunks no longer add up
+        CORRUPT_IDAT[:-12] + b"\x00" * 12,  # IEND damaged: its CRC is wrong
     ],
-    ids=["png-corrupt-idat", "truncated-jpeg"],
+    ids=["truncated-jpeg", "truncated-png", "png-bad-crc"],
 )
-def test_images_with_corrupt_pixel_data_are_400(data):
+def test_images_whose_structure_is_broken_are_400_without_decoding(data):
     with pytest.raises(APIError) as info:
         inspect(data, "image")
     assert (info.value.status, info.value.param, info.value.code) == (400, "image", "invalid_image_format")
+
+
+def test_corrupt_pixel_data_behind_an_intact_structure_is_left_to_the_decoder():
+    """Validation reads headers only (issue 8, item 7): the provider finds this one, after the money is
+    reserved, and answers 400 (tests/hostile/test_boundary.py covers the refund)."""
+    from imagegate.providers import ProviderError
+    from imagegate.providers.local import LocalProvider
+
+    img = inspect(CORRUPT_IDAT, "image")
+    assert (img.format, img.width, img.height) == ("PNG", 64, 64)
+    job = resolve_job(img)
+    with pytest.raises(ProviderError) as info:
+        LocalProvider().edit(job)
+    assert (info.value.status, info.value.param, info.value.code) == (400, "image", "invalid_image_format")
+    assert not (info.value.retry or info.value.fallover)
+
+
+def test_every_provider_decodes_inputs_through_open_which_answers_400_for_bad_pixels():
+    """Gemini (mask compositing) and Bedrock (inpainting, variations) decode uploads with `open()` too: a
+    corrupt one is the client's 400 there as well, not a crash (a 500) inside the provider."""
+    from pathlib import Path
+
+    from imagegate.providers import ProviderError
+
+    with pytest.raises(ProviderError) as info:
+        inspect(CORRUPT_IDAT, "mask").open()
+    assert (info.value.status, info.value.param, info.value.code) == (400, "mask", "invalid_image_format")
+    providers = Path(__file__).resolve().parents[2] / "layers" / "imagegate" / "imagegate" / "providers"
+    for module in providers.glob("*.py"):
+        assert "BytesIO(image.data" not in module.read_text(), module.name  # no decode around open()
+
+
+def resolve_job(img):
+    from imagegate.catalog import build_catalog
+    from imagegate.config import Settings
+    from imagegate.pricing import load_prices
+    from imagegate.validation import ImageParams, resolve
+
+    catalog = build_catalog(load_prices(Settings()))
+    return resolve("edits", ImageParams(prompt="x", model="gpt-image-1.5"), catalog, [img])
 
 
 # --- Gemini and Bedrock models under their own ids --------------------------------------------------------

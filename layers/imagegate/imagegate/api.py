@@ -5,6 +5,7 @@ Lambda functions each build an app with their one route; the dev server builds o
 
 import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
@@ -12,17 +13,20 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from pydantic import BaseModel, ValidationError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import errors
 from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
-from .images import inspect
+from .images import Upload
+from .providers import ProviderError
 from .service import ImageResponse, Service
-from .validation import GenerationRequest, ImageParams, resolve
+from .validation import GenerationRequest, ImageParams, check_unicode, form_values, resolve
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -37,10 +41,21 @@ MAX_USAGE_DAYS = 90
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 MAX_FORM_FILES = 17  # 16 images and a mask
+MAX_FORM_FIELDS = 64
+MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at most 128 KB of UTF-8
+_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
 def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance")) -> FastAPI:
-    app = FastAPI(title="imagegate", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
+    # No schema or docs routes: the contract is OpenAI's published spec, and unmatched routes are 404s.
+    app = FastAPI(
+        title="imagegate",
+        version="0.1.0",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.add_middleware(Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger)
     _add_error_handlers(app)
 
@@ -54,13 +69,18 @@ def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance
 
     endpoints = set(endpoints)
     if "generations" in endpoints:
-
+        # The body is read in the route, after the key is checked (a dependency): a request without a
+        # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
-        def generations(
-            body: GenerationRequest, acct: AccountDep, key: IdempotencyKey = None
-        ) -> JSONResponse:
-            job = resolve("generations", body, service.catalog)
-            return respond(service.handle(acct, job, key, body.user))
+        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> JSONResponse:
+            document = await _read_json(request)
+
+            def work() -> ImageResponse:
+                params = _validated(GenerationRequest, document)
+                job = resolve("generations", params, service.catalog)
+                return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
+
+            return respond(await run_in_threadpool(work))
 
     for endpoint in ("edits", "variations"):
         if endpoint in endpoints:
@@ -89,24 +109,188 @@ def _multipart_route(
         acct: account_dep,  # type: ignore[valid-type]
         key: IdempotencyKey = None,
     ) -> JSONResponse:
-        fields, images, mask = await _read_form(request)
+        form = await _read_form(request)
 
         def work() -> ImageResponse:
-            try:
-                params = ImageParams.model_validate(fields)
-            except ValidationError as exc:
-                raise errors.from_pydantic(exc.errors()) from exc
-            inputs = [inspect(data, param) for param, data in images]
-            job = resolve(endpoint, params, service.catalog, inputs, inspect(mask, "mask") if mask else None)
-            return service.handle(acct, job, key, params.user)
+            # Taken out of the form, so the uploads die with this call, before the response is rendered.
+            images, mask = form.images, form.mask
+            form.images, form.mask = [], None
+            params = _validated(ImageParams, form_values(form.fields))
+            # Not opened yet: `resolve` reads their headers once the cheap checks have passed.
+            job = resolve(endpoint, params, service.catalog, images, mask)
+            return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
 
         return respond(await run_in_threadpool(work))
 
     return route
 
 
-async def _read_form(request: Request) -> tuple[dict[str, str], list[tuple[str, bytes]], bytes | None]:
-    """Split a multipart body into text fields, `image`/`image[]` files (in order) and the mask."""
+def request_id_of(request: Request) -> str | None:
+    """The id the Guard gave this request (None when the app runs without it)."""
+    return request.scope.get("state", {}).get("request_id")
+
+
+def _validated(model: type[BaseModel], document: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise errors.from_pydantic(exc.errors()) from exc
+
+
+async def _read_body(request: Request) -> bytes:
+    """The whole body (the Guard enforces its limit as it streams in), without a copy when it arrives in
+    one message, as it does from Mangum."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    """A JSON object of parameters, every string in it valid Unicode; a 400 for anything else."""
+    content_type = request.headers.get("content-type", "")
+    if content_type and not _JSON_TYPE.match(content_type):
+        raise errors.invalid(
+            f"This endpoint takes application/json, got '{content_type}'.", None, "invalid_content_type"
+        )
+    body = await _read_body(request)
+    if not body.strip():
+        raise errors.invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
+    try:
+        # Strict UTF-8 first: json.loads on bytes would decode UTF-8-encoded surrogates ("surrogatepass").
+        document = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise errors.invalid(
+            "We could not parse the JSON body of your request.", None, "invalid_json"
+        ) from exc
+    del body
+    if not isinstance(document, dict):
+        raise errors.invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
+    check_unicode(document)
+    return document
+
+
+class _Form:
+    """A multipart/form-data body, parsed as it streams in.
+
+    Text fields are decoded as strict UTF-8; `image`, `image[]`, `image[<n>]` and `mask` parts are kept as
+    the bytes they are (with or without a filename: files are judged by their bytes), each copied once out
+    of the body as its part ends. Nothing is spooled and nothing is read back.
+    """
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.images: list[Upload] = []
+        self.mask: Upload | None = None
+        self.ended = False
+        self._files = 0
+        self._header = [b"", b""]
+        self._disposition = b""
+        self._name = ""
+        self._kind = "field"  # field, image, mask, stray file
+        self._pieces: list[bytes | memoryview] = []
+        self._size = 0
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda data, start, end: self._append_header(0, data[start:end]),
+            "on_header_value": lambda data, start, end: self._append_header(1, data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finished,
+        }
+
+    def _begin(self) -> None:
+        self._disposition, self._pieces, self._size = b"", [], 0
+
+    def _append_header(self, which: int, data: bytes) -> None:
+        self._header[which] += data
+
+    def _header_end(self) -> None:
+        name, value = self._header
+        if name.strip().lower() == b"content-disposition":
+            self._disposition = value
+        self._header = [b"", b""]
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        if b"name" not in options:
+            raise _malformed("a part has no name in its Content-Disposition header")
+        self._name = options[b"name"].decode("utf-8", "replace")
+        has_filename = b"filename" in options
+        if _IMAGE_PART.match(self._name) or self._name == "mask":
+            self._kind = "mask" if self._name == "mask" else "image"
+        elif has_filename:
+            self._kind = "stray"
+        else:
+            self._kind = "field"
+        if self._kind == "field":
+            if len(self.fields) >= MAX_FORM_FIELDS:
+                raise errors.invalid(
+                    f"Too many form fields: at most {MAX_FORM_FIELDS}.", None, "too_many_fields"
+                )
+        else:
+            self._files += 1
+            if self._files > MAX_FORM_FILES:
+                raise errors.invalid(
+                    f"Too many files: at most {MAX_FORM_FILES - 1} images and a mask.",
+                    "image",
+                    "too_many_images",
+                )
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._size += end - start
+        if self._kind == "field" and self._size > MAX_FIELD_BYTES:
+            raise errors.invalid(
+                f"Invalid '{self._name}': longer than {MAX_FIELD_BYTES} bytes.",
+                self._name,
+                "string_above_max_length",
+            )
+        # A view, not a copy, of the received chunk (kept alive until the part ends); the parser may also
+        # hand over its own boundary constants, which are bytes too.
+        self._pieces.append(
+            memoryview(data)[start:end] if isinstance(data, bytes) else bytes(data[start:end])
+        )
+
+    def _end(self) -> None:
+        data = b"".join(self._pieces)
+        self._pieces = []
+        name = self._name
+        if self._kind == "stray":
+            raise errors.invalid(
+                f"Invalid type for '{name}': expected a value, but got a file.", name, "invalid_type"
+            )
+        if self._kind == "image":
+            self.images.append(Upload("image" if name == "image" else f"image[{len(self.images)}]", data))
+        elif self._kind == "mask":
+            if self.mask is not None:
+                raise errors.invalid(
+                    "Invalid 'mask': send one mask, not several.", "mask", "duplicate_parameter"
+                )
+            self.mask = Upload("mask", data)
+        else:
+            if name in self.fields:
+                raise errors.invalid(
+                    f"Invalid '{name}': the parameter was sent more than once.", name, "duplicate_parameter"
+                )
+            try:
+                self.fields[name] = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise errors.invalid(
+                    f"Invalid '{name}': the value is not valid UTF-8 text.", name, "invalid_unicode"
+                ) from exc
+
+    def _finished(self) -> None:
+        self.ended = True
+
+
+def _malformed(why: str) -> APIError:
+    return errors.invalid(f"Malformed multipart/form-data body: {why}.", None, "invalid_multipart")
+
+
+async def _read_form(request: Request) -> _Form:
+    """Parse a multipart body into text fields, image uploads (in order) and the mask."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise errors.invalid(
@@ -114,37 +298,32 @@ async def _read_form(request: Request) -> tuple[dict[str, str], list[tuple[str, 
             None,
             "invalid_content_type",
         )
-    form = await request.form(max_files=MAX_FORM_FILES, max_fields=64)
-    fields: dict[str, str] = {}
-    images: list[tuple[str, bytes]] = []
-    mask: bytes | None = None
-    for key, value in form.multi_items():
-        is_image = bool(_IMAGE_PART.match(key))
-        if is_image or key == "mask":
-            if not isinstance(value, UploadFile):
-                raise errors.invalid(
-                    f"Invalid type for '{key}': expected a file, but got a text field.",
-                    "image" if is_image else "mask",
-                    "invalid_type",
-                )
-            data = await value.read()
-            if is_image:
-                images.append(("image" if key == "image" else f"image[{len(images)}]", data))
-            else:
-                mask = data
-        elif isinstance(value, UploadFile):
-            raise errors.invalid(
-                f"Invalid type for '{key}': expected a value, but got a file.", key, "invalid_type"
-            )
-        else:
-            fields[key] = value
-    return fields, images, mask
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise _malformed("the Content-Type header names no boundary")
+    form = _Form()
+    try:
+        parser = MultipartParser(boundary, form.callbacks())  # type: ignore[arg-type]
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise _malformed("it does not follow its boundaries") from exc
+    if not form.ended:
+        raise _malformed("it ends before its closing boundary")
+    return form
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        headers = dict(exc.headers)
+        cause = exc.__cause__
+        if isinstance(cause, ProviderError) and exc.status == cause.status:
+            # The upstream's pacing (its Retry-After on a 429 or 5xx), passed on to the client.
+            headers = {**cause.client_headers(), **headers}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -173,9 +352,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class Guard:
-    """Outermost ASGI middleware: 413 for oversized bodies, and an OpenAI-shaped 500 for anything unexpected.
+    """Outermost ASGI middleware: a request id on every answer, 413 for oversized bodies, and an
+    OpenAI-shaped 500 for anything unexpected.
 
-    The body is buffered here (Mangum hands it over whole anyway) so the limit holds for chunked uploads.
+    The id (`req_<32 hex>`) goes on the ASGI scope's state, where routes pass it to the service, so the
+    `x-request-id` a client quotes is the id in the logs and the billing records. The body limit holds as
+    the body streams (chunked uploads included): nothing is buffered here, so the body exists once.
     """
 
     def __init__(self, app: Any, max_body_bytes: int, logger: Any) -> None:
@@ -187,6 +369,22 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = "req_" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                # The service sets this id itself, except on an idempotent replay, which is the first
+                # response again and keeps the first request's id (the one the ledger knows).
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, id_header]}
+            await send(message)
+
         too_large = APIError(
             413,
             f"Request body too large: the limit is {self.max_body_bytes} bytes.",
@@ -194,50 +392,38 @@ class Guard:
         )
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _send_error(send, too_large)
+            await _send_error(send_with_id, too_large)
             return
-        chunks, size, more = [], 0, True
-        while more:
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_body_bytes:
-                await _send_error(send, too_large)
-                return
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise too_large  # inside whatever reads the body: answered by the APIError handler
+            return message
 
         try:
-            await self.app(scope, replay, tracking_send)
-        except Exception:
-            self.logger.exception("unhandled error", extra={"path": scope.get("path")})
-            if not started:
-                await _send_error(
-                    send,
-                    APIError(
-                        500,
-                        "The server had an error while processing your request.",
-                        type="server_error",
-                        code="internal_error",
-                    ),
+            await self.app(scope, counted_receive, send_with_id)
+        except ClientDisconnect:
+            return  # nobody left to answer
+        except Exception as exc:
+            if isinstance(exc, APIError) and exc.status == 413:
+                err = exc
+            else:
+                self.logger.exception(
+                    "unhandled error", extra={"path": scope.get("path"), "request_id": request_id}
                 )
+                err = APIError(
+                    500,
+                    "The server had an error while processing your request.",
+                    type="server_error",
+                    code="internal_error",
+                )
+            if not started:
+                await _send_error(send_with_id, err)
 
 
 async def _send_error(send: Callable, err: APIError) -> None:

@@ -18,16 +18,27 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = printable(message)
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = None if param is None else printable(param)
         self.code = code
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def printable(text: str) -> str:
+    """`text` as valid Unicode: a lone UTF-16 surrogate (which JSON's \\uXXXX escapes can carry) becomes
+    its escape, so that messages quoting a client's input can always be encoded and logged."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def invalid(message: str, param: str | None, code: str | None = "invalid_value") -> APIError:
@@ -55,6 +66,8 @@ def from_pydantic(errors: list[dict[str, Any]]) -> APIError:
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]
     param = loc[0] if loc else None
     kind = err.get("type", "")
+    if kind == "invalid_unicode":
+        return invalid(str(err.get("msg", "")), param, "invalid_unicode")
     if kind == "json_invalid":
         return invalid("We could not parse the JSON body of your request.", None, "invalid_json")
     if param is None:  # the body itself: absent, or not an object

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,21 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # 4096x4096: above any output size (3840x2160). Checked from the header, before any pixel is decoded, so a
 # small file that claims a huge canvas (a decompression bomb) costs nothing.
 MAX_INPUT_PIXELS = 4096 * 4096
+# All the input images (and the mask) of one request: 64 Mi pixels, four images at the largest size or
+# sixteen at 2048x2048. Bounds what a renderer decodes for one request: about 256 MB as RGBA, a few
+# seconds of CPU. Legitimate uploads meet the body limit long before this; only files that decompress
+# far beyond their size (bombs) reach it.
+MAX_REQUEST_PIXELS = 4 * MAX_INPUT_PIXELS
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file as it arrived, not yet opened: validation reads its header only when the cheap
+    checks have passed."""
+
+    param: str
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -29,14 +45,31 @@ class InputImage:
     height: int
     has_alpha: bool
 
-    def open(self) -> Image:
+    def open(self, size: tuple[int, int] | None = None) -> Image:
+        """The upload, decoded: validation read only its header, so this is where its pixels are first
+        decoded, in whichever provider needs them (after the key, rate limit and balance have passed).
+        `size`: a JPEG may decode at a reduced scale that still covers it. Pixels that cannot be decoded
+        are the client's 400 (a final ProviderError, refunded), never a provider's crash."""
         from PIL import Image as PILImage
 
-        return PILImage.open(io.BytesIO(self.data))
+        img = PILImage.open(io.BytesIO(self.data))
+        try:
+            if size is not None:
+                img.draft(img.mode, size)
+            img.load()
+        except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
+            img.close()
+            raise undecodable(self, exc) from exc
+        return img
 
 
 def inspect(data: bytes, param: str) -> InputImage:
-    """Decode the header of an upload; a 400 naming `param` when it is not an image at all."""
+    """Read the header of an upload (format, dimensions, mode; no pixel is decoded); a 400 naming `param`
+    when it is not an image, claims too large a canvas, or (PNG) is cut short or has a damaged chunk.
+
+    Pixel data that is corrupt behind an intact structure is found when a provider decodes it, after the
+    request's money is reserved: the provider answers 400 and the request is refunded.
+    """
     from PIL import Image as PILImage
 
     if not data:
@@ -45,15 +78,14 @@ def inspect(data: bytes, param: str) -> InputImage:
         with PILImage.open(io.BytesIO(data)) as img:
             fmt, (width, height), mode = img.format or "", img.size, img.mode
             has_alpha = mode in ALPHA_MODES or "transparency" in img.info
-            if width * height > MAX_INPUT_PIXELS:
-                raise invalid(
-                    f"Invalid file '{param}': {width}x{height} is more than {MAX_INPUT_PIXELS} pixels.",
-                    param,
-                    "image_too_large",
-                )
-            # Decode every pixel now, before anything is reserved: a file whose header is fine but whose
-            # data is corrupt must be a 400 here, not a failure inside a provider.
-            img.load()
+        if width * height > MAX_INPUT_PIXELS:
+            raise invalid(
+                f"Invalid file '{param}': {width}x{height} is more than {MAX_INPUT_PIXELS} pixels.",
+                param,
+                "image_too_large",
+            )
+        if fmt == "PNG" and not _png_intact(data):
+            raise ValueError("truncated or damaged PNG")
     except APIError:
         raise
     except Exception as exc:  # Pillow's decoders raise many exception types on hostile input
@@ -63,6 +95,38 @@ def inspect(data: bytes, param: str) -> InputImage:
             "invalid_image_format",
         ) from exc
     return InputImage(param, data, fmt, width, height, has_alpha)
+
+
+def _png_intact(data: bytes) -> bool:
+    """Every chunk complete, its CRC right, up to IEND: the file's structure, checked without inflating the
+    pixel data (a CRC over the compressed bytes costs what reading them does, whatever they decode to)."""
+    view = memoryview(data)
+    offset = len(_PNG_SIGNATURE)
+    while offset + 12 <= len(data):
+        length = int.from_bytes(view[offset : offset + 4], "big")
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            return False
+        if zlib.crc32(view[offset + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            return False
+        if view[offset + 4 : offset + 8] == b"IEND":
+            return True
+        offset = end + 4
+    return False
+
+
+def undecodable(image: InputImage, exc: Exception) -> Exception:
+    """An upload whose header was fine but whose pixels are not: a 400 naming it, the same on any route."""
+    from .providers import ProviderError
+
+    return ProviderError(
+        f"Invalid file '{image.param}': its image data could not be decoded ({type(exc).__name__}).",
+        status=400,
+        code="invalid_image_format",
+        type="invalid_request_error",
+        param=image.param,
+        fallover=False,
+    )
 
 
 def encode(img: Image, output_format: str, compression: int | None) -> bytes:
@@ -89,6 +153,17 @@ def fit(data: bytes, width: int, height: int, output_format: str, compression: i
     with PILImage.open(io.BytesIO(data)) as img:
         if img.size == (width, height) and (img.format or "").lower() == output_format:
             return data  # already right: re-encoding would only lose quality
+        if img.width * img.height > MAX_INPUT_PIXELS:
+            # An upstream's answer is decoded here; one claiming a canvas this size is not an image to trust.
+            from .providers import ProviderError
+
+            raise ProviderError(
+                f"The upstream returned an image of {img.width}x{img.height} pixels, too large to process.",
+                code="upstream_bad_response",
+            )
+        img.draft(
+            img.mode, (width, height)
+        )  # JPEG: decode at a reduced scale where that still covers the size
         img.load()
         mode = "RGBA" if img.mode in ALPHA_MODES or "transparency" in img.info else "RGB"
         fitted = ImageOps.fit(img.convert(mode), (width, height), PILImage.Resampling.LANCZOS)

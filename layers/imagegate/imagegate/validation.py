@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from . import errors
 from .catalog import (
@@ -24,7 +26,7 @@ from .catalog import (
     parse_size,
     price_per_image,
 )
-from .images import InputImage, inspect
+from .images import MAX_REQUEST_PIXELS, InputImage, Upload, inspect
 
 Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 
@@ -33,7 +35,9 @@ class ImageParams(BaseModel):
     """Every parameter any of the three endpoints accepts; `null` means absent, as in OpenAI's API."""
 
     # No blanket string limit: the body limit bounds every field, and `image` may carry megabytes of base64.
-    model_config = ConfigDict(extra="forbid")
+    # Strict, as OpenAI is: "2" is not an integer and "true" not a boolean. Form fields arrive as text and
+    # are converted by `form_values` first, by the same rules.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str | None = None
     model: str | None = None
@@ -54,17 +58,74 @@ class ImageParams(BaseModel):
     # Generations only: input images as base64 or data URLs, to edit through /generations.
     image: str | list[str] | None = None
 
-    @field_validator("n", "output_compression", "partial_images", mode="before")
+    @field_validator("*", mode="after")
     @classmethod
-    def _whole_number(cls, value: object) -> object:
-        # pydantic would take true as 1 and 2.0 as 2; OpenAI wants an integer. Form fields arrive as text.
-        if isinstance(value, bool | float):
-            raise ValueError("expected an integer")
+    def _valid_unicode(cls, value: object, info: ValidationInfo) -> object:
+        """Every string must be encodable as UTF-8. JSON's \\uXXXX escapes can carry a lone UTF-16
+        surrogate, which nothing downstream (pricing, renderers, logs, JSON responses) could encode."""
+        for text in value if isinstance(value, list) else (value,):
+            if isinstance(text, str) and not _encodable(text):
+                raise PydanticCustomError("invalid_unicode", surrogate_message(info.field_name or "?"))
         return value
 
 
 class GenerationRequest(ImageParams):
-    prompt: str  # required on /generations; FastAPI documents and enforces it
+    prompt: str  # required on /generations
+
+
+# The typed fields a form carries as text (tests/hostile/test_properties.py checks them against the model).
+INT_FIELDS = frozenset({"n", "output_compression", "partial_images"})
+BOOL_FIELDS = frozenset({"stream"})
+_DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
+_BIG = 10**20  # beyond every range: a longer digit string is out of range, not worth converting
+
+
+def form_values(fields: Mapping[str, str]) -> dict[str, Any]:
+    """Multipart text fields as typed values: an integer field takes decimal digits only (`2`, `-1`; not
+    `2.0`, ` 2`, `+2` or `0x2`), a boolean field `true` or `false`. Anything else stays text, which the
+    strict model then refuses as `invalid_type`, as OpenAI does."""
+    values: dict[str, Any] = dict(fields)
+    for name, text in fields.items():
+        if name in INT_FIELDS and _DECIMAL.fullmatch(text):
+            digits = text.lstrip("-")
+            number = int(digits) if len(digits) <= 20 else _BIG
+            values[name] = -number if text.startswith("-") else number
+        elif name in BOOL_FIELDS and text.lower() in ("true", "false"):
+            values[name] = text.lower() == "true"
+    return values
+
+
+def surrogate_message(param: str) -> str:
+    return (
+        f"Invalid '{param}': it contains a lone UTF-16 surrogate, which is not valid Unicode text. "
+        "Send the text as UTF-8."
+    )
+
+
+def check_unicode(document: Mapping[str, Any]) -> None:
+    """A 400 naming the top-level parameter of any string (a key or a value, at any depth) that is not
+    valid Unicode; run on parsed JSON before anything reads or echoes it."""
+
+    def valid(value: Any) -> bool:
+        if isinstance(value, str):
+            return _encodable(value)
+        if isinstance(value, dict):
+            return all(valid(k) and valid(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(valid(v) for v in value)
+        return True
+
+    for name, value in document.items():
+        if not (valid(name) and valid(value)):
+            raise errors.invalid(surrogate_message(name), name, "invalid_unicode")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Which parameters each endpoint takes beyond the ones every endpoint takes.
@@ -113,10 +174,15 @@ def resolve(
     endpoint: Endpoint,
     params: ImageParams,
     catalog: dict[str, Contract],
-    images: list[InputImage] = (),  # type: ignore[assignment]
-    mask: InputImage | None = None,
+    images: Sequence[InputImage | Upload] = (),
+    mask: InputImage | Upload | None = None,
 ) -> ImageJob:
-    """Apply the model contract to validated wire parameters; a 400 naming the parameter on any breach."""
+    """Apply the model contract to validated wire parameters; a 400 naming the parameter on any breach.
+
+    Uploads are opened only after the cheap checks (parameters, model, endpoint, prompt, n, how many
+    files), and then only their headers are read: format, dimensions, mode. No pixel is decoded here; that
+    happens in the provider, after the key, its rate limit and its balance have been checked.
+    """
     given = params.model_dump(exclude_none=True)
     for name in given:
         if name not in ENDPOINT_PARAMS[endpoint]:
@@ -150,10 +216,10 @@ def resolve(
 
     if params.image is not None:
         images = _generation_images(contract, params.image)
-    images, mask = _check_inputs(contract, endpoint, images, mask)
+    inputs, mask = _check_inputs(contract, endpoint, images, mask)
 
     width, height = _size(
-        contract, endpoint, contract.default_size if params.size is None else params.size, images
+        contract, endpoint, contract.default_size if params.size is None else params.size, inputs
     )
     quality = params.quality or contract.default_quality
     if quality not in contract.qualities:
@@ -199,7 +265,7 @@ def resolve(
         style=(params.style or contract.styles[0]) if contract.styles else None,
         moderation=params.moderation or "auto",
         input_fidelity=params.input_fidelity,
-        images=tuple(images),
+        images=tuple(inputs),
         mask=mask,
         price_per_image=price_per_image(contract, quality, f"{width}x{height}"),
     )
@@ -263,27 +329,56 @@ def _auto_size(contract: Contract, images: list[InputImage]) -> tuple[int, int]:
     return min(sizes, key=lambda wh: abs(wh[0] / wh[1] - aspect))
 
 
-def _check_inputs(
-    contract: Contract, endpoint: Endpoint, images: list[InputImage], mask: InputImage | None
-) -> tuple[list[InputImage], InputImage | None]:
-    if endpoint == "variations" and mask is not None:
-        raise errors.unknown_parameter("mask", "Variations take no mask.")
-    if endpoint == "generations" and not images:
-        return [], None
-    if not images:
-        raise errors.invalid("Missing required parameter: 'image'.", "image", "missing_required_parameter")
-    if len(images) > contract.max_input_images:
+def _check_count(contract: Contract, count: int) -> None:
+    if count > contract.max_input_images:
         if contract.max_input_images == 1:
             raise errors.invalid(
-                f"Invalid type for 'image': {contract.id} takes one file, but got {len(images)}.",
+                f"Invalid type for 'image': {contract.id} takes one file, but got {count}.",
                 "image",
                 "invalid_type",
             )
         raise errors.invalid(
-            f"Too many images: at most {contract.max_input_images}, got {len(images)}.",
+            f"Too many images: at most {contract.max_input_images}, got {count}.",
             "image",
             "too_many_images",
         )
+
+
+def _open_all(uploads: Sequence[InputImage | Upload]) -> list[InputImage]:
+    """Read each upload's header, in order, stopping as soon as the request's pixels exceed the cap."""
+    opened: list[InputImage] = []
+    pixels = 0
+    for upload in uploads:
+        img = upload if isinstance(upload, InputImage) else inspect(upload.data, upload.param)
+        pixels += img.width * img.height
+        if pixels > MAX_REQUEST_PIXELS:
+            param = "mask" if img.param == "mask" else "image"
+            raise errors.invalid(
+                f"Invalid '{param}': the input images come to more than {MAX_REQUEST_PIXELS:,} pixels "
+                f"in all (at '{img.param}', {img.width}x{img.height}); send fewer or smaller images.",
+                param,
+                "image_too_large",
+            )
+        opened.append(img)
+    return opened
+
+
+def _check_inputs(
+    contract: Contract,
+    endpoint: Endpoint,
+    uploads: Sequence[InputImage | Upload],
+    mask_upload: InputImage | Upload | None,
+) -> tuple[list[InputImage], InputImage | None]:
+    if endpoint == "variations" and mask_upload is not None:
+        raise errors.unknown_parameter("mask", "Variations take no mask.")
+    if endpoint == "generations" and not uploads:
+        return [], None
+    if not uploads:
+        raise errors.invalid("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    _check_count(contract, len(uploads))
+    # Headers only, and the mask counts towards the pixel cap: a renderer decodes it at full size too.
+    opened = _open_all([*uploads, *([mask_upload] if mask_upload is not None else [])])
+    images, mask = (opened[:-1], opened[-1]) if mask_upload is not None else (opened, None)
     for img in images:
         _check_image(contract, img)
     if mask is not None:
@@ -349,8 +444,8 @@ def _check_image(contract: Contract, img: InputImage) -> None:
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 
-def _generation_images(contract: Contract, image: str | list[str]) -> list[InputImage]:
-    """Decode `image` on /generations (base64 or data URLs) for models that edit."""
+def _generation_images(contract: Contract, image: str | list[str]) -> list[Upload]:
+    """Decode `image` on /generations (base64 or data URLs) for models that edit; headers are read later."""
     if not (contract.serves("edits") and contract.gpt_params):
         raise errors.invalid(
             f"'image' is not supported by {contract.id} on /v1/images/generations.",
@@ -358,6 +453,7 @@ def _generation_images(contract: Contract, image: str | list[str]) -> list[Input
             "unsupported_parameter",
         )
     items = [image] if isinstance(image, str) else image
+    _check_count(contract, len(items))
     decoded = []
     for i, item in enumerate(items):
         param = "image" if isinstance(image, str) else f"image[{i}]"
@@ -367,5 +463,5 @@ def _generation_images(contract: Contract, image: str | list[str]) -> list[Input
             raise errors.invalid(
                 f"Invalid '{param}': expected base64 image data or a data URL.", param, "invalid_base64"
             ) from exc
-        decoded.append(inspect(data, param))
+        decoded.append(Upload(param, data))
     return decoded

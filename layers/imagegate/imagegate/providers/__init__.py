@@ -8,6 +8,7 @@ provider is a module plus route (and, for a new public model id, catalog) entrie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ class ProviderError(Exception):
         self.retry = retry
         self.fallover = fallover
         self.retry_after = retry_after
+
+    def client_headers(self) -> dict[str, str]:
+        """Headers for the client's answer: the upstream's Retry-After (whole seconds, rounded up) on a
+        429, 502 or 503, so that a client paces itself as the upstream asked."""
+        if self.retry_after is None or self.status not in (429, 502, 503):
+            return {}
+        return {"retry-after": str(math.ceil(self.retry_after))}
 
 
 def content_policy(message: str) -> ProviderError:

@@ -81,8 +81,12 @@ def error_for(response: httpx.Response, label: str, secret: str = "") -> Provide
             retry_after=retry_after(response.headers.get("retry-after")),
         )
     if status >= 500 or status == 408:
+        # A 503's Retry-After (RFC 9110 10.2.3) paces retries as a 429's does.
         return ProviderError(
-            f"The upstream image service ({label}) failed (HTTP {status}).", code="upstream_error", retry=True
+            f"The upstream image service ({label}) failed (HTTP {status}).",
+            code="upstream_error",
+            retry=True,
+            retry_after=retry_after(response.headers.get("retry-after")),
         )
     quoted = _redact(message, secret)
     if codes & CONTENT_CODES:

@@ -36,20 +36,23 @@ class LocalProvider:
         return self._result(job, images)
 
     def edit(self, job: ImageJob) -> ProviderResult:
-        base = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        base = _decoded(job.images[0], (job.width, job.height))
         edit_area = self._edit_area(job, base)
         # Decoded one at a time and kept only as thumbnails: up to 16 inputs must not all sit in memory.
         thumbs = [_thumbnail(img, (job.width // 4, job.height // 4)) for img in job.images[1:]]
+        keep = ImageChops.invert(edit_area)  # where the input shows through
+        del edit_area
         images = []
         for i in range(job.n):
             drawing = render(job.prompt, job.width, job.height, seed(job, i))
             for k, thumb in enumerate(thumbs):
                 drawing.paste(thumb, (8 + k * (job.width // 4 + 8) % job.width, 8), thumb)
-            images.append(self._finish(job, Image.composite(drawing, base, edit_area)))
+            drawing.paste(base, (0, 0), keep)  # in place: no third full-size canvas per image
+            images.append(self._finish(job, drawing))
         return self._result(job, images)
 
     def vary(self, job: ImageJob) -> ProviderResult:
-        source = job.images[0].open().convert("RGBA").resize((job.width, job.height))
+        source = _decoded(job.images[0], (job.width, job.height))
         images = []
         for i in range(job.n):
             rng = random.Random(seed(job, i))
@@ -67,7 +70,7 @@ class LocalProvider:
         """White where the image may change: the mask's transparent pixels; with no mask, dall-e-2 uses
         the image's own transparent pixels, and GPT models rework the whole image (drawn over it)."""
         if job.mask is not None:
-            alpha = job.mask.open().convert("RGBA").resize((job.width, job.height)).getchannel("A")
+            alpha = _decoded(job.mask, (job.width, job.height)).getchannel("A")
             return ImageChops.invert(alpha.point(lambda v: 255 if v else 0))
         if job.contract.square_png_input:
             return ImageChops.invert(base.getchannel("A").point(lambda v: 255 if v else 0))
@@ -94,9 +97,19 @@ def create(upstream: Upstream, deps: Deps) -> LocalProvider:
 
 
 def _thumbnail(image: InputImage, box: tuple[int, int]) -> Image.Image:
-    with image.open() as img:
-        img.thumbnail(box)  # decodes at reduced scale where the format allows (JPEG draft mode)
+    with image.open(box) as img:  # decoded at a reduced scale where the format allows (JPEG draft mode)
+        img.thumbnail(box)
         return img.convert("RGBA")
+
+
+def _decoded(image: InputImage, size: tuple[int, int]) -> Image.Image:
+    """An upload decoded once, RGBA at `size`. Modes that resize well are resized before the RGBA
+    conversion, so no full-size RGBA copy is made of them."""
+    with image.open(size) as img:
+        if img.mode not in ("RGBA", "RGB", "L", "LA"):
+            return img.convert("RGBA").resize(size)
+        resized = img.resize(size)
+    return resized if resized.mode == "RGBA" else resized.convert("RGBA")
 
 
 def seed(job: ImageJob, index: int) -> int:
@@ -110,11 +123,11 @@ def render(prompt: str, width: int, height: int, seed_value: int) -> Image.Image
     top = tuple(rng.randrange(256) for _ in range(3))
     bottom = tuple(rng.randrange(256) for _ in range(3))
     gradient = Image.linear_gradient("L").resize((width, height))
-    img = Image.composite(
-        Image.new("RGBA", (width, height), (*bottom, 255)),
-        Image.new("RGBA", (width, height), (*top, 255)),
-        gradient,
-    )
+    # One canvas: the bottom colour painted through the gradient onto the top colour (what composite of two
+    # full-size colour canvases gives, without making them).
+    img = Image.new("RGBA", (width, height), (*top, 255))
+    img.paste((*bottom, 255), (0, 0, width, height), gradient)
+    del gradient
     draw = ImageDraw.Draw(img)
     unit = min(width, height)
     for _ in range(6):
