@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from shims import ByAccount
 
 from imagegate import accounts as accounts_module
 from imagegate import ledger
@@ -117,7 +118,7 @@ def test_every_accounts_usage_costs_one_query_per_account_whatever_the_window(aw
 
 def test_a_settle_counts_usage_in_the_accounts_own_partition_with_a_ttl(aws, settings, accounts):
     account_id = accounts.create_account(10_000_000)
-    billing = Billing(aws.dynamodb, settings.table, clock=Clock(NOON))
+    billing = ByAccount(Billing(aws.dynamodb, settings.table, clock=Clock(NOON)))
     billing.reserve(
         account_id, "req_1", 30_000, {"model": "dall-e-2", "endpoint": "edits", "key_id": "key_a"}
     )

@@ -246,9 +246,13 @@ class Service:
             # The code, not the message: an upstream's message may quote the prompt.
             log.update(error=exc.code, status=exc.status)
             self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
-            headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else {}
             raise APIError(
-                exc.status, str(exc), type=exc.type, param=exc.param, code=exc.code, headers=headers
+                exc.status,
+                str(exc),
+                type=exc.type,
+                param=exc.param,
+                code=exc.code,
+                headers=exc.client_headers(),
             ) from exc
         finally:
             # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
