@@ -837,3 +837,37 @@ def test_a_label_with_bytes_that_are_not_utf8_is_refused(table, capsys):
         err = usage_error(capsys, *argv)
         assert "control characters" in err and "\udce9" not in err and "\udcff" not in err
     assert table.accounts.list_accounts() == []
+
+
+class Recording:
+    """The DynamoDB client, recording the Query calls made through it and how many items each read."""
+
+    def __init__(self, client):
+        self._client = client
+        self.queries = []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def query(self, **kwargs):
+        page = self._client.query(**kwargs)
+        self.queries.append((kwargs, page["ScannedCount"]))
+        return page
+
+
+def test_accounts_show_reads_only_the_entries_it_shows(table, capsys):
+    """The ledger grows with every request; showing the last N must not read all of it."""
+    account_id = table.accounts.create_account(0)
+    ticks = itertools.count(int(time.time()) + 1)
+    billing = table.billing(clock=lambda: next(ticks))
+    for n in range(1, 31):
+        billing.credit(account_id, n, reason=f"credit {n}", kind="credit", actor=ACTOR)
+    db = Recording(table.db)
+    latest = ledger.latest_entries(db, table.name, account_id, 3)
+    assert [e.reason for e in latest] == ["credit 28", "credit 29", "credit 30"]  # oldest first
+    assert [read for _, read in db.queries] == [3]
+    _, out, _ = run(capsys, "accounts", "show", account_id, "--entries", "2")
+    assert [line.split()[-3:-1] for line in out.splitlines()[-2:]] == [["credit", "29"], ["credit", "30"]]
+    assert "must be from 1 to 1000" in usage_error(
+        capsys, "accounts", "show", account_id, "--entries", "1001"
+    )

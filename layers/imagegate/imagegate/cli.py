@@ -41,6 +41,7 @@ GROUPINGS: dict[str, tuple[str, ...]] = {
     "key": ("account_id", "key_id"),
 }
 USAGE_COLUMNS = ("requests", "images", "charged", "charged_usd", "refunded", "refunded_usd")
+MAX_ENTRIES = 1000  # `accounts show --entries`: one Query page of them at most
 MAX_LABEL = 200  # characters in a label, reason or actor: a note, not a document
 # What must never reach a terminal from the table: C0 and C1 controls (newlines, tabs, ANSI escapes), the
 # invisible bidirectional controls that reorder what a line appears to say, line/paragraph separators, and
@@ -120,7 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("account_id")
     show.add_argument(
-        "--entries", type=_count, default=10, metavar="N", help="ledger entries to show (default 10)"
+        "--entries",
+        type=_entries,
+        default=10,
+        metavar="N",
+        help=f"ledger entries to show (default 10, at most {MAX_ENTRIES})",
     )
     _command(accounts, "accounts list", _accounts_list, "every account with its balance")
 
@@ -300,6 +305,14 @@ def _days(value: str) -> int:
 
 
 @_parsed
+def _entries(value: str) -> int:
+    count = _whole(value.lstrip("0")[:5] or "0")  # no int() of a thousand digits
+    if count > MAX_ENTRIES:
+        raise ValueError(f"must be from 1 to {MAX_ENTRIES}")
+    return count
+
+
+@_parsed
 def _text(value: str) -> str:
     """A label, reason or actor: stored, and shown in tables, so one line of printable text."""
     if _UNSAFE.search(value):
@@ -378,7 +391,7 @@ def _accounts_show(admin: Admin, args: argparse.Namespace) -> int:
     if keys:
         print()
         _print_keys(keys, with_account=False)
-    entries = ledger.entries(admin.dynamodb, admin.table, account.account_id)[-args.entries :]
+    entries = ledger.latest_entries(admin.dynamodb, admin.table, account.account_id, args.entries)
     if entries:
         print()
         print("latest ledger entries:")

@@ -292,6 +292,24 @@ def _account_usage(dynamodb: Any, table: str, account_id: str, first: str, last:
     ]
 
 
+def latest_entries(dynamodb: Any, table: str, account_id: str, count: int) -> list[LedgerEntry]:
+    """An account's last `count` ledger entries, oldest first: one Query reading only those, read from the
+    newest end, however long the ledger has grown."""
+    page = dynamodb.query(
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND sk BETWEEN :start AND :end",
+        ExpressionAttributeValues={
+            ":pk": {"S": account_pk(account_id)},
+            ":start": {"S": LEDGER},
+            ":end": {"S": LEDGER + "\uffff"},
+        },
+        ScanIndexForward=False,
+        Limit=count,
+        ConsistentRead=True,
+    )
+    return [_entry(item) for item in reversed(page.get("Items", []))]
+
+
 # --- checks --------------------------------------------------------------------------------------------
 
 

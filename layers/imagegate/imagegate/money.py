@@ -20,17 +20,17 @@ def usd_to_micros(amount: str | Decimal) -> int:
         raise ValueError(f"not a USD amount: {amount!r}") from exc
     if not usd.is_finite():
         raise ValueError(f"not a USD amount: {amount!r}")
-    if abs(usd) > MAX_USD:  # checked before any arithmetic, which could overflow or round
+    if usd.copy_abs() > MAX_USD:  # before any arithmetic (abs() too), which could overflow or round
         raise ValueError(f"{amount} USD is above the ceiling of ${MAX_USD:,} for one amount")
     # Integer arithmetic on the decimal's digits: Decimal's own would round past 28 significant digits.
     sign, digits, exponent = usd.as_tuple()
-    coefficient = int("".join(map(str, digits)))
-    if coefficient == 0:
+    significant = "".join(map(str, digits)).rstrip("0")
+    if not significant:
         return 0
-    shift = int(exponent) + 6  # |usd| <= MAX_USD bounds a positive shift to 15
-    micros, finer = (coefficient * 10**shift, 0) if shift >= 0 else divmod(coefficient, 10**-shift)
-    if finer:
+    shift = int(exponent) + len(digits) - len(significant) + 6  # the exponent of the last nonzero digit
+    if shift < 0:
         raise ValueError(f"{amount} USD is finer than one micro-dollar")
+    micros = int(significant) * 10**shift  # |usd| <= MAX_USD bounds shift to 15
     return -micros if sign else micros
 
 
