@@ -150,23 +150,30 @@ def fit(data: bytes, width: int, height: int, output_format: str, compression: i
     from PIL import Image as PILImage
     from PIL import ImageOps
 
-    with PILImage.open(io.BytesIO(data)) as img:
-        if img.size == (width, height) and (img.format or "").lower() == output_format:
-            return data  # already right: re-encoding would only lose quality
-        if img.width * img.height > MAX_INPUT_PIXELS:
-            # An upstream's answer is decoded here; one claiming a canvas this size is not an image to trust.
-            from .providers import ProviderError
+    from .providers import ProviderError
 
-            raise ProviderError(
-                f"The upstream returned an image of {img.width}x{img.height} pixels, too large to process.",
-                code="upstream_bad_response",
-            )
-        img.draft(
-            img.mode, (width, height)
-        )  # JPEG: decode at a reduced scale where that still covers the size
-        img.load()
-        mode = "RGBA" if img.mode in ALPHA_MODES or "transparency" in img.info else "RGB"
-        fitted = ImageOps.fit(img.convert(mode), (width, height), PILImage.Resampling.LANCZOS)
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            if img.size == (width, height) and (img.format or "").lower() == output_format:
+                return data  # already right: re-encoding would only lose quality
+            if img.width * img.height > MAX_INPUT_PIXELS:
+                # An upstream's answer is decoded here; one claiming a canvas this size is not to be trusted.
+                raise ProviderError(
+                    f"The upstream returned an image of {img.width}x{img.height} pixels, too large to "
+                    "process.",
+                    code="upstream_bad_response",
+                )
+            img.draft(img.mode, (width, height))  # JPEG: decode at a reduced scale that still covers the size
+            img.load()
+            mode = "RGBA" if img.mode in ALPHA_MODES or "transparency" in img.info else "RGB"
+            fitted = ImageOps.fit(img.convert(mode), (width, height), PILImage.Resampling.LANCZOS)
+    except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as exc:
+        # Whatever the provider: an upstream answer that is not a decodable image falls over to the next
+        # route as a bad response, never a 500 (Pillow raises all of these for broken data).
+        raise ProviderError(
+            f"The upstream returned data that is not a decodable image ({type(exc).__name__}).",
+            code="upstream_bad_response",
+        ) from None
     return encode(fitted, output_format, compression)
 
 

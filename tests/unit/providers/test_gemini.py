@@ -284,3 +284,13 @@ def test_answers_of_an_odd_shape_are_bad_responses_that_fall_over(job, body):
     with pytest.raises(ProviderError) as info:
         run(provider(FakeUpstream(httpx.Response(200, json=body))), job(prompt="x"))
     assert (info.value.code, info.value.retry, info.value.fallover) == ("upstream_bad_response", False, True)
+
+
+def test_a_truncated_image_is_a_bad_response_not_a_500(job):
+    """A PNG whose header reads but whose pixels are cut off: found when it is fitted to the size."""
+    data = base64.b64decode(png_b64(300, 200, GREEN))
+    cut = base64.b64encode(data[: len(data) // 2]).decode()
+    body = {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": cut}}]}}]}
+    with pytest.raises(ProviderError) as info:
+        run(provider(FakeUpstream(httpx.Response(200, json=body))), job(prompt="x"))
+    assert (info.value.code, info.value.fallover) == ("upstream_bad_response", True)

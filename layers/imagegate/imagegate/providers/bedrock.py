@@ -343,7 +343,7 @@ def _result(job: ImageJob, images: list[bytes]) -> ProviderResult:
         fitted = [
             fit(img, job.width, job.height, job.output_format, job.output_compression) for img in images
         ]
-    except OSError as exc:  # PIL.UnidentifiedImageError and truncated files
+    except ProviderError as exc:  # `fit` found no decodable image: on Bedrock a glitch worth a retry
         raise ProviderError("Bedrock returned data that is not an image.", retry=True) from exc
     return ProviderResult(images=fitted[: job.n])
 
