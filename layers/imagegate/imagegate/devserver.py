@@ -6,6 +6,8 @@ routes on 127.0.0.1:$PORT.
 
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
 moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
+The emulator (emulator.py) serves one request at a time, snapshots only the items a transaction names, and
+deletes images once older than their URLs or past a memory cap, so that hours of load stay fast and small.
 Both ports are bound before anything is printed, so a port in use is an error, not a key that never works.
 """
 
@@ -17,9 +19,8 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
@@ -51,27 +52,12 @@ sys.stdin.read()
 def start_aws_emulator(port: int) -> BaseWSGIServer:
     """Serve moto's S3 and DynamoDB on 127.0.0.1:`port` (0: any free one) from a daemon thread.
 
-    Requests are served one at a time. moto applies a TransactWriteItems in several steps, so two served
-    at once can interleave and overdraw a balance that real DynamoDB, which isolates each request, protects.
+    One request at a time, transactions that snapshot only the items they name, and outputs deleted after
+    the URLs' hour or past a memory cap: emulator.py says why.
     """
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
+    from .emulator import serve
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
-    app = DomainDispatcherApplication(create_backend_app)
-    lock = threading.Lock()
-
-    def one_at_a_time(environ: dict, start_response: Any) -> list[bytes]:
-        with lock:
-            return list(app(environ, start_response))
-
-    server = make_server("127.0.0.1", port, one_at_a_time, threaded=True, request_handler=MotoRequestHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(port)
 
 
 def provision(aws: AWSClients, settings: Settings) -> None:
