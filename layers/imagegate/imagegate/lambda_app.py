@@ -12,21 +12,29 @@ from mangum import Mangum
 from .api import Route, create_app
 from .aws import AWSClients
 from .config import Settings
+from .providers import Deps
 from .service import Service
 
 DEMO_HEADER = (b"x-imagegate-demo", b"local renderer, not AI")
 
 
-def lambda_handler(route: Route) -> Any:
+def lambda_handler(route: Route, http_client: Any = None) -> Any:
     """Build the handler for one route. Nothing here touches the network: clients, credentials and
-    routes come on the first request."""
+    routes come on the first request. `http_client`: the upstreams' httpx client (benchmarks inject one)."""
+    app, service = build_app(route, http_client)
+    # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
+    handler = service.logger.inject_lambda_context(Mangum(app, lifespan="off"))
+    return _traced(handler, service.settings)
+
+
+def build_app(route: Route, http_client: Any = None) -> tuple[Any, Service]:
+    """The ASGI app one function serves, from the environment, and its service."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
-    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
-    app = wrap(create_app(service, [route]), settings)
-    # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
-    handler = logger.inject_lambda_context(Mangum(app, lifespan="off"))
-    return _traced(handler, settings)
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    deps = Deps(aws, http_client) if http_client is not None else None
+    service = Service(settings, aws, logger, deps)
+    return wrap(create_app(service, [route]), settings), service
 
 
 def sweep_handler() -> Any:
