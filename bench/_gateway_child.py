@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from apps import CANDIDATES, Context, check, environment, rest_event
+from apps import CANDIDATES, Context, check, environment, minimal_plus_transactions, rest_event
 from fakes import FakeDynamoDB, install_fake_aws, upstream_transport
 
 WARMUP = 30
@@ -97,31 +97,39 @@ def inproc(out: str, rounds: int, per_round: int, c8: int, profile: int = 0) -> 
     result: dict = {"calls": {}, "calls_idempotent": {}}
     for name, handler in handlers.items():
         result["calls"][name] = calls_per_request(fake, handler)
+    # The floor: the minimal app with imagegate's own two transactions (as just sent) added.
+    floor = minimal_plus_transactions(http_client(), fake)[1]
+    sequential(floor, WARMUP)
+    result["calls"]["minimal+2tx"] = calls_per_request(fake, floor)
     result["calls_idempotent"]["imagegate"] = calls_per_request(fake, handlers["imagegate"], idempotent=True)
 
-    samples = {name: {"cpu": [], "wall": []} for name in handlers}
-    round_ratios = []
-    names = list(handlers)
+    timed = {**handlers, "minimal+2tx": floor}
+    samples = {name: {"cpu": [], "wall": []} for name in timed}
+    round_ratios, floor_ratios = [], []
+    names = list(timed)
     for r in range(rounds):
-        # Request by request, alternating (and which goes first alternates by round): load from elsewhere
-        # on the machine hits both candidates alike.
-        order = names[r % 2 :] + names[: r % 2]
+        # Request by request, alternating (and which goes first rotates by round): load from elsewhere on
+        # the machine hits every candidate alike.
+        k = r % len(names)
+        order = names[k:] + names[:k]
         this_round: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(per_round):
             for name in order:
-                cpu, wall = sequential(handlers[name], 1)
+                cpu, wall = sequential(timed[name], 1)
                 this_round[name] += cpu
                 samples[name]["cpu"] += cpu
                 samples[name]["wall"] += wall
-        round_ratios.append(
-            statistics.median(this_round["imagegate"]) / statistics.median(this_round["minimal"])
-        )
+        medians = {name: statistics.median(values) for name, values in this_round.items()}
+        round_ratios.append(medians["imagegate"] / medians["minimal"])
+        floor_ratios.append(medians["minimal+2tx"] / medians["minimal"])
+    result["floor_ratios"] = floor_ratios
     result["inproc"] = samples
     result["round_ratios"] = round_ratios
 
     conc = {name: {"lat": [], "rps": []} for name in handlers}
+    pair = list(handlers)
     for r in range(2):
-        for name in names[r:] + names[:r]:
+        for name in pair[r:] + pair[:r]:
             lat, rps = concurrent(handlers[name], c8)
             conc[name]["lat"] += lat
             conc[name]["rps"].append(rps)

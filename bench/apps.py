@@ -85,6 +85,43 @@ def minimal(http_client: Any = None) -> tuple[Any, Any]:
     return app, mangum.Mangum(app, lifespan="off")
 
 
+def minimal_plus_transactions(http_client: Any, fake: Any) -> tuple[Any, Any]:
+    """The minimal app plus imagegate's two transactions, verbatim (the last reserve and settle the fake
+    saw): what imagegate's three DynamoDB calls cost with none of its own code. In process only."""
+    import json
+
+    import boto3
+    import fastapi
+    import mangum
+    import pydantic
+
+    table = os.environ["IMAGEGATE_TABLE"]
+    upstream = os.environ["BENCH_UPSTREAM_BASE"] + "/images/generations"
+    client = boto3.client("dynamodb", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+    reserve, settle = (json.loads(body)["TransactItems"] for body in fake.transactions)
+
+    class Body(pydantic.BaseModel):
+        prompt: str
+        model: str | None = None
+        size: str | None = None
+        n: int = 1
+        response_format: str | None = None
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/images/generations")
+    def generations(body: Body, authorization: str = fastapi.Header()) -> fastapi.Response:
+        key = {"pk": {"S": "KEY#" + authorization[7:]}, "sk": {"S": "KEY"}}
+        if client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item") is None:
+            raise fastapi.HTTPException(401)
+        client.transact_write_items(TransactItems=reserve)
+        answer = http_client.post(upstream, json=body.model_dump(exclude_none=True))
+        client.transact_write_items(TransactItems=settle)
+        return fastapi.Response(answer.content, media_type="application/json")
+
+    return app, mangum.Mangum(app, lifespan="off")
+
+
 CANDIDATES = {"imagegate": imagegate, "minimal": minimal}
 
 

@@ -92,13 +92,17 @@ class FakeDynamoDB:
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        # The last two TransactWriteItems bodies (a request's reserve and settle), for bench/apps.py's floor.
+        self.transactions: list[bytes] = []
         self._lock = threading.Lock()
         self._get = json.dumps({"Item": key_item()}).encode()
 
-    def answer(self, target: str) -> tuple[int, bytes]:
+    def answer(self, target: str, body: bytes = b"") -> tuple[int, bytes]:
         operation = target.rpartition(".")[2]
         with self._lock:
             self.calls[operation] += 1
+            if operation == "TransactWriteItems" and body:
+                self.transactions = [*self.transactions[-1:], body]
         if operation == "GetItem":
             return 200, self._get
         if operation in ("TransactWriteItems", "PutItem", "UpdateItem", "DeleteItem"):
@@ -133,7 +137,7 @@ def install_fake_aws(fake: FakeDynamoDB) -> None:
         target = request.headers.get("X-Amz-Target", b"")
         target = target.decode() if isinstance(target, bytes) else target
         if target.startswith("DynamoDB_"):
-            status, body = fake.answer(target)
+            status, body = fake.answer(target, request.body)
             headers = {"Content-Type": "application/x-amz-json-1.0", "Content-Length": str(len(body))}
         else:
             status, body = fake.s3(request.method)
