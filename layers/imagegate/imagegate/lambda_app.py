@@ -10,6 +10,7 @@ holds them, is built on the first request), and `random` is re-seeded after rest
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import os
 import random
@@ -34,7 +35,7 @@ def lambda_handler(route: Route, http_client: Any = None) -> Any:
     app, service = build_app(route, http_client)
     # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
     adapter = Mangum(app, lifespan="off")
-    handler = service.logger.inject_lambda_context(adapter)
+    handler = service.logger.inject_lambda_context(_one_thread(adapter))
     _register_snapstart_hooks(route, adapter, service)
     return _traced(handler, service.settings)
 
@@ -47,6 +48,47 @@ def build_app(route: Route, http_client: Any = None) -> tuple[Any, Service]:
     deps = Deps(aws, http_client) if http_client is not None else None
     service = Service(settings, aws, logger, deps)
     return wrap(create_app(service, [route]), settings), service
+
+
+# Set while a Lambda invocation runs: FastAPI's sync dependencies and routes then run on the event loop's
+# thread instead of a worker thread (see `_one_thread`).
+_INLINE = contextvars.ContextVar("imagegate_inline_sync", default=False)
+
+
+def _one_thread(adapter: Any) -> Any:
+    """Run each invocation's sync work on the invoking thread.
+
+    Lambda hands an execution environment one event at a time, so a worker thread buys no concurrency.
+    It did cost: anyio ties its worker threads to the task that started them, and Mangum starts a new task
+    per event, so every invocation started a thread, handed work to it twice (the key lookup, then the
+    route) and stopped it again. Scoped by a context variable, the local server and anything else in the
+    process keep their thread pool."""
+    _install_inline_run_sync()
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        token = _INLINE.set(True)
+        try:
+            return adapter(event, context)
+        finally:
+            _INLINE.reset(token)
+
+    return handler
+
+
+def _install_inline_run_sync() -> None:
+    import anyio.to_thread
+
+    threaded = anyio.to_thread.run_sync
+    if getattr(threaded, "imagegate_inline", False):
+        return
+
+    async def run_sync(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if _INLINE.get():
+            return func(*args)
+        return await threaded(func, *args, **kwargs)
+
+    run_sync.imagegate_inline = True  # type: ignore[attr-defined]
+    anyio.to_thread.run_sync = run_sync
 
 
 SNAPSTART_INIT = "snap-start"  # AWS_LAMBDA_INITIALIZATION_TYPE while Lambda initialises for a snapshot
