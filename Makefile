@@ -53,8 +53,10 @@ lock: | $(UV)
 layer: | $(UV)
 	$(MAKE) -C layers/imagegate build-ImagegateLayer ARTIFACTS_DIR=$(CURDIR)/build/layer UV=$(CURDIR)/$(UV)
 
+# Issue 12's benchmarks (bench/run.py): every target with its measured ratio and verdict. A report, not a
+# gate: not part of test or CI. About 5 minutes on 2 cores.
 bench: $(STAMP)
-	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

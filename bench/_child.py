@@ -51,39 +51,47 @@ class _Context:
 
 
 def _event(path: str, api_key: str) -> dict:
+    """An API Gateway REST API (v1) proxy event, as the template's API sends it (bench/apps.py's too)."""
     import json
 
     body = json.dumps(
-        {"model": "dall-e-2", "prompt": "a lighthouse at dusk", "size": "256x256", "response_format": "url"}
+        {
+            "model": "dall-e-2",
+            "prompt": "a lighthouse at dusk",
+            "size": "256x256",
+            "response_format": "b64_json",
+        }
     )
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "Host": "bench.execute-api.us-east-1.amazonaws.com",
+        "User-Agent": "imagegate-bench",
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": "443",
+    }
     return {
-        "version": "2.0",
-        "routeKey": f"POST {path}",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {
-            "authorization": f"Bearer {api_key}",
-            "content-type": "application/json",
-            "content-length": str(len(body)),
-            "host": "bench.execute-api.us-east-1.amazonaws.com",
-        },
+        "resource": path,
+        "path": path,
+        "httpMethod": "POST",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "bench",
-            "domainName": "bench.execute-api.us-east-1.amazonaws.com",
-            "domainPrefix": "bench",
-            "http": {
-                "method": "POST",
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": "127.0.0.1",
-                "userAgent": "imagegate-bench",
-            },
+            "resourcePath": path,
+            "httpMethod": "POST",
+            "path": f"/v1{path}",
+            "stage": "v1",
             "requestId": "bench",
-            "routeKey": f"POST {path}",
-            "stage": "$default",
-            "time": "01/Jan/2025:00:00:00 +0000",
-            "timeEpoch": 1735689600000,
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "imagegate-bench"},
+            "requestTimeEpoch": 1735689600000,
         },
         "body": body,
         "isBase64Encoded": False,
@@ -110,31 +118,38 @@ def _request(_target: str) -> dict:
 
 
 def _request_floor(_target: str) -> dict:
-    """The least a FastAPI-on-Lambda function can do for the same event: one key lookup in DynamoDB."""
+    """The least an image proxy on Lambda does for the same event: one DynamoDB GetItem for the key and
+    the same upstream call (bench/apps.py's minimal app)."""
     import os
 
     started = time.perf_counter()
     import boto3
     import fastapi
+    import httpx
     import mangum
     import pydantic
 
     table = os.environ["IMAGEGATE_TABLE"]
+    upstream = os.environ["BENCH_UPSTREAM_BASE"] + "/images/generations"
     client = boto3.client("dynamodb", region_name="us-east-1")
+    http = httpx.Client(timeout=10)
 
     class Body(pydantic.BaseModel):
         prompt: str
         model: str | None = None
         size: str | None = None
+        n: int = 1
         response_format: str | None = None
 
     app = fastapi.FastAPI()
 
     @app.post("/v1/images/generations")
-    def generations(body: Body) -> dict:
-        key = {"pk": {"S": "KEY#bench"}, "sk": {"S": "KEY"}}
-        client.get_item(TableName=table, Key=key, ConsistentRead=True)
-        return {"data": [{"prompt": body.prompt}]}
+    def generations(body: Body, authorization: str = fastapi.Header()) -> fastapi.Response:
+        key = {"pk": {"S": "KEY#" + authorization[7:]}, "sk": {"S": "KEY"}}
+        if client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item") is None:
+            raise fastapi.HTTPException(401)
+        answer = http.post(upstream, json=body.model_dump(exclude_none=True))
+        return fastapi.Response(answer.content, media_type="application/json")
 
     handler = mangum.Mangum(app, lifespan="off")
     result = {"import_ms": (time.perf_counter() - started) * 1000}

@@ -1,8 +1,19 @@
-"""Lambda entry points: one FastAPI app per function, adapted by Mangum (API Gateway REST API events)."""
+"""Lambda entry points: one FastAPI app per function, adapted by Mangum (API Gateway REST API events).
+
+With SnapStart (template parameter SnapStart=on) Lambda runs the init once per published version and
+snapshots it. Before the snapshot the function primes what every cold start would otherwise redo: imports,
+prices and the catalog, the route table and its provider modules, one request through the app, and
+botocore's service models. Nothing of one environment's identity goes in: no AWS client, connection or
+credentials (dropped before the snapshot, made anew after restore), no upstream secret (the router, which
+holds them, is built on the first request), and `random` is re-seeded after restore.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -12,21 +23,140 @@ from mangum import Mangum
 from .api import Route, create_app
 from .aws import AWSClients
 from .config import Settings
+from .providers import Deps
 from .service import Service
 
 DEMO_HEADER = (b"x-imagegate-demo", b"local renderer, not AI")
 
 
-def lambda_handler(route: Route) -> Any:
+def lambda_handler(route: Route, http_client: Any = None) -> Any:
     """Build the handler for one route. Nothing here touches the network: clients, credentials and
-    routes come on the first request."""
+    routes come on the first request. `http_client`: the upstreams' httpx client (benchmarks inject one)."""
+    app, service = build_app(route, http_client)
+    # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
+    adapter = Mangum(app, lifespan="off")
+    handler = service.logger.inject_lambda_context(_one_thread(adapter))
+    _register_snapstart_hooks(route, adapter, service)
+    return _traced(handler, service.settings)
+
+
+def build_app(route: Route, http_client: Any = None) -> tuple[Any, Service]:
+    """The ASGI app one function serves, from the environment, and its service."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
-    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
-    app = wrap(create_app(service, [route]), settings)
-    # lifespan="off": there is nothing to start, and Mangum would otherwise run it on every invocation.
-    handler = logger.inject_lambda_context(Mangum(app, lifespan="off"))
-    return _traced(handler, settings)
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    deps = Deps(aws, http_client) if http_client is not None else None
+    service = Service(settings, aws, logger, deps)
+    return wrap(create_app(service, [route]), settings), service
+
+
+# Set while a Lambda invocation runs: FastAPI's sync dependencies and routes then run on the event loop's
+# thread instead of a worker thread (see `_one_thread`).
+_INLINE = contextvars.ContextVar("imagegate_inline_sync", default=False)
+
+
+def _one_thread(adapter: Any) -> Any:
+    """Run each invocation's sync work on the invoking thread.
+
+    Lambda hands an execution environment one event at a time, so a worker thread buys no concurrency.
+    It did cost: anyio ties its worker threads to the task that started them, and Mangum starts a new task
+    per event, so every invocation started a thread, handed work to it twice (the key lookup, then the
+    route) and stopped it again. Scoped by a context variable, the local server and anything else in the
+    process keep their thread pool."""
+    _install_inline_run_sync()
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        token = _INLINE.set(True)
+        try:
+            return adapter(event, context)
+        finally:
+            _INLINE.reset(token)
+
+    return handler
+
+
+def _install_inline_run_sync() -> None:
+    import anyio.to_thread
+
+    threaded = anyio.to_thread.run_sync
+    if getattr(threaded, "imagegate_inline", False):
+        return
+
+    async def run_sync(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if _INLINE.get():
+            return func(*args)
+        return await threaded(func, *args, **kwargs)
+
+    run_sync.imagegate_inline = True  # type: ignore[attr-defined]
+    anyio.to_thread.run_sync = run_sync
+
+
+SNAPSTART_INIT = "snap-start"  # AWS_LAMBDA_INITIALIZATION_TYPE while Lambda initialises for a snapshot
+
+
+def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> None:
+    """Prime before the snapshot, refresh after restore: only in a SnapStart init, where Lambda's runtime
+    provides `snapshot_restore_py` (it is not a dependency of ours)."""
+    if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != SNAPSTART_INIT:
+        return
+    try:
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
+    except ImportError:
+        return
+    register_before_snapshot(prime, route, adapter, service)
+    register_after_restore(restored, service)
+
+
+def prime(route: Route, adapter: Any, service: Service) -> None:
+    """Everything a first request would build that is the same in every environment of this version."""
+    from .api import BALANCE_ROUTE, METHODS, ROUTES
+    from .routing import load_routes
+
+    _ = service.prices, service.catalog
+    routes = load_routes(service.settings, service.catalog)
+    for provider in sorted({spec.provider for specs in routes.values() for spec in specs}):
+        importlib.import_module(f"{__package__}.providers.{provider}")
+    # One request through the whole app (routing, the key dependency, error rendering, the response), refused
+    # for want of a key before anything reaches AWS.
+    path = ROUTES.get(route, BALANCE_ROUTE)  # type: ignore[call-overload]
+    adapter(_unauthenticated_event(METHODS[path], path), _SnapshotContext())
+    _ = service.aws.dynamodb, service.aws.s3  # botocore loads and caches the service models
+    service.aws.reset()  # ... and the snapshot keeps no client, connection or credentials
+
+
+def restored(service: Service) -> None:
+    """After a restore: fresh randomness, and AWS clients made with this environment's credentials."""
+    random.seed()
+    service.aws.reset()
+    _ = service.aws.dynamodb
+
+
+class _SnapshotContext:
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "imagegate")
+    function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    memory_limit_in_mb = 0
+    invoked_function_arn = ""
+    aws_request_id = "snapshot-prime"
+
+
+def _unauthenticated_event(method: str, path: str) -> dict[str, Any]:
+    headers = {"content-type": "application/json", "host": "snapshot.invalid"}
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "requestContext": {
+            "stage": "v1",
+            "requestId": "snapshot-prime",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": "{}" if method == "POST" else None,
+        "isBase64Encoded": False,
+    }
 
 
 def sweep_handler() -> Any:
