@@ -427,3 +427,16 @@ def test_sweep_event_refunds_a_stale_reservation_once_and_leaves_fresh_ones(stac
     assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": DALLE2_256}
     assert stack.balance() == stack.start_balance - DALLE2_256  # the running one stays reserved
     assert stack.invoke("sweep", stack.event("sweep"))["closed"] == 0
+
+
+def test_a_lone_surrogate_in_an_events_body_is_a_400_not_a_gateway_500(stack):
+    """Mangum encoded a text body before the app ran: a lone surrogate raised there, outside our errors."""
+    event = stack.event("generations")
+    event["body"] = '{"prompt": "a fox \ud800", "model": "dall-e-2"}'
+    event["isBase64Encoded"] = False
+    result = stack.invoke("generations", event)
+    assert result["statusCode"] == 400
+    error = json.loads(result["body"])["error"]
+    # The bytes it stands for are not UTF-8: the body cannot be read as JSON at all.
+    assert error["code"] == "invalid_json"
+    assert stack.balance() == stack.start_balance

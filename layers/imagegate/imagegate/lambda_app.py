@@ -10,6 +10,7 @@ holds them, is built on the first request), and `random` is re-seeded after rest
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import importlib
 import os
@@ -68,11 +69,26 @@ def _one_thread(adapter: Any) -> Any:
     def handler(event: dict[str, Any], context: Any) -> Any:
         token = _INLINE.set(True)
         try:
-            return adapter(event, context)
+            return adapter(_encodable(event), context)
         finally:
             _INLINE.reset(token)
 
     return handler
+
+
+def _encodable(event: dict[str, Any]) -> dict[str, Any]:
+    """A text body Mangum can encode. One holding a lone UTF-16 surrogate (the event's JSON may carry one)
+    made Mangum's `body.encode()` raise before the app ran: API Gateway's bare 500. Passed on as the bytes
+    it stands for, the app's strict UTF-8 decoding answers its 400."""
+    body = event.get("body")
+    if event.get("isBase64Encoded") or not isinstance(body, str):
+        return event
+    try:
+        body.encode()
+    except UnicodeEncodeError:
+        raw = body.encode("utf-8", "surrogatepass")
+        return {**event, "body": base64.b64encode(raw).decode(), "isBase64Encoded": True}
+    return event
 
 
 def _install_inline_run_sync() -> None:
