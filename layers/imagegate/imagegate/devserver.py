@@ -7,7 +7,7 @@ routes on 127.0.0.1:$PORT.
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
 moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
 The emulator (emulator.py) serves one request at a time, snapshots only the items a transaction names, and
-deletes images once older than their URLs or past a memory cap, so that hours of load stay fast and small.
+deletes images once older than their URLs or past a memory cap, so that hours of load stay fast.
 Both ports are bound before anything is printed, so a port in use is an error, not a key that never works.
 """
 
