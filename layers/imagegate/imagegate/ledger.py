@@ -154,18 +154,7 @@ def usage_update(
 def entries(dynamodb: Any, table: str, account_id: str, since: float | None = None) -> list[LedgerEntry]:
     """An account's ledger, oldest first; from `since` (epoch seconds) on when given."""
     start = f"{LEDGER}{int(since * 1000):013d}" if since is not None else LEDGER
-    items = query(
-        dynamodb,
-        TableName=table,
-        KeyConditionExpression="pk = :pk AND sk BETWEEN :start AND :end",
-        ExpressionAttributeValues={
-            ":pk": {"S": account_pk(account_id)},
-            ":start": {"S": start},
-            ":end": {"S": LEDGER + "\uffff"},
-        },
-        ConsistentRead=True,
-    )
-    return [_entry(item) for item in items]
+    return [_entry(item) for item in query(dynamodb, **_ledger_range(table, account_id, start))]
 
 
 def reconcile(
@@ -295,19 +284,22 @@ def _account_usage(dynamodb: Any, table: str, account_id: str, first: str, last:
 def latest_entries(dynamodb: Any, table: str, account_id: str, count: int) -> list[LedgerEntry]:
     """An account's last `count` ledger entries, oldest first: one Query reading only those, read from the
     newest end, however long the ledger has grown."""
-    page = dynamodb.query(
-        TableName=table,
-        KeyConditionExpression="pk = :pk AND sk BETWEEN :start AND :end",
-        ExpressionAttributeValues={
+    page = dynamodb.query(**_ledger_range(table, account_id), ScanIndexForward=False, Limit=count)
+    return [_entry(item) for item in reversed(page.get("Items", []))]
+
+
+def _ledger_range(table: str, account_id: str, start: str = LEDGER) -> dict[str, Any]:
+    """Query arguments for an account's ledger entries from `start` (a sort key) to the newest."""
+    return {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :start AND :end",
+        "ExpressionAttributeValues": {
             ":pk": {"S": account_pk(account_id)},
-            ":start": {"S": LEDGER},
+            ":start": {"S": start},
             ":end": {"S": LEDGER + "\uffff"},
         },
-        ScanIndexForward=False,
-        Limit=count,
-        ConsistentRead=True,
-    )
-    return [_entry(item) for item in reversed(page.get("Items", []))]
+        "ConsistentRead": True,
+    }
 
 
 # --- checks --------------------------------------------------------------------------------------------
