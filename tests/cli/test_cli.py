@@ -871,3 +871,24 @@ def test_accounts_show_reads_only_the_entries_it_shows(table, capsys):
     assert "must be from 1 to 1000" in usage_error(
         capsys, "accounts", "show", account_id, "--entries", "1001"
     )
+
+
+def test_accounts_limits_show_set_and_restore_defaults(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    assert run(capsys, "accounts", "limits", account_id) == (
+        0,
+        f"{account_id}  images per minute: default  concurrent requests: default\n",
+        "",
+    )
+    _, out, _ = run(capsys, "accounts", "limits", account_id, "--images-per-minute", "1200")
+    assert out == f"{account_id}  images per minute: 1200  concurrent requests: default\n"
+    assert table.accounts.show_account(account_id).images_per_minute == 1200
+    _, out, _ = run(capsys, "accounts", "limits", account_id, "--max-concurrent", "5")
+    assert out == f"{account_id}  images per minute: 1200  concurrent requests: 5\n"
+    _, out, _ = run(capsys, "accounts", "limits", account_id, "--images-per-minute", "default")
+    assert out == f"{account_id}  images per minute: default  concurrent requests: 5\n"
+    assert run(capsys, "accounts", "limits", "acct_missing") == (
+        1,
+        "",
+        "imagegate: no account acct_missing\n",
+    )

@@ -68,6 +68,9 @@ class AccountInfo:
     label: str
     balance: int  # micro-USD
     created_at: int  # epoch seconds
+    # The account's own rate limits over all its keys; None means the deployment's defaults.
+    images_per_minute: int | None = None
+    max_concurrent: int | None = None
 
 
 class KeyInfo(TypedDict):
@@ -362,6 +365,8 @@ def _account_info(account_id: str, item: dict[str, Any]) -> AccountInfo:
         item.get("label", {}).get("S", ""),
         int(item["balance"]["N"]),
         int(item["created_at"]["N"]),
+        _number(item, "images_per_minute"),
+        _number(item, "max_concurrent"),
     )
 
 

@@ -128,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"ledger entries to show (default 10, at most {MAX_ENTRIES})",
     )
     _command(accounts, "accounts list", _accounts_list, "every account with its balance")
+    account_limits = _command(
+        accounts,
+        "accounts limits",
+        _accounts_limits,
+        "show or set an account's rate limits over all its keys; `default` restores the deployment's",
+    )
+    account_limits.add_argument("account_id")
+    _limit_options(account_limits)
 
     keys = _group(groups, "keys", "create, list, rotate and revoke API keys; set their rate limits")
     create = _command(
@@ -170,8 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         "show or set a key's rate limits; `default` restores the deployment's",
     )
     limits.add_argument("key_id")
-    limits.add_argument("--images-per-minute", type=_limit, metavar="N|default", help="images per minute")
-    limits.add_argument("--max-concurrent", type=_limit, metavar="N|default", help="requests at once")
+    _limit_options(limits)
 
     balance = _group(groups, "balance", "show, credit and adjust balances (every change is a ledger entry)")
     show = _command(balance, "balance show", _balance_show, "an account's balance")
@@ -473,6 +480,27 @@ def _keys_revoke(admin: Admin, args: argparse.Namespace) -> int:
     if not admin.accounts.revoke_key(args.key_id):
         raise NotFound(f"no key with id {args.key_id} (see `imagegate keys list`)")
     print(f"revoked {args.key_id}")
+    return 0
+
+
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images-per-minute", type=_limit, metavar="N|default", help="images per minute")
+    parser.add_argument("--max-concurrent", type=_limit, metavar="N|default", help="requests at once")
+
+
+def _accounts_limits(admin: Admin, args: argparse.Namespace) -> int:
+    account = admin.accounts.show_account(args.account_id)
+    if args.images_per_minute is not None or args.max_concurrent is not None:
+        admin.accounts.set_account_limits(
+            account.account_id,
+            images_per_minute=_new_limit(args.images_per_minute, account.images_per_minute),
+            max_concurrent=_new_limit(args.max_concurrent, account.max_concurrent),
+        )
+        account = admin.accounts.show_account(args.account_id)
+    print(
+        f"{account.account_id}  images per minute: {_limit_text(account.images_per_minute)}  "
+        f"concurrent requests: {_limit_text(account.max_concurrent)}"
+    )
     return 0
 
 
