@@ -161,10 +161,14 @@ class Idempotency:
         }
 
     def complete(self, account_id: str, key: str, request_id: str, response: dict) -> bool:
-        """`completion` on its own (when the settle transaction could not carry it); False when the key is no
-        longer this request's."""
+        """`completion` on its own; False when the key is no longer this request's."""
+        return self.apply(self.completion(account_id, key, request_id, response))
+
+    def apply(self, completion: dict[str, Any]) -> bool:
+        """Run a `completion` outside the settle transaction (when that transaction could not carry it);
+        False when the key is no longer this request's."""
         try:
-            self._db.update_item(**self.completion(account_id, key, request_id, response)["Update"])
+            self._db.update_item(**completion["Update"])
         except self._db.exceptions.ConditionalCheckFailedException:
             return False
         return True

@@ -290,16 +290,13 @@ class Service:
             self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
             if completion is not None:
                 with contextlib.suppress(Exception):
-                    self._db_complete(completion)
+                    self.idempotency.apply(completion)
             if not delivered:
                 raise
             return
         if not settled and charged:
             # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
             self.logger.error("reservation already closed; images delivered uncharged", extra=log)
-
-    def _db_complete(self, completion: dict[str, Any]) -> None:
-        self.aws.dynamodb.update_item(**completion["Update"])
 
     def _respond(
         self,
