@@ -1,6 +1,7 @@
 """Rate limits as conditions of the reserve transaction (ratelimit.py, billing.py), on moto's DynamoDB with
 an injected clock: images per minute as a token bucket, requests in flight, per key and per account."""
 
+import itertools
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -189,7 +190,26 @@ def test_threads_never_exceed_images_or_slots(aws, settings, accounts, funded, c
     client = OneRequestAtATime(aws.dynamodb)
     billing = make(aws, settings, clock, key=Limits(10, 4), client=client)
     account_id, api_key = funded
-    start = threading.Barrier(12)
+    statuses = race(billing, accounts, api_key, 12)
+    assert statuses.count(200) == 4  # four slots, none released
+    assert statuses.count(429) == 8
+    assert accounts.balance(account_id) == 10_000_000 - 4_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+
+
+class Ticking:
+    """A clock that moves 50 ms every time it is read, whichever thread reads it."""
+
+    def __init__(self):
+        self.ticks = itertools.count()
+
+    def __call__(self):
+        return 1_700_000_000.0 + next(self.ticks) * 0.05
+
+
+def race(billing, accounts, api_key, n):
+    """`n` threads reserving one image each at the same moment; their statuses."""
+    start = threading.Barrier(n)
 
     def attempt(_):
         account = auth(accounts, api_key)
@@ -200,12 +220,8 @@ def test_threads_never_exceed_images_or_slots(aws, settings, accounts, funded, c
             return exc.status
         return 200
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        statuses = list(pool.map(attempt, range(12)))
-    assert statuses.count(200) == 4  # four slots, none released
-    assert statuses.count(429) == 8
-    assert accounts.balance(account_id) == 10_000_000 - 4_000
-    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(attempt, range(n)))
 
 
 def test_duration_is_openais_reset_format():
@@ -216,22 +232,6 @@ def test_a_burst_under_generous_limits_is_never_turned_away(aws, settings, accou
     """Racing requests on one busy key and account must not exhaust their retries on each other's writes
     (each computes `now` itself, and commits after the others' waits)."""
     client = OneRequestAtATime(aws.dynamodb)
-    ticks = iter(range(10**6))
-    moving = Clock()
-    moving.__class__ = type("Moving", (Clock,), {"__call__": lambda self: self.now + next(ticks) * 0.05})
-    billing = make(aws, settings, moving, key=Limits(10_000, 100), account=Limits(600, 50), client=client)
-    _, api_key = funded
-    start = threading.Barrier(40)
-
-    def attempt(_):
-        account = auth(accounts, api_key)
-        start.wait()
-        try:
-            billing.reserve(account, rid(), 1_000, DETAILS, images=1)
-        except APIError as exc:
-            return exc.status
-        return 200
-
-    with ThreadPoolExecutor(max_workers=40) as pool:
-        statuses = list(pool.map(attempt, range(40)))
+    billing = make(aws, settings, Ticking(), key=Limits(10_000, 100), account=Limits(600, 50), client=client)
+    statuses = race(billing, accounts, funded[1], 40)
     assert statuses == [200] * 40
