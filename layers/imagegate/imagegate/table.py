@@ -4,6 +4,7 @@ Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module d
   KEY#…, KEYS, ACCOUNT#<id> / ACCOUNT, ACCOUNTS       accounts.py (limiter attributes: ratelimit.py)
   ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
+  ACCOUNT#<id> / JOB#<job id>                         jobs.py (webhook delivery state: webhooks.py)
 The sparse index OPEN_INDEX holds only reservations still open (billing.py), for the sweeper.
 This module is at the bottom: it imports nothing of imagegate, and every module above builds on it.
 """
@@ -19,6 +20,7 @@ from typing import Any
 # the whole deployment's requests do not write one index partition.
 OPEN_INDEX = "open"
 OPEN_SHARDS = 8
+JOB_PREFIX = "JOB#"
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
 
@@ -29,6 +31,11 @@ def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
 
 def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
+
+
+def job_key(account_id: str, job_id: str) -> dict[str, dict[str, str]]:
+    """An image job's item: under its account, so a job id alone never reaches another account's job."""
+    return item_key(account_pk(account_id), f"{JOB_PREFIX}{job_id}")
 
 
 def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
