@@ -127,9 +127,7 @@ class Accounts:
             TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
         ).get("Item")
         if item is None:
-            raise APIError(
-                404, f"No account '{account_id}'.", param="account_id", code="account_not_found"
-            )
+            raise APIError(404, f"No account '{account_id}'.", param="account_id", code="account_not_found")
         status = item.get("status", {}).get("S", ACTIVE)
         if status != ACTIVE:
             raise APIError(
