@@ -1,4 +1,4 @@
-"""The requests queue: jobs that AWS services ask for (SQS, EventBridge, S3 manifests); the layer does the work."""
+"""The requests queue: jobs AWS services ask for (SQS, EventBridge, S3 manifests); the layer does the work."""
 
 from imagegate.lambda_app import job_requests_handler
 

@@ -63,7 +63,9 @@ def job_hooks(service: Service) -> list[Finished]:
     """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
     job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
     answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
-    return []
+    from .triggers import Answers
+
+    return [Answers(service.aws, service.settings, service.logger)]
 
 
 def worker_handler() -> Any:
@@ -311,12 +313,10 @@ def invoke_job_handler() -> Any:
 
 def _triggers() -> tuple[Any, Logger, Settings]:
     """Triggers over a service with the worker's upstream budget: a direct invocation runs its job here."""
-    from .jobs import Jobs
     from .triggers import Answers, Triggers
 
     settings = Settings.from_env().for_worker()
     logger = Logger(service="imagegate")
     aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
     service = Service(settings, aws, logger)
-    answers = Answers(aws, settings, logger)
-    return Triggers(service, Jobs(service, [answers]), answers), logger, settings
+    return Triggers(service, build_jobs(service), Answers(aws, settings, logger)), logger, settings
