@@ -160,6 +160,14 @@ def event(request: httpx.Request, index: int) -> dict:
 
 def main() -> None:
     image = png(64, (30, 90, 200))
+    # One edit, sent synchronously (b64_json) and as a job.
+    kite: dict[str, object] = {
+        "model": "dall-e-2",
+        "image": image,
+        "mask": png(64, (0, 0, 0), hole=True),
+        "prompt": "a red kite in the clear centre",
+        "size": "256x256",
+    }
     requests = {
         "generations": capture(
             "generate",
@@ -169,15 +177,7 @@ def main() -> None:
             n=2,
             response_format="url",
         ),
-        "edits": capture(
-            "edit",
-            model="dall-e-2",
-            image=image,
-            mask=png(64, (0, 0, 0), hole=True),
-            prompt="a red kite in the clear centre",
-            size="256x256",
-            response_format="b64_json",
-        ),
+        "edits": capture("edit", **kite, response_format="b64_json"),
         # A list, even of files passed one by one, is what makes the SDK send `image[]` parts.
         "edits_two_images": capture(
             "edit",
@@ -195,15 +195,7 @@ def main() -> None:
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
         # An edit as a job (README, "Long jobs and AWS events"): 202 and the job; its images go to S3.
-        "edits_async": capture(
-            "edit",
-            model="dall-e-2",
-            image=image,
-            mask=png(64, (0, 0, 0), hole=True),
-            prompt="a red kite in the clear centre",
-            size="256x256",
-            extra_headers={"Prefer": "respond-async"},
-        ),
+        "edits_async": capture("edit", **kite, extra_headers={"Prefer": "respond-async"}),
         "jobs": httpx.Request(
             "GET",
             f"https://{DOMAIN}/{STAGE}/v1/images/jobs?limit=5",

@@ -151,6 +151,7 @@ class LocalWorker:
         self._running: list[threading.Thread] = []
 
     def start(self) -> None:
+        self._stop.clear()
         for i in range(self._threads):
             thread = threading.Thread(target=self._loop, name=f"imagegate-worker-{i}", daemon=True)
             thread.start()
