@@ -3,8 +3,10 @@
 Lambda functions each build an app with their one route; the dev server builds one with all three.
 """
 
+import dataclasses
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
@@ -19,14 +21,21 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from . import errors
+from . import errors, references
 from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
 from .images import Upload
 from .providers import ProviderError
 from .service import ImageResponse, Service
-from .validation import GenerationRequest, ImageParams, check_unicode, form_values, resolve
+from .validation import (
+    GenerationRequest,
+    ImageParams,
+    check_unicode,
+    form_values,
+    json_edit_params,
+    resolve,
+)
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -34,8 +43,10 @@ ROUTES: dict[Endpoint, str] = {
     "variations": "/v1/images/variations",
 }
 BALANCE_ROUTE = "/v1/balance"
-Route = Endpoint | Literal["balance"]  # what one Lambda function (or the dev server) may serve
-METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET"}
+UPLOADS_ROUTE = "/v1/images/uploads"
+Route = Endpoint | Literal["balance", "uploads"]  # what one Lambda function (or the dev server) may serve
+PATHS: dict[Route, str] = {**ROUTES, "balance": BALANCE_ROUTE, "uploads": UPLOADS_ROUTE}
+METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET", UPLOADS_ROUTE: "POST"}
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -46,7 +57,7 @@ MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
-def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance")) -> FastAPI:
+def create_app(service: Service, endpoints: Iterable[Route] = tuple(PATHS)) -> FastAPI:
     # No schema or docs routes: the contract is OpenAI's published spec, and unmatched routes are 404s.
     app = FastAPI(
         title="imagegate",
@@ -90,6 +101,12 @@ def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance
                 methods=["POST"],
                 name=endpoint,
             )
+    if "uploads" in endpoints:
+
+        @app.post(UPLOADS_ROUTE)
+        def uploads(acct: AccountDep) -> JSONResponse:
+            return JSONResponse(service.create_upload(acct))
+
     if "balance" in endpoints:
 
         @app.get(BALANCE_ROUTE)
@@ -109,6 +126,11 @@ def _multipart_route(
         acct: account_dep,  # type: ignore[valid-type]
         key: IdempotencyKey = None,
     ) -> JSONResponse:
+        if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
+            document = await _read_json(request)
+            return respond(
+                await run_in_threadpool(_json_edit, service, acct, document, key, request_id_of(request))
+            )
         form = await _read_form(request)
 
         def work() -> ImageResponse:
@@ -123,6 +145,20 @@ def _multipart_route(
         return respond(await run_in_threadpool(work))
 
     return route
+
+
+def _json_edit(
+    service: Service, acct: Account, document: dict[str, Any], key: str | None, request_id: str | None
+) -> ImageResponse:
+    """The JSON form of an edit: images as references (data URLs, https URLs, uploaded file ids), fetched
+    once the cheap checks have passed, then judged as multipart parts are."""
+    refs, mask_ref = references.parse(document)
+    params = json_edit_params(_validated(ImageParams, document), service.catalog)
+    images, mask = service.references(acct).inputs(refs, mask_ref)
+    started = time.monotonic()
+    job = resolve("edits", params, service.catalog, images, mask)
+    job = dataclasses.replace(job, input_seconds=time.monotonic() - started)
+    return service.handle(acct, job, key, params.user, request_id=request_id)
 
 
 def request_id_of(request: Request) -> str | None:
