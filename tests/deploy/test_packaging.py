@@ -86,9 +86,10 @@ print("\n" + json.dumps({"results": results, "calls": calls, "foreign": foreign}
 
 EVENTS = {
     "generations": ["generations"],
-    "edits": ["edits", "edits_two_images"],
+    "edits": ["edits", "edits_two_images", "edits_json"],
     "variations": ["variations"],
     "balance": ["balance"],
+    "uploads": ["uploads"],
     "sweep": ["sweep"],
 }
 LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in EVENTS}
@@ -245,6 +246,10 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         body = json.loads(result["body"])
         if function == "balance":
             assert body["balance_micros"] == START_BALANCE
+        elif function == "uploads":
+            assert body["object"] == "upload"
+            assert body["upload_fields"]["key"].startswith("uploads/")
+            assert balance() == START_BALANCE  # storing costs nothing
         else:
             assert result["headers"]["x-imagegate-provider"] == "local"
             assert result["headers"]["x-imagegate-demo"] == "local renderer, not AI"

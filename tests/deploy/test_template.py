@@ -102,6 +102,34 @@ def test_each_function_gets_only_its_own_actions():
     }
 
 
+def s3_grants(function: str) -> dict[str, set[str]]:
+    """S3 action -> the object ARNs (as their Fn::Sub text) a function may act on."""
+    grants: dict[str, set[str]] = {}
+    for statement in statements(function, Stack()):
+        listed = statement["Action"]
+        for action in [listed] if isinstance(listed, str) else listed:
+            if action.startswith("s3:"):
+                grants.setdefault(action, set()).add(statement["Resource"]["Fn::Sub"])
+    return grants
+
+
+def test_uploads_are_signed_read_and_expired_under_their_own_prefix_only():
+    uploads = "${OutputsBucket.Arn}/uploads/*"
+    outputs = "${OutputsBucket.Arn}/outputs/*"
+    # Presigned POSTs are authorised by the signer's own s3:PutObject: under uploads/ and nothing else.
+    assert s3_grants("UploadsFunction") == {"s3:PutObject": {uploads}}
+    assert actions("UploadsFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:PutObject"}
+    # Only the edits function reads uploads (JSON edits name them), and it may not write there.
+    assert s3_grants("EditsFunction")["s3:GetObject"] == {outputs, uploads}
+    assert uploads not in s3_grants("EditsFunction")["s3:PutObject"]
+    for function in ("GenerationsFunction", "VariationsFunction"):
+        assert uploads not in set().union(*s3_grants(function).values())
+    rules = template()["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [expiry] = [r for r in rules if r["Prefix"] == "uploads/"]
+    assert expiry["ExpirationInDays"] == {"Ref": "UploadRetentionDays"}
+    assert template()["Parameters"]["UploadRetentionDays"]["MinValue"] == 1
+
+
 def test_a_customer_managed_key_gets_decrypt_through_secrets_manager_and_ssm_only():
     key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     assert "kms:Decrypt" not in actions("GenerationsFunction", Stack())
@@ -247,6 +275,7 @@ def test_one_function_per_endpoint_each_with_its_own_route():
         "/v1/images/edits": "EditsFunction",
         "/v1/images/variations": "VariationsFunction",
         "/v1/balance": "BalanceFunction",
+        "/v1/images/uploads": "UploadsFunction",
     }
 
 
@@ -261,7 +290,13 @@ def test_integration_timeout_drives_the_gateway_the_functions_and_the_upstream_b
         # A cold start plus the budget plus storing and settling never outlasts the gateway.
         total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
         assert total <= int(seconds)
-    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction", "BalanceFunction"):
+    for function in (
+        "GenerationsFunction",
+        "EditsFunction",
+        "VariationsFunction",
+        "BalanceFunction",
+        "UploadsFunction",
+    ):
         [event] = functions()[function]["Properties"]["Events"].values()
         assert event["Properties"]["TimeoutInMillis"] == {
             "Fn::FindInMap": ["IntegrationTimeout", {"Ref": "IntegrationTimeoutSeconds"}, "Millis"]
