@@ -24,6 +24,7 @@ from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
 from .images import Upload
+from .jobs import Jobs
 from .providers import ProviderError
 from .service import ImageResponse, Service
 from .validation import GenerationRequest, ImageParams, check_unicode, form_values, resolve
@@ -46,7 +47,9 @@ MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
-def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance")) -> FastAPI:
+def create_app(
+    service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance"), jobs: Jobs | None = None
+) -> FastAPI:
     # No schema or docs routes: the contract is OpenAI's published spec, and unmatched routes are 404s.
     app = FastAPI(
         title="imagegate",
