@@ -26,6 +26,7 @@ from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
 from .images import Upload
+from .jobs import Jobs
 from .providers import ProviderError
 from .service import ImageResponse, Service
 from .validation import (
@@ -57,7 +58,9 @@ MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at
 _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
-def create_app(service: Service, endpoints: Iterable[Route] = tuple(PATHS)) -> FastAPI:
+def create_app(
+    service: Service, endpoints: Iterable[Route] = tuple(PATHS), jobs: Jobs | None = None
+) -> FastAPI:
     # No schema or docs routes: the contract is OpenAI's published spec, and unmatched routes are 404s.
     app = FastAPI(
         title="imagegate",

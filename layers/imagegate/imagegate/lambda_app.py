@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import importlib
+import json
 import os
 import random
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from mangum import Mangum
 from .api import Route, create_app
 from .aws import AWSClients
 from .config import Settings
+from .errors import APIError
+from .jobs import Finished, Jobs
 from .providers import Deps
 from .service import Service
 
@@ -48,7 +51,57 @@ def build_app(route: Route, http_client: Any = None) -> tuple[Any, Service]:
     aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
     deps = Deps(aws, http_client) if http_client is not None else None
     service = Service(settings, aws, logger, deps)
-    return wrap(create_app(service, [route]), settings), service
+    return wrap(create_app(service, [route], build_jobs(service)), settings), service
+
+
+def build_jobs(service: Service) -> Jobs:
+    """The job system on a service, with everything that hears of a finished job."""
+    return Jobs(service, job_hooks(service))
+
+
+def job_hooks(service: Service) -> list[Finished]:
+    """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
+    job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
+    answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
+    return []
+
+
+def worker_handler() -> Any:
+    """The jobs queue's consumer (SQS, batch size 1): runs each job to its end with the upstream budget of
+    the worker's own timeout. Powertools reports a failed record alone (partial batch response), so SQS
+    redelivers it and, after JOB_MAX_DELIVERIES, moves it to the dead-letter queue."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    settings = Settings.from_env().for_worker()
+    logger = Logger(service="imagegate")
+    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+    record_handler = job_record_handler(build_jobs(service))
+    processor = BatchProcessor(event_type=EventType.SQS)
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def job_record_handler(jobs: Jobs) -> Callable[[Any], None]:
+    """One queue message (`{"account_id", "job_id"}`) run to its end. Raises, so the message comes back,
+    only for what a later delivery can fix; a job that no longer exists (past its retention) is dropped."""
+
+    def run(record: Any) -> None:
+        message = json.loads(record.body)
+        try:
+            jobs.run(message["account_id"], message["job_id"])
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            jobs.service.logger.warning(
+                "job message for no job; dropped", extra={"job_id": message["job_id"]}
+            )
+
+    return run
 
 
 # Set while a Lambda invocation runs: FastAPI's sync dependencies and routes then run on the event loop's
@@ -176,13 +229,16 @@ def _unauthenticated_event(method: str, path: str) -> dict[str, Any]:
 
 
 def sweep_handler() -> Any:
-    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way."""
+    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, and
+    fails and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
 
+    jobs = build_jobs(service)
+
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-        result = service.sweep()
+        result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)
         return result
 

@@ -27,7 +27,7 @@ from .errors import APIError
 from .idempotency import Idempotency, fingerprint
 from .metrics import Metrics
 from .money import micros_to_decimal
-from .pricing import PriceBook, load_prices
+from .pricing import PriceBook, Quote, load_prices
 from .providers import Deps, ProviderError
 from .ratelimit import Limits
 from .references import Resolver, fetch_image
@@ -47,6 +47,29 @@ REUSE_URL_MARGIN_S = 300
 class ImageResponse:
     body: dict[str, Any]
     headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request that passed every check and holds its reservation: what `Service.execute` runs."""
+
+    quote: Quote
+    reservation: Reservation
+
+
+@dataclass
+class Closing:
+    """What a settle carries besides the money, and whether it won.
+
+    `completion(record)`: on success, an action that completes with the settle when it can (an
+    Idempotency-Key record), dropped when its condition fails. `guard(record or None, error or None)`: an
+    action that commits with the settle or not at all (a job's state move, jobs.py); with a guard, a
+    failure is refunded in full.
+    """
+
+    completion: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    guard: Callable[[dict[str, Any] | None, BaseException | None], dict[str, Any]] | None = None
+    settled: bool = False
 
 
 class Service:
@@ -157,8 +180,7 @@ class Service:
         request_id: str | None = None,
     ) -> ImageResponse:
         request_id = request_id or new_request_id()
-        routes = self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
-        _check_response_fits(job, self.settings.max_response_bytes)
+        routes = self.check(job)
         if idempotency_key is None:
             return self._serve(account, job, request_id, routes, None)
         stored = self.idempotency.begin(
@@ -173,6 +195,13 @@ class Service:
             # Raised only while no image was delivered, and refunded: the client may retry with the same key.
             self.idempotency.release(account.account_id, idempotency_key)
             raise
+
+    def check(self, job: ImageJob) -> list[RouteSpec]:
+        """The routes that may serve a job; the 400s a job gets before anything is reserved: a model this
+        deployment cannot serve, a b64_json answer too large for the runtime to return."""
+        routes = self.router.check(job)
+        _check_response_fits(job, self.settings.max_response_bytes)
+        return routes
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
@@ -234,7 +263,60 @@ class Service:
         routes: list[RouteSpec],
         idempotency_key: str | None,
     ) -> ImageResponse:
+        admission = self.reserve(account, job, request_id, routes)
+        closing = Closing()
+        if idempotency_key is not None:
+            key = idempotency_key
+            closing = Closing(
+                completion=lambda record: self.idempotency.completion(
+                    account.account_id, key, request_id, record
+                )
+            )
+        return self.execute(
+            account, job, request_id, admission, keep=idempotency_key is not None, closing=closing
+        )
+
+    def reserve(
+        self,
+        account: Account,
+        job: ImageJob,
+        request_id: str,
+        routes: list[RouteSpec],
+        details: dict[str, str] | None = None,
+    ) -> Admission:
+        """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
+        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
+        try:
+            reservation = self.billing.reserve(
+                account,
+                request_id,
+                quote.reserve,
+                {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
+                images=job.n,
+                upper_bound=quote.token_priced,
+            )
+        except APIError as exc:
+            refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
+            self.metrics.record(model=job.contract.id, provider="none", **refused)
+            raise
+        return Admission(quote, reservation)
+
+    def execute(
+        self,
+        account: Account,
+        job: ImageJob,
+        request_id: str,
+        admission: Admission,
+        *,
+        keep: bool,
+        closing: Closing,
+    ) -> ImageResponse:
+        """Run a reserved job on its routes, store its images, and settle: charged on success, refunded on
+        any failure, exactly once, whatever is raised. `keep`: write the images to S3 even for b64_json (a
+        replay or a job reads them back). `closing` says what the settle carries besides the money, and
+        learns whether it won (`closing.settled`)."""
+        quote, reservation = admission.quote, admission.reservation
         log: dict[str, Any] = {
             "request_id": request_id,
             "account_id": account.account_id,
@@ -246,56 +328,50 @@ class Service:
             "quality": job.quality,
             "reserved_micros": quote.reserve,
         }
-        try:
-            reservation = self.billing.reserve(
-                account,
-                request_id,
-                quote.reserve,
-                {"model": job.contract.id, "endpoint": job.endpoint},
-                images=job.n,
-                upper_bound=quote.token_priced,
-            )
-        except APIError as exc:
-            refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
-            self.metrics.record(model=job.contract.id, provider="none", **refused)
-            raise
         started = time.perf_counter()
         charged, delivered, provider = 0, 0, "none"
         completion: dict[str, Any] | None = None
+        record: dict[str, Any] | None = None
+        error: BaseException | None = None
         try:
             served = self.router.run(job, request_id)
             provider = served.provider
             images = served.result.images[: job.n]
             if not images:
                 raise ProviderError("The upstream returned no images.")
-            body, record, headers = self._respond(
-                account, request_id, job, served, images, keep=idempotency_key is not None
-            )
+            body, record, headers = self._respond(account, request_id, job, served, images, keep=keep)
             delivered = len(images)
             charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
             headers |= {**reservation.headers, "x-imagegate-provider": provider, "x-request-id": request_id}
             record["headers"] = headers
-            if idempotency_key is not None:
-                completion = self.idempotency.completion(
-                    account.account_id, idempotency_key, request_id, record
-                )
+            if closing.completion is not None:
+                completion = closing.completion(record)
         except ProviderError as exc:
             # The code, not the message: an upstream's message may quote the prompt.
             log.update(error=exc.code, status=exc.status)
             self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
-            raise APIError(
+            error = APIError(
                 exc.status,
                 str(exc),
                 type=exc.type,
                 param=exc.param,
                 code=exc.code,
                 headers=exc.client_headers(),
-            ) from exc
+            )
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
+            guard = None
+            if closing.guard is not None:
+                if error is not None:
+                    charged = delivered = 0  # a failed job delivers nothing, whatever was made
+                guard = closing.guard(None if error is not None else record, error)
             latency = round((time.perf_counter() - started) * 1000, 1)
             log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
-            self._settle(reservation, charged, delivered, provider, completion, log)
+            closing.settled = self._settle(reservation, charged, delivered, provider, completion, guard, log)
             self.logger.info("image request", extra=log)
             self.metrics.record(
                 model=job.contract.id,
@@ -315,25 +391,28 @@ class Service:
         delivered: int,
         provider: str,
         completion: dict[str, Any] | None,
+        guard: dict[str, Any] | None,
         log: dict[str, Any],
-    ) -> None:
+    ) -> bool:
         """Settle; a settle that cannot be written answers the client all the same once images exist (the
-        sweeper charges the intended amount), and never turns a delivered request into an error."""
+        sweeper charges the intended amount), and never turns a delivered request into an error. False when
+        someone else closed the reservation (or the guard's job) first."""
         try:
             settled = self.billing.settle(
-                reservation, charged, images=delivered, provider=provider, completion=completion
+                reservation, charged, images=delivered, provider=provider, completion=completion, guard=guard
             )
         except Exception:
             self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
             if completion is not None:
                 with contextlib.suppress(Exception):
                     self.idempotency.apply(completion)
-            if not delivered:
+            if not delivered or guard is not None:
                 raise
-            return
+            return True
         if not settled and charged:
             # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
             self.logger.error("reservation already closed; images delivered uncharged", extra=log)
+        return settled
 
     def _respond(
         self,
@@ -383,9 +462,23 @@ class Service:
 
     def _replay(self, record: dict[str, Any]) -> ImageResponse:
         """The first response again: its URLs while they live, else fresh signatures for the same objects."""
+        return ImageResponse(
+            self.render(record),
+            # The first response's rate-limit figures are stale now, and a replay consumes none.
+            {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
+            | {"idempotent-replayed": "true"},
+        )
+
+    def render(self, record: dict[str, Any]) -> dict[str, Any]:
+        """An ImagesResponse from a stored record (S3 keys, never image bytes): its URLs while they have
+        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3."""
         extra = record["extra"]
         if record["format"] == "url":
-            fresh = record["signed_at"] + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > self.clock()
+            signed_at = record.get("signed_at")
+            fresh = (
+                signed_at is not None
+                and signed_at + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > self.clock()
+            )
             urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
             data = [{"url": url, **extra} for url in urls]
         else:
@@ -393,12 +486,7 @@ class Service:
                 {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
                 for key in record["keys"]
             ]
-        return ImageResponse(
-            _with_data(record["body"], data),
-            # The first response's rate-limit figures are stale now, and a replay consumes none.
-            {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
-            | {"idempotent-replayed": "true"},
-        )
+        return _with_data(record["body"], data)
 
 
 def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:
