@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from imagegate.config import COLD_START_ALLOWANCE_SECONDS, FINISH_ALLOWANCE_SECONDS, Settings
+from imagegate.config import (
+    COLD_START_ALLOWANCE_SECONDS,
+    FINISH_ALLOWANCE_SECONDS,
+    JOB_MAX_DELIVERIES,
+    Settings,
+    visibility_timeout,
+)
+from imagegate.jobs import start_deadline_s
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
 
@@ -99,31 +106,73 @@ def test_each_function_gets_only_its_own_actions():
         "s3:PutObject",
         "s3:GetObject",
         "s3:DeleteObject",
+        "sqs:SendMessage",  # a job's submit
+    }
+    # The worker calls the upstreams as the image functions do, reads job inputs, and queues nothing.
+    assert actions("WorkerFunction") == image - {"sqs:SendMessage"}
+    jobs = actions("JobsFunction")
+    assert jobs == {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "s3:GetObject",
     }
 
 
-def s3_grants(function: str) -> dict[str, set[str]]:
-    """S3 action -> the object ARNs (as their Fn::Sub text) a function may act on."""
-    grants: dict[str, set[str]] = {}
-    for statement in statements(function, Stack()):
-        listed = statement["Action"]
-        for action in [listed] if isinstance(listed, str) else listed:
-            if action.startswith("s3:"):
-                grants.setdefault(action, set()).add(statement["Resource"]["Fn::Sub"])
-    return grants
+def resources(function: str, action: str) -> list:
+    return [s["Resource"] for s in statements(function) if action in s["Action"]]
+
+
+def test_job_inputs_are_written_by_submits_read_by_the_worker_and_expire_in_a_day():
+    inputs = {"Fn::Sub": "${OutputsBucket.Arn}/inputs/*"}
+    assert inputs in resources("GenerationsFunction", "s3:PutObject")
+    assert inputs in resources("WorkerFunction", "s3:GetObject")
+    assert inputs not in resources("JobsFunction", "s3:GetObject")
+    rules = template()["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [rule] = [r for r in rules if r["Prefix"] == "inputs/"]
+    assert rule["ExpirationInDays"] == 1
+
+
+def test_the_worker_timeout_drives_the_worker_its_budget_and_the_queue():
+    document = template()
+    resources_ = document["Resources"]
+    worker = resources_["WorkerFunction"]["Properties"]
+    assert worker["Timeout"] == {"Ref": "WorkerTimeout"}
+    assert document["Parameters"]["WorkerTimeout"]["Default"] == "900"
+    [event] = worker["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["BatchSize"] == 1
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources_["JobsQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] == {
+        "Fn::FindInMap": ["WorkerTimeout", {"Ref": "WorkerTimeout"}, "Visibility"]
+    }
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == JOB_MAX_DELIVERIES
+    for seconds in document["Parameters"]["WorkerTimeout"]["AllowedValues"]:
+        visibility = document["Mappings"]["WorkerTimeout"][seconds]["Visibility"]
+        assert visibility == visibility_timeout(int(seconds)) >= 6 * int(seconds)
+        settings = Settings.from_env(Stack(WorkerTimeout=seconds).environment()).for_worker()
+        assert settings.worker_timeout_seconds == int(seconds)
+        total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
+        assert total <= int(seconds)
+        # Every message is delivered, or in the dead-letter queue, before the queue would drop it.
+        assert start_deadline_s(int(seconds)) < queue["MessageRetentionPeriod"]
+    alarm = resources_["JobsDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}
 
 
 def test_uploads_are_signed_read_and_expired_under_their_own_prefix_only():
-    uploads = "${OutputsBucket.Arn}/uploads/*"
-    outputs = "${OutputsBucket.Arn}/outputs/*"
+    uploads = {"Fn::Sub": "${OutputsBucket.Arn}/uploads/*"}
     # Presigned POSTs are authorised by the signer's own s3:PutObject: under uploads/ and nothing else.
-    assert s3_grants("UploadsFunction") == {"s3:PutObject": {uploads}}
+    assert resources("UploadsFunction", "s3:PutObject") == [uploads]
     assert actions("UploadsFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:PutObject"}
-    # Only the edits function reads uploads (JSON edits name them), and it may not write there.
-    assert s3_grants("EditsFunction")["s3:GetObject"] == {outputs, uploads}
-    assert uploads not in s3_grants("EditsFunction")["s3:PutObject"]
-    for function in ("GenerationsFunction", "VariationsFunction"):
-        assert uploads not in set().union(*s3_grants(function).values())
+    # Only the edits function reads uploads (JSON edits name them; a job's copy goes to inputs/), and it
+    # may not write there.
+    assert uploads in resources("EditsFunction", "s3:GetObject")
+    for function in ("GenerationsFunction", "VariationsFunction", "WorkerFunction", "JobsFunction"):
+        assert uploads not in resources(function, "s3:GetObject")
+    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction", "WorkerFunction"):
+        assert uploads not in resources(function, "s3:PutObject")
     rules = template()["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     [expiry] = [r for r in rules if r["Prefix"] == "uploads/"]
     assert expiry["ExpirationInDays"] == {"Ref": "UploadRetentionDays"}
@@ -275,6 +324,9 @@ def test_one_function_per_endpoint_each_with_its_own_route():
         "/v1/images/edits": "EditsFunction",
         "/v1/images/variations": "VariationsFunction",
         "/v1/balance": "BalanceFunction",
+        "/v1/images/jobs": "JobsFunction",
+        "/v1/images/jobs/{id}": "JobsFunction",
+        "/v1/images/jobs/{id}/cancel": "JobsFunction",
         "/v1/images/uploads": "UploadsFunction",
     }
 

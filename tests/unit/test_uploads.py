@@ -2,11 +2,13 @@
 (statuses, OpenAI error bodies naming the parameter, balances to the micro-dollar, S3 objects)."""
 
 import base64
+import io
 import json
 from dataclasses import replace
 
 import pytest
 from aws_lambda_powertools.logging import Logger
+from PIL import Image
 from starlette.testclient import TestClient
 
 from imagegate.api import create_app
@@ -50,9 +52,17 @@ def outputs(svc):
     return listing.get("Contents", [])
 
 
+JSON_EDIT = {"model": "gpt-image-1.5", "prompt": "a lighthouse", "quality": "low", "size": "1024x1024"}
+
+
 def edit(client, headers, images, **params):
-    body = {"model": "gpt-image-1.5", "prompt": "a lighthouse", "quality": "low", "size": "1024x1024"}
-    return client.post("/v1/images/edits", headers=headers, json={**body, "images": images, **params})
+    return client.post("/v1/images/edits", headers=headers, json={**JSON_EDIT, "images": images, **params})
+
+
+def encoded(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def as_data_url(data, media="image/png"):
@@ -282,3 +292,35 @@ def test_time_spent_fetching_inputs_comes_out_of_the_upstream_budget(svc, custom
 
 def test_a_data_url_may_carry_parameters_before_base64():
     assert data_url("data:image/png;name=a.png;base64,aGk=", "p") == b"hi"
+
+
+def test_a_json_edit_by_reference_runs_as_a_job_with_its_mask_kept_as_the_mask(aws, settings, customer):
+    from imagegate.jobs import Jobs
+
+    queue = aws.sqs.create_queue(QueueName=settings.table)["QueueUrl"]
+    svc = Service(replace(settings, jobs_queue_url=queue), aws, Logger(service="test", level="CRITICAL"))
+    jobs = Jobs(svc, [])
+    account_id, headers = customer
+    original = (10, 200, 30, 255)
+    image = stored(svc, account_id, image_bytes(64, 64, colour=original))
+    keep_right = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    keep_right.paste((0, 0, 0, 0), (0, 0, 32, 64))  # the left half is the area to edit
+    mask = {"image_url": as_data_url(encoded(keep_right))}
+
+    with TestClient(create_app(svc, jobs=jobs), raise_server_exceptions=False) as client:
+        response = client.post(
+            "/v1/images/edits",
+            headers={**headers, "Prefer": "respond-async"},
+            json={**JSON_EDIT, "images": [{"file_id": image}], "mask": mask},
+        )
+        assert response.status_code == 202, response.text
+        # Reserved at submit: the quote's upper bound, settled to the price when the job runs.
+        assert svc.accounts.balance(account_id) <= 1_000_000 - GPT_IMAGE_15_LOW_SQUARE
+
+        done = jobs.run(account_id, response.json()["id"])
+
+    assert done["status"] == "succeeded", done["error"]
+    out = Image.open(io.BytesIO(base64.b64decode(done["result"]["data"][0]["b64_json"]))).convert("RGBA")
+    assert out.getpixel((900, 512)) == original  # kept: the mask reached the worker as the mask
+    assert out.getpixel((100, 512)) != original
+    assert svc.accounts.balance(account_id) == 1_000_000 - GPT_IMAGE_15_LOW_SQUARE  # charged once, exactly

@@ -70,12 +70,18 @@ def worker_handler() -> Any:
     """The jobs queue's consumer (SQS, batch size 1): runs each job to its end with the upstream budget of
     the worker's own timeout. Powertools reports a failed record alone (partial batch response), so SQS
     redelivers it and, after JOB_MAX_DELIVERIES, moves it to the dead-letter queue."""
-    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
     settings = Settings.from_env().for_worker()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
-    record_handler = job_record_handler(build_jobs(service))
+    return _traced(logger.inject_lambda_context(batch_handler(build_jobs(service))), settings)
+
+
+def batch_handler(jobs: Jobs) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """An SQS batch event in, the failed records out (`batchItemFailures`): the worker function's body,
+    which `make serve`'s local worker calls too."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    record_handler = job_record_handler(jobs)
     processor = BatchProcessor(event_type=EventType.SQS)
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -83,7 +89,7 @@ def worker_handler() -> Any:
             event=event, record_handler=record_handler, processor=processor, context=context
         )
 
-    return _traced(logger.inject_lambda_context(handler), settings)
+    return handler
 
 
 def job_record_handler(jobs: Jobs) -> Callable[[Any], None]:
