@@ -519,7 +519,8 @@ class Guard:
 
         too_large = APIError(
             413,
-            f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+            f"Request body too large: the limit is {self.max_body_bytes} bytes. Larger images go through "
+            "POST /v1/images/uploads and the JSON form of /v1/images/edits (file_id).",
             code="payload_too_large",
         )
         declared = dict(scope.get("headers", [])).get(b"content-length")
