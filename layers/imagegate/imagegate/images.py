@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import APIError, invalid
 
@@ -23,6 +23,16 @@ MAX_INPUT_PIXELS = 4096 * 4096
 # far beyond their size (bombs) reach it.
 MAX_REQUEST_PIXELS = 4 * MAX_INPUT_PIXELS
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class Source(Protocol):
+    """What validation opens: an `Upload`, or an input named by reference and fetched when first read."""
+
+    @property
+    def param(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,10 @@ class Jobs:
         self, account: Account, job: ImageJob, job_id: str, request_id: str, r: Reservation, now: float
     ) -> dict[str, Any]:
         spec = {
-            f.name: getattr(job, f.name) for f in fields(job) if f.name not in ("contract", "images", "mask")
+            f.name: getattr(job, f.name)
+            for f in fields(job)
+            # input_seconds: the submit's time fetching inputs, which the worker's own budget does not owe.
+            if f.name not in ("contract", "images", "mask", "input_seconds")
         }
         spec["model"] = job.contract.id
         reservation = {k: v for k, v in asdict(r).items() if k != "headers"}
@@ -325,7 +328,8 @@ class Jobs:
             )
             for i in json.loads(item.get("inputs", {"S": "[]"})["S"])
         ]
-        mask = inputs.pop() if inputs and inputs[-1].param == "mask" else None
+        # `mask`, or `mask.file_id` / `mask.image_url` for a JSON edit's reference.
+        mask = inputs.pop() if inputs and inputs[-1].param.partition(".")[0] == "mask" else None
         return ImageJob(**spec, contract=contract, images=tuple(inputs), mask=mask)
 
     # --- reading -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
 
@@ -30,9 +30,14 @@ from .money import micros_to_decimal
 from .pricing import PriceBook, Quote, load_prices
 from .providers import Deps, ProviderError
 from .ratelimit import Limits
+from .references import Resolver, fetch_image
 from .routing import Router, RouteSpec, Served
 from .storage import Storage
+from .uploads import Uploads
 from .validation import ImageJob
+
+if TYPE_CHECKING:
+    from .outbound import Outbound
 
 # A replayed response reuses the first response's URLs while they have this long left to live.
 REUSE_URL_MARGIN_S = 300
@@ -133,6 +138,38 @@ class Service:
         else:
             self.logger.info("upstream providers configured", providers=router.configured)
         return router
+
+    @cached_property
+    def uploads(self) -> Uploads:
+        return Uploads(self.aws.s3, self.settings.bucket, clock=self.clock)
+
+    def create_upload(self, account: Account) -> dict[str, Any]:
+        """`POST /v1/images/uploads`: a file id and its presigned POST. Storing costs nothing; the upload
+        counts as one image towards the key's images per minute, which bounds how fast a key can fill the
+        bucket (the operator pays for the storage until the lifecycle rule expires it)."""
+        self.billing.count(account, 1)
+        upload = self.uploads.create(account.account_id)
+        # Never the URL's fields: they hold the signature.
+        self.logger.info(
+            "upload created",
+            extra={"account_id": account.account_id, "key_id": account.key_id, "file_id": upload["id"]},
+        )
+        return upload
+
+    @cached_property
+    def outbound(self) -> Outbound:
+        """Calls to customer-chosen URLs (image URLs): public https addresses only. Tests replace it."""
+        from .outbound import Outbound
+
+        return Outbound()
+
+    def references(self, account: Account) -> Resolver:
+        """What turns the account's image references (JSON edits) into inputs."""
+        return Resolver(self.uploads, account.account_id, self.fetch_image)
+
+    def fetch_image(self, url: str, param: str, timeout: float) -> bytes:
+        # The outbound module (and httpx) is loaded by the first image URL, not by every edit.
+        return fetch_image(self.outbound, url, param, timeout)
 
     def handle(
         self,
