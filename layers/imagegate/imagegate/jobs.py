@@ -136,7 +136,13 @@ class Jobs:
         now = self._clock()
         job_id = new_job_id(now)
         try:
-            admission = service.reserve(account, job, request_id, routes, {"job": job_id})
+            # The slots are held while the job may still be queued or running: a job counts against
+            # max_concurrent until it ends, and the settle that ends it (or the sweeper's) gives them back.
+            hold = int(
+                start_deadline_s(self.settings.worker_timeout_seconds)
+                + lease_s(self.settings.worker_timeout_seconds)
+            )
+            admission = service.reserve(account, job, request_id, routes, {"job": job_id}, hold_s=hold)
         except BaseException:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)

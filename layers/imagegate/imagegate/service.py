@@ -29,7 +29,7 @@ from .metrics import Metrics
 from .money import micros_to_decimal
 from .pricing import PriceBook, Quote, load_prices
 from .providers import Deps, ProviderError
-from .ratelimit import Limits
+from .ratelimit import SLOT_SECONDS, Limits
 from .references import Resolver, fetch_image
 from .routing import Router, RouteSpec, Served
 from .storage import Storage
@@ -297,9 +297,11 @@ class Service:
         request_id: str,
         routes: list[RouteSpec],
         details: dict[str, str] | None = None,
+        hold_s: int = SLOT_SECONDS,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
-        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
+        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id); `hold_s`:
+        how long its concurrency slots outlive it if it never settles."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -309,6 +311,7 @@ class Service:
                 {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
+                hold_s=hold_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
