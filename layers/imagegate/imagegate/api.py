@@ -9,24 +9,27 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Send
 
-from . import errors
+from . import errors, streaming
 from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
 from .images import Upload
 from .providers import ProviderError
 from .service import ImageResponse, Service
-from .validation import GenerationRequest, ImageParams, check_unicode, form_values, resolve
+from .streaming import EventStream
+from .validation import GenerationRequest, ImageJob, ImageParams, check_unicode, form_values, resolve
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -64,7 +67,9 @@ def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance
 
     AccountDep = Annotated[Account, Depends(account)]
 
-    def respond(result: ImageResponse) -> JSONResponse:
+    def respond(result: ImageResponse | EventStream) -> Response:
+        if isinstance(result, EventStream):
+            return EventStreamResponse(result)
         return JSONResponse(result.body, headers=result.headers)
 
     endpoints = set(endpoints)
@@ -72,13 +77,13 @@ def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance
         # The body is read in the route, after the key is checked (a dependency): a request without a
         # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
-        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> JSONResponse:
+        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> Response:
             document = await _read_json(request)
 
-            def work() -> ImageResponse:
+            def work() -> ImageResponse | EventStream:
                 params = _validated(GenerationRequest, document)
                 job = resolve("generations", params, service.catalog)
-                return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
+                return _run(service, acct, job, key, params.user, request_id_of(request))
 
             return respond(await run_in_threadpool(work))
 
@@ -102,27 +107,67 @@ def create_app(service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance
 
 
 def _multipart_route(
-    service: Service, endpoint: Endpoint, respond: Callable[[ImageResponse], JSONResponse], account_dep: Any
-) -> Callable[..., Awaitable[JSONResponse]]:
+    service: Service,
+    endpoint: Endpoint,
+    respond: Callable[[ImageResponse | EventStream], Response],
+    account_dep: Any,
+) -> Callable[..., Awaitable[Response]]:
     async def route(
         request: Request,
         acct: account_dep,  # type: ignore[valid-type]
         key: IdempotencyKey = None,
-    ) -> JSONResponse:
+    ) -> Response:
         form = await _read_form(request)
 
-        def work() -> ImageResponse:
+        def work() -> ImageResponse | EventStream:
             # Taken out of the form, so the uploads die with this call, before the response is rendered.
             images, mask = form.images, form.mask
             form.images, form.mask = [], None
             params = _validated(ImageParams, form_values(form.fields))
             # Not opened yet: `resolve` reads their headers once the cheap checks have passed.
             job = resolve(endpoint, params, service.catalog, images, mask)
-            return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
+            return _run(service, acct, job, key, params.user, request_id_of(request))
 
         return respond(await run_in_threadpool(work))
 
     return route
+
+
+def _run(
+    service: Service,
+    account: Account,
+    job: ImageJob,
+    key: str | None,
+    user: str | None,
+    request_id: str | None,
+) -> ImageResponse | EventStream:
+    if job.stream:
+        return service.stream(account, job, key, request_id=request_id)
+    return service.handle(account, job, key, user, request_id=request_id)
+
+
+class EventStreamResponse(StreamingResponse):
+    """`text/event-stream`: each event as it is made (under uvicorn; Mangum buffers the whole body).
+
+    However the response ends (its last event, the client gone, before or after the first event), the
+    stream is closed, which settles its reservation exactly once.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: EventStream) -> None:
+        super().__init__(
+            map(streaming.encode, events), headers={**events.headers, "cache-control": "no-store"}
+        )
+        self.events = events
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            # Shielded: a disconnect arrives as a cancellation, which must not cancel the settlement too.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.events.close)
 
 
 def request_id_of(request: Request) -> str | None:

@@ -11,8 +11,8 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -23,15 +23,16 @@ from .aws import AWSClients
 from .billing import Billing, Reservation
 from .catalog import Contract, build_catalog, estimate_usage
 from .config import Settings
-from .errors import APIError
+from .errors import APIError, invalid
 from .idempotency import Idempotency, fingerprint
 from .metrics import Metrics
 from .money import micros_to_decimal
-from .pricing import PriceBook, load_prices
-from .providers import Deps, ProviderError
+from .pricing import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, load_prices
+from .providers import Deps, PartialImage, ProviderError, ProviderResult
 from .ratelimit import Limits
-from .routing import Router, RouteSpec, Served
+from .routing import Router, RouteSpec, Served, Streamed
 from .storage import Storage
+from .streaming import EventStream, error_event, image_event
 from .validation import ImageJob
 
 # A replayed response reuses the first response's URLs while they have this long left to live.
@@ -42,6 +43,17 @@ REUSE_URL_MARGIN_S = 300
 class ImageResponse:
     body: dict[str, Any]
     headers: dict[str, str]
+
+
+@dataclass
+class Reserved:
+    """A request whose price is reserved: what settling it needs."""
+
+    job: ImageJob
+    quote: Quote
+    reservation: Reservation
+    log: dict[str, Any]  # the request's log line, completed as it runs
+    started: float = field(default_factory=time.perf_counter)
 
 
 class Service:
@@ -137,6 +149,42 @@ class Service:
             self.idempotency.release(account.account_id, idempotency_key)
             raise
 
+    def stream(
+        self,
+        account: Account,
+        job: ImageJob,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> EventStream:
+        """A `stream=true` request: refused, reserved and started as `handle` runs one, so that every error
+        up to the upstream's first event is an ordinary JSON error (refunded); then its events."""
+        request_id = request_id or new_request_id()
+        if idempotency_key is not None:
+            # A stream cannot be replayed, and running it again would charge again.
+            raise invalid(
+                "Idempotency-Key is not supported with stream=true; send one or the other.",
+                "Idempotency-Key",
+                "unsupported_parameter",
+            )
+        routes = self.router.check(job)
+        _check_response_fits(job, self.settings.max_response_bytes)
+        reserved = self._reserve(account, job, request_id, routes)
+        try:
+            streamed = self.router.stream(job, request_id)
+        except ProviderError as exc:
+            self._close(reserved, 0, 0, "none")
+            raise self._upstream_error(reserved, exc, "none") from exc
+        except BaseException:
+            self._close(reserved, 0, 0, "none")
+            raise
+        run = _StreamRun(self, reserved, streamed)
+        headers = {
+            **reserved.reservation.headers,
+            "x-imagegate-provider": streamed.provider,
+            "x-request-id": request_id,
+        }
+        return EventStream(run.events(), run.abandon, headers)
+
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
         from .ledger import group_usage, usage
@@ -197,6 +245,39 @@ class Service:
         routes: list[RouteSpec],
         idempotency_key: str | None,
     ) -> ImageResponse:
+        reserved = self._reserve(account, job, request_id, routes)
+        charged, delivered, provider = 0, 0, "none"
+        completion: dict[str, Any] | None = None
+        try:
+            served = self.router.run(job, request_id)
+            provider = served.provider
+            images = served.result.images[: job.n]
+            if not images:
+                raise ProviderError("The upstream returned no images.")
+            body, record, headers = self._respond(
+                account, request_id, job, served, images, keep=idempotency_key is not None
+            )
+            delivered = len(images)
+            charged = self.prices.charge(reserved.quote, delivered, job.n, served.result.usage)
+            headers |= {
+                **reserved.reservation.headers,
+                "x-imagegate-provider": provider,
+                "x-request-id": request_id,
+            }
+            record["headers"] = headers
+            if idempotency_key is not None:
+                completion = self.idempotency.completion(
+                    account.account_id, idempotency_key, request_id, record
+                )
+        except ProviderError as exc:
+            raise self._upstream_error(reserved, exc, provider) from exc
+        finally:
+            # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
+            self._close(reserved, charged, delivered, provider, completion)
+        return ImageResponse(body, headers)
+
+    def _reserve(self, account: Account, job: ImageJob, request_id: str, routes: list[RouteSpec]) -> Reserved:
+        """Quote the job and reserve its price (a 402 or 429 when it cannot be), before any upstream call."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         log: dict[str, Any] = {
             "request_id": request_id,
@@ -222,54 +303,45 @@ class Service:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
             self.metrics.record(model=job.contract.id, provider="none", **refused)
             raise
-        started = time.perf_counter()
-        charged, delivered, provider = 0, 0, "none"
-        completion: dict[str, Any] | None = None
-        try:
-            served = self.router.run(job, request_id)
-            provider = served.provider
-            images = served.result.images[: job.n]
-            if not images:
-                raise ProviderError("The upstream returned no images.")
-            body, record, headers = self._respond(
-                account, request_id, job, served, images, keep=idempotency_key is not None
-            )
-            delivered = len(images)
-            charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
-            headers |= {**reservation.headers, "x-imagegate-provider": provider, "x-request-id": request_id}
-            record["headers"] = headers
-            if idempotency_key is not None:
-                completion = self.idempotency.completion(
-                    account.account_id, idempotency_key, request_id, record
-                )
-        except ProviderError as exc:
-            # The code, not the message: an upstream's message may quote the prompt.
-            log.update(error=exc.code, status=exc.status)
-            self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
-            raise APIError(
-                exc.status,
-                str(exc),
-                type=exc.type,
-                param=exc.param,
-                code=exc.code,
-                headers=exc.client_headers(),
-            ) from exc
-        finally:
-            # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
-            latency = round((time.perf_counter() - started) * 1000, 1)
-            log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
-            self._settle(reservation, charged, delivered, provider, completion, log)
-            self.logger.info("image request", extra=log)
-            self.metrics.record(
-                model=job.contract.id,
-                provider=provider,
-                latency_ms=latency,
-                Requests=1,
-                Images=delivered,
-                RevenueMicroUSD=charged,
-                RefundMicroUSD=quote.reserve - charged,
-            )
-        return ImageResponse(body, headers)
+        return Reserved(job, quote, reservation, log)
+
+    def _upstream_error(self, reserved: Reserved, exc: ProviderError, provider: str) -> APIError:
+        """The client's error for an upstream failure, logged and counted."""
+        # The code, not the message: an upstream's message may quote the prompt.
+        reserved.log.update(error=exc.code, status=exc.status)
+        self.metrics.record(model=reserved.job.contract.id, provider=provider, UpstreamErrors=1)
+        return APIError(
+            exc.status,
+            str(exc),
+            type=exc.type,
+            param=exc.param,
+            code=exc.code,
+            headers=exc.client_headers(),
+        )
+
+    def _close(
+        self,
+        reserved: Reserved,
+        charged: int,
+        delivered: int,
+        provider: str,
+        completion: dict[str, Any] | None = None,
+    ) -> None:
+        """Settle a reserved request (the rest refunded), with its log line and metrics."""
+        latency = round((time.perf_counter() - reserved.started) * 1000, 1)
+        log = reserved.log
+        log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
+        self._settle(reserved.reservation, charged, delivered, provider, completion, log)
+        self.logger.info("image request", extra=log)
+        self.metrics.record(
+            model=reserved.job.contract.id,
+            provider=provider,
+            latency_ms=latency,
+            Requests=1,
+            Images=delivered,
+            RevenueMicroUSD=charged,
+            RefundMicroUSD=reserved.quote.reserve - charged,
+        )
 
     def _settle(
         self,
@@ -362,6 +434,100 @@ class Service:
             {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
             | {"idempotent-replayed": "true"},
         )
+
+
+class _StreamRun:
+    """A streamed request once its upstream has answered: its events as they come, and its settlement,
+    exactly once. Its price: the final image as `handle` charges it, plus each partial image sent
+    (`PriceBook.charge`); an upstream failure refunds it all; a client that goes away is charged the partial
+    images sent so far, or all of it once the final image was made (it is settled before it is sent)."""
+
+    def __init__(self, service: Service, reserved: Reserved, streamed: Streamed) -> None:
+        self.service = service
+        self.reserved = reserved
+        self.streamed = streamed
+        self.partials = 0
+        self.settled = False
+
+    def settle(self, charged: int, delivered: int = 0) -> None:
+        if not self.settled:
+            self.settled = True
+            self.service._close(self.reserved, charged, delivered, self.streamed.provider)
+
+    def abandon(self) -> None:
+        quote = self.reserved.quote
+        self.settle(self.service.prices.charge(quote, 0, 1, None, self.partials))
+
+    def events(self) -> Generator[dict[str, Any], None, None]:
+        service, job = self.service, self.reserved.job
+        # The response limit holds for the whole stream (on Lambda, Mangum returns it in one piece).
+        room = service.settings.max_response_bytes or math.inf
+        try:
+            with contextlib.closing(self.streamed.events) as items:
+                for item in items:
+                    if isinstance(item, PartialImage):
+                        b64 = base64.b64encode(item.image).decode()
+                        # Room is kept for the final image, estimated at this partial's size; a partial that
+                        # would leave none is not sent (nor charged): OpenAI too may send fewer than asked.
+                        if 2 * len(b64) > room:
+                            continue
+                        room -= len(b64)
+                        self.partials += 1
+                        created = int(service.clock())
+                        yield image_event(
+                            job, "partial_image", b64, created, partial_image_index=self.partials - 1
+                        )
+                        continue
+                    yield self._completed(item, room)
+                    return
+            raise ProviderError("The upstream returned no images.")
+        except ProviderError as exc:
+            error = service._upstream_error(self.reserved, exc, self.streamed.provider)
+            self.settle(0)
+            yield error_event(error)
+        except APIError as exc:
+            self.settle(0)
+            yield error_event(exc)
+        except Exception:
+            service.logger.exception("stream failed", extra=self.reserved.log)
+            self.settle(0)
+            yield error_event(INTERNAL_ERROR)
+        finally:
+            self.abandon()  # a no-op unless the client went away first
+
+    def _completed(self, result: ProviderResult, room: float) -> dict[str, Any]:
+        """The completed event, its request settled first, as `handle` settles before it answers."""
+        service, job, quote = self.service, self.reserved.job, self.reserved.quote
+        if not result.images:
+            raise ProviderError("The upstream returned no images.")
+        b64 = base64.b64encode(result.images[0]).decode()
+        if len(b64) > room:
+            raise APIError(
+                400,
+                f"The image came to {len(b64)} bytes of base64, more than this deployment's response limit "
+                "leaves for it. Stream with fewer partial_images, a smaller size, or output_format=jpeg or "
+                "webp, or do not stream. Nothing was charged.",
+                param="partial_images" if self.partials else "stream",
+                code="response_too_large",
+            )
+        usage = result.usage or _estimated_usage(job, self.partials)
+        self.settle(service.prices.charge(quote, 1, 1, result.usage, self.partials), delivered=1)
+        return image_event(job, "completed", b64, int(service.clock()), usage=usage)
+
+
+def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
+    """`estimate_usage`, with the output tokens OpenAI adds for each partial image."""
+    usage = estimate_usage(job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size)
+    extra = partials * PARTIAL_IMAGE_TOKENS
+    usage["output_tokens"] += extra
+    usage["total_tokens"] += extra
+    usage["output_tokens_details"]["image_tokens"] += extra
+    return usage
+
+
+INTERNAL_ERROR = APIError(
+    500, "The server had an error while processing your request.", type="server_error", code="internal_error"
+)
 
 
 def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:
