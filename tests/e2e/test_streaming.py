@@ -7,8 +7,13 @@ image 100 image output tokens at $32 per 1M, $0.0032.
 """
 
 import base64
+import re
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -33,6 +38,7 @@ LOW_SQUARE = 9_000
 LOW_WIDE = 13_000
 PARTIAL = 3_200
 WAIT_S = 30  # a bound on waits for the server, never a timing assertion
+README = Path(__file__).parents[2] / "README.md"
 
 
 def images(events):
@@ -232,3 +238,31 @@ def wait_until_settled(stack, account_id):
         if check.in_flight == 0 or time.monotonic() > deadline:
             return check
         time.sleep(0.05)
+
+
+def readme_block(language, marker):
+    [block] = [
+        b for b in re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S) if marker in b
+    ]
+    return block
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_streaming_examples_run(stack, new_user, capsys, tmp_path):
+    user = new_user(stack)
+    exec(compile(readme_block("python", "stream=True"), "README.md", "exec"), {"client": user.client})
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[0] for row in rows] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [row[1] for row in rows[:2]] == ["0", "1"]
+
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + readme_block("sh", '"stream": true')],
+        cwd=tmp_path,
+        env={"OPENAI_API_KEY": user.key, "PATH": "/usr/bin:/bin", "PORT": str(urlsplit(stack.base_url).port)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-1000:]
+    events = [line for line in result.stdout.splitlines() if line.startswith("event: ")]
+    assert events == ["event: image_generation.partial_image"] * 2 + ["event: image_generation.completed"]
