@@ -102,17 +102,7 @@ class OpenAIProvider:
         fields |= {"n": 1, "stream": True, "partial_images": job.partial_images}
         made = 0
         # Closed as soon as this generator is (an abandoned stream): the upstream connection goes with it.
-        with contextlib.closing(
-            stream_events(
-                self.client,
-                f"{self.base_url}/images/{path}",
-                label=self.name,
-                timeout_s=self.upstream.timeout_s,
-                secret=self.upstream.api_key,
-                headers=self._headers(),
-                **_payload(fields, files),
-            )
-        ) as events:
+        with contextlib.closing(stream_events(self.client, **self._request(path, fields, files))) as events:
             for event in events:
                 kind = str(event.get("type", ""))
                 if kind.endswith(".partial_image"):
@@ -186,8 +176,17 @@ class OpenAIProvider:
         width, height = nearest_aspect(job.width, job.height, [parse_size(s) or (0, 0) for s in sizes])
         return f"{width}x{height}"
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.upstream.api_key}"} if self.upstream.api_key else {}
+    def _request(self, path: str, fields: dict[str, Any], files: list[FilePart] | None) -> dict[str, Any]:
+        """The arguments of a call to /images/{path}, for `post` and `stream_events`."""
+        key = self.upstream.api_key
+        return {
+            "url": f"{self.base_url}/images/{path}",
+            "label": self.name,
+            "timeout_s": self.upstream.timeout_s,
+            "secret": key,
+            "headers": {"Authorization": f"Bearer {key}"} if key else {},
+            **_payload(fields, files),
+        }
 
     def _call(
         self, job: ImageJob, path: str, fields: dict[str, Any], files: list[FilePart] | None
@@ -196,15 +195,7 @@ class OpenAIProvider:
         JSON without `files`, multipart with them."""
 
         def once(n: int) -> dict[str, Any]:
-            return post(
-                self.client,
-                f"{self.base_url}/images/{path}",
-                label=self.name,
-                timeout_s=self.upstream.timeout_s,
-                secret=self.upstream.api_key,
-                headers=self._headers(),
-                **_payload({**fields, "n": n}, files),
-            )
+            return post(self.client, **self._request(path, {**fields, "n": n}, files))
 
         bodies = gather([lambda: once(1)] * job.n) if self.dalle3 else [once(job.n)]
         items = [item for body in bodies for item in _data(body, self.name)][: job.n]
