@@ -24,7 +24,7 @@ from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
 from imagegate.billing import Billing
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.devserver import provision, provision_jobs_queue
 
 from .cfn import ROOT, Stack, actions
 
@@ -69,7 +69,9 @@ class Context:
     function_version = "$LATEST"
     memory_limit_in_mb = 1024
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:imagegate-packaging"
-    aws_request_id = "00000000-0000-4000-8000-00000000000a"
+
+    def __init__(self, n):
+        self.aws_request_id = f"00000000-0000-4000-8000-{n:012x}"  # each invocation its own, as Lambda's
 
     def get_remaining_time_in_millis(self):
         return 29_000
@@ -77,7 +79,7 @@ class Context:
 
 import app
 
-results = [app.handler(event, Context()) for event in json.load(open(events_path))]
+results = [app.handler(event, Context(n)) for n, event in enumerate(json.load(open(events_path)))]
 roots = (function_dir, layer_dir, sys.base_prefix, sys.base_exec_prefix)
 files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
 foreign = sorted(f for f in files if f and not f.startswith(roots))
@@ -91,7 +93,9 @@ EVENTS = {
     "balance": ["balance"],
     "sweep": ["sweep"],
 }
-LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in EVENTS}
+# Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
+JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke")
+LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,7 @@ def built(tmp_path_factory):
         capture_output=True,
         timeout=300,
     )
-    for name in EVENTS:
+    for name in (*EVENTS, *JOB_FUNCTIONS):
         shutil.copytree(ROOT / "functions" / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
     return out
 
@@ -163,6 +167,7 @@ def deployment(aws_endpoint, monkeypatch):
         settings = Settings.from_env(env)
         aws = AWSClients(settings, aws_endpoint)
         provision(aws, settings)
+        env["IMAGEGATE_JOBS_QUEUE_URL"] = provision_jobs_queue(aws, settings, f"ig-pkg-{suffix}")
         accounts = Accounts(aws.dynamodb, settings.table)
         account_id = accounts.create_account(START_BALANCE, label="packaging")
         accounts.create_key(account_id, label="events", api_key=EVENT_KEY)
@@ -187,10 +192,15 @@ def retried(event: dict) -> list[dict]:
     return [event, event]
 
 
-def run(built: Path, function: str, env: dict, tmp_path: Path) -> dict:
-    events = [json.loads((ROOT / "events" / f"{name}.json").read_text()) for name in EVENTS[function]]
-    if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
-        events += retried(json.loads((ROOT / "events" / "edits.json").read_text()))
+def sample(name: str) -> dict:
+    return json.loads((ROOT / "events" / f"{name}.json").read_text())
+
+
+def run(built: Path, function: str, env: dict, tmp_path: Path, events: list[dict] | None = None) -> dict:
+    if events is None:
+        events = [sample(name) for name in EVENTS[function]]
+        if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
+            events += retried(sample("edits"))
     events_path = tmp_path / f"{function}-events.json"
     events_path.write_text(json.dumps(events))
     result = subprocess.run(
@@ -238,7 +248,8 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
     assert out["foreign"] == []  # nothing imported from outside the function, the layer and the stdlib
     for result in out["results"]:
         if function == "sweep":
-            assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000}
+            no_jobs = {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
+            assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000, **no_jobs}
             assert balance() == START_BALANCE
             continue
         assert result["statusCode"] == 200, result["body"][:500]
@@ -258,6 +269,113 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         assert ["s3", "GetObject", []] in out["calls"]
     # Every AWS call the function made is allowed by its own policy in template.yaml, and no more is needed.
     assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true"))
+
+
+def test_a_job_goes_through_the_built_functions_each_within_its_policy(built, deployment, tmp_path):
+    """An edit submitted with Prefer: respond-async (inputs to S3, a message to SQS), the worker run on the
+    message SQS delivers, the job listed by the jobs function: each call allowed by its own function's
+    policy."""
+    env, balance, _ = deployment(DemoMode="true")
+    submitted = run(built, "edits", env, tmp_path, [sample("edits_async")])
+    [accepted] = submitted["results"]
+    assert accepted["statusCode"] == 202, accepted["body"][:500]
+    job = json.loads(accepted["body"])
+    assert accepted["headers"]["location"] == f"/api/v1/images/jobs/{job['id']}"  # under the stage
+    charged = START_BALANCE - balance()
+    assert charged > 0  # reserved at submit
+
+    aws = AWSClients(Settings(region=REGION), env["AWS_ENDPOINT_URL"])
+    [message] = aws.sqs.receive_message(QueueUrl=env["IMAGEGATE_JOBS_QUEUE_URL"])["Messages"]
+    record = sample("worker")["Records"][0] | {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+    }
+    worked = run(built, "worker", env, tmp_path, [{"Records": [record]}])
+    assert worked["results"] == [{"batchItemFailures": []}]
+    listed = run(built, "jobs", env, tmp_path, [sample("jobs")])
+    [page] = listed["results"]
+    assert page["statusCode"] == 200, page["body"][:500]
+    [done] = json.loads(page["body"])["data"]
+    assert (done["id"], done["status"]) == (job["id"], "succeeded")
+    assert done["result"]["data"][0]["url"].startswith("http")
+    assert START_BALANCE - balance() == charged  # charged once, what was reserved
+
+    for function, out in (("edits", submitted), ("worker", worked), ("jobs", listed)):
+        assert out["foreign"] == []
+        assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true")), function
+
+
+def test_jobs_from_aws_services_go_through_the_built_functions_each_within_its_policy(
+    built, deployment, tmp_path
+):
+    """The requests queue's samples (SQS, EventBridge, an S3 manifest, and a refused request whose task
+    fails), the worker on what they queued, and the invoke samples: each call allowed by its own function's
+    policy, and each job charged once."""
+    env, balance, _ = deployment(DemoMode="true")
+    aws = AWSClients(Settings(region=REGION), env["AWS_ENDPOINT_URL"])
+    account_id = Accounts(aws.dynamodb, env["IMAGEGATE_TABLE"]).authenticate(f"Bearer {EVENT_KEY}").account_id
+
+    def aws_sample(name: str) -> dict:
+        text = (ROOT / "events" / f"{name}.json").read_text()
+        return json.loads(
+            text.replace("acct_0123456789abcdef0123", account_id).replace(
+                "imagegate-outputs", env["IMAGEGATE_BUCKET"]
+            )
+        )
+
+    from tests.e2e.helpers import png_bytes
+
+    for key, body in (
+        (f"inputs/{account_id}/kite.png", png_bytes(64, 64)),
+        (f"inputs/{account_id}/kite-mask.png", png_bytes(64, 64, colour=(0, 0, 0, 0))),
+        (f"requests/{account_id}/lighthouse.png", png_bytes(64, 64)),
+        (f"requests/{account_id}/lighthouse.json", json.dumps(aws_sample("job_request_manifest")).encode()),
+    ):
+        aws.s3.put_object(Bucket=env["IMAGEGATE_BUCKET"], Key=key, Body=body)
+    refused = aws_sample("job_request_task_token") | {"account_id": "acct_nobody"}
+    batches = [aws_sample(n) for n in ("job_request_sqs", "job_request_eventbridge", "job_request_s3")]
+    batches.append(
+        sample("worker") | {"Records": [sample("worker")["Records"][0] | {"body": json.dumps(refused)}]}
+    )
+    requested = run(built, "requests", env, tmp_path, batches)
+    assert requested["results"] == [{"batchItemFailures": []}] * 4
+
+    def work() -> dict:
+        queue = env["IMAGEGATE_JOBS_QUEUE_URL"]
+        messages = aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+        record = sample("worker")["Records"][0]
+        events = [{"Records": [record | {"messageId": m["MessageId"], "body": m["Body"]}]} for m in messages]
+        for m in messages:
+            aws.sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        return run(built, "worker", env, tmp_path, events)
+
+    worked = work()
+    assert worked["results"] == [{"batchItemFailures": []}] * 3
+    invoked = run(
+        built,
+        "invoke",
+        env,
+        tmp_path,
+        [aws_sample("job_request_invoke"), aws_sample("job_request_task_token")],
+    )
+    finished, queued = invoked["results"]
+    assert (finished["status"], queued["status"]) == ("succeeded", "queued")
+    answered = work()
+    assert answered["results"] == [{"batchItemFailures": []}]
+    # Five jobs of one image each, charged once each at the demo stack's price (LocalPriceUsd, $0.002).
+    assert START_BALANCE - balance() == 5 * 2_000
+
+    for function, out in (
+        ("requests", requested),
+        ("worker", worked),
+        ("invoke", invoked),
+        ("worker", answered),
+    ):
+        assert out["foreign"] == []
+        assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true")), function
+    assert ["states", "SendTaskFailure", []] in requested["calls"]
+    assert ["states", "SendTaskSuccess", []] in answered["calls"]
 
 
 def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built_function(

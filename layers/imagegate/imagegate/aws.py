@@ -58,6 +58,10 @@ class AWSClients:
     def s3(self) -> Any:
         return self.client("s3")
 
+    @property
+    def sqs(self) -> Any:
+        return self.client("sqs")
+
     def _create(self, service: str, region: str | None, read_timeout: float | None, max_attempts: int) -> Any:
         import boto3
         from botocore.config import Config

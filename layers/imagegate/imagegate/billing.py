@@ -12,7 +12,8 @@ refund of the same request is a no-op, and a settled request is always replayabl
       refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes holding a slot: "k",
       "a"), provider, created_at, settled_at; while reserved open_shard + open_since (the sparse OPEN_INDEX
       the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); intended_charge when a
-      settle could not be written and the sweeper must charge instead of refunding.
+      settle could not be written and the sweeper must charge instead of refunding; job (the job id) when
+      the request is an image job's, whose reservation jobs.py closes, not `sweep`.
 """
 
 from __future__ import annotations
@@ -242,11 +243,16 @@ class Billing:
         images: int = 0,
         provider: str = "",
         completion: dict[str, Any] | None = None,
+        guard: dict[str, Any] | None = None,
         deadline_s: float = SETTLE_DEADLINE_S,
     ) -> bool:
         """Finish a reservation, keeping `charged` (capped at the reservation) and refunding the rest; count
         it in the usage; give its slots back; complete its Idempotency-Key record. False, and nothing
         changes, if it was already finished.
+
+        `guard`: an action that commits with the settle or not at all (jobs.py: the job's own conditional
+        state move, so a job and its money always move together); False, and nothing changes, when its
+        condition fails. A `completion` whose condition fails is dropped instead.
 
         Throttling and transport errors are retried until `deadline_s`; then the intended charge is left on
         the request for the sweeper (which then charges it instead of refunding) and the error is raised.
@@ -259,6 +265,8 @@ class Billing:
         while True:
             now = self._clock()
             actions = self._settle_actions(r, charged, refund, images, provider, now)
+            if guard is not None:
+                actions.append(guard)
             if completion is not None:
                 actions.append(completion)
             try:
@@ -274,7 +282,7 @@ class Billing:
                 continue
             if failed is None:
                 return True
-            if 0 in failed:
+            if 0 in failed or (guard is not None and len(actions) - 1 - (completion is not None) in failed):
                 return False  # a concurrent settle or sweep won: the refund happened exactly once, there
             if completion is not None and len(actions) - 1 in failed:
                 # The Idempotency-Key was taken over (its lock ran out): settle all the same, without it.
@@ -418,6 +426,8 @@ class Billing:
         is logged and left for the next sweep, never stopping the others. Returns (reservation, charged)."""
         closed = []
         for r, item in self._open(older_than_s, account_id):
+            if "job" in item:
+                continue  # closed with its job, on the job's own clock (jobs.py, Jobs.sweep)
             charged = int(item["intended_charge"]["N"]) if "intended_charge" in item else 0
             images = int(item["intended_images"]["N"]) if "intended_images" in item else 0
             try:
@@ -427,6 +437,13 @@ class Billing:
                 if log is not None:
                     log.exception("sweep failed for one reservation", extra={"request_id": r.request_id})
         return closed
+
+    def open_jobs(
+        self, *, older_than_s: float, account_id: str | None = None
+    ) -> list[tuple[Reservation, str]]:
+        """Open reservations of jobs (whose request item names its `job`), with the job id: `sweep` leaves
+        them to jobs.py, which knows whether a job is waiting in its queue, running, or dead."""
+        return [(r, item["job"]["S"]) for r, item in self._open(older_than_s, account_id) if "job" in item]
 
     def _open(self, older_than_s: float, account_id: str | None) -> list[tuple[Reservation, dict[str, Any]]]:
         cutoff = int(self._clock() - older_than_s)

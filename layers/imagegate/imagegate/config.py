@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,20 @@ COLD_START_ALLOWANCE_SECONDS = 3.0
 FINISH_ALLOWANCE_SECONDS = 2.0  # DynamoDB reserve and settle, S3 writes of the images
 MIN_UPSTREAM_BUDGET_SECONDS = 1.0
 
+# --- jobs (jobs.py; README, "Long jobs and AWS events") ----------------------------------------------------
+# The worker function's timeout (template parameter WorkerTimeout): its upstream budget follows from it as
+# the API's does from the integration timeout.
+DEFAULT_WORKER_TIMEOUT_SECONDS = 900.0
+# AWS advises a queue visibility timeout of six times the function's timeout (room for the poller's retries
+# when the function is throttled); SQS allows at most 12 hours. template.yaml's WorkerTimeout table holds the
+# same figures (tests/deploy checks them).
+VISIBILITY_TIMEOUT_FACTOR = 6
+MAX_VISIBILITY_TIMEOUT_SECONDS = 43_200
+# Deliveries of one message before SQS moves it to the dead-letter queue (template: maxReceiveCount).
+JOB_MAX_DELIVERIES = 3
+# A running job is declared dead (failed and refunded) this long after its worker's timeout ran out.
+JOB_LEASE_GRACE_SECONDS = 60.0
+
 
 def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
     """The upstream time a request may spend within `integration_timeout_seconds`: `requested` when given
@@ -43,6 +57,11 @@ def upstream_budget(integration_timeout_seconds: float, requested: float | None 
         integration_timeout_seconds - COLD_START_ALLOWANCE_SECONDS - FINISH_ALLOWANCE_SECONDS,
     )
     return ceiling if requested is None else max(MIN_UPSTREAM_BUDGET_SECONDS, min(requested, ceiling))
+
+
+def visibility_timeout(worker_timeout_seconds: float) -> int:
+    """The jobs queue's visibility timeout for a worker timeout: six times it, capped at SQS's 12 hours."""
+    return min(MAX_VISIBILITY_TIMEOUT_SECONDS, int(VISIBILITY_TIMEOUT_FACTOR * worker_timeout_seconds))
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,17 @@ class Settings:
     # They keep one tenant well under what a single DynamoDB partition takes (README: limits).
     account_images_per_minute: int = 600
     account_max_concurrent: int = 50
+    # Jobs: the queue the worker reads (empty: no async path, `Prefer: respond-async` is refused), the
+    # worker's timeout, the S3 prefix of a job's uploaded inputs (short lifecycle), and how long a job and
+    # its images are kept (the outputs' lifecycle, OutputRetentionDays).
+    jobs_queue_url: str = ""
+    worker_timeout_seconds: float = DEFAULT_WORKER_TIMEOUT_SECONDS
+    input_prefix: str = "inputs"
+    job_retention_days: int = 1
+
+    def for_worker(self) -> Settings:
+        """The settings a job runs under: the upstream budget of the worker's timeout, not the gateway's."""
+        return replace(self, upstream_budget_seconds=upstream_budget(self.worker_timeout_seconds))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +157,11 @@ class Settings:
             account_max_concurrent=int(
                 env.get("IMAGEGATE_ACCOUNT_MAX_CONCURRENT", cls.account_max_concurrent)
             ),
+            jobs_queue_url=env.get("IMAGEGATE_JOBS_QUEUE_URL", ""),
+            worker_timeout_seconds=float(
+                env.get("IMAGEGATE_WORKER_TIMEOUT_SECONDS") or DEFAULT_WORKER_TIMEOUT_SECONDS
+            ),
+            job_retention_days=int(env.get("IMAGEGATE_JOB_RETENTION_DAYS", cls.job_retention_days)),
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import importlib
+import json
 import os
 import random
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from mangum import Mangum
 from .api import Route, create_app
 from .aws import AWSClients
 from .config import Settings
+from .errors import APIError
+from .jobs import Finished, Jobs
 from .providers import Deps
 from .service import Service
 
@@ -48,7 +51,65 @@ def build_app(route: Route, http_client: Any = None) -> tuple[Any, Service]:
     aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
     deps = Deps(aws, http_client) if http_client is not None else None
     service = Service(settings, aws, logger, deps)
-    return wrap(create_app(service, [route]), settings), service
+    return wrap(create_app(service, [route], build_jobs(service)), settings), service
+
+
+def build_jobs(service: Service) -> Jobs:
+    """The job system on a service, with everything that hears of a finished job."""
+    return Jobs(service, job_hooks(service))
+
+
+def job_hooks(service: Service) -> list[Finished]:
+    """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
+    job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
+    answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
+    from .triggers import Answers
+
+    return [Answers(service.aws, service.settings, service.logger)]
+
+
+def worker_handler() -> Any:
+    """The jobs queue's consumer (SQS, batch size 1): runs each job to its end with the upstream budget of
+    the worker's own timeout. Powertools reports a failed record alone (partial batch response), so SQS
+    redelivers it and, after JOB_MAX_DELIVERIES, moves it to the dead-letter queue."""
+    settings = Settings.from_env().for_worker()
+    logger = Logger(service="imagegate")
+    service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
+    return _traced(logger.inject_lambda_context(batch_handler(build_jobs(service))), settings)
+
+
+def batch_handler(jobs: Jobs) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """An SQS batch event in, the failed records out (`batchItemFailures`): the worker function's body,
+    which `make serve`'s local worker calls too."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    record_handler = job_record_handler(jobs)
+    processor = BatchProcessor(event_type=EventType.SQS)
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return handler
+
+
+def job_record_handler(jobs: Jobs) -> Callable[[Any], None]:
+    """One queue message (`{"account_id", "job_id"}`) run to its end. Raises, so the message comes back,
+    only for what a later delivery can fix; a job that no longer exists (past its retention) is dropped."""
+
+    def run(record: Any) -> None:
+        message = json.loads(record.body)
+        try:
+            jobs.run(message["account_id"], message["job_id"])
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            jobs.service.logger.warning(
+                "job message for no job; dropped", extra={"job_id": message["job_id"]}
+            )
+
+    return run
 
 
 # Set while a Lambda invocation runs: FastAPI's sync dependencies and routes then run on the event loop's
@@ -125,7 +186,7 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
-    from .api import BALANCE_ROUTE, METHODS, ROUTES
+    from .api import BALANCE_ROUTE, JOBS_ROUTE, METHODS, ROUTES
     from .routing import load_routes
 
     _ = service.prices, service.catalog
@@ -134,7 +195,7 @@ def prime(route: Route, adapter: Any, service: Service) -> None:
         importlib.import_module(f"{__package__}.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
     # for want of a key before anything reaches AWS.
-    path = ROUTES.get(route, BALANCE_ROUTE)  # type: ignore[call-overload]
+    path = ROUTES.get(route) or {"balance": BALANCE_ROUTE, "jobs": JOBS_ROUTE}[route]  # type: ignore[call-overload]
     adapter(_unauthenticated_event(METHODS[path], path), _SnapshotContext())
     _ = service.aws.dynamodb, service.aws.s3  # botocore loads and caches the service models
     service.aws.reset()  # ... and the snapshot keeps no client, connection or credentials
@@ -176,13 +237,16 @@ def _unauthenticated_event(method: str, path: str) -> dict[str, Any]:
 
 
 def sweep_handler() -> Any:
-    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way."""
+    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, and
+    fails and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
 
+    jobs = build_jobs(service)
+
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-        result = service.sweep()
+        result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)
         return result
 
@@ -229,3 +293,36 @@ def _traced(handler: Any, settings: Settings) -> Any:
     from aws_lambda_powertools import Tracer
 
     return Tracer(service="imagegate").capture_lambda_handler(handler, capture_response=False)
+
+
+def job_requests_handler() -> Any:
+    """The requests queue (SQS messages, and what the EventBridge rules put on it: `Image Job Requested`
+    events and S3 manifests): each message submits one job for the worker (triggers.py)."""
+    triggers, logger, settings = _triggers()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return triggers.batch(event, context)
+
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def invoke_job_handler() -> Any:
+    """Direct invocation (`aws lambda invoke`, Step Functions): the request shape in, the finished job out;
+    with a `task_token`, the job is queued and its end answers the task (triggers.py)."""
+    triggers, logger, settings = _triggers()
+
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        return triggers.invoke(event, getattr(context, "aws_request_id", ""))
+
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def _triggers() -> tuple[Any, Logger, Settings]:
+    """Triggers over a service with the worker's upstream budget: a direct invocation runs its job here."""
+    from .triggers import Answers, Triggers
+
+    settings = Settings.from_env().for_worker()
+    logger = Logger(service="imagegate")
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    service = Service(settings, aws, logger)
+    return Triggers(service, build_jobs(service), Answers(aws, settings, logger)), logger, settings

@@ -12,7 +12,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -45,15 +45,27 @@ class ImageResponse:
     headers: dict[str, str]
 
 
-@dataclass
-class Reserved:
-    """A request whose price is reserved: what settling it needs."""
+@dataclass(frozen=True)
+class Admission:
+    """A request that passed every check and holds its reservation: what `Service.execute` runs."""
 
-    job: ImageJob
     quote: Quote
     reservation: Reservation
-    log: dict[str, Any]  # the request's log line, completed as it runs
-    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Closing:
+    """What a settle carries besides the money, and whether it won.
+
+    `completion(record)`: on success, an action that completes with the settle when it can (an
+    Idempotency-Key record), dropped when its condition fails. `guard(record or None, error or None)`: an
+    action that commits with the settle or not at all (a job's state move, jobs.py); with a guard, a
+    failure is refunded in full.
+    """
+
+    completion: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    guard: Callable[[dict[str, Any] | None, BaseException | None], dict[str, Any]] | None = None
+    settled: bool = False
 
 
 class Service:
@@ -132,8 +144,7 @@ class Service:
         request_id: str | None = None,
     ) -> ImageResponse:
         request_id = request_id or new_request_id()
-        routes = self.router.check(job)  # a model this deployment cannot serve is a 400 before anything else
-        _check_response_fits(job, self.settings.max_response_bytes)
+        routes = self.check(job)
         if idempotency_key is None:
             return self._serve(account, job, request_id, routes, None)
         stored = self.idempotency.begin(
@@ -149,41 +160,12 @@ class Service:
             self.idempotency.release(account.account_id, idempotency_key)
             raise
 
-    def stream(
-        self,
-        account: Account,
-        job: ImageJob,
-        idempotency_key: str | None = None,
-        request_id: str | None = None,
-    ) -> EventStream:
-        """A `stream=true` request: refused, reserved and started as `handle` runs one, so that every error
-        up to the upstream's first event is an ordinary JSON error (refunded); then its events."""
-        request_id = request_id or new_request_id()
-        if idempotency_key is not None:
-            # A stream cannot be replayed, and running it again would charge again.
-            raise invalid(
-                "Idempotency-Key is not supported with stream=true; send one or the other.",
-                "Idempotency-Key",
-                "unsupported_parameter",
-            )
+    def check(self, job: ImageJob) -> list[RouteSpec]:
+        """The routes that may serve a job; the 400s a job gets before anything is reserved: a model this
+        deployment cannot serve, a b64_json answer too large for the runtime to return."""
         routes = self.router.check(job)
         _check_response_fits(job, self.settings.max_response_bytes)
-        reserved = self._reserve(account, job, request_id, routes)
-        try:
-            streamed = self.router.stream(job, request_id)
-        except ProviderError as exc:
-            self._close(reserved, 0, 0, "none")
-            raise self._upstream_error(reserved, exc, "none") from exc
-        except BaseException:
-            self._close(reserved, 0, 0, "none")
-            raise
-        run = _StreamRun(self, reserved, streamed)
-        headers = {
-            **reserved.reservation.headers,
-            "x-imagegate-provider": streamed.provider,
-            "x-request-id": request_id,
-        }
-        return EventStream(run.events(), run.abandon, headers)
+        return routes
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
@@ -245,57 +227,50 @@ class Service:
         routes: list[RouteSpec],
         idempotency_key: str | None,
     ) -> ImageResponse:
-        reserved = self._reserve(account, job, request_id, routes)
-        charged, delivered, provider = 0, 0, "none"
-        completion: dict[str, Any] | None = None
-        try:
-            served = self.router.run(job, request_id)
-            provider = served.provider
-            images = served.result.images[: job.n]
-            if not images:
-                raise ProviderError("The upstream returned no images.")
-            body, record, headers = self._respond(
-                account, request_id, job, served, images, keep=idempotency_key is not None
-            )
-            delivered = len(images)
-            charged = self.prices.charge(reserved.quote, delivered, job.n, served.result.usage)
-            headers |= {
-                **reserved.reservation.headers,
-                "x-imagegate-provider": provider,
-                "x-request-id": request_id,
-            }
-            record["headers"] = headers
-            if idempotency_key is not None:
-                completion = self.idempotency.completion(
-                    account.account_id, idempotency_key, request_id, record
+        admission = self.reserve(account, job, request_id, routes)
+        closing = Closing()
+        if idempotency_key is not None:
+            key = idempotency_key
+            closing = Closing(
+                completion=lambda record: self.idempotency.completion(
+                    account.account_id, key, request_id, record
                 )
-        except ProviderError as exc:
-            raise self._upstream_error(reserved, exc, provider) from exc
-        finally:
-            # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
-            self._close(reserved, charged, delivered, provider, completion)
-        return ImageResponse(body, headers)
+            )
+        try:
+            return self.execute(
+                account, job, request_id, admission, keep=idempotency_key is not None, closing=closing
+            )
+        except APIError as exc:
+            if exc.code != "upstream_timeout" or not self.settings.jobs_queue_url:
+                raise
+            # Out of the gateway's time: the same request as a job has the worker's whole timeout.
+            raise APIError(
+                exc.status,
+                f"{exc.message} It was not charged. Requests that take longer can run as a job: send the "
+                "header 'Prefer: respond-async' and fetch the result from /v1/images/jobs/{id}.",
+                type=exc.type,
+                param=exc.param,
+                code=exc.code,
+                headers=exc.headers,
+            ) from exc.__cause__
 
-    def _reserve(self, account: Account, job: ImageJob, request_id: str, routes: list[RouteSpec]) -> Reserved:
-        """Quote the job and reserve its price (a 402 or 429 when it cannot be), before any upstream call."""
+    def reserve(
+        self,
+        account: Account,
+        job: ImageJob,
+        request_id: str,
+        routes: list[RouteSpec],
+        details: dict[str, str] | None = None,
+    ) -> Admission:
+        """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
+        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
-        log: dict[str, Any] = {
-            "request_id": request_id,
-            "account_id": account.account_id,
-            "key_id": account.key_id,
-            "endpoint": job.endpoint,
-            "model": job.contract.id,
-            "n": job.n,
-            "size": job.size,
-            "quality": job.quality,
-            "reserved_micros": quote.reserve,
-        }
         try:
             reservation = self.billing.reserve(
                 account,
                 request_id,
                 quote.reserve,
-                {"model": job.contract.id, "endpoint": job.endpoint},
+                {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
             )
@@ -303,13 +278,104 @@ class Service:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
             self.metrics.record(model=job.contract.id, provider="none", **refused)
             raise
-        return Reserved(job, quote, reservation, log)
+        return Admission(quote, reservation)
 
-    def _upstream_error(self, reserved: Reserved, exc: ProviderError, provider: str) -> APIError:
+    def execute(
+        self,
+        account: Account,
+        job: ImageJob,
+        request_id: str,
+        admission: Admission,
+        *,
+        keep: bool,
+        closing: Closing,
+    ) -> ImageResponse:
+        """Run a reserved job on its routes, store its images, and settle: charged on success, refunded on
+        any failure, exactly once, whatever is raised. `keep`: write the images to S3 even for b64_json (a
+        replay or a job reads them back). `closing` says what the settle carries besides the money, and
+        learns whether it won (`closing.settled`)."""
+        quote, reservation = admission.quote, admission.reservation
+        log = _log_line(account, job, request_id, quote)
+        started = time.perf_counter()
+        charged, delivered, provider = 0, 0, "none"
+        completion: dict[str, Any] | None = None
+        record: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            served = self.router.run(job, request_id)
+            provider = served.provider
+            images = served.result.images[: job.n]
+            if not images:
+                raise ProviderError("The upstream returned no images.")
+            body, record, headers = self._respond(account, request_id, job, served, images, keep=keep)
+            delivered = len(images)
+            charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
+            headers |= {**reservation.headers, "x-imagegate-provider": provider, "x-request-id": request_id}
+            record["headers"] = headers
+            if closing.completion is not None:
+                completion = closing.completion(record)
+        except ProviderError as exc:
+            error = self._upstream_error(job, exc, provider, log)
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            # Runs on success, on a provider error and on anything unexpected: a failed request is refunded.
+            guard = None
+            if closing.guard is not None:
+                if error is not None:
+                    charged = delivered = 0  # a failed job delivers nothing, whatever was made
+                guard = closing.guard(None if error is not None else record, error)
+            closing.settled = self._close(
+                job, admission, started, charged, delivered, provider, log, completion, guard
+            )
+        return ImageResponse(body, headers)
+
+    def stream(
+        self,
+        account: Account,
+        job: ImageJob,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> EventStream:
+        """A `stream=true` request: checked, reserved and started as `handle` runs one, so that every error
+        up to the upstream's first event is an ordinary JSON error (refunded); then its events."""
+        request_id = request_id or new_request_id()
+        if idempotency_key is not None:
+            # A stream cannot be replayed, and running it again would charge again.
+            raise invalid(
+                "Idempotency-Key is not supported with stream=true; send one or the other.",
+                "Idempotency-Key",
+                "unsupported_parameter",
+            )
+        admission = self.reserve(account, job, request_id, self.check(job))
+        log = _log_line(account, job, request_id, admission.quote)
+        started = time.perf_counter()
+        try:
+            streamed = self.router.stream(job, request_id)
+        except ProviderError as exc:
+            error = self._upstream_error(job, exc, "none", log)
+            self._close(job, admission, started, 0, 0, "none", log)
+            raise error from exc
+        except BaseException:
+            self._close(job, admission, started, 0, 0, "none", log)
+            raise
+        run = _StreamRun(self, job, admission, streamed, log, started)
+        headers = {
+            **admission.reservation.headers,
+            "x-imagegate-provider": streamed.provider,
+            "x-request-id": request_id,
+        }
+        return EventStream(run.events(), run.abandon, headers)
+
+    def _upstream_error(
+        self, job: ImageJob, exc: ProviderError, provider: str, log: dict[str, Any]
+    ) -> APIError:
         """The client's error for an upstream failure, logged and counted."""
         # The code, not the message: an upstream's message may quote the prompt.
-        reserved.log.update(error=exc.code, status=exc.status)
-        self.metrics.record(model=reserved.job.contract.id, provider=provider, UpstreamErrors=1)
+        log.update(error=exc.code, status=exc.status)
+        self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
         return APIError(
             exc.status,
             str(exc),
@@ -321,27 +387,31 @@ class Service:
 
     def _close(
         self,
-        reserved: Reserved,
+        job: ImageJob,
+        admission: Admission,
+        started: float,
         charged: int,
         delivered: int,
         provider: str,
+        log: dict[str, Any],
         completion: dict[str, Any] | None = None,
-    ) -> None:
-        """Settle a reserved request (the rest refunded), with its log line and metrics."""
-        latency = round((time.perf_counter() - reserved.started) * 1000, 1)
-        log = reserved.log
+        guard: dict[str, Any] | None = None,
+    ) -> bool:
+        """Settle a reserved request (the rest refunded), with its log line and metrics; whether it won."""
+        latency = round((time.perf_counter() - started) * 1000, 1)
         log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
-        self._settle(reserved.reservation, charged, delivered, provider, completion, log)
+        settled = self._settle(admission.reservation, charged, delivered, provider, completion, guard, log)
         self.logger.info("image request", extra=log)
         self.metrics.record(
-            model=reserved.job.contract.id,
+            model=job.contract.id,
             provider=provider,
             latency_ms=latency,
             Requests=1,
             Images=delivered,
             RevenueMicroUSD=charged,
-            RefundMicroUSD=reserved.quote.reserve - charged,
+            RefundMicroUSD=admission.quote.reserve - charged,
         )
+        return settled
 
     def _settle(
         self,
@@ -350,25 +420,28 @@ class Service:
         delivered: int,
         provider: str,
         completion: dict[str, Any] | None,
+        guard: dict[str, Any] | None,
         log: dict[str, Any],
-    ) -> None:
+    ) -> bool:
         """Settle; a settle that cannot be written answers the client all the same once images exist (the
-        sweeper charges the intended amount), and never turns a delivered request into an error."""
+        sweeper charges the intended amount), and never turns a delivered request into an error. False when
+        someone else closed the reservation (or the guard's job) first."""
         try:
             settled = self.billing.settle(
-                reservation, charged, images=delivered, provider=provider, completion=completion
+                reservation, charged, images=delivered, provider=provider, completion=completion, guard=guard
             )
         except Exception:
             self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
             if completion is not None:
                 with contextlib.suppress(Exception):
                     self.idempotency.apply(completion)
-            if not delivered:
+            if not delivered or guard is not None:
                 raise
-            return
+            return True
         if not settled and charged:
             # Someone closed the reservation first (a sweep with too short a threshold): served unpaid.
             self.logger.error("reservation already closed; images delivered uncharged", extra=log)
+        return settled
 
     def _respond(
         self,
@@ -418,9 +491,23 @@ class Service:
 
     def _replay(self, record: dict[str, Any]) -> ImageResponse:
         """The first response again: its URLs while they live, else fresh signatures for the same objects."""
+        return ImageResponse(
+            self.render(record),
+            # The first response's rate-limit figures are stale now, and a replay consumes none.
+            {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
+            | {"idempotent-replayed": "true"},
+        )
+
+    def render(self, record: dict[str, Any]) -> dict[str, Any]:
+        """An ImagesResponse from a stored record (S3 keys, never image bytes): its URLs while they have
+        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3."""
         extra = record["extra"]
         if record["format"] == "url":
-            fresh = record["signed_at"] + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > self.clock()
+            signed_at = record.get("signed_at")
+            fresh = (
+                signed_at is not None
+                and signed_at + self.storage.url_ttl_seconds - REUSE_URL_MARGIN_S > self.clock()
+            )
             urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
             data = [{"url": url, **extra} for url in urls]
         else:
@@ -428,12 +515,7 @@ class Service:
                 {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
                 for key in record["keys"]
             ]
-        return ImageResponse(
-            _with_data(record["body"], data),
-            # The first response's rate-limit figures are stale now, and a replay consumes none.
-            {k: v for k, v in record["headers"].items() if not k.startswith("x-ratelimit-")}
-            | {"idempotent-replayed": "true"},
-        )
+        return _with_data(record["body"], data)
 
 
 class _StreamRun:
@@ -442,24 +524,36 @@ class _StreamRun:
     (`PriceBook.charge`); an upstream failure refunds it all; a client that goes away is charged the partial
     images sent so far, or all of it once the final image was made (it is settled before it is sent)."""
 
-    def __init__(self, service: Service, reserved: Reserved, streamed: Streamed) -> None:
+    def __init__(
+        self,
+        service: Service,
+        job: ImageJob,
+        admission: Admission,
+        streamed: Streamed,
+        log: dict[str, Any],
+        started: float,
+    ) -> None:
         self.service = service
-        self.reserved = reserved
+        self.job = job
+        self.admission = admission
         self.streamed = streamed
+        self.log = log
+        self.started = started
         self.partials = 0
         self.settled = False
 
     def settle(self, charged: int, delivered: int = 0) -> None:
         if not self.settled:
             self.settled = True
-            self.service._close(self.reserved, charged, delivered, self.streamed.provider)
+            self.service._close(
+                self.job, self.admission, self.started, charged, delivered, self.streamed.provider, self.log
+            )
 
     def abandon(self) -> None:
-        quote = self.reserved.quote
-        self.settle(self.service.prices.charge(quote, 0, 1, None, self.partials))
+        self.settle(self.service.prices.charge(self.admission.quote, 0, 1, None, self.partials))
 
     def events(self) -> Generator[dict[str, Any], None, None]:
-        service, job = self.service, self.reserved.job
+        service, job = self.service, self.job
         # The response limit holds for the whole stream (on Lambda, Mangum returns it in one piece).
         room = service.settings.max_response_bytes or math.inf
         try:
@@ -482,14 +576,14 @@ class _StreamRun:
                     return
             raise ProviderError("The upstream returned no images.")
         except ProviderError as exc:
-            error = service._upstream_error(self.reserved, exc, self.streamed.provider)
+            error = service._upstream_error(job, exc, self.streamed.provider, self.log)
             self.settle(0)
             yield error_event(error)
         except APIError as exc:
             self.settle(0)
             yield error_event(exc)
         except Exception:
-            service.logger.exception("stream failed", extra=self.reserved.log)
+            service.logger.exception("stream failed", extra=self.log)
             self.settle(0)
             yield error_event(INTERNAL_ERROR)
         finally:
@@ -497,7 +591,7 @@ class _StreamRun:
 
     def _completed(self, result: ProviderResult, room: float) -> dict[str, Any]:
         """The completed event, its request settled first, as `handle` settles before it answers."""
-        service, job, quote = self.service, self.reserved.job, self.reserved.quote
+        service, job, quote = self.service, self.job, self.admission.quote
         if not result.images:
             raise ProviderError("The upstream returned no images.")
         b64 = base64.b64encode(result.images[0]).decode()
@@ -528,6 +622,21 @@ def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
 INTERNAL_ERROR = APIError(
     500, "The server had an error while processing your request.", type="server_error", code="internal_error"
 )
+
+
+def _log_line(account: Account, job: ImageJob, request_id: str, quote: Quote) -> dict[str, Any]:
+    """The start of a request's one log line, completed as it runs."""
+    return {
+        "request_id": request_id,
+        "account_id": account.account_id,
+        "key_id": account.key_id,
+        "endpoint": job.endpoint,
+        "model": job.contract.id,
+        "n": job.n,
+        "size": job.size,
+        "quality": job.quality,
+        "reserved_micros": quote.reserve,
+    }
 
 
 def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:

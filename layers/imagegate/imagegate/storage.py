@@ -24,19 +24,22 @@ class Storage:
         try:
             for i, data in enumerate(images):
                 key = f"{self._prefix}/{account_id}/{day}/{request_id}/{i}.{output_format}"
-                self._s3.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=data,
-                    ContentType=CONTENT_TYPES[output_format],
-                    ServerSideEncryption="AES256",
-                )
+                self.put(key, data, CONTENT_TYPES[output_format])
                 keys.append(key)
         except Exception:
             for key in keys:
-                self._s3.delete_object(Bucket=self._bucket, Key=key)
+                self.delete(key)
             raise
         return keys
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        """One object under any prefix (jobs.py: a job's input images, under `inputs/`)."""
+        self._s3.put_object(
+            Bucket=self._bucket, Key=key, Body=data, ContentType=content_type, ServerSideEncryption="AES256"
+        )
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self._bucket, Key=key)
 
     def presign(self, key: str) -> str:
         """A GET URL signed at response time, so it lives its full TTL (README: role credentials)."""
@@ -45,5 +48,5 @@ class Storage:
         )
 
     def get(self, key: str) -> bytes:
-        """An image written earlier, for replaying an idempotent b64_json response."""
+        """An object written earlier: an image to replay as b64_json, a job's input image."""
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()

@@ -1,0 +1,624 @@
+"""Image jobs: work that may outlive API Gateway's timeout, queued on SQS and run by the worker function.
+
+A job is submitted over HTTP (`Prefer: respond-async`) or by an AWS service (the entry points call
+`Jobs.submit` with an `Account` they built), and run by `Jobs.run` (the SQS worker, or a direct invocation).
+Submitting passes every check the synchronous path does (route, response size, rate limits, balance) and
+reserves the price; the job's billing REQUEST record (request id = the job's `request_id`, `job` = its id) is
+its reservation. Running settles it: charged on success, refunded in full on failure or cancellation, in the
+same transaction as the job's own state move (`Billing.settle(guard=...)`), so a job and its money always
+move together, once.
+
+States, every move conditional on the state it leaves:
+    queued --(run)--> in_progress --(run)--> succeeded | failed
+    queued --(cancel)--> cancelled        queued --(expired: never started, sweep or run)--> failed
+    in_progress --(its worker died: sweep, or a redelivered message)--> failed
+A redelivered or duplicated message finds the job no longer queued and changes nothing.
+
+Item (single table, table.job_key):
+  ACCOUNT#<account_id> / JOB#<job_id> -> status, endpoint, model, request_id, created_at, started_at,
+      completed_at, expires_at (TTL: created_at + job_retention_days, the outputs' lifecycle), spec (JSON: the
+      resolved ImageJob without its images), inputs (JSON: the input images' S3 keys under `inputs/` and their
+      headers), reservation (JSON: what settling needs), run (the token of the run that took it), result
+      (JSON: the response record: body, format, extra, S3 keys; never URLs or bytes), error (JSON: the OpenAI
+      error object), error_status (its HTTP status), source, client_reference_id, task_token, and `webhook`,
+      which webhooks.py writes and this module never does (it renders it as `"webhook"`).
+
+Job ids are `imgjob_` + 12 hex digits of the creation time in milliseconds + 20 random hex digits: they sort
+by time, so an account's jobs newest first are a Query on the `JOB#` prefix, backwards.
+
+The detail each `on_finished` callback gets, once per job reaching succeeded, failed or cancelled (after the
+move committed; a callback that raises is logged and changes nothing):
+    {"id", "object": "image.job", "status", "endpoint", "model", "created_at", "completed_at",
+     "expires_at", "error", "webhook",
+     "result": null or the ImagesResponse with each `data` item's `url`/`b64_json` replaced by
+               {"s3_key": "<key>"} (revised_prompt and the body's other fields kept as they are),
+     "bucket": the bucket of those keys, "account_id", "request_id", "source" ("http", or the AWS entry
+     point's name), "client_reference_id" (or null), "task_token" (or null)}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .accounts import Account
+from .billing import Reservation
+from .config import JOB_LEASE_GRACE_SECONDS, JOB_MAX_DELIVERIES, visibility_timeout
+from .errors import APIError
+from .idempotency import fingerprint
+from .images import CONTENT_TYPES, InputImage
+from .service import Admission, Closing
+from .table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
+from .validation import ImageJob
+
+if TYPE_CHECKING:
+    from .service import Service
+
+JOB_ID = re.compile(r"^imgjob_[0-9a-f]{32}$")
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 100
+# How often `wait` reads the job while a client waits for it (`Prefer: wait=N`).
+POLL_SECONDS = (0.1, 0.25, 0.5, 1.0)
+Finished = Callable[[dict[str, Any]], None]
+
+
+def new_job_id(now: float) -> str:
+    return f"imgjob_{int(now * 1000):012x}{secrets.token_hex(10)}"
+
+
+def start_deadline_s(worker_timeout_s: float) -> float:
+    """How long a job may stay queued: every delivery SQS gives its message (each hidden for the visibility
+    timeout) and one run. Past it the message is in the dead-letter queue or lost, and the job expires."""
+    return JOB_MAX_DELIVERIES * visibility_timeout(worker_timeout_s) + worker_timeout_s
+
+
+def lease_s(worker_timeout_s: float) -> float:
+    """How long after a run starts its worker is surely dead (Lambda stopped it at its timeout)."""
+    return worker_timeout_s + JOB_LEASE_GRACE_SECONDS
+
+
+class Jobs:
+    def __init__(
+        self,
+        service: Service,
+        on_finished: Sequence[Finished] = (),
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.on_finished = tuple(on_finished)
+        self._clock = service.clock
+        self._sleep = sleep
+        self._db = service.aws.dynamodb
+        self._table = service.settings.table
+
+    # --- submit --------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        account: Account,
+        job: ImageJob,
+        *,
+        request_id: str,
+        user: str | None = None,
+        source: str = "http",
+        client_reference_id: str | None = None,
+        task_token: str | None = None,
+        enqueue: bool = True,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Check, reserve and queue a job; its job object (queued). Refused exactly as the synchronous
+        path refuses (400, 402, 429), nothing written then. `enqueue=False`: the caller runs it itself
+        (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job."""
+        service = self.service
+        if enqueue and not self.settings.jobs_queue_url:
+            raise APIError(
+                400,
+                "This deployment has no jobs queue: asynchronous requests are not available.",
+                code="async_not_available",
+            )
+        routes = service.check(job)
+        if idempotency_key is not None:
+            stored = service.idempotency.begin(
+                account.account_id, idempotency_key, f"async:{fingerprint(job, user)}", request_id
+            )
+            if stored is not None:
+                return self.get(account.account_id, stored["job_id"])
+        now = self._clock()
+        job_id = new_job_id(now)
+        try:
+            admission = service.reserve(account, job, request_id, routes, {"job": job_id})
+        except BaseException:
+            if idempotency_key is not None:
+                service.idempotency.release(account.account_id, idempotency_key)
+            raise
+        item = self._new_item(account, job, job_id, request_id, admission.reservation, now)
+        item.update(_optional(source=source, client_reference_id=client_reference_id, task_token=task_token))
+        written: list[str] = []
+        try:
+            item["inputs"] = {"S": json.dumps(self._put_inputs(account.account_id, job_id, job, written))}
+            put = {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            actions = [put]
+            if idempotency_key is not None:
+                actions.append(
+                    service.idempotency.completion(
+                        account.account_id, idempotency_key, request_id, {"job_id": job_id}
+                    )
+                )
+            if transact_or_reasons(self._db, actions) is not None:
+                # The key was taken over meanwhile (its lock ran out): the job stands on its own.
+                transact_or_reasons(self._db, [put])
+        except BaseException:
+            # Nothing is queued: refund at once, and leave no inputs behind.
+            service.billing.settle(admission.reservation, 0, provider="none")
+            for key in written:
+                service.storage.delete(key)
+            if idempotency_key is not None:
+                service.idempotency.release(account.account_id, idempotency_key)
+            raise
+        if enqueue:
+            try:
+                service.aws.sqs.send_message(
+                    QueueUrl=self.settings.jobs_queue_url,
+                    MessageBody=json.dumps({"account_id": account.account_id, "job_id": job_id}),
+                )
+            except Exception as exc:
+                service.logger.exception("job not queued; refunded", extra={"job_id": job_id})
+                self._close(item, "queued", "failed", _queue_error())
+                raise _queue_error() from exc
+        service.logger.info(
+            "job queued",
+            extra={
+                "job_id": job_id,
+                "request_id": request_id,
+                "account_id": account.account_id,
+                "source": source,
+            },
+        )
+        return self._object(item)
+
+    def _new_item(
+        self, account: Account, job: ImageJob, job_id: str, request_id: str, r: Reservation, now: float
+    ) -> dict[str, Any]:
+        spec = {
+            f.name: getattr(job, f.name) for f in fields(job) if f.name not in ("contract", "images", "mask")
+        }
+        spec["model"] = job.contract.id
+        reservation = {k: v for k, v in asdict(r).items() if k != "headers"}
+        return {
+            **job_key(account.account_id, job_id),
+            "status": {"S": "queued"},
+            "endpoint": {"S": job.endpoint},
+            "model": {"S": job.contract.id},
+            "request_id": {"S": request_id},
+            "created_at": {"N": str(int(now))},
+            "expires_at": {"N": str(int(now) + self.settings.job_retention_days * 86400)},
+            "spec": {"S": json.dumps(spec)},
+            "reservation": {"S": json.dumps(reservation)},
+        }
+
+    def _put_inputs(self, account_id: str, job_id: str, job: ImageJob, written: list[str]) -> list[dict]:
+        """Each input image (and the mask) as an S3 object under the inputs prefix (a short lifecycle): the
+        queue carries ids only (SQS caps a message at 256 KB)."""
+        inputs = []
+        for i, img in enumerate([*job.images, *([job.mask] if job.mask is not None else [])]):
+            key = f"{self.settings.input_prefix}/{account_id}/{job_id}/{i}"
+            fmt = img.format.lower()
+            self.service.storage.put(key, img.data, CONTENT_TYPES.get(fmt, "application/octet-stream"))
+            written.append(key)
+            inputs.append(
+                {
+                    "key": key,
+                    "param": img.param,
+                    "format": img.format,
+                    "width": img.width,
+                    "height": img.height,
+                    "has_alpha": img.has_alpha,
+                }
+            )
+        return inputs
+
+    # --- run -----------------------------------------------------------------------------------------
+
+    def run(self, account_id: str, job_id: str) -> dict[str, Any]:
+        """Run one job to its end and return its job object. Idempotent: a job no longer queued is left as
+        it is (a duplicate delivery), except a run whose worker is surely dead, which is failed and refunded.
+        Raises only what a retry of the message can fix (DynamoDB or S3 unavailable); 404 for no such job."""
+        item = self._read(account_id, job_id)
+        status = item["status"]["S"]
+        now = self._clock()
+        timeout = self.settings.worker_timeout_seconds
+        if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+            self._close(item, "queued", "failed", _expired_error())
+            return self.get(account_id, job_id)
+        if status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+            self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
+            return self.get(account_id, job_id)
+        if status != "queued":
+            return self._object(item)
+        run = uuid.uuid4().hex
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=job_key(account_id, job_id),
+                UpdateExpression="SET #s = :running, started_at = :now, #run = :run",
+                ConditionExpression="#s = :queued",
+                ExpressionAttributeNames={"#s": "status", "#run": "run"},
+                ExpressionAttributeValues={
+                    ":running": {"S": "in_progress"},
+                    ":queued": {"S": "queued"},
+                    ":now": {"N": str(int(now))},
+                    ":run": {"S": run},
+                },
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return self.get(account_id, job_id)  # cancelled, or another delivery took it
+        item["status"], item["run"] = {"S": "in_progress"}, {"S": run}
+        self._execute(item, run)
+        return self.get(account_id, job_id)
+
+    def _execute(self, item: dict[str, Any], run: str) -> None:
+        service = self.service
+        account_id, job_id = _ids(item)
+        request_id = item["request_id"]["S"]
+        closing = Closing(guard=lambda record, error: self._move(item, "in_progress", record, error, run))
+        try:
+            job = self._rebuild(item)
+            routes = service.check(job)
+            reservation = _reservation(item)
+            admission = Admission(
+                service.prices.quote(job, [(s.model, s.options) for s in routes]), reservation
+            )
+        except Exception as exc:
+            # Its model or route is gone since the submit, or its inputs cannot be read: refunded now rather
+            # than left running until the sweeper's deadline.
+            if not isinstance(exc, APIError):
+                service.logger.exception("job could not start", extra={"job_id": job_id})
+            self._close(item, "in_progress", "failed", exc, run=run)
+            return
+        account = Account(account_id, reservation.key_id, reservation.key_pk)
+        try:
+            service.execute(account, job, request_id, admission, keep=True, closing=closing)
+        except APIError:
+            pass  # the job failed and was refunded in the settle; its error is on the job
+        except Exception:
+            # A bug or an AWS failure mid-run: settled as a failure already when the settle could be written.
+            service.logger.exception("job run failed", extra={"job_id": job_id, "request_id": request_id})
+            if not closing.settled:
+                raise
+        if closing.settled:
+            self._finished(account_id, job_id)
+
+    def _rebuild(self, item: dict[str, Any]) -> ImageJob:
+        spec = json.loads(item["spec"]["S"])
+        contract = self.service.catalog.get(spec.pop("model"))
+        if contract is None:
+            raise APIError(
+                400,
+                "The job's model is no longer offered by this deployment.",
+                param="model",
+                code="model_not_found",
+            )
+        inputs = [
+            InputImage(
+                i["param"],
+                self.service.storage.get(i["key"]),
+                i["format"],
+                i["width"],
+                i["height"],
+                i["has_alpha"],
+            )
+            for i in json.loads(item.get("inputs", {"S": "[]"})["S"])
+        ]
+        mask = inputs.pop() if inputs and inputs[-1].param == "mask" else None
+        return ImageJob(**spec, contract=contract, images=tuple(inputs), mask=mask)
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def get(self, account_id: str, job_id: str) -> dict[str, Any]:
+        """The job object, `url` results signed now (for the URLs' TTL from now); 404 for an unknown job
+        and for another account's (the key holds the account: it is never even read)."""
+        return self._object(self._read(account_id, job_id))
+
+    def list(
+        self, account_id: str, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None
+    ) -> dict[str, Any]:
+        """An account's jobs, newest first, in OpenAI's list shape; `after`: the previous page's last id."""
+        if after is not None and not JOB_ID.match(after):
+            raise APIError(400, f"Invalid 'after': '{after}' is not an image job id.", param="after")
+        upper = f"{JOB_PREFIX}{after}" if after else f"{JOB_PREFIX}~"
+        page = self._db.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+            ExpressionAttributeValues={
+                ":pk": {"S": account_pk(account_id)},
+                ":lo": {"S": JOB_PREFIX},
+                ":hi": {"S": upper},
+            },
+            ScanIndexForward=False,
+            Limit=limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
+        )
+        items = [i for i in page.get("Items", []) if i["sk"]["S"] != upper]
+        data = [self._object(i) for i in items[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": len(items) > limit or ("LastEvaluatedKey" in page and len(items) == limit),
+        }
+
+    def wait(self, account_id: str, job_id: str, seconds: float) -> dict[str, Any]:
+        """The job object once it is final, or as it is after `seconds`."""
+        deadline = self._clock() + seconds
+        for attempt in range(10**6):
+            obj = self.get(account_id, job_id)
+            left = deadline - self._clock()
+            if obj["status"] in FINAL or left <= 0:
+                return obj
+            self._sleep(min(left, POLL_SECONDS[min(attempt, len(POLL_SECONDS) - 1)]))
+        return obj
+
+    def failure(self, account_id: str, job_id: str) -> APIError | None:
+        """A failed job's error as the synchronous path would have raised it (its status included)."""
+        item = self._read(account_id, job_id)
+        if item["status"]["S"] != "failed" or "error" not in item:
+            return None
+        error = json.loads(item["error"]["S"])
+        return APIError(
+            int(item.get("error_status", {"N": "500"})["N"]),
+            error["message"],
+            type=error["type"],
+            param=error["param"],
+            code=error["code"],
+        )
+
+    # --- cancel --------------------------------------------------------------------------------------
+
+    def cancel(self, account_id: str, job_id: str) -> dict[str, Any]:
+        """Cancel a queued job and refund it (once); cancelling a cancelled job again returns it. A job
+        running or finished is a 409: its money is, or soon will be, settled by its run."""
+        item = self._read(account_id, job_id)
+        status = item["status"]["S"]
+        if status == "queued" and self._close(item, "queued", "cancelled", None):
+            return self.get(account_id, job_id)
+        current = self._read(account_id, job_id)
+        if current["status"]["S"] == "cancelled":
+            return self._object(current)
+        raise APIError(
+            409,
+            f"Image job '{job_id}' is {current['status']['S']}; only a queued job can be cancelled.",
+            param="job_id",
+            code="job_not_cancellable",
+        )
+
+    # --- the sweeper ---------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Fail and refund, once each, jobs whose worker died mid-run and jobs that were never started
+        (their message went to the dead-letter queue). Jobs still waiting in the queue, or running within
+        their worker's timeout, are left alone: their reservations are not stale, only long."""
+        timeout = self.settings.worker_timeout_seconds
+        now = self._clock()
+        closed = expired = lost = 0
+        for r, job_id in self.service.billing.open_jobs(older_than_s=lease_s(timeout)):
+            try:
+                item = self._db.get_item(
+                    TableName=self._table, Key=job_key(r.account_id, job_id), ConsistentRead=True
+                ).get("Item")
+                if item is None:
+                    # The submit died between its reservation and its job item, and could not refund.
+                    if now > r.created_at + start_deadline_s(timeout):
+                        closed += self.service.billing.settle(r, 0, provider="sweep")
+                    continue
+                status = item["status"]["S"]
+                if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+                    expired += self._close(item, "queued", "failed", _expired_error())
+                elif status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+                    lost += self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
+            except Exception:
+                self.service.logger.exception("job sweep failed for one job", extra={"job_id": job_id})
+        return {"jobs_expired": expired, "jobs_lost": lost, "jobs_orphaned": closed}
+
+    # --- state moves ---------------------------------------------------------------------------------
+
+    def _close(
+        self,
+        item: dict[str, Any],
+        from_status: str,
+        to_status: str,
+        error: BaseException | None,
+        run: str = "",
+    ) -> bool:
+        """Move a job that never delivered to a final state and refund its reservation, in one transaction;
+        False when the job had moved on meanwhile (its new state owns the money)."""
+        guard = self._move(item, from_status, None, error, run, to_status)
+        settled = self.service.billing.settle(_reservation(item), 0, provider="none", guard=guard)
+        if settled:
+            self._finished(*_ids(item))
+        return settled
+
+    def _move(
+        self,
+        item: dict[str, Any],
+        from_status: str,
+        record: dict[str, Any] | None,
+        error: BaseException | None,
+        run: str = "",
+        to_status: str | None = None,
+    ) -> dict[str, Any]:
+        """The job's conditional move out of `from_status` (and, from in_progress, out of this run only)."""
+        if to_status is None:
+            to_status = "succeeded" if error is None else "failed"
+        values: dict[str, Any] = {
+            ":to": {"S": to_status},
+            ":from": {"S": from_status},
+            ":now": {"N": str(int(self._clock()))},
+        }
+        sets = ["#s = :to", "completed_at = :now"]
+        if record is not None:
+            kept = {k: record[k] for k in ("body", "format", "extra", "keys")}
+            values[":result"] = {"S": json.dumps(kept, separators=(",", ":"))}
+            sets.append("#result = :result")
+        if error is not None:
+            api_error = error if isinstance(error, APIError) else _internal_error()
+            values[":error"] = {"S": json.dumps(api_error.body()["error"])}
+            values[":status"] = {"N": str(api_error.status)}
+            sets += ["#error = :error", "error_status = :status"]
+        condition = "#s = :from"
+        if run:
+            values[":run"] = {"S": run}
+            condition += " AND #run = :run"
+        names = {"#s": "status", "#run": "run", "#result": "result", "#error": "error"}
+        expression = "SET " + ", ".join(sets)
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": job_key(*_ids(item)),
+                "UpdateExpression": expression,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {k: v for k, v in names.items() if k in expression + condition},
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _finished(self, account_id: str, job_id: str) -> None:
+        """Tell every `on_finished` callback, once per job (only the move that committed calls this)."""
+        if not self.on_finished:
+            return
+        try:
+            detail = self.detail(self._read(account_id, job_id))
+        except Exception:
+            self.service.logger.exception("job detail unreadable; no notification", extra={"job_id": job_id})
+            return
+        for callback in self.on_finished:
+            try:
+                callback(detail)
+            except Exception:
+                self.service.logger.exception("job notification failed", extra={"job_id": job_id})
+
+    # --- rendering -----------------------------------------------------------------------------------
+
+    def detail(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The job for notifications: S3 keys in place of URLs and image bytes (module docstring)."""
+        account_id, _ = _ids(item)
+        result = None
+        if "result" in item:
+            record = json.loads(item["result"]["S"])
+            data = [{"s3_key": key, **record["extra"]} for key in record["keys"]]
+            result = {"created": record["body"]["created"], "data": data, **record["body"]}
+        return {
+            **self._object(item, result=result),
+            "bucket": self.settings.bucket,
+            "account_id": account_id,
+            "request_id": item["request_id"]["S"],
+            "source": item.get("source", {"S": "http"})["S"],
+            "client_reference_id": item.get("client_reference_id", {}).get("S"),
+            "task_token": item.get("task_token", {}).get("S"),
+        }
+
+    def _object(self, item: dict[str, Any], result: Any = ...) -> dict[str, Any]:
+        if result is ...:
+            result = self.service.render(json.loads(item["result"]["S"])) if "result" in item else None
+        return {
+            "id": _ids(item)[1],
+            "object": "image.job",
+            "status": item["status"]["S"],
+            "endpoint": item["endpoint"]["S"],
+            "model": item["model"]["S"],
+            "created_at": int(item["created_at"]["N"]),
+            "completed_at": int(item["completed_at"]["N"]) if "completed_at" in item else None,
+            "expires_at": int(item["expires_at"]["N"]),
+            "result": result,
+            "error": json.loads(item["error"]["S"]) if "error" in item else None,
+            "webhook": _plain(item["webhook"]) if "webhook" in item else None,
+        }
+
+    def _read(self, account_id: str, job_id: str) -> dict[str, Any]:
+        item = None
+        if JOB_ID.match(job_id):
+            item = self._db.get_item(
+                TableName=self._table, Key=job_key(account_id, job_id), ConsistentRead=True
+            ).get("Item")
+        if item is None:
+            raise APIError(404, f"No image job found with id '{job_id}'.", param="job_id", code="not_found")
+        return item
+
+
+def _ids(item: dict[str, Any]) -> tuple[str, str]:
+    return item["pk"]["S"].removeprefix("ACCOUNT#"), item["sk"]["S"].removeprefix(JOB_PREFIX)
+
+
+def _reservation(item: dict[str, Any]) -> Reservation:
+    return Reservation(**json.loads(item["reservation"]["S"]))
+
+
+def _optional(**values: str | None) -> dict[str, Any]:
+    return {k: {"S": v} for k, v in values.items() if v}
+
+
+def _plain(value: dict[str, Any]) -> Any:
+    """A DynamoDB attribute value as JSON-ready Python (numbers as int when whole)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, Decimal):
+            return int(v) if v == v.to_integral_value() else float(v)
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        if isinstance(v, list | set):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(TypeDeserializer().deserialize(value))
+
+
+def _queue_error() -> APIError:
+    return APIError(
+        503,
+        "The job could not be queued; it was not charged. Retry shortly.",
+        type="server_error",
+        code="queue_unavailable",
+    )
+
+
+def _expired_error() -> APIError:
+    return APIError(
+        503,
+        "The job was not started in time (the queue could not deliver it); it was not charged.",
+        type="server_error",
+        code="job_expired",
+    )
+
+
+def _lost_error() -> APIError:
+    return APIError(
+        500,
+        "The worker running this job stopped before it finished; it was not charged.",
+        type="server_error",
+        code="worker_lost",
+    )
+
+
+def _internal_error() -> APIError:
+    return APIError(
+        500,
+        "The server had an error while processing your request.",
+        type="server_error",
+        code="internal_error",
+    )
