@@ -90,6 +90,7 @@ EVENTS = {
     "variations": ["variations"],
     "balance": ["balance"],
     "sweep": ["sweep"],
+    "webhooks": ["webhook_delivery"],
 }
 LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in EVENTS}
 
@@ -240,6 +241,9 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         if function == "sweep":
             assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000}
             assert balance() == START_BALANCE
+            continue
+        if function == "webhooks":  # a delivery for a job this table never had: dropped, not kept
+            assert result == {"batchItemFailures": []}
             continue
         assert result["statusCode"] == 200, result["body"][:500]
         body = json.loads(result["body"])

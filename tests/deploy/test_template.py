@@ -8,11 +8,14 @@ import re
 import pytest
 
 from imagegate.config import COLD_START_ALLOWANCE_SECONDS, FINISH_ALLOWANCE_SECONDS, Settings
+from imagegate.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
 
 READ_VERBS = re.compile(r"^(dynamodb:(GetItem|BatchGetItem|Query)|s3:GetObject)$")
 AWS_MANAGED_KEY = re.compile(r"^(alias/)?aws/")
+# What a function that can finish a job needs besides its own work: the event, and the webhook delivery.
+NOTIFY = {"events:PutEvents", "sqs:SendMessage"}
 
 
 # --- least privilege ------------------------------------------------------------------------------------
@@ -88,7 +91,8 @@ def test_each_function_gets_only_its_own_actions():
     assert image == actions("EditsFunction") == actions("VariationsFunction")
     assert "bedrock:InvokeModel" in image and "secretsmanager:GetSecretValue" in image
     sweep = actions("SweepFunction")
-    assert not {a for a in sweep if not a.startswith("dynamodb:")}  # no S3, no secrets, no Bedrock
+    # No S3, no secrets, no Bedrock: the table, and the notifications of the jobs it fails.
+    assert not {a for a in sweep if not a.startswith("dynamodb:")} - NOTIFY
     assert "dynamodb:DeleteItem" not in sweep
     # Nothing conditional is granted by default: no secret, no parameter, no key, no Bedrock.
     assert actions("GenerationsFunction", Stack()) == {
@@ -99,7 +103,40 @@ def test_each_function_gets_only_its_own_actions():
         "s3:PutObject",
         "s3:GetObject",
         "s3:DeleteObject",
+        *NOTIFY,
     }
+
+
+def test_every_function_that_finishes_jobs_publishes_them_and_only_the_delivery_function_delivers():
+    finishing = {"GenerationsFunction", "EditsFunction", "VariationsFunction", "SweepFunction"}
+    finishing |= {name for name in functions() if name in ("WorkerFunction", "JobsFunction")}
+    for name in finishing:
+        assert {"Ref": "JobNotificationsPolicy"} in functions()[name]["Properties"]["Policies"], name
+        assert actions(name) >= NOTIFY
+    assert actions("WebhooksFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "sqs:ChangeMessageVisibility",
+    }
+    assert "sqs:ChangeMessageVisibility" not in set().union(*(actions(f) for f in finishing))
+
+
+def test_the_delivery_queue_outlives_the_retry_schedule_and_keeps_records_the_function_reports():
+    resources = template()["Resources"]
+    queue = resources["WebhookDeliveryQueue"]["Properties"]
+    function = resources["WebhooksFunction"]["Properties"]
+    assert queue["MessageRetentionPeriod"] > sum(DELAYS_S) + 3600
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVES > MAX_ATTEMPTS
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    assert function["Timeout"] >= 3 * ATTEMPT_TIMEOUT_S  # connect, send and answer, each capped
+    assert max(DELAYS_S) <= MAX_VISIBILITY_S  # each wait fits one visibility timeout
+    source = function["Events"]["Deliveries"]["Properties"]
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    env = Stack().environment()
+    assert (env["IMAGEGATE_EVENT_BUS"], env["IMAGEGATE_WEBHOOK_QUEUE_URL"]) == (
+        "default",
+        "WebhookDeliveryQueue",
+    )
 
 
 def test_a_customer_managed_key_gets_decrypt_through_secrets_manager_and_ssm_only():

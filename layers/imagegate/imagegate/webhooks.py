@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from standardwebhooks import Webhook
+
 from .outbound import Outbound, OutboundError
 from .table import account_pk, item_key, job_key
 
@@ -250,8 +252,6 @@ class Webhooks:
     # --- internals -----------------------------------------------------------------------------------
 
     def _post(self, endpoint: Endpoint, message_id: str, event_type: str, data: dict[str, Any]) -> int:
-        from standardwebhooks import Webhook
-
         sent = datetime.fromtimestamp(int(self._clock()), UTC)
         body = json.dumps(
             {"type": event_type, "timestamp": sent.isoformat().replace("+00:00", "Z"), "data": data},
