@@ -40,6 +40,7 @@ KEEP_HEADERS = (
     "content-length",
     "content-type",
     "host",
+    "prefer",
     "user-agent",
     "x-stainless-lang",
     "x-stainless-package-version",
@@ -76,7 +77,10 @@ def capture(call: str, **kwargs: object) -> httpx.Request:
         http_client=httpx.Client(transport=httpx.MockTransport(record)),
     )
     if call != "generate":
-        kwargs["extra_headers"] = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+        kwargs["extra_headers"] = {
+            **kwargs.get("extra_headers", {}),  # type: ignore[dict-item]
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # create_variation is deprecated upstream
         getattr(client.images, call)(**kwargs)
@@ -182,6 +186,21 @@ def main() -> None:
         "balance": httpx.Request(
             "GET",
             f"https://{DOMAIN}/{STAGE}/v1/balance?days=7",
+            headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
+        ),
+        # An edit as a job (README, "Long jobs and AWS events"): 202 and the job; its images go to S3.
+        "edits_async": capture(
+            "edit",
+            model="dall-e-2",
+            image=image,
+            mask=png(64, (0, 0, 0), hole=True),
+            prompt="a red kite in the clear centre",
+            size="256x256",
+            extra_headers={"Prefer": "respond-async"},
+        ),
+        "jobs": httpx.Request(
+            "GET",
+            f"https://{DOMAIN}/{STAGE}/v1/images/jobs?limit=5",
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
     }

@@ -24,7 +24,7 @@ from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
 from imagegate.billing import Billing
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.devserver import provision, provision_jobs_queue
 
 from .cfn import ROOT, Stack, actions
 
@@ -92,7 +92,9 @@ EVENTS = {
     "sweep": ["sweep"],
     "webhooks": ["webhook_delivery"],
 }
-LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in EVENTS}
+# Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
+JOB_FUNCTIONS = ("worker", "jobs")
+LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,7 @@ def built(tmp_path_factory):
         capture_output=True,
         timeout=300,
     )
-    for name in EVENTS:
+    for name in (*EVENTS, *JOB_FUNCTIONS):
         shutil.copytree(ROOT / "functions" / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
     return out
 
@@ -164,6 +166,7 @@ def deployment(aws_endpoint, monkeypatch):
         settings = Settings.from_env(env)
         aws = AWSClients(settings, aws_endpoint)
         provision(aws, settings)
+        env["IMAGEGATE_JOBS_QUEUE_URL"] = provision_jobs_queue(aws, settings, f"ig-pkg-{suffix}")
         accounts = Accounts(aws.dynamodb, settings.table)
         account_id = accounts.create_account(START_BALANCE, label="packaging")
         accounts.create_key(account_id, label="events", api_key=EVENT_KEY)
@@ -188,10 +191,15 @@ def retried(event: dict) -> list[dict]:
     return [event, event]
 
 
-def run(built: Path, function: str, env: dict, tmp_path: Path) -> dict:
-    events = [json.loads((ROOT / "events" / f"{name}.json").read_text()) for name in EVENTS[function]]
-    if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
-        events += retried(json.loads((ROOT / "events" / "edits.json").read_text()))
+def sample(name: str) -> dict:
+    return json.loads((ROOT / "events" / f"{name}.json").read_text())
+
+
+def run(built: Path, function: str, env: dict, tmp_path: Path, events: list[dict] | None = None) -> dict:
+    if events is None:
+        events = [sample(name) for name in EVENTS[function]]
+        if function == "edits":  # b64_json: a replay reads the stored images (s3:GetObject)
+            events += retried(sample("edits"))
     events_path = tmp_path / f"{function}-events.json"
     events_path.write_text(json.dumps(events))
     result = subprocess.run(
@@ -239,7 +247,8 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
     assert out["foreign"] == []  # nothing imported from outside the function, the layer and the stdlib
     for result in out["results"]:
         if function == "sweep":
-            assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000}
+            no_jobs = {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
+            assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000, **no_jobs}
             assert balance() == START_BALANCE
             continue
         if function == "webhooks":  # a delivery for a job this table never had: dropped, not kept
@@ -262,6 +271,41 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         assert ["s3", "GetObject", []] in out["calls"]
     # Every AWS call the function made is allowed by its own policy in template.yaml, and no more is needed.
     assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true"))
+
+
+def test_a_job_goes_through_the_built_functions_each_within_its_policy(built, deployment, tmp_path):
+    """An edit submitted with Prefer: respond-async (inputs to S3, a message to SQS), the worker run on the
+    message SQS delivers, the job listed by the jobs function: each call allowed by its own function's
+    policy."""
+    env, balance, _ = deployment(DemoMode="true")
+    submitted = run(built, "edits", env, tmp_path, [sample("edits_async")])
+    [accepted] = submitted["results"]
+    assert accepted["statusCode"] == 202, accepted["body"][:500]
+    job = json.loads(accepted["body"])
+    assert accepted["headers"]["location"] == f"/api/v1/images/jobs/{job['id']}"  # under the stage
+    charged = START_BALANCE - balance()
+    assert charged > 0  # reserved at submit
+
+    aws = AWSClients(Settings(region=REGION), env["AWS_ENDPOINT_URL"])
+    [message] = aws.sqs.receive_message(QueueUrl=env["IMAGEGATE_JOBS_QUEUE_URL"])["Messages"]
+    record = sample("worker")["Records"][0] | {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+    }
+    worked = run(built, "worker", env, tmp_path, [{"Records": [record]}])
+    assert worked["results"] == [{"batchItemFailures": []}]
+    listed = run(built, "jobs", env, tmp_path, [sample("jobs")])
+    [page] = listed["results"]
+    assert page["statusCode"] == 200, page["body"][:500]
+    [done] = json.loads(page["body"])["data"]
+    assert (done["id"], done["status"]) == (job["id"], "succeeded")
+    assert done["result"]["data"][0]["url"].startswith("http")
+    assert START_BALANCE - balance() == charged  # charged once, what was reserved
+
+    for function, out in (("edits", submitted), ("worker", worked), ("jobs", listed)):
+        assert out["foreign"] == []
+        assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true")), function
 
 
 def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built_function(

@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from imagegate.config import COLD_START_ALLOWANCE_SECONDS, FINISH_ALLOWANCE_SECONDS, Settings
+from imagegate.config import (
+    COLD_START_ALLOWANCE_SECONDS,
+    FINISH_ALLOWANCE_SECONDS,
+    JOB_MAX_DELIVERIES,
+    Settings,
+    visibility_timeout,
+)
+from imagegate.jobs import start_deadline_s
 from imagegate.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
@@ -103,13 +110,68 @@ def test_each_function_gets_only_its_own_actions():
         "s3:PutObject",
         "s3:GetObject",
         "s3:DeleteObject",
+        "sqs:SendMessage",  # a job's submit
         *NOTIFY,
     }
+    # The worker calls the upstreams as the image functions do and reads job inputs; it queues no job, only
+    # the webhook deliveries of the jobs it finishes.
+    assert actions("WorkerFunction") == image
+    assert resources("WorkerFunction", "sqs:SendMessage") == [{"Fn::GetAtt": ["WebhookDeliveryQueue", "Arn"]}]
+    jobs = actions("JobsFunction")
+    assert jobs == {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "s3:GetObject",
+        *NOTIFY,  # a cancel finishes its job
+    }
+
+
+def resources(function: str, action: str) -> list:
+    return [s["Resource"] for s in statements(function) if action in s["Action"]]
+
+
+def test_job_inputs_are_written_by_submits_read_by_the_worker_and_expire_in_a_day():
+    inputs = {"Fn::Sub": "${OutputsBucket.Arn}/inputs/*"}
+    assert inputs in resources("GenerationsFunction", "s3:PutObject")
+    assert inputs in resources("WorkerFunction", "s3:GetObject")
+    assert inputs not in resources("JobsFunction", "s3:GetObject")
+    rules = template()["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [rule] = [r for r in rules if r["Prefix"] == "inputs/"]
+    assert rule["ExpirationInDays"] == 1
+
+
+def test_the_worker_timeout_drives_the_worker_its_budget_and_the_queue():
+    document = template()
+    resources_ = document["Resources"]
+    worker = resources_["WorkerFunction"]["Properties"]
+    assert worker["Timeout"] == {"Ref": "WorkerTimeout"}
+    assert document["Parameters"]["WorkerTimeout"]["Default"] == "900"
+    [event] = worker["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["BatchSize"] == 1
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources_["JobsQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] == {
+        "Fn::FindInMap": ["WorkerTimeout", {"Ref": "WorkerTimeout"}, "Visibility"]
+    }
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == JOB_MAX_DELIVERIES
+    for seconds in document["Parameters"]["WorkerTimeout"]["AllowedValues"]:
+        visibility = document["Mappings"]["WorkerTimeout"][seconds]["Visibility"]
+        assert visibility == visibility_timeout(int(seconds)) >= 6 * int(seconds)
+        settings = Settings.from_env(Stack(WorkerTimeout=seconds).environment()).for_worker()
+        assert settings.worker_timeout_seconds == int(seconds)
+        total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
+        assert total <= int(seconds)
+        # Every message is delivered, or in the dead-letter queue, before the queue would drop it.
+        assert start_deadline_s(int(seconds)) < queue["MessageRetentionPeriod"]
+    alarm = resources_["JobsDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}
 
 
 def test_every_function_that_finishes_jobs_publishes_them_and_only_the_delivery_function_delivers():
     finishing = {"GenerationsFunction", "EditsFunction", "VariationsFunction", "SweepFunction"}
-    finishing |= {name for name in functions() if name in ("WorkerFunction", "JobsFunction")}
+    finishing |= {"WorkerFunction", "JobsFunction"}
     for name in finishing:
         assert {"Ref": "JobNotificationsPolicy"} in functions()[name]["Properties"]["Policies"], name
         assert actions(name) >= NOTIFY
@@ -284,6 +346,9 @@ def test_one_function_per_endpoint_each_with_its_own_route():
         "/v1/images/edits": "EditsFunction",
         "/v1/images/variations": "VariationsFunction",
         "/v1/balance": "BalanceFunction",
+        "/v1/images/jobs": "JobsFunction",
+        "/v1/images/jobs/{id}": "JobsFunction",
+        "/v1/images/jobs/{id}/cancel": "JobsFunction",
     }
 
 

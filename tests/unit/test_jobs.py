@@ -1,18 +1,24 @@
 """Image jobs on moto's DynamoDB, S3 and SQS with the local provider: the state machine, its money (one
 charge, refunds exactly once), the sweeper's thresholds, listing and cancelling, and the notifications."""
 
+import base64
+import io
 import json
 from dataclasses import replace
 
 import pytest
 from aws_lambda_powertools.logging import Logger
+from PIL import Image
 
 from imagegate import ledger
-from imagegate.jobs import Jobs
-from imagegate.service import Service
-from imagegate.validation import GenerationRequest, resolve
+from imagegate.errors import APIError
+from imagegate.jobs import Jobs, lease_s, start_deadline_s
+from imagegate.lambda_app import batch_handler
+from imagegate.providers import ProviderError
+from imagegate.service import Service, new_request_id
+from imagegate.validation import GenerationRequest, ImageParams, resolve
 
-from .conftest import Clock
+from .conftest import Clock, half_mask, upload
 
 PRICE = 16_000  # dall-e-2 256x256
 
@@ -90,3 +96,325 @@ def test_a_job_is_queued_run_once_and_charged_once(aws, settings, svc, jobs, fun
     assert detail["result"]["data"][0]["s3_key"].startswith(f"outputs/{funded.account_id}/")
     assert detail["account_id"] == funded.account_id and detail["source"] == "http"
     assert detail["request_id"] == "req_a"
+
+
+def submitted(jobs, svc, account, **params):
+    return jobs.submit(account, gen(svc, **params), request_id=new_request_id())
+
+
+def failing_upstream(monkeypatch, svc, status=502, code="upstream_error"):
+    def run(job, request_id):
+        raise ProviderError("The upstream failed.", status=status, code=code, fallover=False)
+
+    monkeypatch.setattr(svc.router, "run", run)
+
+
+# --- money: one charge, one refund ----------------------------------------------------------------------
+
+
+def test_a_failed_job_is_refunded_once_and_shows_the_error(
+    aws, settings, svc, jobs, funded, monkeypatch, finished
+):
+    job = submitted(jobs, svc, funded)
+    failing_upstream(monkeypatch, svc)
+    done = jobs.run(funded.account_id, job["id"])
+    jobs.run(funded.account_id, job["id"])  # redelivered
+    assert done["status"] == "failed" and done["result"] is None
+    assert done["error"] == {
+        "message": "The upstream failed.",
+        "type": "server_error",
+        "param": None,
+        "code": "upstream_error",
+    }
+    assert balance(svc, funded) == 1_000_000
+    assert reconciled(aws, settings, funded).in_flight == 0
+    assert [f["status"] for f in finished] == ["failed"]
+    assert jobs.failure(funded.account_id, job["id"]).status == 502
+
+
+def test_a_failing_notification_neither_fails_the_job_nor_repeats_it(svc, funded, queue):
+    calls = []
+
+    def broken(detail):
+        calls.append(detail["id"])
+        raise RuntimeError("EventBridge is down")
+
+    jobs = Jobs(svc, [broken, calls.append])
+    job = submitted(jobs, svc, funded)
+    assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
+    jobs.run(funded.account_id, job["id"])
+    assert calls[0] == job["id"] and calls[1]["id"] == job["id"] and len(calls) == 2
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_refused_submit_writes_nothing(aws, settings, svc, jobs, accounts, queue):
+    poor = accounts.authenticate(f"Bearer {accounts.create_key(accounts.create_account(PRICE - 1))}")
+    with pytest.raises(APIError) as refused:
+        submitted(jobs, svc, poor)
+    assert refused.value.status == 402
+    assert jobs.list(poor.account_id)["data"] == []
+    assert messages(aws, queue) == []
+    with pytest.raises(APIError) as bad:
+        submitted(jobs, svc, poor, size="7x7")
+    assert (bad.value.status, bad.value.param) == (400, "size")
+    assert balance(svc, poor) == PRICE - 1
+    reconciled(aws, settings, poor)
+
+
+def test_a_submit_whose_message_cannot_be_sent_is_refunded_and_says_so(
+    aws, settings, svc, jobs, funded, monkeypatch, finished
+):
+    class DownQueue:
+        def send_message(self, **kwargs):
+            raise ConnectionError("SQS unreachable")
+
+    monkeypatch.setattr(type(svc.aws), "sqs", property(lambda self: DownQueue()))
+    with pytest.raises(APIError) as refused:
+        submitted(jobs, svc, funded)
+    assert (refused.value.status, refused.value.code) == (503, "queue_unavailable")
+    [job] = jobs.list(funded.account_id)["data"]
+    assert job["status"] == "failed" and job["error"]["code"] == "queue_unavailable"
+    assert balance(svc, funded) == 1_000_000
+    reconciled(aws, settings, funded)
+
+
+def test_an_idempotent_submit_retried_gets_the_same_job_and_one_reservation(svc, jobs, funded, aws, queue):
+    first = jobs.submit(funded, gen(svc), request_id="req_1", idempotency_key="k-1")
+    again = jobs.submit(funded, gen(svc), request_id="req_2", idempotency_key="k-1")
+    assert again["id"] == first["id"]
+    assert balance(svc, funded) == 1_000_000 - PRICE
+    assert len(messages(aws, queue)) == 1
+    with pytest.raises(APIError) as reused:  # the same key for another request
+        jobs.submit(funded, gen(svc, prompt="a blue fox"), request_id="req_3", idempotency_key="k-1")
+    assert reused.value.code == "idempotency_key_reused"
+
+
+# --- inputs, formats -------------------------------------------------------------------------------------
+
+
+def test_an_edit_job_keeps_its_inputs_in_s3_not_in_the_queue(aws, settings, svc, jobs, funded, queue):
+    image, mask = upload(width=256, height=256), half_mask(256, 256)
+    params = ImageParams(prompt="a kite", model="dall-e-2", size="256x256", response_format="b64_json")
+    job = jobs.submit(
+        funded, resolve("edits", params, svc.catalog, [image], mask), request_id=new_request_id()
+    )
+    keys = [o["Key"] for o in aws.s3.list_objects_v2(Bucket=settings.bucket)["Contents"]]
+    assert keys == [f"inputs/{funded.account_id}/{job['id']}/0", f"inputs/{funded.account_id}/{job['id']}/1"]
+    (message,) = messages(aws, queue)
+    assert set(message) == {"account_id", "job_id"}
+
+    done = jobs.run(funded.account_id, job["id"])
+    (item,) = done["result"]["data"]
+    out = Image.open(io.BytesIO(base64.b64decode(item["b64_json"])))
+    assert out.size == (256, 256)
+    # The mask's opaque left half kept the input's colour.
+    assert out.convert("RGBA").getpixel((10, 128))[:3] == (200, 40, 40)
+
+
+# --- cancel ---------------------------------------------------------------------------------------------
+
+
+def test_cancelling_a_queued_job_refunds_it_once_and_its_message_then_does_nothing(
+    aws, settings, svc, jobs, funded, finished
+):
+    job = submitted(jobs, svc, funded)
+    cancelled = jobs.cancel(funded.account_id, job["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["completed_at"] is not None
+    assert jobs.cancel(funded.account_id, job["id"])["status"] == "cancelled"
+    assert jobs.run(funded.account_id, job["id"])["status"] == "cancelled"
+    assert balance(svc, funded) == 1_000_000
+    assert [f["status"] for f in finished] == ["cancelled"]
+    assert reconciled(aws, settings, funded).in_flight == 0
+
+
+def test_a_running_or_finished_job_cannot_be_cancelled(svc, jobs, funded, monkeypatch):
+    job = submitted(jobs, svc, funded)
+    seen = {}
+
+    def cancel_while_running(original):
+        def run(job_, request_id):
+            with pytest.raises(APIError) as refused:
+                jobs.cancel(funded.account_id, job["id"])
+            seen["status"] = refused.value.status, refused.value.code
+            return original(job_, request_id)
+
+        return run
+
+    monkeypatch.setattr(svc.router, "run", cancel_while_running(svc.router.run))
+    assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
+    assert seen["status"] == (409, "job_not_cancellable")
+    with pytest.raises(APIError) as finished_already:
+        jobs.cancel(funded.account_id, job["id"])
+    assert finished_already.value.status == 409
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_another_accounts_job_is_a_404_never_a_403(svc, jobs, funded, accounts):
+    job = submitted(jobs, svc, funded)
+    other = accounts.authenticate(f"Bearer {accounts.create_key(accounts.create_account(1_000_000))}")
+    for call in (jobs.get, jobs.cancel):
+        with pytest.raises(APIError) as missing:
+            call(other.account_id, job["id"])
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+    with pytest.raises(APIError) as malformed:
+        jobs.get(funded.account_id, "imgjob_../../x")
+    assert malformed.value.status == 404
+    assert jobs.get(funded.account_id, job["id"])["status"] == "queued"
+
+
+# --- listing --------------------------------------------------------------------------------------------
+
+
+def test_jobs_are_listed_newest_first_in_pages(svc, jobs, funded, clock):
+    ids = []
+    for _ in range(5):
+        ids.append(submitted(jobs, svc, funded)["id"])
+        clock.now += 1
+    first = jobs.list(funded.account_id, limit=2)
+    assert [j["id"] for j in first["data"]] == ids[::-1][:2]
+    assert (first["object"], first["first_id"], first["last_id"], first["has_more"]) == (
+        "list",
+        ids[4],
+        ids[3],
+        True,
+    )
+    second = jobs.list(funded.account_id, limit=2, after=first["last_id"])
+    assert [j["id"] for j in second["data"]] == [ids[2], ids[1]] and second["has_more"]
+    last = jobs.list(funded.account_id, limit=2, after=second["last_id"])
+    assert [j["id"] for j in last["data"]] == [ids[0]] and not last["has_more"]
+    with pytest.raises(APIError) as bad:
+        jobs.list(funded.account_id, after="nope")
+    assert (bad.value.status, bad.value.param) == (400, "after")
+
+
+# --- the sweeper ----------------------------------------------------------------------------------------
+
+
+def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc, jobs, funded, clock):
+    job = submitted(jobs, svc, funded)
+    clock.now += start_deadline_s(settings.worker_timeout_seconds) - 1
+    assert svc.sweep()["closed"] == 0  # the request sweeper leaves a job's reservation to the job
+    assert jobs.sweep() == {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
+    assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_job_never_started_expires_and_is_refunded_once(aws, settings, svc, jobs, funded, clock, finished):
+    job = submitted(jobs, svc, funded)
+    clock.now += start_deadline_s(settings.worker_timeout_seconds) + 1
+    assert jobs.sweep()["jobs_expired"] == 1
+    assert jobs.sweep()["jobs_expired"] == 0
+    late = jobs.run(funded.account_id, job["id"])  # the message, out of the dead-letter queue by hand
+    assert late["status"] == "failed" and late["error"]["code"] == "job_expired"
+    assert balance(svc, funded) == 1_000_000
+    assert [f["status"] for f in finished] == ["failed"]
+    reconciled(aws, settings, funded)
+
+
+def killed_mid_run(jobs, svc, account, monkeypatch):
+    """A job whose worker died inside the upstream call: in_progress, its reservation open."""
+    job = submitted(jobs, svc, account)
+
+    def killed(job_, request_id):
+        raise SystemExit("Lambda timed out")
+
+    monkeypatch.setattr(svc, "execute", lambda *a, **k: killed(None, None))
+    with pytest.raises(SystemExit):
+        jobs.run(account.account_id, job["id"])
+    monkeypatch.undo()
+    return job
+
+
+def test_a_job_whose_worker_died_is_failed_and_refunded_once_after_its_lease(
+    aws, settings, svc, jobs, funded, clock, monkeypatch, finished
+):
+    job = killed_mid_run(jobs, svc, funded, monkeypatch)
+    assert jobs.get(funded.account_id, job["id"])["status"] == "in_progress"
+    clock.now += lease_s(settings.worker_timeout_seconds) - 1
+    assert jobs.sweep()["jobs_lost"] == 0
+    assert jobs.run(funded.account_id, job["id"])["status"] == "in_progress"  # a duplicate delivery
+    clock.now += 2
+    assert jobs.sweep()["jobs_lost"] == 1
+    assert jobs.sweep()["jobs_lost"] == 0
+    dead = jobs.get(funded.account_id, job["id"])
+    assert dead["status"] == "failed" and dead["error"]["code"] == "worker_lost"
+    assert balance(svc, funded) == 1_000_000
+    assert [f["status"] for f in finished] == ["failed"]
+    reconciled(aws, settings, funded)
+
+
+def test_a_redelivered_message_after_the_lease_fails_the_dead_run_once(
+    aws, settings, svc, jobs, funded, clock, monkeypatch
+):
+    job = killed_mid_run(jobs, svc, funded, monkeypatch)
+    clock.now += lease_s(settings.worker_timeout_seconds) + 1
+    assert jobs.run(funded.account_id, job["id"])["error"]["code"] == "worker_lost"
+    assert jobs.sweep()["jobs_lost"] == 0
+    assert balance(svc, funded) == 1_000_000
+    reconciled(aws, settings, funded)
+
+
+# --- the worker's handler --------------------------------------------------------------------------------
+
+
+def sqs_event(*bodies):
+    return {
+        "Records": [
+            {
+                "messageId": f"m{i}",
+                "receiptHandle": f"r{i}",
+                "body": json.dumps(body),
+                "attributes": {},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:jobs",
+                "awsRegion": "us-east-1",
+            }
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
+def test_the_worker_reports_only_what_a_redelivery_can_fix(svc, jobs, funded):
+    job = submitted(jobs, svc, funded)
+    handler = batch_handler(jobs)
+    gone = {"account_id": funded.account_id, "job_id": "imgjob_" + "0" * 32}
+    result = handler(sqs_event({"account_id": funded.account_id, "job_id": job["id"]}, gone, {"x": 1}), None)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m2"}]}  # only the malformed one
+    assert jobs.get(funded.account_id, job["id"])["status"] == "succeeded"
+
+
+def test_the_worker_runs_with_the_worker_timeouts_budget(settings):
+    worker = replace(settings, worker_timeout_seconds=900).for_worker()
+    assert worker.upstream_budget_seconds == 895 > settings.upstream_budget_seconds
+
+
+# --- the synchronous path says what to do -----------------------------------------------------------------
+
+
+def test_a_sync_request_out_of_time_names_prefer_respond_async(svc, funded, monkeypatch):
+    failing_upstream(monkeypatch, svc, status=504, code="upstream_timeout")
+    with pytest.raises(APIError) as timed_out:
+        svc.handle(funded, gen(svc))
+    assert (timed_out.value.status, timed_out.value.code) == (504, "upstream_timeout")
+    assert "Prefer: respond-async" in timed_out.value.message
+    assert balance(svc, funded) == 1_000_000
+
+
+def test_a_cancel_that_loses_the_race_to_a_run_refunds_nothing(aws, settings, svc, jobs, funded, monkeypatch):
+    job = submitted(jobs, svc, funded)
+    stale = jobs._read(funded.account_id, job["id"])  # what cancel read: queued
+    killed_mid_run(jobs, svc, funded, monkeypatch)  # another job, to show the guard is per job
+    started = jobs._read
+    monkeypatch.setattr(svc, "execute", lambda *a, **k: None)
+    jobs.run(funded.account_id, job["id"])  # ... and then a worker started it (its run still going)
+    monkeypatch.undo()
+    reads = iter([stale])
+    monkeypatch.setattr(jobs, "_read", lambda *a: next(reads, None) or started(*a))
+    with pytest.raises(APIError) as refused:
+        jobs.cancel(funded.account_id, job["id"])
+    assert refused.value.status == 409
+    assert jobs.get(funded.account_id, job["id"])["status"] == "in_progress"
+    assert balance(svc, funded) == 1_000_000 - 2 * PRICE  # both still reserved, nothing refunded
+    reconciled(aws, settings, funded)

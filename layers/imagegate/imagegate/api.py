@@ -24,10 +24,10 @@ from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
 from .images import Upload
-from .jobs import Jobs
+from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from .providers import ProviderError
-from .service import ImageResponse, Service
-from .validation import GenerationRequest, ImageParams, check_unicode, form_values, resolve
+from .service import Service, new_request_id
+from .validation import GenerationRequest, ImageJob, ImageParams, check_unicode, form_values, resolve
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -35,8 +35,9 @@ ROUTES: dict[Endpoint, str] = {
     "variations": "/v1/images/variations",
 }
 BALANCE_ROUTE = "/v1/balance"
-Route = Endpoint | Literal["balance"]  # what one Lambda function (or the dev server) may serve
-METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET"}
+JOBS_ROUTE = "/v1/images/jobs"
+Route = Endpoint | Literal["balance", "jobs"]  # what one Lambda function (or the dev server) may serve
+METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET", JOBS_ROUTE: "GET"}
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -48,8 +49,10 @@ _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORE
 
 
 def create_app(
-    service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance"), jobs: Jobs | None = None
+    service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance", "jobs"), jobs: Jobs | None = None
 ) -> FastAPI:
+    """`jobs`: the job system; without it `Prefer: respond-async` is ignored (RFC 7240 allows it) and the
+    jobs routes are absent."""
     # No schema or docs routes: the contract is OpenAI's published spec, and unmatched routes are 404s.
     app = FastAPI(
         title="imagegate",
@@ -67,8 +70,16 @@ def create_app(
 
     AccountDep = Annotated[Account, Depends(account)]
 
-    def respond(result: ImageResponse) -> JSONResponse:
-        return JSONResponse(result.body, headers=result.headers)
+    def respond(
+        request: Request, acct: Account, job: ImageJob, key: str | None, user: str | None
+    ) -> JSONResponse:
+        """Run the request now, or as a job when the client prefers (`Prefer: respond-async`)."""
+        request_id = request_id_of(request)
+        asynchronous, wait = _preferences(request.headers.getlist("prefer"))
+        if jobs is None or not asynchronous:
+            result = service.handle(acct, job, key, user, request_id=request_id)
+            return JSONResponse(result.body, headers=result.headers)
+        return _job_answer(service, jobs, request, acct, job, key, user, request_id, wait)
 
     endpoints = set(endpoints)
     if "generations" in endpoints:
@@ -78,12 +89,12 @@ def create_app(
         async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> JSONResponse:
             document = await _read_json(request)
 
-            def work() -> ImageResponse:
+            def work() -> JSONResponse:
                 params = _validated(GenerationRequest, document)
                 job = resolve("generations", params, service.catalog)
-                return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
+                return respond(request, acct, job, key, params.user)
 
-            return respond(await run_in_threadpool(work))
+            return await run_in_threadpool(work)
 
     for endpoint in ("edits", "variations"):
         if endpoint in endpoints:
@@ -101,11 +112,86 @@ def create_app(
         ) -> JSONResponse:
             return JSONResponse(service.balance(acct, days))
 
+    if "jobs" in endpoints and jobs is not None:
+        _add_job_routes(app, jobs, AccountDep)
     return app
 
 
+def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
+    @app.get(JOBS_ROUTE)
+    def list_jobs(
+        acct: account_dep,  # type: ignore[valid-type]
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+        after: str | None = None,
+    ) -> JSONResponse:
+        return JSONResponse(jobs.list(acct.account_id, limit, after))
+
+    @app.get(JOBS_ROUTE + "/{job_id}")
+    def get_job(acct: account_dep, job_id: str) -> JSONResponse:  # type: ignore[valid-type]
+        return JSONResponse(jobs.get(acct.account_id, job_id))
+
+    @app.post(JOBS_ROUTE + "/{job_id}/cancel")
+    def cancel_job(acct: account_dep, job_id: str) -> JSONResponse:  # type: ignore[valid-type]
+        return JSONResponse(jobs.cancel(acct.account_id, job_id))
+
+
+def _preferences(values: list[str]) -> tuple[bool, int | None]:
+    """RFC 7240 `Prefer` headers: whether the client prefers an asynchronous answer, and how many seconds
+    (`wait=N`) it would wait for the finished result first. Preferences not understood are ignored."""
+    asynchronous, wait = False, None
+    for value in values:
+        for preference in value.split(","):
+            name, _, rest = preference.split(";")[0].strip().partition("=")
+            name, rest = name.strip().lower(), rest.strip().strip('"')
+            if name == "respond-async":
+                asynchronous = True
+            elif name == "wait" and rest.isdigit():
+                wait = int(rest)
+    return asynchronous, wait
+
+
+def _job_answer(
+    service: Service,
+    jobs: Jobs,
+    request: Request,
+    acct: Account,
+    job: ImageJob,
+    key: str | None,
+    user: str | None,
+    request_id: str | None,
+    wait: int | None,
+) -> JSONResponse:
+    """202 with the job, or, when the client would wait (`wait=N`, capped under the gateway's budget) and
+    the job ends in time, the answer the synchronous path would have given."""
+    obj = jobs.submit(acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key)
+    applied = ["respond-async"]
+    if wait is not None:
+        waited = min(wait, int(service.settings.upstream_budget_seconds))
+        applied.append(f"wait={waited}")
+        obj = jobs.wait(acct.account_id, obj["id"], waited)
+        if obj["status"] == "succeeded":
+            return JSONResponse(obj["result"], headers={"preference-applied": f"wait={waited}"})
+        failure = jobs.failure(acct.account_id, obj["id"]) if obj["status"] == "failed" else None
+        if failure is not None:
+            raise failure
+    location = _public_path(request, f"{JOBS_ROUTE}/{obj['id']}")
+    return JSONResponse(
+        obj, status_code=202, headers={"location": location, "preference-applied": ", ".join(applied)}
+    )
+
+
+def _public_path(request: Request, path: str) -> str:
+    """`path` as the client reaches it: behind API Gateway, under the stage (or custom domain base path)
+    the client's URL carries and the app does not see."""
+    event = request.scope.get("aws.event") or {}
+    public = (event.get("requestContext") or {}).get("path") or ""
+    seen = event.get("path") or ""
+    prefix = public[: -len(seen)] if seen and public.endswith(seen) else ""
+    return prefix + path
+
+
 def _multipart_route(
-    service: Service, endpoint: Endpoint, respond: Callable[[ImageResponse], JSONResponse], account_dep: Any
+    service: Service, endpoint: Endpoint, respond: Callable[..., JSONResponse], account_dep: Any
 ) -> Callable[..., Awaitable[JSONResponse]]:
     async def route(
         request: Request,
@@ -114,16 +200,16 @@ def _multipart_route(
     ) -> JSONResponse:
         form = await _read_form(request)
 
-        def work() -> ImageResponse:
+        def work() -> JSONResponse:
             # Taken out of the form, so the uploads die with this call, before the response is rendered.
             images, mask = form.images, form.mask
             form.images, form.mask = [], None
             params = _validated(ImageParams, form_values(form.fields))
             # Not opened yet: `resolve` reads their headers once the cheap checks have passed.
             job = resolve(endpoint, params, service.catalog, images, mask)
-            return service.handle(acct, job, key, params.user, request_id=request_id_of(request))
+            return respond(request, acct, job, key, params.user)
 
-        return respond(await run_in_threadpool(work))
+        return await run_in_threadpool(work)
 
     return route
 

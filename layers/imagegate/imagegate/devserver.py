@@ -1,8 +1,9 @@
 """`make serve`: the whole stack on one machine, offline.
 
-S3 and DynamoDB come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points elsewhere
-(LocalStack, say); the table and bucket are created, a funded dev key is seeded, and uvicorn serves all
-routes on 127.0.0.1:$PORT.
+S3, DynamoDB and SQS come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points elsewhere
+(LocalStack, say); the table, bucket and jobs queue are created, a funded dev key is seeded, uvicorn serves
+all routes on 127.0.0.1:$PORT, and the job worker runs in this process against the local queue
+(LocalWorker), through the worker function's own handler.
 
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
 moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
@@ -13,21 +14,25 @@ Both ports are bound before anything is printed, so a port in use is an error, n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
 from .accounts import Accounts
 from .aws import AWSClients
-from .config import Settings
+from .config import JOB_MAX_DELIVERIES, Settings, visibility_timeout
 from .errors import APIError
 from .money import micros_to_usd, usd_to_micros
 from .table import OPEN_INDEX
@@ -98,6 +103,104 @@ def provision(aws: AWSClients, settings: Settings) -> None:
                 "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
             },
         )
+
+
+JOBS_QUEUE = "imagegate-jobs"
+
+
+def provision_jobs_queue(aws: AWSClients, settings: Settings, name: str = JOBS_QUEUE) -> str:
+    """The jobs queue and its dead-letter queue as template.yaml declares them; the queue's URL."""
+    sqs = aws.sqs
+    dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(JOB_MAX_DELIVERIES)}
+    return sqs.create_queue(
+        QueueName=name,
+        Attributes={
+            "VisibilityTimeout": str(visibility_timeout(settings.worker_timeout_seconds)),
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )["QueueUrl"]
+
+
+class LocalWorker:
+    """The worker function as `make serve` runs it: threads that poll the local jobs queue and hand each
+    message, as the SQS event Lambda would get, to the worker's own handler (lambda_app.batch_handler);
+    messages it did not report failed are deleted, as Lambda's event source mapping deletes them. A failed
+    one comes back after the visibility timeout and, after JOB_MAX_DELIVERIES, goes to the dead-letter queue.
+
+    Short polls, never long ones: the emulator serves one request at a time (emulator.py), and a long poll
+    would hold every other AWS call back for its wait.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[dict[str, Any], Any], dict[str, Any]],
+        sqs: Any,
+        queue_url: str,
+        *,
+        threads: int = 2,
+        idle_s: float = 0.2,
+    ) -> None:
+        self._handler = handler
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._threads = threads
+        self._idle_s = idle_s
+        self._stop = threading.Event()
+        self._running: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        for i in range(self._threads):
+            thread = threading.Thread(target=self._loop, name=f"imagegate-worker-{i}", daemon=True)
+            thread.start()
+            self._running.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._running:
+            thread.join()
+        self._running.clear()
+
+    def poll(self) -> int:
+        """Receive and run at most one message; how many were received."""
+        received = self._sqs.receive_message(
+            QueueUrl=self._queue_url, MaxNumberOfMessages=1, AttributeNames=["All"]
+        ).get("Messages", [])
+        if not received:
+            return 0
+        event = {"Records": [_sqs_record(m, self._queue_url) for m in received]}
+        failed = {f["itemIdentifier"] for f in self._handler(event, None).get("batchItemFailures", [])}
+        for message in received:
+            if message["MessageId"] not in failed:
+                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(received)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.poll()
+            except Exception:
+                logging.getLogger("imagegate").exception("local worker poll failed")
+                handled = 0
+            if not handled:
+                self._stop.wait(self._idle_s)
+
+
+def _sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:
+    """One received message in the shape of a record of Lambda's SQS event."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_url,
+        "awsRegion": "us-east-1",
+    }
 
 
 def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> tuple[str, bool]:
@@ -173,7 +276,7 @@ def main() -> None:
     from aws_lambda_powertools.logging import Logger
 
     from .api import create_app
-    from .lambda_app import wrap
+    from .lambda_app import batch_handler, build_jobs, wrap
     from .service import Service
 
     if emulator is not None:
@@ -188,6 +291,8 @@ def main() -> None:
     settings = Settings.from_env()
     aws = AWSClients(settings, endpoint)
     provision(aws, settings)
+    if not settings.jobs_queue_url:
+        settings = replace(settings, jobs_queue_url=provision_jobs_queue(aws, settings))
     logger = Logger(service="imagegate")
     # Quiet while starting, so that the banner is not interleaved with JSON log lines; requests log after.
     level = logger.log_level
@@ -198,7 +303,11 @@ def main() -> None:
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
     router = service.router
-    app = wrap(create_app(service), settings)
+    app = wrap(create_app(service, jobs=build_jobs(service)), settings)
+    # The worker runs jobs under the worker's timeout and budget, as the worker function does.
+    worker_jobs = build_jobs(Service(settings.for_worker(), aws, logger))
+    worker = LocalWorker(batch_handler(worker_jobs), aws.sqs, settings.jobs_queue_url)
+    worker.start()
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
@@ -210,6 +319,8 @@ def main() -> None:
         f"          (kept in {state_dir / 'dev-key'}: the same key after a restart; balances restart at"
         f" ${settings_balance(os.environ)})",
         f"try:      export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY={key}",
+        f"jobs:     queue {settings.jobs_queue_url}, worker in this process"
+        " (send 'Prefer: respond-async'; README, 'Long jobs and AWS events')",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")

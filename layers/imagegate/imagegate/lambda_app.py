@@ -114,20 +114,16 @@ def worker_handler() -> Any:
     """The jobs queue's consumer (SQS, batch size 1): runs each job to its end with the upstream budget of
     the worker's own timeout. Powertools reports a failed record alone (partial batch response), so SQS
     redelivers it and, after JOB_MAX_DELIVERIES, moves it to the dead-letter queue."""
-    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
     settings = Settings.from_env().for_worker()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
-    record_handler = job_record_handler(build_jobs(service))
-    processor = BatchProcessor(event_type=EventType.SQS)
+    return _traced(logger.inject_lambda_context(batch_handler(build_jobs(service))), settings)
 
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
 
-    return _traced(logger.inject_lambda_context(handler), settings)
+def batch_handler(jobs: Jobs) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """An SQS batch event in, the failed records out (`batchItemFailures`): the worker function's body,
+    which `make serve`'s local worker calls too."""
+    return sqs_batch(job_record_handler(jobs))
 
 
 def job_record_handler(jobs: Jobs) -> Callable[[Any], None]:
@@ -222,7 +218,7 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
-    from .api import BALANCE_ROUTE, METHODS, ROUTES
+    from .api import BALANCE_ROUTE, JOBS_ROUTE, METHODS, ROUTES
     from .routing import load_routes
 
     _ = service.prices, service.catalog
@@ -231,7 +227,7 @@ def prime(route: Route, adapter: Any, service: Service) -> None:
         importlib.import_module(f"{__package__}.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
     # for want of a key before anything reaches AWS.
-    path = ROUTES.get(route, BALANCE_ROUTE)  # type: ignore[call-overload]
+    path = ROUTES.get(route) or {"balance": BALANCE_ROUTE, "jobs": JOBS_ROUTE}[route]  # type: ignore[call-overload]
     adapter(_unauthenticated_event(METHODS[path], path), _SnapshotContext())
     _ = service.aws.dynamodb, service.aws.s3  # botocore loads and caches the service models
     service.aws.reset()  # ... and the snapshot keeps no client, connection or credentials

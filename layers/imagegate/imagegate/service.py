@@ -235,9 +235,23 @@ class Service:
                     account.account_id, key, request_id, record
                 )
             )
-        return self.execute(
-            account, job, request_id, admission, keep=idempotency_key is not None, closing=closing
-        )
+        try:
+            return self.execute(
+                account, job, request_id, admission, keep=idempotency_key is not None, closing=closing
+            )
+        except APIError as exc:
+            if exc.code != "upstream_timeout" or not self.settings.jobs_queue_url:
+                raise
+            # Out of the gateway's time: the same request as a job has the worker's whole timeout.
+            raise APIError(
+                exc.status,
+                f"{exc.message} It was not charged. Requests that take longer can run as a job: send the "
+                "header 'Prefer: respond-async' and fetch the result from /v1/images/jobs/{id}.",
+                type=exc.type,
+                param=exc.param,
+                code=exc.code,
+                headers=exc.headers,
+            ) from exc.__cause__
 
     def reserve(
         self,
