@@ -344,3 +344,24 @@ def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, se
     body = json.loads(event["Body"])
     assert body["detail-type"] == "Image Job Succeeded" and body["detail"]["id"] == job["id"]
     assert body["detail"]["result"]["data"][0]["s3_key"].startswith(f"outputs/{account_id}/")
+
+
+def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(aws, settings, clock):
+    from imagegate.devserver import LocalWorker, provision_webhook_queue
+    from imagegate.lambda_app import sqs_batch
+
+    queue = provision_webhook_queue(aws, f"{settings.table}-deliveries")
+    hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
+    job_item(aws, settings)
+    with serve(answering(500, 200)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        worker = LocalWorker(sqs_batch(hooks.record_handler()), aws.sqs, queue)
+        assert worker.poll() == 1  # HTTP 500: kept, hidden until the next attempt
+        assert worker.poll() == 0
+        counts = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == (
+            "0",
+            "1",
+        )
+        assert state(aws, settings)["attempts"] == "1"
