@@ -80,6 +80,10 @@ def state(aws, settings):
     return {k: next(iter(v.values())) if "NULL" not in v else None for k, v in raw["M"].items()}
 
 
+def fields(aws, settings, *names):
+    return [state(aws, settings)[name] for name in names]
+
+
 def queued(aws, queue):
     got = aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
     return [json.loads(m["Body"]) for m in got]
@@ -230,11 +234,7 @@ def test_a_delivery_that_recovers_is_delivered(aws, settings, hooks, queue, cloc
         (message,) = queued(aws, queue)
         while (delay := hooks.deliver(message)) is not None:
             clock.now += delay
-    assert [state(aws, settings)[k] for k in ("state", "attempts", "last_status")] == [
-        "delivered",
-        "3",
-        "201",
-    ]
+    assert fields(aws, settings, "state", "attempts", "last_status") == ["delivered", "3", "201"]
 
 
 def test_the_url_is_checked_again_at_every_attempt_and_a_refusal_is_retried(aws, settings, queue, clock):
@@ -258,11 +258,7 @@ def test_a_removed_endpoint_fails_the_delivery(aws, settings, hooks, queue):
     assert message["type"] == "image.job.cancelled"
     hooks.remove(ACCOUNT)
     assert hooks.deliver(message) is None
-    assert [state(aws, settings)[k] for k in ("state", "attempts", "last_error")] == [
-        "failed",
-        "1",
-        "no_endpoint",
-    ]
+    assert fields(aws, settings, "state", "attempts", "last_error") == ["failed", "1", "no_endpoint"]
 
 
 def test_the_record_handler_hides_the_message_until_the_next_attempt(aws, settings, hooks, queue):
