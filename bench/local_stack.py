@@ -41,7 +41,8 @@ TARGET_RSS_MB = 500
 TARGET_RPS = 30.0
 
 
-def start_stack(state_dir: str) -> tuple[subprocess.Popen, str, str]:
+def start_stack(state_dir: str, **extra_env: str) -> tuple[subprocess.Popen, str, str]:
+    """`make serve` with fresh state on free ports; `extra_env` overrides its settings (bench/jobs.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEGATE_", "OPENAI_"))}
     env.update(
         PORT="0",
@@ -53,6 +54,7 @@ def start_stack(state_dir: str) -> tuple[subprocess.Popen, str, str]:
         IMAGEGATE_IMAGES_PER_MINUTE="1000000",
         IMAGEGATE_ACCOUNT_IMAGES_PER_MINUTE="1000000",
     )
+    env.update(extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagegate.devserver"],
         env=env,

@@ -4,7 +4,8 @@ A report, never a gate (not part of `make test` or CI); on 2 cores the whole run
 - targets 1, 2, 6: bench/gateway.py (calls per request, CPU vs a minimal proxy, the gateway comparison);
 - target 3: bench/cold_start.py (import + first request vs a minimal app);
 - target 4: bench/local_stack.py, the local stack under load, when it exists (its owner's command line);
-- target 5: bench/uploads.py, upload memory, when it exists.
+- target 5: bench/uploads.py, upload memory, when it exists;
+- issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile).
 Each figure is a ratio against a baseline measured in the same run, interleaved.
 """
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 OPTIONAL = (
     ("4 local stack", BENCH / "local_stack.py", []),
     ("5 uploads", BENCH / "uploads.py", []),
+    ("jobs burst", BENCH / "jobs.py", []),
 )
 
 

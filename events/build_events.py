@@ -10,11 +10,17 @@ depend on the build machine (x-stainless-os, -arch, -runtime-version) are left o
 wrapped the way a REST API hands it to Lambda: multipart bodies base64-encoded (the API's binaryMediaTypes
 list multipart/form-data), JSON bodies as text, headers both single- and multi-valued, stage `api`.
 Use them with `sam local invoke GenerationsFunction -e events/generations.json`, and in tests/handlers/.
+
+The `job_request_*` samples are what the AWS entry points receive (triggers.py): a direct invocation's
+request (`invoke`, `task_token`: InvokeFunction), and batches from the requests queue holding a request sent
+to SQS, an EventBridge `Image Job Requested` event, and S3's `Object Created` event for a manifest
+(RequestsFunction); `job_request_manifest.json` is that manifest, the object an S3 caller writes.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -154,6 +160,14 @@ def event(request: httpx.Request, index: int) -> dict:
 
 def main() -> None:
     image = png(64, (30, 90, 200))
+    # One edit, sent synchronously (b64_json) and as a job.
+    kite: dict[str, object] = {
+        "model": "dall-e-2",
+        "image": image,
+        "mask": png(64, (0, 0, 0), hole=True),
+        "prompt": "a red kite in the clear centre",
+        "size": "256x256",
+    }
     requests = {
         "generations": capture(
             "generate",
@@ -163,15 +177,7 @@ def main() -> None:
             n=2,
             response_format="url",
         ),
-        "edits": capture(
-            "edit",
-            model="dall-e-2",
-            image=image,
-            mask=png(64, (0, 0, 0), hole=True),
-            prompt="a red kite in the clear centre",
-            size="256x256",
-            response_format="b64_json",
-        ),
+        "edits": capture("edit", **kite, response_format="b64_json"),
         # A list, even of files passed one by one, is what makes the SDK send `image[]` parts.
         "edits_two_images": capture(
             "edit",
@@ -189,25 +195,133 @@ def main() -> None:
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
         # An edit as a job (README, "Long jobs and AWS events"): 202 and the job; its images go to S3.
-        "edits_async": capture(
-            "edit",
-            model="dall-e-2",
-            image=image,
-            mask=png(64, (0, 0, 0), hole=True),
-            prompt="a red kite in the clear centre",
-            size="256x256",
-            extra_headers={"Prefer": "respond-async"},
-        ),
+        "edits_async": capture("edit", **kite, extra_headers={"Prefer": "respond-async"}),
         "jobs": httpx.Request(
             "GET",
             f"https://{DOMAIN}/{STAGE}/v1/images/jobs?limit=5",
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
     }
-    for i, (name, request) in enumerate(requests.items()):
+    samples = {name: event(request, i) for i, (name, request) in enumerate(requests.items())}
+    for name, sample in {**samples, **aws_events()}.items():
         path = OUT / f"{name}.json"
-        path.write_text(json.dumps(event(request, i), indent=2) + "\n")
+        path.write_text(json.dumps(sample, indent=2) + "\n")
         print(f"{path.relative_to(OUT.parent)}: {path.stat().st_size} bytes")
+
+
+# --- jobs from AWS services (triggers.py) ------------------------------------------------------------------
+# The account and bucket they name; tests replace both with their own. Inputs and the manifest are objects the
+# caller writes to the bucket first (tests/e2e/test_aws_entry.py writes them).
+ACCOUNT = "acct_0123456789abcdef0123"
+BUCKET = "imagegate-outputs"  # Settings' default bucket name
+AWS_ACCOUNT = "123456789012"
+REGION = "us-east-1"
+TIME = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(TIME_EPOCH_MS // 1000))
+# A Step Functions task token is opaque; this one has the shape of a real one, and no meaning.
+TASK_TOKEN = "AQCEAAAAKgAAAAMAAAAAAAAAAY" + "x" * 40 + "==EXAMPLE"
+
+
+def job_request(**fields: object) -> dict:
+    """The one request shape of every AWS entry point."""
+    return {"account_id": ACCOUNT, "client_reference_id": None, "inputs": [], **fields}
+
+
+def sqs_batch(body: dict, index: int) -> dict:
+    """A one-message batch from the requests queue, as Lambda's SQS event source delivers it."""
+    text = json.dumps(body, separators=(",", ":"))
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.UUID(int=0x5A5 + index, version=4)),
+                "receiptHandle": f"AQEB{index:04d}EXAMPLE",
+                "body": text,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": str(TIME_EPOCH_MS),
+                    "SenderId": "AROAEXAMPLE:events",
+                    "ApproximateFirstReceiveTimestamp": str(TIME_EPOCH_MS + 20),
+                },
+                "messageAttributes": {},
+                "md5OfBody": hashlib.md5(text.encode()).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{REGION}:{AWS_ACCOUNT}:imagegate-requests",
+                "awsRegion": REGION,
+            }
+        ]
+    }
+
+
+def eventbridge(detail_type: str, source: str, detail: dict, index: int, resources: list[str]) -> dict:
+    return {
+        "version": "0",
+        "id": str(uuid.UUID(int=0xEB + index, version=4)),
+        "detail-type": detail_type,
+        "source": source,
+        "account": AWS_ACCOUNT,
+        "time": TIME,
+        "region": REGION,
+        "resources": resources,
+        "detail": detail,
+    }
+
+
+def aws_events() -> dict[str, dict]:
+    """Each AWS entry point's sample: what the function receives, and the manifest an S3 caller writes."""
+    manifest_key = f"requests/{ACCOUNT}/lighthouse.json"
+    manifest = job_request(
+        endpoint="variations",
+        request={"model": "dall-e-2", "n": 1, "size": "256x256"},
+        inputs=[{"key": f"requests/{ACCOUNT}/lighthouse.png"}],
+        client_reference_id="catalog-item-7",
+    )
+    object_created = {
+        "version": "0",
+        "bucket": {"name": BUCKET},
+        "object": {
+            "key": manifest_key,
+            "size": 231,
+            "etag": "0f343b0931126a20f133d67c2b018a3b",
+            "sequencer": "0066A1B2C3D4E5F601",
+        },
+        "request-id": "N4N7GDK58NMKJ12R",
+        "requester": AWS_ACCOUNT,
+        "source-ip-address": "203.0.113.7",
+        "reason": "PutObject",
+    }
+    generate = {"model": "dall-e-2", "prompt": "a lighthouse on a cliff at dusk", "size": "256x256"}
+    return {
+        "job_request_invoke": job_request(
+            endpoint="generations", request={**generate, "response_format": "url"}
+        ),
+        "job_request_task_token": job_request(
+            endpoint="generations", request=generate, client_reference_id="order-1234", task_token=TASK_TOKEN
+        ),
+        "job_request_sqs": sqs_batch(
+            job_request(
+                endpoint="edits",
+                request={"model": "dall-e-2", "prompt": "a red kite in the clear centre", "size": "256x256"},
+                inputs=[
+                    {"key": f"inputs/{ACCOUNT}/kite.png"},
+                    {"key": f"inputs/{ACCOUNT}/kite-mask.png", "param": "mask"},
+                ],
+            ),
+            0,
+        ),
+        "job_request_eventbridge": sqs_batch(
+            eventbridge(
+                "Image Job Requested",
+                "com.example.catalog",
+                job_request(endpoint="generations", request=generate),
+                0,
+                [],
+            ),
+            1,
+        ),
+        "job_request_s3": sqs_batch(
+            eventbridge("Object Created", "aws.s3", object_created, 1, [f"arn:aws:s3:::{BUCKET}"]), 2
+        ),
+        "job_request_manifest": manifest,
+    }
 
 
 if __name__ == "__main__":

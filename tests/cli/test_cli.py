@@ -894,6 +894,21 @@ def test_accounts_limits_show_set_and_restore_defaults(table, capsys):
     )
 
 
+def test_accounts_suspend_and_resume_turn_aws_service_jobs_off_and_on(table, capsys):
+    account_id = table.accounts.create_account(1_000_000)
+    assert run(capsys, "accounts", "suspend", account_id) == (0, f"{account_id} is suspended\n", "")
+    with pytest.raises(APIError) as refused:
+        table.accounts.for_service(account_id)
+    assert refused.value.code == "account_inactive"
+    assert run(capsys, "accounts", "resume", account_id) == (0, f"{account_id} is active\n", "")
+    assert table.accounts.for_service(account_id).account_id == account_id
+    assert run(capsys, "accounts", "suspend", "acct_missing") == (
+        1,
+        "",
+        "imagegate: no account acct_missing\n",
+    )
+
+
 # --- webhooks -------------------------------------------------------------------------------------------
 
 

@@ -69,7 +69,9 @@ class Context:
     function_version = "$LATEST"
     memory_limit_in_mb = 1024
     invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:imagegate-packaging"
-    aws_request_id = "00000000-0000-4000-8000-00000000000a"
+
+    def __init__(self, n):
+        self.aws_request_id = f"00000000-0000-4000-8000-{n:012x}"  # each invocation its own, as Lambda's
 
     def get_remaining_time_in_millis(self):
         return 29_000
@@ -77,7 +79,7 @@ class Context:
 
 import app
 
-results = [app.handler(event, Context()) for event in json.load(open(events_path))]
+results = [app.handler(event, Context(n)) for n, event in enumerate(json.load(open(events_path)))]
 roots = (function_dir, layer_dir, sys.base_prefix, sys.base_exec_prefix)
 files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
 foreign = sorted(f for f in files if f and not f.startswith(roots))
@@ -93,7 +95,7 @@ EVENTS = {
     "webhooks": ["webhook_delivery"],
 }
 # Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
-JOB_FUNCTIONS = ("worker", "jobs")
+JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke")
 LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)}
 
 
@@ -306,6 +308,78 @@ def test_a_job_goes_through_the_built_functions_each_within_its_policy(built, de
     for function, out in (("edits", submitted), ("worker", worked), ("jobs", listed)):
         assert out["foreign"] == []
         assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true")), function
+
+
+def test_jobs_from_aws_services_go_through_the_built_functions_each_within_its_policy(
+    built, deployment, tmp_path
+):
+    """The requests queue's samples (SQS, EventBridge, an S3 manifest, and a refused request whose task
+    fails), the worker on what they queued, and the invoke samples: each call allowed by its own function's
+    policy, and each job charged once."""
+    env, balance, _ = deployment(DemoMode="true")
+    aws = AWSClients(Settings(region=REGION), env["AWS_ENDPOINT_URL"])
+    account_id = Accounts(aws.dynamodb, env["IMAGEGATE_TABLE"]).authenticate(f"Bearer {EVENT_KEY}").account_id
+
+    def aws_sample(name: str) -> dict:
+        text = (ROOT / "events" / f"{name}.json").read_text()
+        return json.loads(
+            text.replace("acct_0123456789abcdef0123", account_id).replace(
+                "imagegate-outputs", env["IMAGEGATE_BUCKET"]
+            )
+        )
+
+    from tests.e2e.helpers import png_bytes
+
+    for key, body in (
+        (f"inputs/{account_id}/kite.png", png_bytes(64, 64)),
+        (f"inputs/{account_id}/kite-mask.png", png_bytes(64, 64, colour=(0, 0, 0, 0))),
+        (f"requests/{account_id}/lighthouse.png", png_bytes(64, 64)),
+        (f"requests/{account_id}/lighthouse.json", json.dumps(aws_sample("job_request_manifest")).encode()),
+    ):
+        aws.s3.put_object(Bucket=env["IMAGEGATE_BUCKET"], Key=key, Body=body)
+    refused = aws_sample("job_request_task_token") | {"account_id": "acct_nobody"}
+    batches = [aws_sample(n) for n in ("job_request_sqs", "job_request_eventbridge", "job_request_s3")]
+    batches.append(
+        sample("worker") | {"Records": [sample("worker")["Records"][0] | {"body": json.dumps(refused)}]}
+    )
+    requested = run(built, "requests", env, tmp_path, batches)
+    assert requested["results"] == [{"batchItemFailures": []}] * 4
+
+    def work() -> dict:
+        queue = env["IMAGEGATE_JOBS_QUEUE_URL"]
+        messages = aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+        record = sample("worker")["Records"][0]
+        events = [{"Records": [record | {"messageId": m["MessageId"], "body": m["Body"]}]} for m in messages]
+        for m in messages:
+            aws.sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        return run(built, "worker", env, tmp_path, events)
+
+    worked = work()
+    assert worked["results"] == [{"batchItemFailures": []}] * 3
+    invoked = run(
+        built,
+        "invoke",
+        env,
+        tmp_path,
+        [aws_sample("job_request_invoke"), aws_sample("job_request_task_token")],
+    )
+    finished, queued = invoked["results"]
+    assert (finished["status"], queued["status"]) == ("succeeded", "queued")
+    answered = work()
+    assert answered["results"] == [{"batchItemFailures": []}]
+    # Five jobs of one image each, charged once each at the demo stack's price (LocalPriceUsd, $0.002).
+    assert START_BALANCE - balance() == 5 * 2_000
+
+    for function, out in (
+        ("requests", requested),
+        ("worker", worked),
+        ("invoke", invoked),
+        ("worker", answered),
+    ):
+        assert out["foreign"] == []
+        assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack(DemoMode="true")), function
+    assert ["states", "SendTaskFailure", []] in requested["calls"]
+    assert ["states", "SendTaskSuccess", []] in answered["calls"]
 
 
 def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built_function(

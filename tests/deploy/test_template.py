@@ -114,8 +114,9 @@ def test_each_function_gets_only_its_own_actions():
         *NOTIFY,
     }
     # The worker calls the upstreams as the image functions do and reads job inputs; it queues no job, only
-    # the webhook deliveries of the jobs it finishes.
-    assert actions("WorkerFunction") == image
+    # the webhook deliveries of the jobs it finishes, and answers the Step Functions tasks of jobs from AWS
+    # services (triggers.Answers).
+    assert actions("WorkerFunction") == image | {"states:SendTaskSuccess", "states:SendTaskFailure"}
     assert resources("WorkerFunction", "sqs:SendMessage") == [{"Fn::GetAtt": ["WebhookDeliveryQueue", "Arn"]}]
     jobs = actions("JobsFunction")
     assert jobs == {
@@ -171,7 +172,7 @@ def test_the_worker_timeout_drives_the_worker_its_budget_and_the_queue():
 
 def test_every_function_that_finishes_jobs_publishes_them_and_only_the_delivery_function_delivers():
     finishing = {"GenerationsFunction", "EditsFunction", "VariationsFunction", "SweepFunction"}
-    finishing |= {"WorkerFunction", "JobsFunction"}
+    finishing |= {"WorkerFunction", "JobsFunction", "RequestsFunction", "InvokeFunction"}
     for name in finishing:
         assert {"Ref": "JobNotificationsPolicy"} in functions()[name]["Properties"]["Policies"], name
         assert actions(name) >= NOTIFY

@@ -418,3 +418,14 @@ def test_a_cancel_that_loses_the_race_to_a_run_refunds_nothing(aws, settings, sv
     assert jobs.get(funded.account_id, job["id"])["status"] == "in_progress"
     assert balance(svc, funded) == 1_000_000 - 2 * PRICE  # both still reserved, nothing refunded
     reconciled(aws, settings, funded)
+
+
+def test_a_job_whose_inputs_are_gone_fails_at_once_and_is_refunded(aws, settings, svc, jobs, funded):
+    params = ImageParams(prompt="a kite", model="dall-e-2", size="256x256")
+    image = upload(width=256, height=256)
+    job = jobs.submit(funded, resolve("edits", params, svc.catalog, [image]), request_id=new_request_id())
+    aws.s3.delete_object(Bucket=settings.bucket, Key=f"inputs/{funded.account_id}/{job['id']}/0")
+    done = jobs.run(funded.account_id, job["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "internal_error"
+    assert balance(svc, funded) == 1_000_000
+    reconciled(aws, settings, funded)

@@ -4,7 +4,8 @@ Items (single table, `pk`/`sk`):
   KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, and the key's
                                          optional limits images_per_minute, max_concurrent
   KEYS                 / <key_id>     -> the same, plus key_pk: the admin index (list, rotate, revoke, limits)
-  ACCOUNT#<account_id> / ACCOUNT      -> balance (micro-USD), label, created_at
+  ACCOUNT#<account_id> / ACCOUNT      -> balance (micro-USD), label, created_at, status (absent: active;
+                                         `suspended` refuses jobs from AWS services: for_service)
   ACCOUNTS             / <account_id> -> label, created_at: the admin index of accounts (list)
 Balances change only with a ledger entry in the same transaction (ledger.py); an opening balance too.
 """
@@ -26,6 +27,7 @@ from .ratelimit import State
 from .table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
+ACTIVE, SUSPENDED = "active", "suspended"  # an account's status
 KEY_INDEX = "KEYS"  # partition listing every key by id, for the admin CLI
 ACCOUNT_INDEX = "ACCOUNTS"  # partition listing every account by id, for the admin CLI
 
@@ -54,7 +56,8 @@ class NotFound(LookupError):
 
 @dataclass(frozen=True)
 class Account:
-    """An authenticated request's account and key, with the key's limiter state as just read."""
+    """An authenticated request's account and key, with the key's limiter state as just read. No key
+    (`key_pk` empty): an AWS service that IAM authenticated (for_service), held to the account's limits."""
 
     account_id: str
     key_id: str
@@ -117,6 +120,27 @@ class Accounts:
             )
         return Account(item["account_id"]["S"], item["key_id"]["S"], key_pk, State.from_item(item))
 
+    def for_service(self, account_id: str) -> Account:
+        """The account an AWS service's event names, for a caller IAM has already authenticated: it must exist
+        and be active. The Account holds no key, so only the account's own rate limits apply (billing)."""
+        item = self._db.get_item(
+            TableName=self._table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            raise APIError(404, f"No account '{account_id}'.", param="account_id", code="account_not_found")
+        status = item.get("status", {}).get("S", ACTIVE)
+        if status != ACTIVE:
+            raise APIError(
+                403,
+                f"Account '{account_id}' is {status}: it takes no jobs from AWS services.",
+                type="permission_error",
+                param="account_id",
+                code="account_inactive",
+            )
+        # No key, so no key limits (0: none; nothing is written for a scope without limits): the account's
+        # own limits are the whole rate limit of a keyless request (billing.reserve).
+        return Account(account_id, key_id="", limiter=State(overrides=(0, 0)))
+
     # --- accounts ---------------------------------------------------------------------------------------
 
     def create_account(self, balance_micros: int, label: str = "", *, actor: str = "") -> str:
@@ -145,6 +169,23 @@ class Accounts:
             )
         transact(self._db, actions, self._sleep)
         return account_id
+
+    def set_account_status(self, account_id: str, status: str) -> None:
+        """`active`, or `suspended`: refuses the account's jobs from AWS services (its keys are revoked
+        separately)."""
+        if status not in (ACTIVE, SUSPENDED):
+            raise ValueError(f"an account is {ACTIVE} or {SUSPENDED}, not {status!r}")
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=item_key(account_pk(account_id), "ACCOUNT"),
+                UpdateExpression="SET #s = :status",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":status": {"S": status}},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            raise NotFound(f"no account {account_id}") from None
 
     def show_account(self, account_id: str) -> AccountInfo:
         item = self._db.get_item(

@@ -145,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     account_limits.add_argument("account_id")
     _limit_options(account_limits)
+    for status, verb, help in (
+        (
+            "suspended",
+            "suspend",
+            "refuse the account's jobs from AWS services (revoke its keys to stop HTTP too)",
+        ),
+        ("active", "resume", "take the account's jobs from AWS services again"),
+    ):
+        _command(accounts, f"accounts {verb}", _accounts_status(status), help).add_argument("account_id")
 
     keys = _group(groups, "keys", "create, list, rotate and revoke API keys; set their rate limits")
     create = _command(
@@ -513,6 +522,15 @@ def _keys_revoke(admin: Admin, args: argparse.Namespace) -> int:
 def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-per-minute", type=_limit, metavar="N|default", help="images per minute")
     parser.add_argument("--max-concurrent", type=_limit, metavar="N|default", help="requests at once")
+
+
+def _accounts_status(status: str) -> Callable[[Admin, argparse.Namespace], int]:
+    def run(admin: Admin, args: argparse.Namespace) -> int:
+        admin.accounts.set_account_status(args.account_id, status)
+        print(f"{args.account_id} is {status}")
+        return 0
+
+    return run
 
 
 def _accounts_limits(admin: Admin, args: argparse.Namespace) -> int:

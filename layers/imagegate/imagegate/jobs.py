@@ -284,8 +284,11 @@ class Jobs:
             admission = Admission(
                 service.prices.quote(job, [(s.model, s.options) for s in routes]), reservation
             )
-        except APIError as exc:
-            # The deployment changed under the queued job (its model or route is gone): refunded.
+        except Exception as exc:
+            # Its model or route is gone since the submit, or its inputs cannot be read: refunded now rather
+            # than left running until the sweeper's deadline.
+            if not isinstance(exc, APIError):
+                service.logger.exception("job could not start", extra={"job_id": job_id})
             self._close(item, "in_progress", "failed", exc, run=run)
             return
         account = Account(account_id, reservation.key_id, reservation.key_pk)
@@ -435,7 +438,12 @@ class Jobs:
     # --- state moves ---------------------------------------------------------------------------------
 
     def _close(
-        self, item: dict[str, Any], from_status: str, to_status: str, error: APIError | None, run: str = ""
+        self,
+        item: dict[str, Any],
+        from_status: str,
+        to_status: str,
+        error: BaseException | None,
+        run: str = "",
     ) -> bool:
         """Move a job that never delivered to a final state and refund its reservation, in one transaction;
         False when the job had moved on meanwhile (its new state owns the money)."""

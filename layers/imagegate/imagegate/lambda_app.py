@@ -66,7 +66,9 @@ def job_hooks(service: Service) -> list[Finished]:
     """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
     job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
     answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
-    hooks: list[Finished] = []
+    from .triggers import Answers
+
+    hooks: list[Finished] = [Answers(service.aws, service.settings, service.logger)]
     if service.settings.event_bus:
         from .notifications import JobEvents
 
@@ -325,3 +327,36 @@ def _traced(handler: Any, settings: Settings) -> Any:
     from aws_lambda_powertools import Tracer
 
     return Tracer(service="imagegate").capture_lambda_handler(handler, capture_response=False)
+
+
+def job_requests_handler() -> Any:
+    """The requests queue (SQS messages, and what the EventBridge rules put on it: `Image Job Requested`
+    events and S3 manifests): each message submits one job for the worker (triggers.py)."""
+    triggers, logger, settings = _triggers()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return triggers.batch(event, context)
+
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def invoke_job_handler() -> Any:
+    """Direct invocation (`aws lambda invoke`, Step Functions): the request shape in, the finished job out;
+    with a `task_token`, the job is queued and its end answers the task (triggers.py)."""
+    triggers, logger, settings = _triggers()
+
+    def handler(event: Any, context: Any) -> dict[str, Any]:
+        return triggers.invoke(event, getattr(context, "aws_request_id", ""))
+
+    return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def _triggers() -> tuple[Any, Logger, Settings]:
+    """Triggers over a service with the worker's upstream budget: a direct invocation runs its job here."""
+    from .triggers import Answers, Triggers
+
+    settings = Settings.from_env().for_worker()
+    logger = Logger(service="imagegate")
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    service = Service(settings, aws, logger)
+    return Triggers(service, build_jobs(service), Answers(aws, settings, logger)), logger, settings
