@@ -201,6 +201,25 @@ def main() -> None:
             f"https://{DOMAIN}/{STAGE}/v1/images/jobs?limit=5",
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
+        # Not SDK methods either: a file id and presigned POST for a large input, and the JSON form of an
+        # edit, its image as a data URL, as curl sends them.
+        "uploads": httpx.Request(
+            "POST",
+            f"https://{DOMAIN}/{STAGE}/v1/images/uploads",
+            headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
+        ),
+        "edits_json": httpx.Request(
+            "POST",
+            f"https://{DOMAIN}/{STAGE}/v1/images/edits",
+            headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
+            json={
+                "model": "gpt-image-1.5",
+                "prompt": "a red kite over the sea",
+                "images": [{"image_url": "data:image/png;base64," + base64.b64encode(image[1]).decode()}],
+                "size": "1024x1024",
+                "quality": "low",
+            },
+        ),
     }
     samples = {name: event(request, i) for i, (name, request) in enumerate(requests.items())}
     for name, sample in {**samples, **aws_events()}.items():

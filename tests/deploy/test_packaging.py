@@ -88,9 +88,10 @@ print("\n" + json.dumps({"results": results, "calls": calls, "foreign": foreign}
 
 EVENTS = {
     "generations": ["generations"],
-    "edits": ["edits", "edits_two_images"],
+    "edits": ["edits", "edits_two_images", "edits_json"],
     "variations": ["variations"],
     "balance": ["balance"],
+    "uploads": ["uploads"],
     "sweep": ["sweep"],
     "webhooks": ["webhook_delivery"],
 }
@@ -260,6 +261,10 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         body = json.loads(result["body"])
         if function == "balance":
             assert body["balance_micros"] == START_BALANCE
+        elif function == "uploads":
+            assert body["object"] == "upload"
+            assert body["upload_fields"]["key"].startswith("uploads/")
+            assert balance() == START_BALANCE  # storing costs nothing
         else:
             assert result["headers"]["x-imagegate-provider"] == "local"
             assert result["headers"]["x-imagegate-demo"] == "local renderer, not AI"

@@ -202,6 +202,24 @@ def test_the_delivery_queue_outlives_the_retry_schedule_and_keeps_records_the_fu
     )
 
 
+def test_uploads_are_signed_read_and_expired_under_their_own_prefix_only():
+    uploads = {"Fn::Sub": "${OutputsBucket.Arn}/uploads/*"}
+    # Presigned POSTs are authorised by the signer's own s3:PutObject: under uploads/ and nothing else.
+    assert resources("UploadsFunction", "s3:PutObject") == [uploads]
+    assert actions("UploadsFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem", "s3:PutObject"}
+    # Only the edits function reads uploads (JSON edits name them; a job's copy goes to inputs/), and it
+    # may not write there.
+    assert uploads in resources("EditsFunction", "s3:GetObject")
+    for function in ("GenerationsFunction", "VariationsFunction", "WorkerFunction", "JobsFunction"):
+        assert uploads not in resources(function, "s3:GetObject")
+    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction", "WorkerFunction"):
+        assert uploads not in resources(function, "s3:PutObject")
+    rules = template()["Resources"]["OutputsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    [expiry] = [r for r in rules if r["Prefix"] == "uploads/"]
+    assert expiry["ExpirationInDays"] == {"Ref": "UploadRetentionDays"}
+    assert template()["Parameters"]["UploadRetentionDays"]["MinValue"] == 1
+
+
 def test_a_customer_managed_key_gets_decrypt_through_secrets_manager_and_ssm_only():
     key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     assert "kms:Decrypt" not in actions("GenerationsFunction", Stack())
@@ -350,6 +368,7 @@ def test_one_function_per_endpoint_each_with_its_own_route():
         "/v1/images/jobs": "JobsFunction",
         "/v1/images/jobs/{id}": "JobsFunction",
         "/v1/images/jobs/{id}/cancel": "JobsFunction",
+        "/v1/images/uploads": "UploadsFunction",
     }
 
 
@@ -364,7 +383,13 @@ def test_integration_timeout_drives_the_gateway_the_functions_and_the_upstream_b
         # A cold start plus the budget plus storing and settling never outlasts the gateway.
         total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
         assert total <= int(seconds)
-    for function in ("GenerationsFunction", "EditsFunction", "VariationsFunction", "BalanceFunction"):
+    for function in (
+        "GenerationsFunction",
+        "EditsFunction",
+        "VariationsFunction",
+        "BalanceFunction",
+        "UploadsFunction",
+    ):
         [event] = functions()[function]["Properties"]["Events"].values()
         assert event["Properties"]["TimeoutInMillis"] == {
             "Fn::FindInMap": ["IntegrationTimeout", {"Ref": "IntegrationTimeoutSeconds"}, "Millis"]

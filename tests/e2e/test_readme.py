@@ -1,5 +1,6 @@
 """The README's examples, run as a new user would run them against `make serve`."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -46,7 +47,7 @@ def test_readme_curl_blocks_run_on_their_own_and_follow_port(stack, new_user, tm
     user = new_user(stack)
     port = urlsplit(stack.base_url).port
     blocks = [b for b in _blocks("sh") if "curl -s" in b]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert not [b for b in blocks if README_BASE_URL in b]  # every URL follows PORT
     tools = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # python3 decodes b64_json
     outputs = []
@@ -68,3 +69,22 @@ def test_readme_curl_blocks_run_on_their_own_and_follow_port(stack, new_user, tm
         assert img.size == (1024, 1024)
     assert '"data":[{' in outputs[1]  # the edit
     assert '"object":"balance"' in outputs[2]
+    # Large inputs: uploaded to the emulated S3 by the presigned POST, then edited by file id.
+    [upload_key] = stack.objects_under(f"uploads/{user.account_id}/")
+    assert upload_key.endswith(json.loads((tmp_path / "block3" / "upload.json").read_text())["id"])
+    assert '"data":[{' in outputs[3]
+
+
+def test_readme_upload_example_runs_with_the_client_from_above(stack, new_user, monkeypatch, tmp_path):
+    user = new_user(stack)
+    [example] = [b for b in _blocks("python") if "/images/uploads" in b]
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (256, 256), (20, 90, 160)).save(tmp_path / "photo.png")
+    before = user.balance()
+    scope = {"client": user.client}
+
+    exec(compile(example, "README.md", "exec"), scope)
+
+    assert len(scope["edited"].data) == 1
+    assert stack.objects_under(f"uploads/{user.account_id}/") == [scope["upload"]["upload_fields"]["key"]]
+    assert before - user.balance() == 34_000  # gpt-image-1.5, quality auto (medium), auto size: square

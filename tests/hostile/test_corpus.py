@@ -603,13 +603,14 @@ CASES = [
         "style",
         UNKNOWN,
     ),
+    # JSON is the edits endpoint's other form (images by reference): one without `images` names it.
     raw_multipart(
         "json-to-edits",
         EDITS,
         json.dumps(D2).encode(),
         400,
-        None,
-        "invalid_content_type",
+        "images",
+        "missing_required_parameter",
         content_type="application/json",
     ),
     raw_multipart(

@@ -7,11 +7,12 @@ own methods back), and forbid the whole-table copy the patch exists to avoid.
 
 import pytest
 from botocore.exceptions import ClientError
+from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
 from moto.s3.models import S3Backend
 
-from imagegate.emulator import OutputLifecycle, install_transaction_snapshots
+from imagegate.emulator import OutputLifecycle, install_expression_caches, install_transaction_snapshots
 
 
 @pytest.fixture
@@ -183,3 +184,24 @@ def test_outputs_older_than_their_urls_are_deleted(lifecycle, aws, settings):
     clock.now += 1
     s3.put_object(Bucket=bucket, Key="outputs/a/new.png", Body=b"x")
     assert keys_in(s3, bucket) == ["outputs/a/hour.png", "outputs/a/new.png"]
+
+
+@pytest.fixture
+def expression_caches(monkeypatch):
+    monkeypatch.setattr(
+        ConditionExpressionParser,
+        "_lex_condition_expression",
+        ConditionExpressionParser._lex_condition_expression,
+    )
+    install_expression_caches()
+
+
+def test_a_cached_condition_is_judged_by_each_requests_own_values(expression_caches, snapshots, seeded):
+    """The tokens of `balance >= :amount` are kept; its value is the request's, every time."""
+    db, table = seeded
+    db.transact_write_items(TransactItems=[spend(table, 60)])
+    with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+        db.transact_write_items(TransactItems=[spend(table, 60)])  # the same text: 40 left, not 60
+    db.transact_write_items(TransactItems=[spend(table, 40)])
+    item = db.get_item(TableName=table, Key=key("ACCOUNT#a", "ACCOUNT"))["Item"]
+    assert item["balance"] == {"N": "0"}

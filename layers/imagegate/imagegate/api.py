@@ -3,8 +3,10 @@
 Lambda functions each build an app with their one route; the dev server builds one with all three.
 """
 
+import dataclasses
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
@@ -19,7 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from . import errors
+from . import errors, references
 from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
@@ -27,7 +29,15 @@ from .images import Upload
 from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from .providers import ProviderError
 from .service import Service, new_request_id
-from .validation import GenerationRequest, ImageJob, ImageParams, check_unicode, form_values, resolve
+from .validation import (
+    GenerationRequest,
+    ImageJob,
+    ImageParams,
+    check_unicode,
+    form_values,
+    json_edit_params,
+    resolve,
+)
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -35,9 +45,17 @@ ROUTES: dict[Endpoint, str] = {
     "variations": "/v1/images/variations",
 }
 BALANCE_ROUTE = "/v1/balance"
+UPLOADS_ROUTE = "/v1/images/uploads"
 JOBS_ROUTE = "/v1/images/jobs"
-Route = Endpoint | Literal["balance", "jobs"]  # what one Lambda function (or the dev server) may serve
-METHODS = {**dict.fromkeys(ROUTES.values(), "POST"), BALANCE_ROUTE: "GET", JOBS_ROUTE: "GET"}
+# What one Lambda function (or the dev server) may serve.
+Route = Endpoint | Literal["balance", "uploads", "jobs"]
+PATHS: dict[Route, str] = {**ROUTES, "balance": BALANCE_ROUTE, "uploads": UPLOADS_ROUTE, "jobs": JOBS_ROUTE}
+METHODS = {
+    **dict.fromkeys(ROUTES.values(), "POST"),
+    BALANCE_ROUTE: "GET",
+    UPLOADS_ROUTE: "POST",
+    JOBS_ROUTE: "GET",
+}
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
@@ -49,7 +67,7 @@ _JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORE
 
 
 def create_app(
-    service: Service, endpoints: Iterable[Route] = (*ROUTES, "balance", "jobs"), jobs: Jobs | None = None
+    service: Service, endpoints: Iterable[Route] = tuple(PATHS), jobs: Jobs | None = None
 ) -> FastAPI:
     """`jobs`: the job system; without it `Prefer: respond-async` is ignored (RFC 7240 allows it) and the
     jobs routes are absent."""
@@ -104,6 +122,12 @@ def create_app(
                 methods=["POST"],
                 name=endpoint,
             )
+    if "uploads" in endpoints:
+
+        @app.post(UPLOADS_ROUTE)
+        def uploads(acct: AccountDep) -> JSONResponse:
+            return JSONResponse(service.create_upload(acct))
+
     if "balance" in endpoints:
 
         @app.get(BALANCE_ROUTE)
@@ -198,6 +222,14 @@ def _multipart_route(
         acct: account_dep,  # type: ignore[valid-type]
         key: IdempotencyKey = None,
     ) -> JSONResponse:
+        if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
+            document = await _read_json(request)
+
+            def json_work() -> JSONResponse:
+                job, user = _json_edit(service, acct, document)
+                return respond(request, acct, job, key, user)
+
+            return await run_in_threadpool(json_work)
         form = await _read_form(request)
 
         def work() -> JSONResponse:
@@ -212,6 +244,17 @@ def _multipart_route(
         return await run_in_threadpool(work)
 
     return route
+
+
+def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tuple[ImageJob, str | None]:
+    """The JSON form of an edit, as a job and its `user`: images as references (data URLs, https URLs,
+    uploaded file ids), fetched once the cheap checks have passed, then judged as multipart parts are."""
+    refs, mask_ref = references.parse(document)
+    params = json_edit_params(_validated(ImageParams, document), service.catalog)
+    images, mask = service.references(acct).inputs(refs, mask_ref)
+    started = time.monotonic()
+    job = resolve("edits", params, service.catalog, images, mask)
+    return dataclasses.replace(job, input_seconds=time.monotonic() - started), params.user
 
 
 def request_id_of(request: Request) -> str | None:
@@ -476,7 +519,8 @@ class Guard:
 
         too_large = APIError(
             413,
-            f"Request body too large: the limit is {self.max_body_bytes} bytes.",
+            f"Request body too large: the limit is {self.max_body_bytes} bytes. Larger images go through "
+            "POST /v1/images/uploads and the JSON form of /v1/images/edits (file_id).",
             code="payload_too_large",
         )
         declared = dict(scope.get("headers", [])).get(b"content-length")

@@ -110,12 +110,14 @@ class Billing:
         *,
         images: int = 1,
         upper_bound: bool = False,
+        hold_s: int = ratelimit.SLOT_SECONDS,
     ) -> Reservation:
         """Debit `amount` micro-USD and take the rate limits for `images` images, in one transaction.
 
         429 when a limit of the key or the account refuses (nothing consumed), 402 stating the price and the
         balance when the balance does not cover it. `details` (model, endpoint) are kept on the request;
         `upper_bound`: the amount is a worst-case reservation (token-priced models), and the 402 says so.
+        `hold_s`: how long the concurrency slots outlive a request that never settles.
         """
         if amount < 0:
             raise ValueError(f"cannot reserve a negative amount ({amount})")
@@ -128,10 +130,17 @@ class Billing:
             now = self._clock()
             self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
             key_take = ratelimit.take(
-                "k", key_state, self._key_limits, request_id, images, now, raced=key_raced
+                "k", key_state, self._key_limits, request_id, images, now, raced=key_raced, hold_s=hold_s
             )
             account_take = ratelimit.take(
-                "a", account_state, self._account_limits, request_id, images, now, raced=account_raced
+                "a",
+                account_state,
+                self._account_limits,
+                request_id,
+                images,
+                now,
+                raced=account_raced,
+                hold_s=hold_s,
             )
             slots = "".join(
                 scope
@@ -171,10 +180,12 @@ class Billing:
                 raise ratelimit.busy(f"account {account.account_id}") from exc
             if failed is None:
                 headers = ratelimit.headers(
-                    ratelimit.admitted(key_state, self._key_limits, images, now), self._key_limits, now
+                    ratelimit.admitted(key_state, self._key_limits, images, now, hold_s),
+                    self._key_limits,
+                    now,
                 )
                 self._accounts[account.account_id] = ratelimit.admitted(
-                    account_state, self._account_limits, images, now
+                    account_state, self._account_limits, images, now, hold_s
                 )
                 return Reservation(
                     account.account_id,

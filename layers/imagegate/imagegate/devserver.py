@@ -246,7 +246,9 @@ def dev_key(env: dict[str, str] | os._Environ, state_dir: Path) -> str:
 
 def bind(port: int, what: str, variable: str) -> socket.socket:
     """A listening socket on 127.0.0.1:`port`, or exit with a message naming the variable that moves it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP (accepted ones
+    # inherit it); without it a response's second write waits for the client's delayed ACK, ~40 ms.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError as exc:
@@ -283,6 +285,9 @@ def main() -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            # glibc gives each of the emulator's connection threads an arena of its own; two keep its memory
+            # from fragmenting across them under hours of load (a third less growth per request).
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},
         )
 
     import uvicorn

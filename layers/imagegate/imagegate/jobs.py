@@ -136,7 +136,13 @@ class Jobs:
         now = self._clock()
         job_id = new_job_id(now)
         try:
-            admission = service.reserve(account, job, request_id, routes, {"job": job_id})
+            # The slots are held while the job may still be queued or running: a job counts against
+            # max_concurrent until it ends, and the settle that ends it (or the sweeper's) gives them back.
+            hold = int(
+                start_deadline_s(self.settings.worker_timeout_seconds)
+                + lease_s(self.settings.worker_timeout_seconds)
+            )
+            admission = service.reserve(account, job, request_id, routes, {"job": job_id}, hold_s=hold)
         except BaseException:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)
@@ -196,7 +202,10 @@ class Jobs:
         self, account: Account, job: ImageJob, job_id: str, request_id: str, r: Reservation, now: float
     ) -> dict[str, Any]:
         spec = {
-            f.name: getattr(job, f.name) for f in fields(job) if f.name not in ("contract", "images", "mask")
+            f.name: getattr(job, f.name)
+            for f in fields(job)
+            # input_seconds: the submit's time fetching inputs, which the worker's own budget does not owe.
+            if f.name not in ("contract", "images", "mask", "input_seconds")
         }
         spec["model"] = job.contract.id
         reservation = {k: v for k, v in asdict(r).items() if k != "headers"}
@@ -325,7 +334,8 @@ class Jobs:
             )
             for i in json.loads(item.get("inputs", {"S": "[]"})["S"])
         ]
-        mask = inputs.pop() if inputs and inputs[-1].param == "mask" else None
+        # `mask`, or `mask.file_id` / `mask.image_url` for a JSON edit's reference.
+        mask = inputs.pop() if inputs and inputs[-1].param.partition(".")[0] == "mask" else None
         return ImageJob(**spec, contract=contract, images=tuple(inputs), mask=mask)
 
     # --- reading -------------------------------------------------------------------------------------

@@ -220,7 +220,7 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
-    from .api import BALANCE_ROUTE, JOBS_ROUTE, METHODS, ROUTES
+    from .api import METHODS, PATHS
     from .routing import load_routes
 
     _ = service.prices, service.catalog
@@ -229,7 +229,7 @@ def prime(route: Route, adapter: Any, service: Service) -> None:
         importlib.import_module(f"{__package__}.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
     # for want of a key before anything reaches AWS.
-    path = ROUTES.get(route) or {"balance": BALANCE_ROUTE, "jobs": JOBS_ROUTE}[route]  # type: ignore[call-overload]
+    path = PATHS[route]
     adapter(_unauthenticated_event(METHODS[path], path), _SnapshotContext())
     _ = service.aws.dynamodb, service.aws.s3  # botocore loads and caches the service models
     service.aws.reset()  # ... and the snapshot keeps no client, connection or credentials

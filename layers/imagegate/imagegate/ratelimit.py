@@ -35,6 +35,7 @@ IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10
 WINDOW_MS = 60_000
 # Longer than any synchronous request can run (the function timeout): only a dead request's slot expires.
+# A job holds its slot longer, until it surely ended (`hold_s`: jobs.py), since it runs long after its submit.
 SLOT_SECONDS = 120
 # When a slot frees is unknowable; in-flight requests finish within seconds, so ask for a short wait.
 SLOT_RETRY_SECONDS = 1
@@ -138,6 +139,7 @@ def take(
     *,
     slot: bool = True,
     raced: bool = False,
+    hold_s: int = SLOT_SECONDS,
 ) -> Fragment:
     """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
     placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
@@ -176,7 +178,7 @@ def take(
             frag.values[f":{scope}_tat"] = _n(now_ms + cost)
             frag.values[f":{scope}_now"] = _n(now_ms)
     if limits.max_concurrent and slot:
-        expiry = _n(int(now) + SLOT_SECONDS)
+        expiry = _n(int(now) + hold_s)
         if state.slots is None:
             frag.set.append(f"slots = :{scope}_slots")
             frag.conditions.append("attribute_not_exists(slots)")
@@ -203,7 +205,7 @@ def release(scope: str, request_id: str) -> Fragment:
     return Fragment(remove=[f"slots.#{scope}_done"], names={f"#{scope}_done": request_id})
 
 
-def admitted(state: State, default: Limits, images: int, now: float) -> State:
+def admitted(state: State, default: Limits, images: int, now: float, hold_s: int = SLOT_SECONDS) -> State:
     """The state just after `take` succeeded on `state` (for the response's headers)."""
     limits = state.limits(default)
     now_ms = int(now * 1000)
@@ -211,7 +213,7 @@ def admitted(state: State, default: Limits, images: int, now: float) -> State:
     if limits.images_per_minute:
         tat = (tat if tat > now_ms - SLACK_MS else now_ms) + cost_ms(images, limits.images_per_minute)
     live = {rid: at for rid, at in (state.slots or {}).items() if at > now}
-    return replace(state, tat=tat, slots={**live, "": int(now) + SLOT_SECONDS})
+    return replace(state, tat=tat, slots={**live, "": int(now) + hold_s})
 
 
 def refusal(

@@ -267,7 +267,8 @@ class Router:
 
     def run(self, job: ImageJob, request_id: str) -> Served:
         routes = self._candidates(job)
-        call = _Call(job, request_id, deadline=self._clock() + self._settings.upstream_budget_seconds)
+        budget = self._settings.upstream_budget_seconds - job.input_seconds  # inputs fetched: time spent
+        call = _Call(job, request_id, deadline=self._clock() + budget)
         last: ProviderError | None = None
         for index, spec in routes:
             if self._remaining(call) < MIN_ATTEMPT_SECONDS:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
 
@@ -29,10 +29,15 @@ from .metrics import Metrics
 from .money import micros_to_decimal
 from .pricing import PriceBook, Quote, load_prices
 from .providers import Deps, ProviderError
-from .ratelimit import Limits
+from .ratelimit import SLOT_SECONDS, Limits
+from .references import Resolver, fetch_image
 from .routing import Router, RouteSpec, Served
 from .storage import Storage
+from .uploads import Uploads
 from .validation import ImageJob
+
+if TYPE_CHECKING:
+    from .outbound import Outbound
 
 # A replayed response reuses the first response's URLs while they have this long left to live.
 REUSE_URL_MARGIN_S = 300
@@ -133,6 +138,38 @@ class Service:
         else:
             self.logger.info("upstream providers configured", providers=router.configured)
         return router
+
+    @cached_property
+    def uploads(self) -> Uploads:
+        return Uploads(self.aws.s3, self.settings.bucket, clock=self.clock)
+
+    def create_upload(self, account: Account) -> dict[str, Any]:
+        """`POST /v1/images/uploads`: a file id and its presigned POST. Storing costs nothing; the upload
+        counts as one image towards the key's images per minute, which bounds how fast a key can fill the
+        bucket (the operator pays for the storage until the lifecycle rule expires it)."""
+        self.billing.count(account, 1)
+        upload = self.uploads.create(account.account_id)
+        # Never the URL's fields: they hold the signature.
+        self.logger.info(
+            "upload created",
+            extra={"account_id": account.account_id, "key_id": account.key_id, "file_id": upload["id"]},
+        )
+        return upload
+
+    @cached_property
+    def outbound(self) -> Outbound:
+        """Calls to customer-chosen URLs (image URLs): public https addresses only. Tests replace it."""
+        from .outbound import Outbound
+
+        return Outbound()
+
+    def references(self, account: Account) -> Resolver:
+        """What turns the account's image references (JSON edits) into inputs."""
+        return Resolver(self.uploads, account.account_id, self.fetch_image)
+
+    def fetch_image(self, url: str, param: str, timeout: float) -> bytes:
+        # The outbound module (and httpx) is loaded by the first image URL, not by every edit.
+        return fetch_image(self.outbound, url, param, timeout)
 
     def handle(
         self,
@@ -260,9 +297,11 @@ class Service:
         request_id: str,
         routes: list[RouteSpec],
         details: dict[str, str] | None = None,
+        hold_s: int = SLOT_SECONDS,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
-        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
+        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id); `hold_s`:
+        how long its concurrency slots outlive it if it never settles."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -272,6 +311,7 @@ class Service:
                 {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
+                hold_s=hold_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}

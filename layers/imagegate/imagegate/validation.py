@@ -10,7 +10,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -26,7 +26,7 @@ from .catalog import (
     parse_size,
     price_per_image,
 )
-from .images import MAX_REQUEST_PIXELS, InputImage, Upload, inspect
+from .images import MAX_REQUEST_PIXELS, InputImage, Source, Upload, inspect
 
 Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 
@@ -128,6 +128,25 @@ def _encodable(text: str) -> bool:
     return True
 
 
+# OpenAI's default for the JSON form of edits, which takes GPT image models only (DALL-E edits are multipart).
+JSON_EDIT_MODEL = "gpt-image-1.5"
+
+
+def json_edit_params(params: ImageParams, catalog: dict[str, Contract]) -> ImageParams:
+    """The parameters of a JSON edit with its model defaulted; a 400 naming `model` for a model that takes
+    edits as multipart/form-data only. An unknown model is left for `resolve` to report."""
+    model = JSON_EDIT_MODEL if params.model is None else params.model
+    contract = catalog.get(model)
+    if contract is not None and contract.serves("edits") and not contract.gpt_params:
+        raise errors.invalid(
+            f"Model '{model}' takes edits as multipart/form-data only; the JSON form of /v1/images/edits "
+            "(images as references) is for GPT image models.",
+            "model",
+            "unsupported_parameter",
+        )
+    return params.model_copy(update={"model": model})
+
+
 # Which parameters each endpoint takes beyond the ones every endpoint takes.
 _COMMON = {"model", "n", "size", "response_format", "user", "safety_identifier"}
 _GPT = {"quality", "background", "output_format", "output_compression", "stream", "partial_images"}
@@ -160,6 +179,9 @@ class ImageJob:
     images: tuple[InputImage, ...]
     mask: InputImage | None
     price_per_image: int
+    # Seconds already spent fetching the inputs (image URLs, uploaded files): the router's upstream budget
+    # is shortened by as much, so the whole request still fits the gateway's timeout.
+    input_seconds: float = field(default=0.0, compare=False)
 
     @property
     def size(self) -> str:
@@ -174,8 +196,8 @@ def resolve(
     endpoint: Endpoint,
     params: ImageParams,
     catalog: dict[str, Contract],
-    images: Sequence[InputImage | Upload] = (),
-    mask: InputImage | Upload | None = None,
+    images: Sequence[InputImage | Source] = (),
+    mask: InputImage | Source | None = None,
 ) -> ImageJob:
     """Apply the model contract to validated wire parameters; a 400 naming the parameter on any breach.
 
@@ -344,7 +366,7 @@ def _check_count(contract: Contract, count: int) -> None:
         )
 
 
-def _open_all(uploads: Sequence[InputImage | Upload]) -> list[InputImage]:
+def _open_all(uploads: Sequence[InputImage | Source]) -> list[InputImage]:
     """Read each upload's header, in order, stopping as soon as the request's pixels exceed the cap."""
     opened: list[InputImage] = []
     pixels = 0
@@ -352,7 +374,8 @@ def _open_all(uploads: Sequence[InputImage | Upload]) -> list[InputImage]:
         img = upload if isinstance(upload, InputImage) else inspect(upload.data, upload.param)
         pixels += img.width * img.height
         if pixels > MAX_REQUEST_PIXELS:
-            param = "mask" if img.param == "mask" else "image"
+            # A reference of the JSON form names itself (`images[2].file_id`); a multipart part its field.
+            param = img.param if "." in img.param else "mask" if img.param == "mask" else "image"
             raise errors.invalid(
                 f"Invalid '{param}': the input images come to more than {MAX_REQUEST_PIXELS:,} pixels "
                 f"in all (at '{img.param}', {img.width}x{img.height}); send fewer or smaller images.",
@@ -366,8 +389,8 @@ def _open_all(uploads: Sequence[InputImage | Upload]) -> list[InputImage]:
 def _check_inputs(
     contract: Contract,
     endpoint: Endpoint,
-    uploads: Sequence[InputImage | Upload],
-    mask_upload: InputImage | Upload | None,
+    uploads: Sequence[InputImage | Source],
+    mask_upload: InputImage | Source | None,
 ) -> tuple[list[InputImage], InputImage | None]:
     if endpoint == "variations" and mask_upload is not None:
         raise errors.unknown_parameter("mask", "Variations take no mask.")
