@@ -15,6 +15,7 @@ class ByAccount:
         key_id = details.get("key_id", "key_test")
         account = Account(account_id, key_id, f"KEY#{key_id}")
         fields = {"model": details["model"], "endpoint": details.get("endpoint", "generations")}
+        fields |= {"job": details["job"]} if "job" in details else {}
         self.reservations[request] = self.billing.reserve(account, request, amount, fields)
 
     def settle(self, account_id, request, charged, images=0):

@@ -189,7 +189,10 @@ CASES = [
     gen("compression-float", {**GPT, "output_compression": 50.0}, 400, "output_compression", BAD_TYPE),
     gen("moderation-high", {**GPT, "moderation": "high"}, 400, "moderation", VALUE),
     gen("moderation-on-dalle2", {**P, "moderation": "low"}, 400, "moderation", UNSUPPORTED),
-    gen("stream-true", {**GPT, "stream": True}, 400, "stream", UNSUPPORTED),
+    gen("stream-on-dalle2", {**D2, "stream": True}, 400, "stream", UNSUPPORTED),
+    gen("stream-n-2", {**GPT, "stream": True, "n": 2}, 400, "n", VALUE),
+    gen("stream-url", {**GPT, "stream": True, "response_format": "url"}, 400, "response_format", UNSUPPORTED),
+    gen("partial-images-on-dalle2", {**D2, "partial_images": 1}, 400, "partial_images", UNSUPPORTED),
     gen("stream-string", {**GPT, "stream": "true"}, 400, "stream", BAD_TYPE),
     gen("stream-int", {**GPT, "stream": 1}, 400, "stream", BAD_TYPE),
     gen("partial-images-4", {**GPT, "partial_images": 4}, 400, "partial_images", RANGE),
@@ -483,7 +486,8 @@ CASES = [
     edit("n-huge", {**D2, "n": "9" * 30}, IMG(), 400, "n", RANGE),
     edit("n-twice", {**D2, "n": ["1", "2"]}, IMG(), 400, "n", "duplicate_parameter"),
     edit("stream-yes", {**GPT, "stream": "yes"}, IMG(), 400, "stream", BAD_TYPE),
-    edit("stream-true", {**GPT, "stream": "true"}, IMG(), 400, "stream", UNSUPPORTED),
+    edit("stream-on-dalle2", {**D2, "stream": "true"}, IMG(), 400, "stream", UNSUPPORTED),
+    edit("stream-n-2", {**GPT, "stream": "true", "n": "2"}, IMG(), 400, "n", VALUE),
     edit(
         "compression-float", {**GPT, "output_compression": "50.5"}, IMG(), 400, "output_compression", BAD_TYPE
     ),

@@ -33,8 +33,8 @@ def billing(aws, settings):
     return ByAccount(Billing(aws.dynamodb, settings.table))
 
 
-def details(model="gpt-image-1.5", key_id="key_a"):
-    return {"model": model, "endpoint": "generations", "key_id": key_id}
+def details(model="gpt-image-1.5", key_id="key_a", **extra):
+    return {"model": model, "endpoint": "generations", "key_id": key_id, **extra}
 
 
 def rid():
@@ -206,6 +206,16 @@ def test_reconcile_names_stale_reservations(aws, settings, accounts, clocked, cl
     assert result.ok
     assert (result.in_flight, result.in_flight_micros) == (2, 30_000)
     assert [(r.request_id, r.amount, r.created_at) for r in result.stale] == [(old, 10_000, int(NOON))]
+
+
+def test_a_long_queued_jobs_reservation_is_in_flight_not_abandoned(aws, settings, accounts, clocked, clock):
+    # A job may wait in its queue for hours; the job sweeper closes it on its own deadline, and reconcile
+    # must not send an operator to `imagegate sweep` for it.
+    account_id = accounts.create_account(100_000)
+    clocked.reserve(account_id, rid(), 10_000, details(job="imgjob_" + "0" * 32))
+    clock.now += 3_000
+    result = reconcile(aws, settings, account_id, stale_after_s=900, clock=clock)
+    assert (result.ok, result.in_flight, result.stale) == (True, 1, [])
 
 
 # --- entries ----------------------------------------------------------------------------------------------

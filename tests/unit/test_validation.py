@@ -116,16 +116,6 @@ def test_style_rejected_for_models_other_than_dall_e_3(job):
     assert rejected(job, prompt="x", model="gpt-image-1.5", style="natural").param == "style"
 
 
-@pytest.mark.parametrize("model", ["gpt-image-1.5", "dall-e-2"])
-def test_stream_true_rejected(job, model):
-    err = rejected(job, prompt="x", model=model, stream=True)
-    assert (err.param, err.code) == ("stream", "unsupported_parameter")
-
-
-def test_stream_false_accepted(job):
-    assert job(prompt="x", model="gpt-image-1.5", stream=False).contract.id == "gpt-image-1.5"
-
-
 def test_unknown_model(job):
     err = rejected(job, prompt="x", model="dall-e-9")
     assert (err.param, err.code) == ("model", "model_not_found")

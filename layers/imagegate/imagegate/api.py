@@ -11,17 +11,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Send
 
-from . import errors, references
+from . import errors, references, streaming
 from .accounts import Account
 from .catalog import Endpoint
 from .errors import APIError
@@ -29,6 +31,7 @@ from .images import Upload
 from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from .providers import ProviderError
 from .service import Service, new_request_id
+from .streaming import EventStream
 from .validation import (
     GenerationRequest,
     ImageJob,
@@ -90,9 +93,12 @@ def create_app(
 
     def respond(
         request: Request, acct: Account, job: ImageJob, key: str | None, user: str | None
-    ) -> JSONResponse:
-        """Run the request now, or as a job when the client prefers (`Prefer: respond-async`)."""
+    ) -> Response:
+        """Stream the request (`stream=true`), run it now, or as a job when the client prefers
+        (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins)."""
         request_id = request_id_of(request)
+        if job.stream:
+            return EventStreamResponse(service.stream(acct, job, key, request_id=request_id))
         asynchronous, wait = _preferences(request.headers.getlist("prefer"))
         if jobs is None or not asynchronous:
             result = service.handle(acct, job, key, user, request_id=request_id)
@@ -104,10 +110,10 @@ def create_app(
         # The body is read in the route, after the key is checked (a dependency): a request without a
         # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
-        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> JSONResponse:
+        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> Response:
             document = await _read_json(request)
 
-            def work() -> JSONResponse:
+            def work() -> Response:
                 params = _validated(GenerationRequest, document)
                 job = resolve("generations", params, service.catalog)
                 return respond(request, acct, job, key, params.user)
@@ -215,24 +221,24 @@ def _public_path(request: Request, path: str) -> str:
 
 
 def _multipart_route(
-    service: Service, endpoint: Endpoint, respond: Callable[..., JSONResponse], account_dep: Any
-) -> Callable[..., Awaitable[JSONResponse]]:
+    service: Service, endpoint: Endpoint, respond: Callable[..., Response], account_dep: Any
+) -> Callable[..., Awaitable[Response]]:
     async def route(
         request: Request,
         acct: account_dep,  # type: ignore[valid-type]
         key: IdempotencyKey = None,
-    ) -> JSONResponse:
+    ) -> Response:
         if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
             document = await _read_json(request)
 
-            def json_work() -> JSONResponse:
+            def json_work() -> Response:
                 job, user = _json_edit(service, acct, document)
                 return respond(request, acct, job, key, user)
 
             return await run_in_threadpool(json_work)
         form = await _read_form(request)
 
-        def work() -> JSONResponse:
+        def work() -> Response:
             # Taken out of the form, so the uploads die with this call, before the response is rendered.
             images, mask = form.images, form.mask
             form.images, form.mask = [], None
@@ -255,6 +261,30 @@ def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tup
     started = time.monotonic()
     job = resolve("edits", params, service.catalog, images, mask)
     return dataclasses.replace(job, input_seconds=time.monotonic() - started), params.user
+
+
+class EventStreamResponse(StreamingResponse):
+    """`text/event-stream`: each event as it is made (under uvicorn; Mangum buffers the whole body).
+
+    However the response ends (its last event, the client gone, before or after the first event), the
+    stream is closed, which settles its reservation exactly once.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: EventStream) -> None:
+        super().__init__(
+            map(streaming.encode, events), headers={**events.headers, "cache-control": "no-store"}
+        )
+        self.events = events
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            # Shielded: a disconnect arrives as a cancellation, which must not cancel the settlement too.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.events.close)
 
 
 def request_id_of(request: Request) -> str | None:

@@ -262,7 +262,11 @@ def _parser() -> argparse.ArgumentParser:
         _command(webhooks, f"webhooks {name}", run, help).add_argument("account_id")
 
     sweep = _command(
-        groups, "sweep", _sweep, "refund reservations that a killed request left open (each exactly once)"
+        groups,
+        "sweep",
+        _sweep,
+        "refund reservations that a killed request left open (each exactly once); image jobs are closed "
+        "by the scheduled sweeper, on their own deadlines",
     )
     sweep.add_argument("--account", metavar="ID", help="only this account (default: every account)")
     sweep.add_argument(

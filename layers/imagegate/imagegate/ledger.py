@@ -332,18 +332,22 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
             problems.append(
                 f"ledger entries for {request_id or '(no request id)'}, which has no request record"
             )
-    in_flight = []
+    in_flight, jobs = [], set()
     for request_id, item in sorted(requests.items()):
         problems += _request_problems(request_id, item, by_request.get(request_id, []))
         if item["state"]["S"] == "reserved":
             in_flight.append(_reservation(account_id, item))
+            if "job" in item:
+                jobs.add(request_id)
     return Reconciliation(
         ok=not problems,
         balance=balance,
         expected=expected,
         in_flight=len(in_flight),
         in_flight_micros=sum(r.amount for r in in_flight),
-        stale=[r for r in in_flight if r.created_at < stale_before],
+        # A job's reservation may rightly stay open for hours (queued, then running up to the worker's
+        # timeout): the job sweeper closes it on the job's own clock (jobs.py), so it is never abandoned here.
+        stale=[r for r in in_flight if r.created_at < stale_before and r.request_id not in jobs],
         problems=problems,
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -45,6 +45,8 @@ IMAGE_BASE_TOKENS = 85
 IMAGE_TILE_TOKENS = 170
 # Text tokens the upstream adds around the prompt and per input image (edits bill 32 per image, observed).
 FRAMING_TOKENS = 32
+# OpenAI bills each streamed partial image as this many more image output tokens.
+PARTIAL_IMAGE_TOKENS = 100
 
 _TOP_FIELDS = frozenset({"markup_percent", "models"})
 _MODEL_FIELDS = frozenset(
@@ -116,6 +118,14 @@ class Quote:
     # translate it to. A charge from usage takes the dearest.
     tokens: tuple[TokenPricing, ...] = ()
 
+    def partials(self, count: int) -> int:
+        """What `count` streamed partial images cost: PARTIAL_IMAGE_TOKENS output tokens each at the dearest
+        image output rate, plus markup; nothing on a model that is not token-priced."""
+        if not count or not self.tokens:
+            return 0
+        rate = max(t.image_output for t in self.tokens)
+        return self.price.marked_up(count * PARTIAL_IMAGE_TOKENS * rate, PER_MILLION)
+
 
 @dataclass(frozen=True)
 class PriceBook:
@@ -141,6 +151,7 @@ class PriceBook:
                              fidelity as roughly one more high-quality image (~6,200 tokens for a 16:9 input
                              on gpt-image-1) and publishes no formula, so the largest table entry bounds it
             output tokens  = n * image_output_tokens(quality, size)
+                           + 100 * partial_images (streaming: OpenAI bills each partial image so)
             reserve        = ceil((text * text_input + image_in * image_input + output * image_output)
                                   * (1 + markup/100) / 1e6)
 
@@ -164,9 +175,19 @@ class PriceBook:
             price.marked_up(_worst_case_cost(job, tokens, quality), PER_MILLION) for tokens, quality in bills
         )
         tokens = tuple({id(t): t for t, _ in bills}.values())
-        return Quote(max(bound, per_image * job.n), per_image, True, price, tokens)
+        quote = Quote(bound, per_image, True, price, tokens)
+        # The floor of a charge (see `charge`) is within the reservation too.
+        floor = per_image * job.n + quote.partials(job.partial_images)
+        return replace(quote, reserve=max(bound, floor))
 
-    def charge(self, quote: Quote, delivered: int, requested: int, usage: Mapping[str, Any] | None) -> int:
+    def charge(
+        self,
+        quote: Quote,
+        delivered: int,
+        requested: int,
+        usage: Mapping[str, Any] | None,
+        partials: int = 0,
+    ) -> int:
         """What a finished request costs, in micro-USD.
 
         With token rates and the upstream's usage (OpenAI-shaped): every reported token at its rate (the
@@ -177,11 +198,14 @@ class PriceBook:
         price for what was delivered (a proxy reporting zero or partial usage must not give images away), and
         never above the reservation. Without usage, or with usage lacking input and output token counts,
         `per_image * delivered`.
+
+        `partials` streamed partial images add `Quote.partials` to that floor (an upstream's usage already
+        counts them), and are charged even when the final image never came (a stream its client abandoned).
         """
         delivered = max(0, min(delivered, requested))
-        if not delivered:
+        if not delivered and not partials:
             return 0
-        floor = quote.per_image * delivered
+        floor = quote.per_image * delivered + quote.partials(partials)
         costs = [c for c in (_usage_cost(usage, t) for t in quote.tokens) if c is not None] if usage else []
         amount = max(floor, quote.price.marked_up(max(costs), PER_MILLION)) if costs else floor
         return min(amount, quote.reserve)
@@ -210,7 +234,7 @@ def _worst_case_cost(job: ImageJob, tokens: TokenPricing, quality: str) -> int:
         if quality in qualities
         else max(tokens.image_output_tokens(q, job.width, job.height) for q in qualities)
     )
-    image_out = job.n * per_image
+    image_out = job.n * per_image + job.partial_images * PARTIAL_IMAGE_TOKENS
     return text * tokens.text_input + image_in * tokens.image_input + image_out * tokens.image_output
 
 

@@ -17,7 +17,7 @@ import itertools
 import math
 import pkgutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +27,17 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 from .catalog import LOCAL_MODEL
 from .config import load_document
 from .errors import APIError
-from .providers import Deps, Provider, ProviderError, ProviderResult, Upstream, operation, run
+from .providers import (
+    Deps,
+    Provider,
+    ProviderError,
+    ProviderResult,
+    StreamItem,
+    Upstream,
+    operation,
+    run,
+    stream,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.logging import Logger
@@ -202,12 +212,37 @@ def _wait(state: RetryCallState) -> float:
     return _backoff(state)
 
 
+@dataclass(frozen=True)
+class Streamed:
+    events: Generator[StreamItem, None, None]  # its first item already made: the upstream answered
+    provider: str
+    model: str  # the upstream's model id
+    attempts: list[Attempt]
+
+
+def _opened(provider: Provider, job: ImageJob) -> Generator[StreamItem, None, None]:
+    """A provider's stream once its first item has arrived: until then, a failure is an attempt's."""
+    events = stream(provider, job)
+    try:
+        first = next(events)
+    except StopIteration:
+        raise ProviderError(f"The upstream image service ({provider.name}) sent an empty stream.") from None
+    return _resumed(first, events)
+
+
+def _resumed(first: StreamItem, events: Iterator[StreamItem]) -> Generator[StreamItem, None, None]:
+    # `yield from` passes a close() on to the provider's stream (the upstream connection) as well.
+    yield first
+    yield from events
+
+
 @dataclass
 class _Call:
-    """One request's way through the routes."""
+    """One request's way through the routes, and the work each attempt does with a provider."""
 
     job: ImageJob
     request_id: str
+    work: Callable[[Provider, ImageJob], Any]
     deadline: float
     attempts: list[Attempt] = field(default_factory=list)
     # The last failed attempt, logged once it is known whether it is retried, fallen over or final.
@@ -266,9 +301,24 @@ class Router:
         return [spec for _, spec in self._candidates(job)]
 
     def run(self, job: ImageJob, request_id: str) -> Served:
-        routes = self._candidates(job)
-        budget = self._settings.upstream_budget_seconds - job.input_seconds  # inputs fetched: time spent
-        call = _Call(job, request_id, deadline=self._clock() + budget)
+        result, spec, attempts = self._run(_Call(job, request_id, run, self._deadline(job)))
+        return Served(result, spec.provider, spec.model, attempts)
+
+    def stream(self, job: ImageJob, request_id: str) -> Streamed:
+        """A streamed job, on the first route whose upstream yields a first event (a partial image, or
+        the result of a provider that cannot stream). Retries and fallover apply until then; after it the
+        stream is committed to that upstream, and a failure ends it."""
+        events, spec, attempts = self._run(_Call(job, request_id, _opened, self._deadline(job)))
+        return Streamed(events, spec.provider, spec.model, attempts)
+
+    def _deadline(self, job: ImageJob) -> float:
+        # The inputs were fetched (image URLs, uploaded files) in the same budget: that time is spent.
+        return self._clock() + self._settings.upstream_budget_seconds - job.input_seconds
+
+    def _run(self, call: _Call) -> tuple[Any, RouteSpec, list[Attempt]]:
+        """`call.work` on the routes in order (retries, fallover, the time budget): what it returned, and
+        on which route."""
+        routes = self._candidates(call.job)
         last: ProviderError | None = None
         for index, spec in routes:
             if self._remaining(call) < MIN_ATTEMPT_SECONDS:
@@ -281,7 +331,7 @@ class Router:
                     continue
                 self._settle(call, "error")
                 raise
-            return Served(result, spec.provider, spec.model, call.attempts)
+            return result, spec, call.attempts
         self._settle(call, "error")
         if last is None or (last.retry and self._remaining(call) < MIN_ATTEMPT_SECONDS):
             # Out of time with the failure still worth retrying: the client's problem is the time, a 504.
@@ -354,7 +404,7 @@ class Router:
     def _remaining(self, call: _Call) -> float:
         return call.deadline - self._clock()
 
-    def _try_route(self, call: _Call, index: int, spec: RouteSpec) -> ProviderResult:
+    def _try_route(self, call: _Call, index: int, spec: RouteSpec) -> Any:
         def stop(state: RetryCallState) -> bool:
             # The wait is already chosen: give up on this route if it would leave too little time to try.
             return (
@@ -373,7 +423,7 @@ class Router:
         numbers = itertools.count(1)
         return retrying(lambda: self._attempt(call, index, spec, next(numbers)))
 
-    def _attempt(self, call: _Call, index: int, spec: RouteSpec, number: int) -> ProviderResult:
+    def _attempt(self, call: _Call, index: int, spec: RouteSpec, number: int) -> Any:
         # A failure still pending here came from the previous route, and this is its fallover.
         self._settle(call, "fallover")
         timeout = min(spec.timeout_s, max(MIN_ATTEMPT_SECONDS, math.floor(self._remaining(call))))
@@ -386,7 +436,7 @@ class Router:
             return Attempt(spec.provider, spec.model, number, latency, "error", status, code)
 
         try:
-            result = run(provider, call.job)
+            result = call.work(provider, call.job)
         except ProviderError as exc:
             call.pending = record(exc.status, exc.code)
             raise

@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -23,16 +23,17 @@ from .aws import AWSClients
 from .billing import Billing, Reservation
 from .catalog import Contract, build_catalog, estimate_usage
 from .config import Settings
-from .errors import APIError
+from .errors import APIError, invalid
 from .idempotency import Idempotency, fingerprint
 from .metrics import Metrics
 from .money import micros_to_decimal
-from .pricing import PriceBook, Quote, load_prices
-from .providers import Deps, ProviderError
+from .pricing import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, load_prices
+from .providers import Deps, PartialImage, ProviderError, ProviderResult
 from .ratelimit import SLOT_SECONDS, Limits
 from .references import Resolver, fetch_image
-from .routing import Router, RouteSpec, Served
+from .routing import Router, RouteSpec, Served, Streamed
 from .storage import Storage
+from .streaming import EventStream, error_event, image_event
 from .uploads import Uploads
 from .validation import ImageJob
 
@@ -334,17 +335,7 @@ class Service:
         replay or a job reads them back). `closing` says what the settle carries besides the money, and
         learns whether it won (`closing.settled`)."""
         quote, reservation = admission.quote, admission.reservation
-        log: dict[str, Any] = {
-            "request_id": request_id,
-            "account_id": account.account_id,
-            "key_id": account.key_id,
-            "endpoint": job.endpoint,
-            "model": job.contract.id,
-            "n": job.n,
-            "size": job.size,
-            "quality": job.quality,
-            "reserved_micros": quote.reserve,
-        }
+        log = _log_line(account, job, request_id, quote)
         started = time.perf_counter()
         charged, delivered, provider = 0, 0, "none"
         completion: dict[str, Any] | None = None
@@ -364,17 +355,7 @@ class Service:
             if closing.completion is not None:
                 completion = closing.completion(record)
         except ProviderError as exc:
-            # The code, not the message: an upstream's message may quote the prompt.
-            log.update(error=exc.code, status=exc.status)
-            self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
-            error = APIError(
-                exc.status,
-                str(exc),
-                type=exc.type,
-                param=exc.param,
-                code=exc.code,
-                headers=exc.client_headers(),
-            )
+            error = self._upstream_error(job, exc, provider, log)
             raise error from exc
         except BaseException as exc:
             error = exc
@@ -386,20 +367,91 @@ class Service:
                 if error is not None:
                     charged = delivered = 0  # a failed job delivers nothing, whatever was made
                 guard = closing.guard(None if error is not None else record, error)
-            latency = round((time.perf_counter() - started) * 1000, 1)
-            log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
-            closing.settled = self._settle(reservation, charged, delivered, provider, completion, guard, log)
-            self.logger.info("image request", extra=log)
-            self.metrics.record(
-                model=job.contract.id,
-                provider=provider,
-                latency_ms=latency,
-                Requests=1,
-                Images=delivered,
-                RevenueMicroUSD=charged,
-                RefundMicroUSD=quote.reserve - charged,
+            closing.settled = self._close(
+                job, admission, started, charged, delivered, provider, log, completion, guard
             )
         return ImageResponse(body, headers)
+
+    def stream(
+        self,
+        account: Account,
+        job: ImageJob,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> EventStream:
+        """A `stream=true` request: checked, reserved and started as `handle` runs one, so that every error
+        up to the upstream's first event is an ordinary JSON error (refunded); then its events."""
+        request_id = request_id or new_request_id()
+        if idempotency_key is not None:
+            # A stream cannot be replayed, and running it again would charge again.
+            raise invalid(
+                "Idempotency-Key is not supported with stream=true; send one or the other.",
+                "Idempotency-Key",
+                "unsupported_parameter",
+            )
+        admission = self.reserve(account, job, request_id, self.check(job))
+        log = _log_line(account, job, request_id, admission.quote)
+        started = time.perf_counter()
+        try:
+            streamed = self.router.stream(job, request_id)
+        except ProviderError as exc:
+            error = self._upstream_error(job, exc, "none", log)
+            self._close(job, admission, started, 0, 0, "none", log)
+            raise error from exc
+        except BaseException:
+            self._close(job, admission, started, 0, 0, "none", log)
+            raise
+        run = _StreamRun(self, job, admission, streamed, log, started)
+        headers = {
+            **admission.reservation.headers,
+            "x-imagegate-provider": streamed.provider,
+            "x-request-id": request_id,
+        }
+        return EventStream(run.events(), run.abandon, headers)
+
+    def _upstream_error(
+        self, job: ImageJob, exc: ProviderError, provider: str, log: dict[str, Any]
+    ) -> APIError:
+        """The client's error for an upstream failure, logged and counted."""
+        # The code, not the message: an upstream's message may quote the prompt.
+        log.update(error=exc.code, status=exc.status)
+        self.metrics.record(model=job.contract.id, provider=provider, UpstreamErrors=1)
+        return APIError(
+            exc.status,
+            str(exc),
+            type=exc.type,
+            param=exc.param,
+            code=exc.code,
+            headers=exc.client_headers(),
+        )
+
+    def _close(
+        self,
+        job: ImageJob,
+        admission: Admission,
+        started: float,
+        charged: int,
+        delivered: int,
+        provider: str,
+        log: dict[str, Any],
+        completion: dict[str, Any] | None = None,
+        guard: dict[str, Any] | None = None,
+    ) -> bool:
+        """Settle a reserved request (the rest refunded), with its log line and metrics; whether it won."""
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
+        settled = self._settle(admission.reservation, charged, delivered, provider, completion, guard, log)
+        self.logger.info("image request", extra=log)
+        self.metrics.record(
+            model=job.contract.id,
+            provider=provider,
+            latency_ms=latency,
+            Requests=1,
+            Images=delivered,
+            RevenueMicroUSD=charged,
+            RefundMicroUSD=admission.quote.reserve - charged,
+        )
+        return settled
 
     def _settle(
         self,
@@ -504,6 +556,127 @@ class Service:
                 for key in record["keys"]
             ]
         return _with_data(record["body"], data)
+
+
+class _StreamRun:
+    """A streamed request once its upstream has answered: its events as they come, and its settlement,
+    exactly once. Its price: the final image as `handle` charges it, plus each partial image sent
+    (`PriceBook.charge`); an upstream failure refunds it all; a client that goes away is charged the partial
+    images sent so far, or all of it once the final image was made (it is settled before it is sent)."""
+
+    def __init__(
+        self,
+        service: Service,
+        job: ImageJob,
+        admission: Admission,
+        streamed: Streamed,
+        log: dict[str, Any],
+        started: float,
+    ) -> None:
+        self.service = service
+        self.job = job
+        self.admission = admission
+        self.streamed = streamed
+        self.log = log
+        self.started = started
+        self.partials = 0
+        self.settled = False
+
+    def settle(self, charged: int, delivered: int = 0) -> None:
+        if not self.settled:
+            self.settled = True
+            self.service._close(
+                self.job, self.admission, self.started, charged, delivered, self.streamed.provider, self.log
+            )
+
+    def abandon(self) -> None:
+        self.settle(self.service.prices.charge(self.admission.quote, 0, 1, None, self.partials))
+
+    def events(self) -> Generator[dict[str, Any], None, None]:
+        service, job = self.service, self.job
+        # The response limit holds for the whole stream (on Lambda, Mangum returns it in one piece).
+        room = service.settings.max_response_bytes or math.inf
+        try:
+            with contextlib.closing(self.streamed.events) as items:
+                for item in items:
+                    if isinstance(item, PartialImage):
+                        b64 = base64.b64encode(item.image).decode()
+                        # Room is kept for the final image, estimated at this partial's size; a partial that
+                        # would leave none is not sent (nor charged): OpenAI too may send fewer than asked.
+                        if 2 * len(b64) > room:
+                            continue
+                        room -= len(b64)
+                        self.partials += 1
+                        created = int(service.clock())
+                        yield image_event(
+                            job, "partial_image", b64, created, partial_image_index=self.partials - 1
+                        )
+                        continue
+                    yield self._completed(item, room)
+                    return
+            raise ProviderError("The upstream returned no images.")
+        except ProviderError as exc:
+            error = service._upstream_error(job, exc, self.streamed.provider, self.log)
+            self.settle(0)
+            yield error_event(error)
+        except APIError as exc:
+            self.settle(0)
+            yield error_event(exc)
+        except Exception:
+            service.logger.exception("stream failed", extra=self.log)
+            self.settle(0)
+            yield error_event(INTERNAL_ERROR)
+        finally:
+            self.abandon()  # a no-op unless the client went away first
+
+    def _completed(self, result: ProviderResult, room: float) -> dict[str, Any]:
+        """The completed event, its request settled first, as `handle` settles before it answers."""
+        service, job, quote = self.service, self.job, self.admission.quote
+        if not result.images:
+            raise ProviderError("The upstream returned no images.")
+        b64 = base64.b64encode(result.images[0]).decode()
+        if len(b64) > room:
+            raise APIError(
+                400,
+                f"The image came to {len(b64)} bytes of base64, more than this deployment's response limit "
+                "leaves for it. Stream with fewer partial_images, a smaller size, or output_format=jpeg or "
+                "webp, or do not stream. Nothing was charged.",
+                param="partial_images" if self.partials else "stream",
+                code="response_too_large",
+            )
+        usage = result.usage or _estimated_usage(job, self.partials)
+        self.settle(service.prices.charge(quote, 1, 1, result.usage, self.partials), delivered=1)
+        return image_event(job, "completed", b64, int(service.clock()), usage=usage)
+
+
+def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
+    """`estimate_usage`, with the output tokens OpenAI adds for each partial image."""
+    usage = estimate_usage(job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size)
+    extra = partials * PARTIAL_IMAGE_TOKENS
+    usage["output_tokens"] += extra
+    usage["total_tokens"] += extra
+    usage["output_tokens_details"]["image_tokens"] += extra
+    return usage
+
+
+INTERNAL_ERROR = APIError(
+    500, "The server had an error while processing your request.", type="server_error", code="internal_error"
+)
+
+
+def _log_line(account: Account, job: ImageJob, request_id: str, quote: Quote) -> dict[str, Any]:
+    """The start of a request's one log line, completed as it runs."""
+    return {
+        "request_id": request_id,
+        "account_id": account.account_id,
+        "key_id": account.key_id,
+        "endpoint": job.endpoint,
+        "model": job.contract.id,
+        "n": job.n,
+        "size": job.size,
+        "quality": job.quality,
+        "reserved_micros": quote.reserve,
+    }
 
 
 def _with_data(body: dict[str, Any], data: list[dict[str, str]]) -> dict[str, Any]:

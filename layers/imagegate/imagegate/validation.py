@@ -155,7 +155,14 @@ ENDPOINT_PARAMS: dict[Endpoint, frozenset[str]] = {
     "edits": frozenset(_COMMON | _GPT | {"prompt", "input_fidelity"}),
     "variations": frozenset(_COMMON),
 }
-_GPT_ONLY = ("background", "output_format", "output_compression", "moderation", "input_fidelity")
+_GPT_ONLY = (
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "input_fidelity",
+    "partial_images",
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,9 @@ class ImageJob:
     # Seconds already spent fetching the inputs (image URLs, uploaded files): the router's upstream budget
     # is shortened by as much, so the whole request still fits the gateway's timeout.
     input_seconds: float = field(default=0.0, compare=False)
+    stream: bool = False
+    # Partial images to stream before the final one: 0 unless `stream` (alone, `partial_images` asks none).
+    partial_images: int = 0
 
     @property
     def size(self) -> str:
@@ -219,13 +229,6 @@ def resolve(
                 name,
                 "unsupported_parameter",
             )
-    if params.stream:
-        raise errors.invalid(
-            "Streaming is not supported by this API; omit 'stream' or set it to false.",
-            "stream",
-            "unsupported_parameter",
-        )
-
     prompt = _prompt(contract, endpoint, params.prompt)
     n = params.n or 1
     if n > contract.n_max:
@@ -235,6 +238,8 @@ def resolve(
             else f"{n} is greater than the maximum of {contract.n_max} - 'n'",
             "n",
         )
+    if params.stream:
+        _check_stream(contract, n, params.response_format)
 
     if params.image is not None:
         images = _generation_images(contract, params.image)
@@ -290,7 +295,30 @@ def resolve(
         images=tuple(inputs),
         mask=mask,
         price_per_image=price_per_image(contract, quality, f"{width}x{height}"),
+        stream=bool(params.stream),
+        partial_images=(params.partial_images or 0) if params.stream else 0,
     )
+
+
+def _check_stream(contract: Contract, n: int, response_format: str | None) -> None:
+    """`stream=true`: GPT image models only, one image (the events carry no image index, so the images of
+    n > 1 could not be told apart), and b64_json, the only form the events have."""
+    if not contract.gpt_params:
+        raise errors.invalid(
+            f"'stream' is not supported by {contract.id}; streaming applies to GPT image models.",
+            "stream",
+            "unsupported_parameter",
+        )
+    if n != 1:
+        raise errors.invalid(
+            "Streaming makes one image: use n=1 with stream=true (the events carry no image index).", "n"
+        )
+    if response_format == "url":
+        raise errors.invalid(
+            "Streaming answers with b64_json only; omit 'response_format' with stream=true.",
+            "response_format",
+            "unsupported_parameter",
+        )
 
 
 def _contract(catalog: dict[str, Contract], model: str, endpoint: Endpoint) -> Contract:

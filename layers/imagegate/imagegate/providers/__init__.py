@@ -9,7 +9,7 @@ provider is a module plus route (and, for a new public model id, catalog) entrie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +31,18 @@ class ProviderResult:
     revised_prompt: str | None = None
     # OpenAI-shaped token usage, only as the upstream reported it (settled from by token-priced contracts).
     usage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """One streamed partial image, encoded as the final one will be (the job's size and output_format)."""
+
+    image: bytes
+    index: int  # 0-based, in the order the upstream made them
+
+
+# What a stream yields: partial images, then exactly one result (with one image: streams have n=1).
+StreamItem = PartialImage | ProviderResult
 
 
 class ProviderError(Exception):
@@ -114,6 +126,9 @@ class Deps:
 
 
 class Provider(Protocol):
+    """Optionally also `stream(job) -> Iterator[StreamItem]`, for providers whose upstream makes partial
+    images (`job.partial_images` of them at most); see `stream` below for the others."""
+
     name: str
 
     def supports(self, operation: Operation) -> bool: ...
@@ -156,3 +171,13 @@ def operation(job: ImageJob) -> Operation:
 def run(provider: Provider, job: ImageJob) -> ProviderResult:
     """Dispatch a job to the provider method for its kind of work."""
     return getattr(provider, operation(job))(job)
+
+
+def stream(provider: Provider, job: ImageJob) -> Iterator[StreamItem]:
+    """A streamed job's partial images as the upstream makes them, then its result. A provider without a
+    `stream` method makes no partial images: its stream is the result alone."""
+    method = getattr(provider, "stream", None)
+    if method is None:
+        yield run(provider, job)
+    else:
+        yield from method(job)

@@ -10,10 +10,11 @@ https://github.com/google/timesketch/pull/3703).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -39,8 +40,52 @@ def post(
 
     `label` names the upstream in messages; `secret` (its key) is scrubbed from any upstream text we quote.
     """
-    try:
+    with _transport_errors(label, timeout_s):
         response = client.post(url, timeout=timeout_s, **kwargs)
+    if not response.is_success:
+        raise error_for(response, label, secret)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise bad_response(label, "a body that is not JSON") from exc
+
+
+def stream_events(
+    client: httpx.Client, url: str, *, label: str, timeout_s: float, secret: str = "", **kwargs: Any
+) -> Iterator[dict[str, Any]]:
+    """POST for server-sent events and yield each event's JSON data as it arrives (OpenAI's streams name
+    the event in the data's `type`). Failures are `post`'s, and an `error` event is one too; `timeout_s`
+    bounds each read, not the whole stream."""
+    from httpx_sse import SSEError, connect_sse
+
+    with (
+        _transport_errors(label, timeout_s),
+        connect_sse(client, "POST", url, timeout=timeout_s, **kwargs) as source,
+    ):
+        if not source.response.is_success:
+            source.response.read()
+            raise error_for(source.response, label, secret)
+        try:
+            for event in source.iter_sse():
+                if event.data == "[DONE]":
+                    return
+                data = event.json()
+                if not isinstance(data, dict):
+                    raise bad_response(label, "an event that is not a JSON object")
+                if event.event == "error" or data.get("type") == "error" or "error" in data:
+                    raise stream_error(data, label, secret)
+                yield data
+        except SSEError as exc:
+            raise bad_response(label, "a body that is not an event stream") from exc
+        except ValueError as exc:  # JSONDecodeError
+            raise bad_response(label, "an event whose data is not JSON") from exc
+
+
+@contextlib.contextmanager
+def _transport_errors(label: str, timeout_s: float) -> Iterator[None]:
+    """Timeouts and dropped connections as retryable `ProviderError`s."""
+    try:
+        yield
     except httpx.TimeoutException as exc:
         raise ProviderError(
             f"The upstream image service ({label}) did not answer within {timeout_s:g} s.",
@@ -54,12 +99,6 @@ def post(
             code="upstream_unavailable",
             retry=True,
         ) from exc
-    if not response.is_success:
-        raise error_for(response, label, secret)
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise bad_response(label, "a body that is not JSON") from exc
 
 
 def error_for(response: httpx.Response, label: str, secret: str = "") -> ProviderError:
@@ -101,6 +140,19 @@ def error_for(response: httpx.Response, label: str, secret: str = "") -> Provide
         f"The upstream image service ({label}) rejected the request (HTTP {status}): "
         f"{quoted or 'no details given'}",
         code="upstream_rejected",
+    )
+
+
+def stream_error(data: dict[str, Any], label: str, secret: str = "") -> ProviderError:
+    """An `error` event in an upstream's stream: a safety refusal is final, anything else worth a retry
+    (the upstream's words are quoted only for a refusal, as `error_for` does for 5xx answers)."""
+    error = data["error"] if isinstance(data.get("error"), dict) else data
+    codes = {str(error[k]) for k in ("code", "type") if error.get(k)}
+    if codes & CONTENT_CODES:
+        quoted = _redact(str(error.get("message") or ""), secret)
+        return content_policy(quoted or "Your request was rejected by the upstream's safety system.")
+    return ProviderError(
+        f"The upstream image service ({label}) failed while streaming.", code="upstream_error", retry=True
     )
 
 

@@ -8,13 +8,15 @@ the input.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
 from ..images import encode
-from . import Deps, Operation, ProviderResult, Upstream
+from . import Deps, Operation, PartialImage, ProviderResult, StreamItem, Upstream, run
 
 if TYPE_CHECKING:
     from ..images import InputImage
@@ -64,6 +66,22 @@ class LocalProvider:
                 varied = ImageOps.mirror(varied)
             images.append(self._finish(job, varied))
         return self._result(job, images)
+
+    def stream(self, job: ImageJob) -> Iterator[StreamItem]:
+        """Real progressive partials, coarse to fine: partial i of k is the final image at 1/2**(k-i+1) of its
+        resolution (with k=2: 1/8, then 1/4), scaled back up to the full size, then the final image."""
+        result = run(self, job)
+        if job.partial_images:
+            with Image.open(io.BytesIO(result.images[0])) as final:
+                final.load()
+                for i in range(job.partial_images):
+                    factor = 2 ** (job.partial_images - i + 1)
+                    small = (max(1, final.width // factor), max(1, final.height // factor))
+                    coarse = final.resize(small, Image.Resampling.BOX).resize(
+                        final.size, Image.Resampling.NEAREST
+                    )
+                    yield PartialImage(encode(coarse, job.output_format, job.output_compression), i)
+        yield result
 
     @staticmethod
     def _edit_area(job: ImageJob, base: Image.Image) -> Image.Image:

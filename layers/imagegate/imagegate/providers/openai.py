@@ -28,7 +28,8 @@ Legacy contracts routed to a successor keep their promise (see `_gpt_quality`, `
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..catalog import (
@@ -41,8 +42,8 @@ from ..catalog import (
     upstream_quality,
 )
 from ..images import CONTENT_TYPES, fit
-from . import Deps, Operation, ProviderResult, Upstream, gather
-from ._http import bad_response, nearest_aspect, post
+from . import Deps, Operation, PartialImage, ProviderResult, StreamItem, Upstream, gather, run
+from ._http import bad_response, nearest_aspect, post, stream_events
 
 if TYPE_CHECKING:
     import httpx
@@ -79,6 +80,41 @@ class OpenAIProvider:
         return operation == "generate" or not self.dalle3
 
     def generate(self, job: ImageJob) -> ProviderResult:
+        return self._call(job, "generations", self._generation_fields(job), None)
+
+    def edit(self, job: ImageJob) -> ProviderResult:
+        return self._call(job, "edits", *self._edit_parts(job))
+
+    def vary(self, job: ImageJob) -> ProviderResult:
+        fields = {"model": self.model, "size": self._size(job), "response_format": "b64_json"}
+        return self._call(job, "variations", fields, [_file("image", job.images[0])])
+
+    def stream(self, job: ImageJob) -> Iterator[StreamItem]:
+        """The upstream's own stream (GPT-image dialect): each partial image as it arrives, then the
+        completed image with its usage. A DALL·E upstream cannot stream: its result alone."""
+        if self.dialect == "dall-e":
+            yield run(self, job)
+            return
+        if job.images:
+            path, (fields, files) = "edits", self._edit_parts(job)
+        else:
+            path, fields, files = "generations", self._generation_fields(job), None
+        fields |= {"n": 1, "stream": True, "partial_images": job.partial_images}
+        made = 0
+        # Closed as soon as this generator is (an abandoned stream): the upstream connection goes with it.
+        with contextlib.closing(stream_events(self.client, **self._request(path, fields, files))) as events:
+            for event in events:
+                kind = str(event.get("type", ""))
+                if kind.endswith(".partial_image"):
+                    index = event.get("partial_image_index")
+                    yield PartialImage(self._decode(job, event), index if isinstance(index, int) else made)
+                    made += 1
+                elif kind.endswith(".completed"):
+                    yield ProviderResult(images=[self._decode(job, event)], usage=event.get("usage"))
+                    return
+        raise bad_response(self.name, "a stream that ended without its completed event")
+
+    def _generation_fields(self, job: ImageJob) -> dict[str, Any]:
         fields = self._fields(job)
         if self.dialect == "gpt-image" and job.moderation != "auto":
             fields["moderation"] = job.moderation  # generations only: the edits form has no moderation
@@ -86,9 +122,9 @@ class OpenAIProvider:
             fields["quality"] = "hd" if job.quality in ("hd", "high") else "standard"
             if job.style:
                 fields["style"] = job.style
-        return self._call(job, "generations", lambda n: {"json": {**fields, "n": n}})
+        return fields
 
-    def edit(self, job: ImageJob) -> ProviderResult:
+    def _edit_parts(self, job: ImageJob) -> tuple[dict[str, Any], list[FilePart]]:
         fields = self._fields(job)
         if self.dialect == "dall-e":
             files = [_file("image", job.images[0])]  # dall-e-2 takes one file and rejects `image[]`
@@ -103,13 +139,7 @@ class OpenAIProvider:
             mask = job.images[0]
         if mask is not None:
             files.append(_file("mask", mask))
-        return self._call(job, "edits", lambda n: _form({**fields, "n": n}, files))
-
-    def vary(self, job: ImageJob) -> ProviderResult:
-        fields = {"model": self.model, "size": self._size(job), "response_format": "b64_json"}
-        return self._call(
-            job, "variations", lambda n: _form({**fields, "n": n}, [_file("image", job.images[0])])
-        )
+        return fields, files
 
     def _fields(self, job: ImageJob) -> dict[str, Any]:
         """Parameters that generations and edits share, in the upstream's dialect."""
@@ -146,20 +176,26 @@ class OpenAIProvider:
         width, height = nearest_aspect(job.width, job.height, [parse_size(s) or (0, 0) for s in sizes])
         return f"{width}x{height}"
 
-    def _call(self, job: ImageJob, path: str, request: Callable[[int], dict[str, Any]]) -> ProviderResult:
-        """POST to /images/{path}: once for all n images, or once per image on dall-e-3 (n must be 1)."""
-        headers = {"Authorization": f"Bearer {self.upstream.api_key}"} if self.upstream.api_key else {}
+    def _request(self, path: str, fields: dict[str, Any], files: list[FilePart] | None) -> dict[str, Any]:
+        """The arguments of a call to /images/{path}, for `post` and `stream_events`."""
+        key = self.upstream.api_key
+        return {
+            "url": f"{self.base_url}/images/{path}",
+            "label": self.name,
+            "timeout_s": self.upstream.timeout_s,
+            "secret": key,
+            "headers": {"Authorization": f"Bearer {key}"} if key else {},
+            **_payload(fields, files),
+        }
+
+    def _call(
+        self, job: ImageJob, path: str, fields: dict[str, Any], files: list[FilePart] | None
+    ) -> ProviderResult:
+        """POST to /images/{path}: once for all n images, or once per image on dall-e-3 (n must be 1);
+        JSON without `files`, multipart with them."""
 
         def once(n: int) -> dict[str, Any]:
-            return post(
-                self.client,
-                f"{self.base_url}/images/{path}",
-                label=self.name,
-                timeout_s=self.upstream.timeout_s,
-                secret=self.upstream.api_key,
-                headers=headers,
-                **request(n),
-            )
+            return post(self.client, **self._request(path, {**fields, "n": n}, files))
 
         bodies = gather([lambda: once(1)] * job.n) if self.dalle3 else [once(job.n)]
         items = [item for body in bodies for item in _data(body, self.name)][: job.n]
@@ -195,11 +231,18 @@ def _data(body: Any, label: str) -> list[dict[str, Any]]:
     return items
 
 
-def _file(part: str, image: InputImage, stem: str | None = None) -> tuple[str, tuple[str, bytes, str]]:
+FilePart = tuple[str, tuple[str, bytes, str]]
+
+
+def _file(part: str, image: InputImage, stem: str | None = None) -> FilePart:
     ext = "jpg" if image.format == "JPEG" else image.format.lower()
     return part, (f"{stem or part}.{ext}", image.data, CONTENT_TYPES[image.format.lower()])
 
 
-def _form(fields: dict[str, Any], files: list[tuple[str, tuple[str, bytes, str]]]) -> dict[str, Any]:
-    """multipart/form-data: scalars as text parts, images as file parts."""
-    return {"data": {k: str(v) for k, v in fields.items()}, "files": files}
+def _payload(fields: dict[str, Any], files: list[FilePart] | None) -> dict[str, Any]:
+    """httpx arguments: a JSON body, or multipart/form-data (scalars as text parts, images as file parts,
+    booleans as `true`/`false` as the SDKs send them)."""
+    if files is None:
+        return {"json": fields}
+    text = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+    return {"data": text, "files": files}
