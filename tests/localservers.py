@@ -9,6 +9,7 @@ connect, `connected(sock)` is False.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -82,25 +83,26 @@ def serve(respond: Respond, tls: ssl.SSLContext | None = None) -> Iterator[Serve
             seen = Seen(self.command, self.path, dict(self.headers.items()), self.rfile.read(length))
             server_state.requests.append(seen)
             status, headers, body = respond(seen)
+            # The client may stop reading (which is what the caps are for): nothing to report then.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                self._answer(status, headers, body)
+            self.close_connection = True
+
+        def _answer(self, status: int, headers: dict[str, str], body: bytes | Iterator[bytes]) -> None:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             if isinstance(body, bytes):
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
                 return
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            try:
-                for chunk in body:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-                pass  # the client stopped reading, which is what the caps are for
-            self.close_connection = True
+            for chunk in body:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
 
         do_GET = do_POST = _handle
 

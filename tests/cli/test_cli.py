@@ -907,3 +907,61 @@ def test_accounts_suspend_and_resume_turn_aws_service_jobs_off_and_on(table, cap
         "",
         "imagegate: no account acct_missing\n",
     )
+
+
+# --- webhooks -------------------------------------------------------------------------------------------
+
+
+def test_webhooks_set_show_test_remove(table, capsys):
+    from localservers import local_outbound, serve
+    from standardwebhooks import Webhook
+
+    account_id = table.accounts.create_account(0)
+    outbound = local_outbound({"hooks.example.com": "127.0.0.1"})
+    with serve(lambda seen: (204, {}, b"")) as server:
+        url = server.url("/imagegate", host="hooks.example.com")
+        code = main(["webhooks", "set", account_id, url], outbound=outbound)
+        out, _ = capsys.readouterr()
+        assert code == 0
+        secret = out.splitlines()[-1]
+        assert secret.startswith("whsec_") and "shown once" in out
+
+        code, out, _ = run(capsys, "webhooks", "show", account_id)
+        assert code == 0 and url in out and secret not in out
+
+        code = main(["webhooks", "test", account_id], outbound=outbound)
+        out, _ = capsys.readouterr()
+        assert code == 0 and "HTTP 204 (delivered)" in out
+    (seen,) = server.requests
+    assert Webhook(secret).verify(seen.body, seen.headers)["type"] == "webhook.test"
+
+    code, out, _ = run(capsys, "webhooks", "remove", account_id)
+    assert code == 0 and "removed" in out
+    code, _, err = run(capsys, "webhooks", "show", account_id)
+    assert code == 1 and "has no webhook endpoint" in err
+
+
+@pytest.mark.parametrize(
+    "url", ["http://hooks.example.com/", "https://127.0.0.1/", "https://2852039166/", "https://[::1]/"]
+)
+def test_webhooks_set_refuses_what_is_not_https_to_a_public_address_and_stores_nothing(table, capsys, url):
+    account_id = table.accounts.create_account(0)
+    code, out, err = run(capsys, "webhooks", "set", account_id, url)
+    assert code == 1 and "webhook URL refused" in err and "whsec_" not in out + err
+    assert run(capsys, "webhooks", "show", account_id)[0] == 1
+
+
+def test_webhooks_commands_on_unknown_accounts_and_failing_endpoints(table, capsys):
+    from localservers import local_outbound, serve
+
+    assert run(capsys, "webhooks", "set", "acct_missing", "https://hooks.example.com/")[0] == 1
+    assert run(capsys, "webhooks", "remove", "acct_missing")[0] == 1
+    assert run(capsys, "webhooks", "test", "acct_missing")[0] == 1
+    account_id = table.accounts.create_account(0)
+    with serve(lambda seen: (500, {}, b"")) as server:
+        assert main(["webhooks", "set", account_id, server.url()], outbound=local_outbound()) == 0
+        code = main(["webhooks", "test", account_id], outbound=local_outbound())
+    out, _ = capsys.readouterr()
+    assert code == 1 and "HTTP 500 (not delivered)" in out
+    code, out, err = run(capsys, "webhooks", "test", account_id)  # production's check: https only
+    assert code == 1 and "(url_scheme)" in err

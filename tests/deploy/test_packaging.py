@@ -93,6 +93,7 @@ EVENTS = {
     "balance": ["balance"],
     "uploads": ["uploads"],
     "sweep": ["sweep"],
+    "webhooks": ["webhook_delivery"],
 }
 # Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
 JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke")
@@ -252,6 +253,9 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
             no_jobs = {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
             assert result == {"closed": 1, "charged_micros": 0, "refunded_micros": 16_000, **no_jobs}
             assert balance() == START_BALANCE
+            continue
+        if function == "webhooks":  # a delivery for a job this table never had: dropped, not kept
+            assert result == {"batchItemFailures": []}
             continue
         assert result["statusCode"] == 200, result["body"][:500]
         body = json.loads(result["body"])

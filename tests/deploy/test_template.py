@@ -15,11 +15,14 @@ from imagegate.config import (
     visibility_timeout,
 )
 from imagegate.jobs import start_deadline_s
+from imagegate.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
 
 READ_VERBS = re.compile(r"^(dynamodb:(GetItem|BatchGetItem|Query)|s3:GetObject)$")
 AWS_MANAGED_KEY = re.compile(r"^(alias/)?aws/")
+# What a function that can finish a job needs besides its own work: the event, and the webhook delivery.
+NOTIFY = {"events:PutEvents", "sqs:SendMessage"}
 
 
 # --- least privilege ------------------------------------------------------------------------------------
@@ -95,7 +98,8 @@ def test_each_function_gets_only_its_own_actions():
     assert image == actions("EditsFunction") == actions("VariationsFunction")
     assert "bedrock:InvokeModel" in image and "secretsmanager:GetSecretValue" in image
     sweep = actions("SweepFunction")
-    assert not {a for a in sweep if not a.startswith("dynamodb:")}  # no S3, no secrets, no Bedrock
+    # No S3, no secrets, no Bedrock: the table, and the notifications of the jobs it fails.
+    assert not {a for a in sweep if not a.startswith("dynamodb:")} - NOTIFY
     assert "dynamodb:DeleteItem" not in sweep
     # Nothing conditional is granted by default: no secret, no parameter, no key, no Bedrock.
     assert actions("GenerationsFunction", Stack()) == {
@@ -107,13 +111,13 @@ def test_each_function_gets_only_its_own_actions():
         "s3:GetObject",
         "s3:DeleteObject",
         "sqs:SendMessage",  # a job's submit
+        *NOTIFY,
     }
-    # The worker calls the upstreams as the image functions do, reads job inputs, and queues nothing; it
-    # answers the Step Functions tasks of jobs from AWS services (triggers.Answers).
-    assert actions("WorkerFunction") == image - {"sqs:SendMessage"} | {
-        "states:SendTaskSuccess",
-        "states:SendTaskFailure",
-    }
+    # The worker calls the upstreams as the image functions do and reads job inputs; it queues no job, only
+    # the webhook deliveries of the jobs it finishes, and answers the Step Functions tasks of jobs from AWS
+    # services (triggers.Answers).
+    assert actions("WorkerFunction") == image | {"states:SendTaskSuccess", "states:SendTaskFailure"}
+    assert resources("WorkerFunction", "sqs:SendMessage") == [{"Fn::GetAtt": ["WebhookDeliveryQueue", "Arn"]}]
     jobs = actions("JobsFunction")
     assert jobs == {
         "dynamodb:GetItem",
@@ -121,6 +125,7 @@ def test_each_function_gets_only_its_own_actions():
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "s3:GetObject",
+        *NOTIFY,  # a cancel finishes its job
     }
 
 
@@ -163,6 +168,38 @@ def test_the_worker_timeout_drives_the_worker_its_budget_and_the_queue():
         assert start_deadline_s(int(seconds)) < queue["MessageRetentionPeriod"]
     alarm = resources_["JobsDeadLetterAlarm"]["Properties"]
     assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}
+
+
+def test_every_function_that_finishes_jobs_publishes_them_and_only_the_delivery_function_delivers():
+    finishing = {"GenerationsFunction", "EditsFunction", "VariationsFunction", "SweepFunction"}
+    finishing |= {"WorkerFunction", "JobsFunction", "RequestsFunction", "InvokeFunction"}
+    for name in finishing:
+        assert {"Ref": "JobNotificationsPolicy"} in functions()[name]["Properties"]["Policies"], name
+        assert actions(name) >= NOTIFY
+    assert actions("WebhooksFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "sqs:ChangeMessageVisibility",
+    }
+    assert "sqs:ChangeMessageVisibility" not in set().union(*(actions(f) for f in finishing))
+
+
+def test_the_delivery_queue_outlives_the_retry_schedule_and_keeps_records_the_function_reports():
+    resources = template()["Resources"]
+    queue = resources["WebhookDeliveryQueue"]["Properties"]
+    function = resources["WebhooksFunction"]["Properties"]
+    assert queue["MessageRetentionPeriod"] > sum(DELAYS_S) + 3600
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVES > MAX_ATTEMPTS
+    assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
+    assert function["Timeout"] >= 3 * ATTEMPT_TIMEOUT_S  # connect, send and answer, each capped
+    assert max(DELAYS_S) <= MAX_VISIBILITY_S  # each wait fits one visibility timeout
+    source = function["Events"]["Deliveries"]["Properties"]
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    env = Stack().environment()
+    assert (env["IMAGEGATE_EVENT_BUS"], env["IMAGEGATE_WEBHOOK_QUEUE_URL"]) == (
+        "default",
+        "WebhookDeliveryQueue",
+    )
 
 
 def test_uploads_are_signed_read_and_expired_under_their_own_prefix_only():

@@ -137,6 +137,7 @@ def test_the_default_outbound_refuses_forbidden_hosts_without_connecting(host):
         ("https://public.test:99999/", "url_invalid"),
         ("https://[::1/", "url_invalid"),
         ("https://nowhere.test/", "unresolvable"),
+        ("https://public.test/" + "a" * 8200, "url_invalid"),
     ],
 )
 def test_urls_that_are_not_https_to_a_resolvable_name_are_refused(url, code):

@@ -1,4 +1,4 @@
-"""`imagegate`: the operator's admin CLI for accounts, keys, balances, usage and the ledger.
+"""`imagegate`: the operator's admin CLI for accounts, keys, balances, usage, the ledger and webhooks.
 
 It talks to the local stack when AWS_ENDPOINT_URL is set (as `make serve` prints it), and to the deployed
 stack otherwise: the table comes from --table, --stack (read from the stack's outputs) or IMAGEGATE_TABLE.
@@ -29,6 +29,8 @@ from .aws import AWSClients
 from .billing import Billing
 from .config import Settings
 from .money import micros_to_decimal, micros_to_usd, usd_to_micros
+from .outbound import Outbound, OutboundError
+from .webhooks import Endpoint, Webhooks
 
 MIN_SWEEP_AGE_S = 60
 
@@ -67,6 +69,8 @@ class Admin:
     dynamodb: Any
     table: str
     actor: str
+    aws: Any = None  # AWSClients (webhooks); `dynamodb` is its client
+    outbound: Outbound | None = None  # how webhook URLs are checked and called (tests: local servers)
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -76,11 +80,16 @@ class Admin:
     def billing(self) -> Billing:
         return Billing(self.dynamodb, self.table)
 
+    @cached_property
+    def webhooks(self) -> Webhooks:
+        return Webhooks(self.aws, self.table, outbound=self.outbound)
 
-def main(argv: list[str] | None = None) -> int:
+
+def main(argv: list[str] | None = None, outbound: Outbound | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        admin = Admin(_clients(args).dynamodb, _table(args), args.actor or _login())
+        aws = _clients(args)
+        admin = Admin(aws.dynamodb, _table(args), args.actor or _login(), aws, outbound)
         return args.run(admin, args)
     except (CLIError, NotFound, ValueError) as exc:  # an operator's mistake, said in their terms
         print(f"imagegate: {exc}", file=sys.stderr)
@@ -233,6 +242,24 @@ def _parser() -> argparse.ArgumentParser:
     which = reconcile.add_mutually_exclusive_group(required=True)
     which.add_argument("account_id", nargs="?", help="the account to check")
     which.add_argument("--all", action="store_true", help="check every account")
+
+    webhooks = _group(
+        groups, "webhooks", "an account's webhook endpoint for finished image jobs (Standard Webhooks)"
+    )
+    set_hook = _command(
+        webhooks,
+        "webhooks set",
+        _webhooks_set,
+        "set (or replace) the endpoint: https to a public address; its new signing secret is the last line",
+    )
+    set_hook.add_argument("account_id")
+    set_hook.add_argument("url")
+    for name, run, help in (
+        ("show", _webhooks_show, "the endpoint's URL and when it was set (never its secret)"),
+        ("remove", _webhooks_remove, "remove the endpoint; pending deliveries then fail"),
+        ("test", _webhooks_test, "send a signed webhook.test event now and print the endpoint's answer"),
+    ):
+        _command(webhooks, f"webhooks {name}", run, help).add_argument("account_id")
 
     sweep = _command(
         groups,
@@ -697,6 +724,53 @@ def _sweep(admin: Admin, args: argparse.Namespace) -> int:
     refunded = micros_to_usd(sum(r.amount - charged for r, charged in closed))
     print(f"stale reservations closed: {len(closed)} (refunded {refunded})")
     return 0
+
+
+# --- webhooks -------------------------------------------------------------------------------------------
+
+
+def _webhooks_set(admin: Admin, args: argparse.Namespace) -> int:
+    admin.accounts.show_account(args.account_id)  # NotFound for no such account
+    try:
+        secret = admin.webhooks.set(args.account_id, args.url)
+    except OutboundError as exc:
+        raise CLIError(f"webhook URL refused ({exc.code}): {exc.message}") from exc
+    print(f"webhook for account {args.account_id}: {_shown(args.url)}")
+    print("signing secret (shown once, store it now; verify deliveries with it):")
+    print(secret)
+    return 0
+
+
+def _webhooks_show(admin: Admin, args: argparse.Namespace) -> int:
+    endpoint = _endpoint(admin, args.account_id)
+    _print_fields({"account": endpoint.account_id, "url": endpoint.url, "set": _when(endpoint.created_at)})
+    return 0
+
+
+def _webhooks_remove(admin: Admin, args: argparse.Namespace) -> int:
+    if not admin.webhooks.remove(args.account_id):
+        raise CLIError(f"account {args.account_id} has no webhook endpoint")
+    print(f"removed the webhook endpoint of account {args.account_id}")
+    return 0
+
+
+def _webhooks_test(admin: Admin, args: argparse.Namespace) -> int:
+    url = _endpoint(admin, args.account_id).url
+    try:
+        status = admin.webhooks.test(args.account_id)
+    except OutboundError as exc:
+        raise CLIError(f"test event not delivered to {_shown(url)} ({exc.code}): {exc.message}") from exc
+    delivered = 200 <= status < 300
+    outcome = "delivered" if delivered else "not delivered"
+    print(f"test event sent to {_shown(url)}: HTTP {status} ({outcome})")
+    return 0 if delivered else 1
+
+
+def _endpoint(admin: Admin, account_id: str) -> Endpoint:
+    endpoint = admin.webhooks.get(account_id)
+    if endpoint is None:
+        raise CLIError(f"account {account_id} has no webhook endpoint")
+    return endpoint
 
 
 # --- output ---------------------------------------------------------------------------------------------

@@ -111,6 +111,10 @@ class Settings:
     worker_timeout_seconds: float = DEFAULT_WORKER_TIMEOUT_SECONDS
     input_prefix: str = "inputs"
     job_retention_days: int = 1
+    # Finished jobs are told (notifications.py, webhooks.py) to this EventBridge bus (empty: no events) and,
+    # for accounts with a webhook endpoint, through this delivery queue (empty: no webhook deliveries).
+    event_bus: str = ""
+    webhook_queue_url: str = ""
 
     def for_worker(self) -> Settings:
         """The settings a job runs under: the upstream budget of the worker's timeout, not the gateway's."""
@@ -162,6 +166,8 @@ class Settings:
                 env.get("IMAGEGATE_WORKER_TIMEOUT_SECONDS") or DEFAULT_WORKER_TIMEOUT_SECONDS
             ),
             job_retention_days=int(env.get("IMAGEGATE_JOB_RETENTION_DAYS", cls.job_retention_days)),
+            event_bus=env.get("IMAGEGATE_EVENT_BUS", ""),
+            webhook_queue_url=env.get("IMAGEGATE_WEBHOOK_QUEUE_URL", ""),
         )
 
 

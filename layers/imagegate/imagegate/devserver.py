@@ -1,9 +1,10 @@
 """`make serve`: the whole stack on one machine, offline.
 
-S3, DynamoDB and SQS come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points elsewhere
-(LocalStack, say); the table, bucket and jobs queue are created, a funded dev key is seeded, uvicorn serves
-all routes on 127.0.0.1:$PORT, and the job worker runs in this process against the local queue
-(LocalWorker), through the worker function's own handler.
+S3, DynamoDB, SQS and EventBridge come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points
+elsewhere (LocalStack, say); the table, bucket and queues are created, a funded dev key is seeded, uvicorn
+serves all routes on 127.0.0.1:$PORT, and the job worker runs in this process against the local queue
+(LocalWorker), through the worker function's own handler; so do webhook deliveries, from their own local
+queue, and finished jobs' events go to moto's EventBridge default bus.
 
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
 moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
@@ -106,21 +107,33 @@ def provision(aws: AWSClients, settings: Settings) -> None:
 
 
 JOBS_QUEUE = "imagegate-jobs"
+WEBHOOK_QUEUE = "imagegate-webhooks"
+WEBHOOK_VISIBILITY_S = 360  # template.yaml: WebhookDeliveryQueue
 
 
-def provision_jobs_queue(aws: AWSClients, settings: Settings, name: str = JOBS_QUEUE) -> str:
-    """The jobs queue and its dead-letter queue as template.yaml declares them; the queue's URL."""
+def provision_queue(aws: AWSClients, name: str, *, visibility_s: int, max_receives: int) -> str:
+    """A queue and its dead-letter queue as template.yaml declares them; the queue's URL."""
     sqs = aws.sqs
     dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(JOB_MAX_DELIVERIES)}
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)}
     return sqs.create_queue(
         QueueName=name,
-        Attributes={
-            "VisibilityTimeout": str(visibility_timeout(settings.worker_timeout_seconds)),
-            "RedrivePolicy": json.dumps(redrive),
-        },
+        Attributes={"VisibilityTimeout": str(visibility_s), "RedrivePolicy": json.dumps(redrive)},
     )["QueueUrl"]
+
+
+def provision_jobs_queue(aws: AWSClients, settings: Settings, name: str = JOBS_QUEUE) -> str:
+    """The jobs queue and its dead-letter queue; the queue's URL."""
+    visibility = visibility_timeout(settings.worker_timeout_seconds)
+    return provision_queue(aws, name, visibility_s=visibility, max_receives=JOB_MAX_DELIVERIES)
+
+
+def provision_webhook_queue(aws: AWSClients, name: str = WEBHOOK_QUEUE) -> str:
+    """The webhook delivery queue and its dead-letter queue; the queue's URL."""
+    from .webhooks import MAX_RECEIVES
+
+    return provision_queue(aws, name, visibility_s=WEBHOOK_VISIBILITY_S, max_receives=MAX_RECEIVES)
 
 
 class LocalWorker:
@@ -281,7 +294,7 @@ def main() -> None:
     from aws_lambda_powertools.logging import Logger
 
     from .api import create_app
-    from .lambda_app import batch_handler, build_jobs, wrap
+    from .lambda_app import batch_handler, build_jobs, build_webhooks, sqs_batch, wrap
     from .service import Service
 
     if emulator is not None:
@@ -298,6 +311,10 @@ def main() -> None:
     provision(aws, settings)
     if not settings.jobs_queue_url:
         settings = replace(settings, jobs_queue_url=provision_jobs_queue(aws, settings))
+    if not settings.webhook_queue_url:
+        settings = replace(settings, webhook_queue_url=provision_webhook_queue(aws))
+    # moto serves EventBridge's default bus: finished jobs' events go through the deployed code path.
+    settings = replace(settings, event_bus=settings.event_bus or "default")
     logger = Logger(service="imagegate")
     # Quiet while starting, so that the banner is not interleaved with JSON log lines; requests log after.
     level = logger.log_level
@@ -313,6 +330,10 @@ def main() -> None:
     worker_jobs = build_jobs(Service(settings.for_worker(), aws, logger))
     worker = LocalWorker(batch_handler(worker_jobs), aws.sqs, settings.jobs_queue_url)
     worker.start()
+    # Webhook deliveries, with their retries, as the delivery function makes them.
+    delivery = sqs_batch(build_webhooks(aws, settings).record_handler())
+    deliveries = LocalWorker(delivery, aws.sqs, settings.webhook_queue_url, threads=1)
+    deliveries.start()
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
@@ -326,6 +347,8 @@ def main() -> None:
         f"try:      export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY={key}",
         f"jobs:     queue {settings.jobs_queue_url}, worker in this process"
         " (send 'Prefer: respond-async'; README, 'Long jobs and AWS events')",
+        f"webhooks: queue {settings.webhook_queue_url}, deliveries in this process; events on the"
+        f" '{settings.event_bus}' bus (README, 'Webhooks and events')",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")

@@ -17,7 +17,7 @@ import json
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
@@ -29,6 +29,9 @@ from .errors import APIError
 from .jobs import Finished, Jobs
 from .providers import Deps
 from .service import Service
+
+if TYPE_CHECKING:
+    from .webhooks import Webhooks
 
 DEMO_HEADER = (b"x-imagegate-demo", b"local renderer, not AI")
 
@@ -65,7 +68,48 @@ def job_hooks(service: Service) -> list[Finished]:
     answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
     from .triggers import Answers
 
-    return [Answers(service.aws, service.settings, service.logger)]
+    hooks: list[Finished] = [Answers(service.aws, service.settings, service.logger)]
+    if service.settings.event_bus:
+        from .notifications import JobEvents
+
+        hooks.append(JobEvents(service.aws, service.settings.event_bus))
+    if service.settings.webhook_queue_url:
+        hooks.append(build_webhooks(service.aws, service.settings).job_finished)
+    return hooks
+
+
+def build_webhooks(aws: AWSClients, settings: Settings) -> Webhooks:
+    """Webhook endpoints and deliveries (webhooks.py) on the deployment's table and delivery queue."""
+    from .webhooks import Webhooks
+
+    return Webhooks(aws, settings.table, queue_url=settings.webhook_queue_url)
+
+
+def webhook_handler() -> Any:
+    """The webhook delivery queue's consumer (SQS): one attempt per record. A record whose next attempt is
+    due later is hidden until then and reported failed, so SQS keeps it (webhooks.py)."""
+    settings = Settings.from_env()
+    logger = Logger(service="imagegate")
+    webhooks = build_webhooks(AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), settings)
+    return _traced(logger.inject_lambda_context(sqs_batch(webhooks.record_handler())), settings)
+
+
+def sqs_batch(record_handler: Callable[[Any], None]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """An SQS batch event in, the records to keep out (`batchItemFailures`, Powertools' partial batch
+    response): a record whose handler raised stays in the queue, the others are deleted. The queue
+    consumers' body, which `make serve` runs against its local queues too."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    # A batch whose every record is kept is still an answer, not an invocation error (which would count
+    # as a function error and alarm): the records' failures say it all.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return handler
 
 
 def worker_handler() -> Any:
@@ -81,17 +125,7 @@ def worker_handler() -> Any:
 def batch_handler(jobs: Jobs) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     """An SQS batch event in, the failed records out (`batchItemFailures`): the worker function's body,
     which `make serve`'s local worker calls too."""
-    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-
-    record_handler = job_record_handler(jobs)
-    processor = BatchProcessor(event_type=EventType.SQS)
-
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        return process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
-
-    return handler
+    return sqs_batch(job_record_handler(jobs))
 
 
 def job_record_handler(jobs: Jobs) -> Callable[[Any], None]:

@@ -61,6 +61,8 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: th
 # What inet_aton would take for an IPv4 address: dotted parts in decimal, octal (leading 0) or hex (0x).
 _NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")
 DEFAULT_PORTS = {"https": 443, "http": 80}
+# What common servers and CDNs accept in a request line; a long presigned URL is well under it.
+MAX_URL_CHARS = 8192
 
 
 class OutboundError(Exception):
@@ -175,6 +177,8 @@ class Outbound:
 
     def check(self, url: str) -> Target:
         """The URL's target with every resolved address allowed by the policy, or an `OutboundError`."""
+        if len(url) > MAX_URL_CHARS:
+            raise OutboundError("url_invalid", f"The URL is longer than {MAX_URL_CHARS} characters.")
         try:
             parts = urlsplit(url)
             port = parts.port

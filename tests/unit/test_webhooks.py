@@ -1,0 +1,363 @@
+"""Webhooks and job events on moto's DynamoDB, SQS and EventBridge, delivering to real servers on 127.0.0.1:
+signatures the Standard Webhooks library verifies, the retry schedule on an injected clock, the final
+failed state, the SSRF check at every attempt, and the EventBridge event a rule receives."""
+
+import json
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+from aws_lambda_powertools.logging import Logger
+from localservers import local_outbound, serve
+from standardwebhooks import Webhook
+
+from imagegate.jobs import Jobs
+from imagegate.notifications import JobEvents
+from imagegate.outbound import OutboundError
+from imagegate.service import Service
+from imagegate.table import job_key
+from imagegate.validation import GenerationRequest, resolve
+from imagegate.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, RetryLater, Webhooks
+
+from .conftest import Clock
+
+ACCOUNT = "acct_hooks"
+JOB = "imgjob_0000000000000123456789abcdef0123"
+
+
+@pytest.fixture
+def queue(aws, settings):
+    return aws.sqs.create_queue(QueueName=f"{settings.table}-webhooks")["QueueUrl"]
+
+
+@pytest.fixture
+def clock():
+    return Clock(float(int(time.time())))  # real seconds, so the library's 5-minute tolerance holds
+
+
+@pytest.fixture
+def hooks(aws, settings, queue, clock):
+    outbound = local_outbound({"hooks.example.com": "93.184.215.14"})
+    return Webhooks(aws, settings.table, queue_url=queue, outbound=outbound, clock=clock)
+
+
+def job_item(aws, settings, status="succeeded"):
+    aws.dynamodb.put_item(
+        TableName=settings.table,
+        Item={**job_key(ACCOUNT, JOB), "status": {"S": status}},
+    )
+
+
+def detail(status="succeeded", **extra):
+    return {
+        "id": JOB,
+        "object": "image.job",
+        "status": status,
+        "endpoint": "generations",
+        "model": "gpt-image-1",
+        "created_at": 1_800_000_000,
+        "completed_at": 1_800_000_060,
+        "expires_at": 1_800_086_400,
+        "error": None,
+        "webhook": None,
+        "result": {"created": 1_800_000_060, "data": [{"s3_key": f"outputs/{ACCOUNT}/x.png"}]},
+        "bucket": "imagegate-outputs",
+        "account_id": ACCOUNT,
+        "request_id": "req_1",
+        "source": "http",
+        "client_reference_id": "order-42",
+        "task_token": "AQCEAAAAKgAAAA-secret-token",
+        **extra,
+    }
+
+
+def state(aws, settings):
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(ACCOUNT, JOB), ConsistentRead=True)
+    raw = item["Item"].get("webhook")
+    if raw is None:
+        return None
+    return {k: next(iter(v.values())) if "NULL" not in v else None for k, v in raw["M"].items()}
+
+
+def fields(aws, settings, *names):
+    return [state(aws, settings)[name] for name in names]
+
+
+def queued(aws, queue):
+    got = aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+    return [json.loads(m["Body"]) for m in got]
+
+
+def answering(*statuses):
+    """A respond function answering each POST with the next status (the last one repeated)."""
+    left = list(statuses)
+    return lambda seen: (left.pop(0) if len(left) > 1 else left[0], {}, b"")
+
+
+# --- endpoints ------------------------------------------------------------------------------------------
+
+
+def test_set_stores_a_new_whsec_secret_each_time_and_get_show_it_to_the_signer_only(hooks):
+    first = hooks.set(ACCOUNT, "https://hooks.example.com/imagegate")
+    second = hooks.set(ACCOUNT, "https://hooks.example.com/v2")
+    assert first.startswith("whsec_") and second.startswith("whsec_") and first != second
+    Webhook(second)  # the library accepts it as a signing secret
+    endpoint = hooks.get(ACCOUNT)
+    assert (endpoint.url, endpoint.secret) == ("https://hooks.example.com/v2", second)
+    assert second not in repr(endpoint)
+    assert hooks.remove(ACCOUNT) is True
+    assert hooks.get(ACCOUNT) is None
+    assert hooks.remove(ACCOUNT) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/",
+        "https://127.0.0.1/",
+        "https://2130706433/",
+        "https://0x7f.1/",
+        "https://[::ffff:169.254.169.254]/",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://10.0.0.8/",
+    ],
+)
+def test_set_refuses_urls_that_are_not_https_to_a_public_address(aws, settings, url):
+    hooks = Webhooks(aws, settings.table)  # production's check
+    with pytest.raises(OutboundError) as err:
+        hooks.set(ACCOUNT, url)
+    assert err.value.code in ("url_scheme", "address_forbidden")
+    assert hooks.get(ACCOUNT) is None
+
+
+def test_the_test_event_is_signed_so_that_the_library_verifies_it(hooks):
+    with serve(answering(204)) as server:
+        secret = hooks.set(ACCOUNT, server.url("/hook"))
+        assert hooks.test(ACCOUNT) == 204
+    (seen,) = server.requests
+    payload = Webhook(secret).verify(seen.body, seen.headers)
+    assert payload["type"] == "webhook.test" and payload["data"] == {"account_id": ACCOUNT}
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(hooks.set(ACCOUNT, server.url("/hook"))).verify(seen.body, seen.headers)  # another secret
+
+
+def test_test_without_an_endpoint(hooks):
+    with pytest.raises(NoEndpoint):
+        hooks.test(ACCOUNT)
+
+
+# --- deliveries -----------------------------------------------------------------------------------------
+
+
+def test_a_finished_job_without_an_endpoint_queues_nothing(aws, settings, hooks, queue):
+    job_item(aws, settings)
+    hooks.job_finished(detail())
+    assert queued(aws, queue) == []
+    assert state(aws, settings) is None
+
+
+def test_a_finished_job_is_delivered_signed_once_with_the_job_but_no_result_or_token(
+    aws, settings, hooks, queue, clock
+):
+    job_item(aws, settings)
+    with serve(answering(200)) as server:
+        secret = hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        hooks.job_finished(detail())  # told twice: still one delivery
+        assert state(aws, settings)["state"] == "pending"
+        (message,) = queued(aws, queue)
+        assert hooks.deliver(message) is None
+        assert hooks.deliver(message) is None  # a duplicate message finds the delivery over
+    (seen,) = server.requests
+    assert seen.headers["webhook-id"] == f"msg_{JOB}"
+    assert seen.headers["webhook-timestamp"] == str(int(clock.now))
+    payload = Webhook(secret).verify(seen.body, seen.headers)
+    assert payload["type"] == "image.job.succeeded"
+    assert payload["data"] == {
+        "id": JOB,
+        "object": "image.job",
+        "status": "succeeded",
+        "endpoint": "generations",
+        "model": "gpt-image-1",
+        "created_at": 1_800_000_000,
+        "completed_at": 1_800_000_060,
+        "expires_at": 1_800_086_400,
+        "error": None,
+        "request_id": "req_1",
+        "client_reference_id": "order-42",
+    }
+    assert state(aws, settings) == {
+        "state": "delivered",
+        "attempts": "1",
+        "last_status": "200",
+        "last_error": None,
+        "last_attempt_at": str(int(clock.now)),
+        "next_attempt_at": None,
+    }
+
+
+def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(aws, settings, hooks, queue, clock):
+    job_item(aws, settings, status="failed")
+    start = clock.now
+    with serve(answering(500)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail("failed"))
+        (message,) = queued(aws, queue)
+        delays = []
+        while (delay := hooks.deliver(message)) is not None:
+            delays.append(delay)
+            assert state(aws, settings)["next_attempt_at"] == str(int(clock.now + delay))
+            clock.now += delay - 1
+            assert hooks.deliver(message) == 1  # a second early: no attempt, only the wait left
+            clock.now += 1
+    assert delays == list(DELAYS_S)
+    assert len(server.requests) == MAX_ATTEMPTS == 8
+    assert {r.headers["webhook-id"] for r in server.requests} == {f"msg_{JOB}"}
+    assert 24 * 3600 <= clock.now - start <= 30 * 3600  # about a day
+    assert state(aws, settings) == {
+        "state": "failed",
+        "attempts": "8",
+        "last_status": "500",
+        "last_error": "http_status",
+        "last_attempt_at": str(int(clock.now)),
+        "next_attempt_at": None,
+    }
+
+
+def test_a_delivery_that_recovers_is_delivered(aws, settings, hooks, queue, clock):
+    job_item(aws, settings)
+    with serve(answering(503, 404, 201)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        (message,) = queued(aws, queue)
+        while (delay := hooks.deliver(message)) is not None:
+            clock.now += delay
+    assert fields(aws, settings, "state", "attempts", "last_status") == ["delivered", "3", "201"]
+
+
+def test_the_url_is_checked_again_at_every_attempt_and_a_refusal_is_retried(aws, settings, queue, clock):
+    job_item(aws, settings)
+    with serve(answering(200)) as server:
+        url = server.url("/hook", scheme="https")  # loopback: allowed by the test policy only
+        Webhooks(aws, settings.table, outbound=local_outbound()).set(ACCOUNT, url)
+        strict = Webhooks(aws, settings.table, queue_url=queue, clock=clock)  # production's policy
+        strict.job_finished(detail())
+        (message,) = queued(aws, queue)
+        assert strict.deliver(message) == DELAYS_S[0]
+    assert server.requests == []  # never connected
+    assert state(aws, settings)["last_error"] == "address_forbidden"
+
+
+def test_a_removed_endpoint_fails_the_delivery(aws, settings, hooks, queue):
+    job_item(aws, settings, status="cancelled")
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    hooks.job_finished(detail("cancelled"))
+    (message,) = queued(aws, queue)
+    assert message["type"] == "image.job.cancelled"
+    hooks.remove(ACCOUNT)
+    assert hooks.deliver(message) is None
+    assert fields(aws, settings, "state", "attempts", "last_error") == ["failed", "1", "no_endpoint"]
+
+
+def test_the_record_handler_hides_the_message_until_the_next_attempt(aws, settings, hooks, queue):
+    job_item(aws, settings)
+    with serve(answering(500)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        (received,) = aws.sqs.receive_message(QueueUrl=queue, VisibilityTimeout=0)["Messages"]
+        record = SimpleNamespace(body=received["Body"], receipt_handle=received["ReceiptHandle"])
+        with pytest.raises(RetryLater):
+            hooks.record_handler()(record)
+    assert aws.sqs.receive_message(QueueUrl=queue).get("Messages", []) == []  # hidden for DELAYS_S[0]
+    attributes = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+
+# --- EventBridge ----------------------------------------------------------------------------------------
+
+
+def event_rule(aws, settings, bus="default"):
+    """A rule for imagegate's job events that sends them to a queue, as a customer's rule would."""
+    sqs, events = aws.sqs, aws.client("events")
+    target = sqs.create_queue(QueueName=f"{settings.table}-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=target, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    if bus != "default":
+        events.create_event_bus(Name=bus)
+    rule = f"{settings.table}-jobs"
+    pattern = {"source": ["imagegate"], "detail-type": [{"prefix": "Image Job "}]}
+    events.put_rule(Name=rule, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=rule, EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}])
+    return target
+
+
+@pytest.mark.parametrize(
+    ("status", "detail_type"),
+    [
+        ("succeeded", "Image Job Succeeded"),
+        ("failed", "Image Job Failed"),
+        ("cancelled", "Image Job Cancelled"),
+    ],
+)
+def test_each_finished_job_is_one_event_on_the_bus_without_the_task_token(aws, settings, status, detail_type):
+    bus = f"{settings.table}-bus"
+    target = event_rule(aws, settings, bus)
+    JobEvents(aws, bus)(detail(status))
+    (message,) = aws.sqs.receive_message(QueueUrl=target, MaxNumberOfMessages=10)["Messages"]
+    event = json.loads(message["Body"])
+    assert (event["source"], event["detail-type"]) == ("imagegate", detail_type)
+    assert event["time"] == "2027-01-15T08:01:00Z"  # completed_at
+    expected = {k: v for k, v in detail(status).items() if k != "task_token"}
+    assert event["detail"] == expected
+
+
+# --- with the job system --------------------------------------------------------------------------------
+
+
+def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, settings, queue, clock):
+    target = event_rule(aws, settings)
+    jobs_queue = aws.sqs.create_queue(QueueName=f"{settings.table}-jobs")["QueueUrl"]
+    logger = Logger(service="test", level="CRITICAL")
+    svc = Service(replace(settings, jobs_queue_url=jobs_queue), aws, logger, clock=clock)
+    hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
+    jobs = Jobs(svc, [hooks.job_finished, JobEvents(aws, "default")], sleep=lambda s: None)
+    account_id = svc.accounts.create_account(1_000_000)
+    account = svc.accounts.authenticate(f"Bearer {svc.accounts.create_key(account_id)}")
+    request = GenerationRequest(prompt="a red fox", model="dall-e-2", size="256x256")
+    with serve(answering(200)) as server:
+        secret = hooks.set(account_id, server.url("/hook"))
+        job = jobs.submit(account, resolve("generations", request, svc.catalog), request_id="req_w")
+        jobs.run(account_id, job["id"])
+        assert jobs.get(account_id, job["id"])["webhook"]["state"] == "pending"
+        (message,) = queued(aws, queue)
+        hooks.deliver(message)
+    shown = jobs.get(account_id, job["id"])["webhook"]
+    assert (shown["state"], shown["attempts"], shown["last_status"]) == ("delivered", 1, 200)
+    (seen,) = server.requests
+    assert Webhook(secret).verify(seen.body, seen.headers)["data"]["id"] == job["id"]
+    (event,) = aws.sqs.receive_message(QueueUrl=target, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(event["Body"])
+    assert body["detail-type"] == "Image Job Succeeded" and body["detail"]["id"] == job["id"]
+    assert body["detail"]["result"]["data"][0]["s3_key"].startswith(f"outputs/{account_id}/")
+
+
+def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(aws, settings, clock):
+    from imagegate.devserver import LocalWorker, provision_webhook_queue
+    from imagegate.lambda_app import sqs_batch
+
+    queue = provision_webhook_queue(aws, f"{settings.table}-deliveries")
+    hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
+    job_item(aws, settings)
+    with serve(answering(500, 200)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        worker = LocalWorker(sqs_batch(hooks.record_handler()), aws.sqs, queue)
+        assert worker.poll() == 1  # HTTP 500: kept, hidden until the next attempt
+        assert worker.poll() == 0
+        counts = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == (
+            "0",
+            "1",
+        )
+        assert state(aws, settings)["attempts"] == "1"
