@@ -296,6 +296,34 @@ def test_the_alarm_check_catches_the_aws_managed_sns_key():
     assert undeliverable_alarm_topics(document) == ["AlarmTopic: alias/aws/sns"]
 
 
+def functions_without_an_errors_alarm(document: dict) -> list[str]:
+    watched = set()
+    for resource in document["Resources"].values():
+        if resource["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        for metric in resource["Properties"].get("Metrics", []):
+            stat = metric.get("MetricStat", {}).get("Metric", {})
+            if stat.get("MetricName") == "Errors":
+                watched |= {d["Value"]["Ref"] for d in stat["Dimensions"] if isinstance(d["Value"], dict)}
+    return sorted(
+        name
+        for name, r in document["Resources"].items()
+        if r["Type"] == "AWS::Serverless::Function" and name not in watched
+    )
+
+
+def test_every_function_raising_errors_sets_off_an_alarm():
+    # A function added without one fails unseen: its crashes are no client's 5xx, only a log line.
+    assert functions_without_an_errors_alarm(template()) == []
+
+
+def test_the_errors_alarm_check_catches_a_function_left_out():
+    document = copy.deepcopy(template())
+    metrics = document["Resources"]["FunctionErrorsAlarm"]["Properties"]["Metrics"]
+    metrics[:] = [m for m in metrics if m["Id"] != "h"]
+    assert functions_without_an_errors_alarm(document) == ["WebhooksFunction"]
+
+
 def test_alarm_email_is_documented_as_what_makes_alarms_act():
     assert "notify nobody" in template()["Parameters"]["AlarmEmail"]["Description"]
 

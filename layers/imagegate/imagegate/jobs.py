@@ -98,8 +98,12 @@ class Jobs:
         self.on_finished = tuple(on_finished)
         self._clock = service.clock
         self._sleep = sleep
-        self._db = service.aws.dynamodb
         self._table = service.settings.table
+
+    @property
+    def _db(self) -> Any:
+        # Asked for at each use, never kept: a SnapStart restore (lambda_app.restored) replaces the clients.
+        return self.service.aws.dynamodb
 
     # --- submit --------------------------------------------------------------------------------------
 
