@@ -122,7 +122,9 @@ def test_a_wait_longer_than_the_gateway_allows_is_capped(job_stack, client):
         extra_headers={"Prefer": "respond-async, wait=3600"},
     )
     cap = int(job_stack[0].settings.upstream_budget_seconds)
-    assert raw.headers["preference-applied"] in (f"wait={cap}", f"respond-async, wait={cap}")
+    # The submit's own time comes off the cap (test_jobs.py pins the exact figure on an injected clock).
+    applied = raw.headers["preference-applied"].rpartition("wait=")[2]
+    assert 0 < int(applied) <= cap
 
 
 def test_an_async_edit_through_the_sdk(job_stack, client, http):

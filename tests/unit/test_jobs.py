@@ -443,3 +443,48 @@ def test_a_queued_job_holds_its_concurrency_slot_until_it_ends(svc, jobs, accoun
     assert refused.value.status == 429
     assert jobs.run(account_id, first["id"])["status"] == "succeeded"
     assert submitted(jobs, svc, accounts.authenticate(f"Bearer {key}"))["status"] == "queued"
+
+
+# --- Prefer over HTTP -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http(svc, accounts, clock, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from imagegate.api import create_app
+
+    def sleep(seconds):
+        clock.now += seconds
+
+    jobs = Jobs(svc, sleep=sleep)
+    submit = jobs.submit
+
+    def slow_submit(*args, **kwargs):
+        clock.now += 10  # inputs fetched and written to S3: time the gateway counts too
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "submit", slow_submit)
+    client = TestClient(create_app(svc, ["generations"], jobs=jobs))
+    key = accounts.create_key(accounts.create_account(1_000_000))
+    client.headers["authorization"] = f"Bearer {key}"
+    return client
+
+
+BODY = {"prompt": "a red fox", "model": "dall-e-2", "size": "256x256"}
+
+
+def test_a_wait_counts_the_time_the_submit_already_spent(http, svc):
+    answer = http.post("/v1/images/generations", json=BODY, headers={"Prefer": "respond-async, wait=3600"})
+    assert answer.status_code == 202  # nobody runs the queue here: the job is still queued when time is up
+    left = int(svc.settings.upstream_budget_seconds) - 10
+    assert answer.headers["preference-applied"] == f"respond-async, wait={left}"
+
+
+# Header values travel as latin-1: '²' and '¹' are digits to str.isdigit, not to int().
+@pytest.mark.parametrize("wait", ["²", "¹0", "-1", "abc", "99999999999", "1.5"])
+def test_a_wait_that_is_not_a_plain_number_is_ignored_not_a_500(http, wait):
+    prefer = f"respond-async, wait={wait}".encode("latin-1")
+    answer = http.post("/v1/images/generations", json=BODY, headers={"Prefer": prefer})
+    assert answer.status_code == 202
+    assert answer.headers["preference-applied"] == "respond-async"

@@ -83,7 +83,9 @@ def create_app(
         redoc_url=None,
         redirect_slashes=False,
     )
-    app.add_middleware(Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger)
+    app.add_middleware(
+        Guard, max_body_bytes=service.settings.max_body_bytes, logger=service.logger, clock=service.clock
+    )
     _add_error_handlers(app)
 
     def account(authorization: Annotated[str | None, Header()] = None) -> Account:
@@ -165,6 +167,10 @@ def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
         return JSONResponse(jobs.cancel(acct.account_id, job_id))
 
 
+# ASCII digits only (`str.isdigit` admits '²', which int() refuses), and no more than a gateway allows anyway.
+_WAIT = re.compile(r"^[0-9]{1,6}$")
+
+
 def _preferences(values: list[str]) -> tuple[bool, int | None]:
     """RFC 7240 `Prefer` headers: whether the client prefers an asynchronous answer, and how many seconds
     (`wait=N`) it would wait for the finished result first. Preferences not understood are ignored."""
@@ -175,7 +181,7 @@ def _preferences(values: list[str]) -> tuple[bool, int | None]:
             name, rest = name.strip().lower(), rest.strip().strip('"')
             if name == "respond-async":
                 asynchronous = True
-            elif name == "wait" and rest.isdigit():
+            elif name == "wait" and _WAIT.match(rest):
                 wait = int(rest)
     return asynchronous, wait
 
@@ -196,7 +202,11 @@ def _job_answer(
     obj = jobs.submit(acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key)
     applied = ["respond-async"]
     if wait is not None:
-        waited = min(wait, int(service.settings.upstream_budget_seconds))
+        # The budget runs from the request's arrival: the submit (fetching inputs, writing them to S3) spent
+        # part of it, and a client cut off by the gateway would never learn its job's id.
+        now = service.clock()
+        spent = now - request.scope.get("state", {}).get("arrived", now)
+        waited = max(0, min(wait, int(service.settings.upstream_budget_seconds - spent)))
         applied.append(f"wait={waited}")
         obj = jobs.wait(acct.account_id, obj["id"], waited)
         if obj["status"] == "succeeded":
@@ -522,17 +532,20 @@ class Guard:
     the body streams (chunked uploads included): nothing is buffered here, so the body exists once.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int, logger: Any) -> None:
+    def __init__(
+        self, app: Any, max_body_bytes: int, logger: Any, clock: Callable[[], float] = time.time
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.logger = logger
+        self.clock = clock  # the arrival time, from which a `Prefer: wait` budget runs
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = "req_" + uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        scope.setdefault("state", {}).update(request_id=request_id, arrived=self.clock())
         id_header = (b"x-request-id", request_id.encode())
         started = False
 
