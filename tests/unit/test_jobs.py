@@ -178,6 +178,22 @@ def test_a_submit_whose_message_cannot_be_sent_is_refunded_and_says_so(
     reconciled(aws, settings, funded)
 
 
+def test_a_retry_with_the_key_after_the_queue_was_down_runs_anew(svc, jobs, funded, monkeypatch, queue):
+    # The 503 tells the client to retry: with the same Idempotency-Key, that retry must queue a new job,
+    # not replay the failed one forever.
+    class DownQueue:
+        def send_message(self, **kwargs):
+            raise ConnectionError("SQS unreachable")
+
+    with monkeypatch.context() as down:
+        down.setattr(type(svc.aws), "sqs", property(lambda self: DownQueue()))
+        with pytest.raises(APIError):
+            jobs.submit(funded, gen(svc), request_id="req_1", idempotency_key="k-1")
+    retried = jobs.submit(funded, gen(svc), request_id="req_2", idempotency_key="k-1")
+    assert retried["status"] == "queued"
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
 def test_an_idempotent_submit_retried_gets_the_same_job_and_one_reservation(svc, jobs, funded, aws, queue):
     first = jobs.submit(funded, gen(svc), request_id="req_1", idempotency_key="k-1")
     again = jobs.submit(funded, gen(svc), request_id="req_2", idempotency_key="k-1")

@@ -188,6 +188,21 @@ class Idempotency:
             return False
         return True
 
+    def forget(self, account_id: str, key: str, request_id: str) -> bool:
+        """Remove the record `request_id` completed, when what it recorded never happened (a job whose
+        message could not be queued, refunded): a retry with the key then runs anew instead of replaying a
+        failure the client was told to retry. Another request's record is left alone."""
+        try:
+            self._db.delete_item(
+                TableName=self._table,
+                Key=_item_key(account_id, key),
+                ConditionExpression="request_id = :rid",
+                ExpressionAttributeValues={":rid": {"S": request_id}},
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
 
 def _item_key(account_id: str, key: str) -> dict[str, dict[str, str]]:
     return item_key(f"IDEMPOTENCY#{account_id}#{_sha256(key.encode())}", "IDEMPOTENCY")

@@ -190,6 +190,8 @@ class Jobs:
             except Exception as exc:
                 service.logger.exception("job not queued; refunded", extra={"job_id": job_id})
                 self._close(item, "queued", "failed", _queue_error())
+                if idempotency_key is not None:
+                    service.idempotency.forget(account.account_id, idempotency_key, request_id)
                 raise _queue_error() from exc
         service.logger.info(
             "job queued",
