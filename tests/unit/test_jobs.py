@@ -303,6 +303,21 @@ def test_jobs_are_listed_newest_first_in_pages(svc, jobs, funded, clock):
     assert (bad.value.status, bad.value.param) == (400, "after")
 
 
+def test_a_list_signs_url_results_but_reads_no_b64_images_back(svc, jobs, funded, monkeypatch):
+    # One b64 job's images may be megabytes: a page of 100 read back from S3 would not fit a response.
+    as_url = jobs.run(funded.account_id, submitted(jobs, svc, funded)["id"])
+    as_b64 = jobs.run(funded.account_id, submitted(jobs, svc, funded, response_format="b64_json")["id"])
+    reads = []
+    get = svc.storage.get
+    monkeypatch.setattr(svc.storage, "get", lambda key: reads.append(key) or get(key))
+    listed = {j["id"]: j for j in jobs.list(funded.account_id)["data"]}
+    assert listed[as_url["id"]]["result"]["data"][0]["url"].startswith("http")
+    assert listed[as_b64["id"]]["status"] == "succeeded" and listed[as_b64["id"]]["result"] is None
+    assert reads == []
+    (image,) = jobs.get(funded.account_id, as_b64["id"])["result"]["data"]
+    assert Image.open(io.BytesIO(base64.b64decode(image["b64_json"]))).size == (256, 256)
+
+
 # --- the sweeper ----------------------------------------------------------------------------------------
 
 

@@ -370,7 +370,7 @@ class Jobs:
             Limit=limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
         )
         items = [i for i in page.get("Items", []) if i["sk"]["S"] != upper]
-        data = [self._object(i) for i in items[:limit]]
+        data = [self._object(i, _listed_result(i, self.service)) for i in items[:limit]]
         return {
             "object": "list",
             "data": data,
@@ -574,6 +574,13 @@ class Jobs:
         if item is None:
             raise APIError(404, f"No image job found with id '{job_id}'.", param="job_id", code="not_found")
         return item
+
+
+def _listed_result(item: dict[str, Any], service: Service) -> dict[str, Any] | None:
+    """A job's result as a list shows it: `url` results signed (no read), `b64_json` ones left out (null),
+    since a page of them read back from S3 would not fit a response: GET the job for its images."""
+    record = json.loads(item["result"]["S"]) if "result" in item else None
+    return service.render(record) if record is not None and record["format"] == "url" else None
 
 
 def _ids(item: dict[str, Any]) -> tuple[str, str]:
