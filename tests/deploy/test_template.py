@@ -21,8 +21,15 @@ from .cfn import ROOT, Stack, actions, functions, statements, template
 
 READ_VERBS = re.compile(r"^(dynamodb:(GetItem|BatchGetItem|Query)|s3:GetObject)$")
 AWS_MANAGED_KEY = re.compile(r"^(alias/)?aws/")
-# What a function that can finish a job needs besides its own work: the event, and the webhook delivery.
-NOTIFY = {"events:PutEvents", "sqs:SendMessage"}
+# What a function that can finish a job needs besides its own work: the event, the webhook delivery, and
+# the answer to the AWS service that asked (a Step Functions task, an S3 manifest's results/).
+NOTIFY = {
+    "events:PutEvents",
+    "sqs:SendMessage",
+    "states:SendTaskSuccess",
+    "states:SendTaskFailure",
+    "s3:PutObject",
+}
 
 
 # --- least privilege ------------------------------------------------------------------------------------
@@ -116,7 +123,7 @@ def test_each_function_gets_only_its_own_actions():
     # The worker calls the upstreams as the image functions do and reads job inputs; it queues no job, only
     # the webhook deliveries of the jobs it finishes, and answers the Step Functions tasks of jobs from AWS
     # services (triggers.Answers).
-    assert actions("WorkerFunction") == image | {"states:SendTaskSuccess", "states:SendTaskFailure"}
+    assert actions("WorkerFunction") == image
     assert resources("WorkerFunction", "sqs:SendMessage") == [{"Fn::GetAtt": ["WebhookDeliveryQueue", "Arn"]}]
     jobs = actions("JobsFunction")
     assert jobs == {
