@@ -217,6 +217,16 @@ def test_a_direct_invocation_delivered_twice_is_one_job_and_one_charge(triggers,
     assert accounts.balance(account_id) == 1_000_000 - PRICE
 
 
+def test_a_client_retry_with_its_reference_is_one_job_and_one_charge(triggers, accounts, account_id):
+    # The AWS CLI and SDKs retry an invoke that outlives their read timeout: a new invocation id each time.
+    first = triggers.invoke(request(account_id, client_reference_id="order-7"), "inv-a")
+    again = triggers.invoke(request(account_id, client_reference_id="order-7"), "inv-b")
+    other = triggers.invoke(request(account_id, client_reference_id="order-8"), "inv-c")
+
+    assert again["id"] == first["id"] != other["id"]
+    assert accounts.balance(account_id) == 1_000_000 - 2 * PRICE
+
+
 def test_a_refused_invocation_returns_an_openai_error_and_costs_nothing(triggers, accounts, account_id):
     body = triggers.invoke(request(account_id, request={**GENERATE, "n": 11}), "inv-2")
 

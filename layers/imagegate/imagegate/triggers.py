@@ -233,7 +233,11 @@ class Triggers:
     def invoke(self, event: Any, invocation_id: str) -> dict[str, Any]:
         """`aws lambda invoke`: the finished job; with a task_token the queued job (the worker answers the
         task). A refusal is returned as an OpenAI error object, never raised: Lambda would retry it."""
-        arrival = Arrival(event, "invoke", invocation_id or new_request_id())
+        # A client's retry is a new invocation with a new id (the AWS CLI and SDKs retry an invoke that
+        # outlives their 60 s read timeout): the caller's own reference makes the retry the same request.
+        reference = event.get("client_reference_id") if isinstance(event, dict) else None
+        event_id = f"ref:{reference}" if isinstance(reference, str) and reference else invocation_id
+        arrival = Arrival(event, "invoke", event_id or new_request_id())
         try:
             request = parse(event)
             if request.task_token is not None:
