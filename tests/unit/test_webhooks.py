@@ -203,7 +203,7 @@ def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(aws, settin
     start = clock.now
     with serve(answering(500)) as server:
         hooks.set(ACCOUNT, server.url("/hook"))
-        hooks.job_finished(detail("failed"))
+        hooks.job_finished(detail("failed", expires_at=int(start) + 86_400))  # a day's retention
         (message,) = queued(aws, queue)
         delays = []
         while (delay := hooks.deliver(message)) is not None:
@@ -216,6 +216,10 @@ def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(aws, settin
     assert len(server.requests) == MAX_ATTEMPTS == 8
     assert {r.headers["webhook-id"] for r in server.requests} == {f"msg_{JOB}"}
     assert 24 * 3600 <= clock.now - start <= 30 * 3600  # about a day
+    # The job item, which holds the delivery's state, outlives the schedule even when its own retention
+    # (a day) is shorter: its TTL was moved past the last attempt.
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(ACCOUNT, JOB))["Item"]
+    assert int(item["expires_at"]["N"]) > clock.now > start + 86_400
     assert state(aws, settings) == {
         "state": "failed",
         "attempts": "8",

@@ -45,6 +45,9 @@ SECRET_BYTES = 32
 DELAYS_S = (5, 300, 1800, 7200, 18000, 36000, 36000)
 MAX_ATTEMPTS = len(DELAYS_S) + 1
 ATTEMPT_TIMEOUT_S = 10.0  # one attempt's connect, send and wait for the answer's status line
+# How long a job item must outlive its finish for its delivery's state to be there at the last attempt:
+# the schedule, every attempt's timeout, and an hour for queue and function delays.
+DELIVERY_WINDOW_S = sum(DELAYS_S) + MAX_ATTEMPTS * int(ATTEMPT_TIMEOUT_S) + 3600
 # SQS caps a message's visibility timeout at 12 hours per receive.
 MAX_VISIBILITY_S = 43_200
 # Receives before the delivery queue's message goes to its dead-letter queue (template.yaml, maxReceiveCount):
@@ -156,13 +159,19 @@ class Webhooks:
         if not self.queue_url or self.get(account_id) is None:
             return
         now = int(self._clock())
+        # The job item (its TTL: the outputs' retention, a day by default) is kept until the schedule ends:
+        # the delivery's state lives on it, and an attempt that finds it gone is dropped.
+        keep = max(int(detail["expires_at"]), now + DELIVERY_WINDOW_S)
         try:
             self._aws.dynamodb.update_item(
                 TableName=self._table,
                 Key=job_key(account_id, job_id),
-                UpdateExpression="SET webhook = :state",
+                UpdateExpression="SET webhook = :state, expires_at = :keep",
                 ConditionExpression="attribute_exists(pk) AND attribute_not_exists(webhook)",
-                ExpressionAttributeValues={":state": _state("pending", 0, next_attempt_at=now)},
+                ExpressionAttributeValues={
+                    ":state": _state("pending", 0, next_attempt_at=now),
+                    ":keep": {"N": str(keep)},
+                },
             )
         except self._aws.dynamodb.exceptions.ConditionalCheckFailedException:
             return  # already queued once
