@@ -299,6 +299,33 @@ def test_an_upstream_failure_mid_stream_ends_it_with_an_error_event_and_refunds(
     assert reconciled(aws, settings, funded)
 
 
+class Slow(Scripted):
+    """Its completed image arrives `seconds` after its first partial (on the service's clock)."""
+
+    def __init__(self, clock, seconds):
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def stream(self, job):
+        for i, item in enumerate(super().stream(job)):
+            if i == 1:
+                self.clock.now += self.seconds
+            yield item
+
+
+def test_an_image_finished_past_the_budget_is_an_error_event_and_refunded(aws, settings, accounts, funded):
+    # Behind API Gateway the body is buffered: past the budget the client already had the gateway's 504.
+    svc = make_service(aws, settings)
+    svc.router = make_service(aws, settings, Slow(svc.clock, settings.upstream_budget_seconds + 1)).router
+    stream = svc.stream(accounts.authenticate(f"Bearer {funded[1]}"), streamed_job(svc, partial_images=1))
+    events = list(stream)
+    stream.close()
+    assert [e["type"] for e in events] == ["image_generation.partial_image", "error"]
+    assert events[-1]["error"]["code"] == "upstream_timeout"
+    assert charged(accounts, funded) == 0
+    assert reconciled(aws, settings, funded)
+
+
 def test_a_failure_before_the_first_event_is_an_ordinary_error(aws, settings, accounts, funded):
     svc = make_service(aws, settings, Scripted(fail_at=0, error=content_policy("Rejected by safety.")))
     with pytest.raises(APIError) as info:

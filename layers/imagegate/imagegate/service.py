@@ -392,6 +392,9 @@ class Service:
         admission = self.reserve(account, job, request_id, self.check(job))
         log = _log_line(account, job, request_id, admission.quote)
         started = time.perf_counter()
+        # The router bounds the wait for the first event; this bounds the last one. Past it, on a deployment
+        # whose gateway buffers the stream, the client has already had its 504: the image is not charged.
+        deadline = self.clock() + self.settings.upstream_budget_seconds - job.input_seconds
         try:
             streamed = self.router.stream(job, request_id)
         except ProviderError as exc:
@@ -401,7 +404,7 @@ class Service:
         except BaseException:
             self._close(job, admission, started, 0, 0, "none", log)
             raise
-        run = _StreamRun(self, job, admission, streamed, log, started)
+        run = _StreamRun(self, job, admission, streamed, log, started, deadline)
         headers = {
             **admission.reservation.headers,
             "x-imagegate-provider": streamed.provider,
@@ -572,6 +575,7 @@ class _StreamRun:
         streamed: Streamed,
         log: dict[str, Any],
         started: float,
+        deadline: float,
     ) -> None:
         self.service = service
         self.job = job
@@ -579,6 +583,7 @@ class _StreamRun:
         self.streamed = streamed
         self.log = log
         self.started = started
+        self.deadline = deadline
         self.partials = 0
         self.settled = False
 
@@ -634,6 +639,15 @@ class _StreamRun:
         service, job, quote = self.service, self.job, self.admission.quote
         if not result.images:
             raise ProviderError("The upstream returned no images.")
+        if service.clock() > self.deadline:
+            raise ProviderError(
+                "The upstream finished the image after this request's time budget of "
+                f"{service.settings.upstream_budget_seconds:g} seconds; it was not charged. Requests that "
+                "take longer can run as a job: send 'Prefer: respond-async' (without stream).",
+                status=504,
+                code="upstream_timeout",
+                fallover=False,
+            )
         b64 = base64.b64encode(result.images[0]).decode()
         if len(b64) > room:
             raise APIError(
