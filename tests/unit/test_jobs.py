@@ -519,3 +519,25 @@ def test_a_wait_that_is_not_a_plain_number_is_ignored_not_a_500(http, wait):
     answer = http.post("/v1/images/generations", json=BODY, headers={"Prefer": prefer})
     assert answer.status_code == 202
     assert answer.headers["preference-applied"] == "respond-async"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("DELETE", "/v1/images/jobs/imgjob_x", "GET"), ("GET", "/v1/images/jobs/imgjob_x/cancel", "POST")],
+)
+def test_a_wrong_method_on_a_job_route_names_the_right_one(svc, accounts, method, path, allowed):
+    from fastapi.testclient import TestClient
+
+    from imagegate.api import create_app
+
+    client = TestClient(create_app(svc, ["jobs"], jobs=Jobs(svc)))
+    key = accounts.create_key(accounts.create_account(0))
+    answer = client.request(method, path, headers={"authorization": f"Bearer {key}"})
+    assert answer.status_code == 405 and answer.headers["allow"] == allowed
+    assert answer.json()["error"]["message"].endswith(f"use {allowed}.")
+
+
+def test_a_bad_after_is_a_400_with_a_code(svc, jobs, funded):
+    with pytest.raises(APIError) as bad:
+        jobs.list(funded.account_id, after="garbage")
+    assert (bad.value.status, bad.value.param, bad.value.code) == (400, "after", "invalid_value")

@@ -510,11 +510,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         if status == 404 and method:
             status = 405  # a known route reached with the wrong method, in an app that lacks it
         if status == 405:
+            # A route with a path parameter (/v1/images/jobs/{id}) is not in METHODS: the router says.
+            method = method or (exc.headers or {}).get("Allow") or "POST"
             err = APIError(
                 405,
                 f"Method not allowed ({route}); use {method}.",
                 code="method_not_allowed",
-                headers={"Allow": method or "POST"},
+                headers={"Allow": method},
             )
         elif status == 404:
             err = APIError(404, f"Invalid URL ({route}).", code="not_found")

@@ -356,7 +356,12 @@ class Jobs:
     ) -> dict[str, Any]:
         """An account's jobs, newest first, in OpenAI's list shape; `after`: the previous page's last id."""
         if after is not None and not JOB_ID.match(after):
-            raise APIError(400, f"Invalid 'after': '{after}' is not an image job id.", param="after")
+            raise APIError(
+                400,
+                f"Invalid 'after': '{after}' is not an image job id.",
+                param="after",
+                code="invalid_value",
+            )
         upper = f"{JOB_PREFIX}{after}" if after else f"{JOB_PREFIX}~"
         page = self._db.query(
             TableName=self._table,
