@@ -229,6 +229,44 @@ def test_a_server_that_never_answers_times_out():
     assert err.value.code == "timeout"
 
 
+def test_a_server_trickling_its_headers_is_cut_off_at_the_calls_timeout():
+    # Each byte comes well within a read's timeout, so only a deadline for the whole call stops it: the
+    # headers would take 40 x 0.05 s = 2 s, four times the call's 0.5 s.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Pad: " + b"a" * 40 + b"\r\n\r\n"
+    stop = threading.Event()
+
+    def trickle(sock):
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # the accept's timeout, or the listener closed
+                continue
+            with conn:
+                conn.recv(65536)
+                for byte in answer:
+                    if stop.wait(0.05):
+                        break
+                    try:
+                        conn.send(bytes([byte]))
+                    except OSError:
+                        break
+
+    with listener() as sock:
+        sock.settimeout(0.1)
+        threading.Thread(target=trickle, args=(sock,), daemon=True).start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        try:
+            for call in (
+                lambda: local_outbound().fetch(f"{url}/x.png", max_bytes=1000, timeout=0.5),
+                lambda: local_outbound().post(f"{url}/hook", b"{}", {}, timeout=0.5),
+            ):
+                with pytest.raises(OutboundError) as err:
+                    call()
+                assert err.value.code == "timeout"
+        finally:
+            stop.set()
+
+
 def test_a_closed_port_is_unreachable():
     with listener() as sock:
         port = sock.getsockname()[1]

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -284,7 +285,7 @@ class Outbound:
             extensions=extensions,
         )
         try:
-            with httpx.HTTPTransport(verify=self.verify, trust_env=False, retries=0) as transport:
+            with _DeadlineTransport(time.monotonic() + timeout, verify=self.verify) as transport:
                 response = transport.handle_request(request)
                 try:
                     yield response
@@ -324,6 +325,74 @@ class Outbound:
     def _within(self, deadline: float, target: Target) -> None:
         if self.clock() > deadline:
             raise OutboundError("timeout", f"'{target.host}' took too long to send its answer.")
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """A bare transport whose every socket operation is bounded by one deadline for the whole call.
+
+    httpx's timeouts bound each read: a server that trickles its status line or headers a byte at a time
+    never trips them, and could hold a call (and the function making it) up to the function's timeout. The
+    pool is rebuilt over a network backend that gives each read, write and handshake only the time left.
+    """
+
+    def __init__(self, deadline: float, verify: ssl.SSLContext | bool) -> None:
+        super().__init__(verify=verify, trust_env=False, retries=0)
+        # The context httpx built from `verify`; the pool is httpx's own, but on the bounded backend.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=self._pool._ssl_context,
+            retries=0,
+            network_backend=_DeadlineBackend(deadline),
+        )
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._backend = httpcore.SyncBackend()
+
+    def left(self, timeout: float | None) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the call's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(host, port, self.left(timeout), local_address, socket_options)
+        return _DeadlineStream(stream, self)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._stream = stream
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._backend.left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._backend.left(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, self._backend.left(timeout))
+        return _DeadlineStream(tls, self._backend)
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
 
 
 def _ascii_host(host: str) -> str:
