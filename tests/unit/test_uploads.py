@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from imagegate.api import create_app
 from imagegate.errors import APIError
-from imagegate.references import Resolver, data_url, parse
+from imagegate.references import MAX_REFERENCES_BYTES, Resolver, data_url, parse
 from imagegate.service import Service
 from imagegate.uploads import MAX_UPLOAD_BYTES, UPLOAD_WINDOW_SECONDS, Uploads
 
@@ -247,6 +247,34 @@ def test_references_are_fetched_only_after_the_cheap_checks(client, svc, custome
 
     assert response.json()["error"]["param"] == "prompt"
     assert fetched == []
+
+
+def test_a_key_its_rate_limit_refuses_fetches_nothing(client, svc):
+    account_id = svc.accounts.create_account(1_000_000)
+    headers = {"Authorization": f"Bearer {svc.accounts.create_key(account_id, images_per_minute=1)}"}
+    assert edit(client, headers, [{"image_url": PNG_URL}]).status_code == 200  # the minute's one image
+    fetched = []
+    svc.references = lambda account: Resolver(svc.uploads, account.account_id, lambda *a: fetched.append(a))
+
+    response = edit(client, headers, [{"image_url": "https://example.com/a.png"}])
+
+    assert response.status_code == 429
+    assert fetched == []
+
+
+def test_one_requests_references_are_capped_together(svc):
+    big = b"x" * (MAX_REFERENCES_BYTES // 3 + 1)
+    resolver = Resolver(svc.uploads, "acct_1", lambda url, param, timeout: big)
+    refs, _ = parse({"images": [{"image_url": f"https://example.com/{i}.png"} for i in range(4)]})
+    images, _ = resolver.inputs(refs, None)
+    assert [len(image.data) for image in images[:2]] == [len(big)] * 2
+    with pytest.raises(APIError) as refused:
+        _ = images[2].data
+    assert (refused.value.status, refused.value.param, refused.value.code) == (
+        400,
+        "images[2].image_url",
+        "inputs_too_large",
+    )
 
 
 def test_a_json_edit_without_a_model_uses_the_specs_default_gpt_model(client, customer):

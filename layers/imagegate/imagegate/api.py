@@ -267,6 +267,9 @@ def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tup
     uploaded file ids), fetched once the cheap checks have passed, then judged as multipart parts are."""
     refs, mask_ref = references.parse(document)
     params = json_edit_params(_validated(ImageParams, document), service.catalog)
+    # Fetching costs the deployment (and a URL's owner sees the traffic): a key its rate limit already
+    # refuses gets its 429 before anything is fetched, not after.
+    service.billing.precheck(acct, params.n or 1)
     images, mask = service.references(acct).inputs(refs, mask_ref)
     started = time.monotonic()
     job = resolve("edits", params, service.catalog, images, mask)

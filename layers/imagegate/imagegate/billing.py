@@ -409,6 +409,12 @@ class Billing:
                 },
             )
 
+    def precheck(self, account: Account, images: int) -> None:
+        """The 429 `reserve` would answer from the key as it was just authenticated, with no call: for work
+        that costs before the reservation, such as fetching a JSON edit's images. The reservation still
+        decides (and, as there, the container's memory of the account is a guess that may not refuse)."""
+        self._refuse_if_limited(account, account.limiter, None, images, self._clock())
+
     def _refuse_if_limited(
         self, account: Account, key_state: State, account_state: State | None, images: int, now: float
     ) -> None:

@@ -30,6 +30,9 @@ MAX_IMAGE_URL_CHARS = 20_971_520
 # All of one request's https URLs together: their time comes out of the request's upstream budget
 # (ImageJob.input_seconds), so it is kept well under it.
 URL_FETCH_SECONDS = 10.0
+# All of one request's referenced images together: each may be 50 MB, and sixteen of them would not fit the
+# function's memory beside the work (the pixel cap is checked only once each is read).
+MAX_REFERENCES_BYTES = 64 * 1024 * 1024
 _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+(;[a-z0-9.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
 Kind = Literal["image_url", "file_id"]
 # What an image URL may answer with; the bytes are judged again by their content (`images.inspect`).
@@ -121,6 +124,7 @@ class Resolver:
         self._clock = clock
         self._url_seconds = url_seconds
         self._deadline: float | None = None
+        self._read = 0  # bytes of this request's references so far
 
     def inputs(self, refs: list[Ref], mask: Ref | None) -> tuple[list[Reference], Reference | None]:
         return [self._reference(r) for r in refs], None if mask is None else self._reference(mask)
@@ -129,6 +133,18 @@ class Resolver:
         return Reference(ref.param, lambda: self._load(ref))
 
     def _load(self, ref: Ref) -> bytes:
+        data = self._fetch(ref)
+        self._read += len(data)
+        if self._read > MAX_REFERENCES_BYTES:
+            raise errors.invalid(
+                f"Invalid '{ref.param}': the request's images come to more than {MAX_REFERENCES_BYTES} bytes "
+                "together.",
+                ref.param,
+                "inputs_too_large",
+            )
+        return data
+
+    def _fetch(self, ref: Ref) -> bytes:
         if ref.kind == "file_id":
             return self._uploads.read(self._account_id, ref.value, ref.param)
         if ref.value[:5].lower() == "data:":
