@@ -177,7 +177,13 @@ def make_service(aws, settings, provider=None, **overrides):
     if provider is not None:
         # No routes and no credentials: local serves every model, here the scripted one.
         svc.router = Router(
-            svc.settings, {}, {}, Deps(aws), svc.logger, factories={"local": lambda upstream, deps: provider}
+            svc.settings,
+            {},
+            {},
+            Deps(aws),
+            svc.logger,
+            factories={"local": lambda upstream, deps: provider},
+            clock=svc.clock,
         )
     return svc
 
@@ -315,8 +321,9 @@ class Slow(Scripted):
 
 def test_an_image_finished_past_the_budget_is_an_error_event_and_refunded(aws, settings, accounts, funded):
     # Behind API Gateway the body is buffered: past the budget the client already had the gateway's 504.
-    svc = make_service(aws, settings)
-    svc.router = make_service(aws, settings, Slow(svc.clock, settings.upstream_budget_seconds + 1)).router
+    slow = Slow(None, settings.upstream_budget_seconds + 1)
+    svc = make_service(aws, settings, slow)
+    slow.clock = svc.clock
     stream = svc.stream(accounts.authenticate(f"Bearer {funded[1]}"), streamed_job(svc, partial_images=1))
     events = list(stream)
     stream.close()

@@ -218,6 +218,9 @@ class Streamed:
     provider: str
     model: str  # the upstream's model id
     attempts: list[Attempt]
+    # Seconds left of the request's upstream budget, on the router's clock: the router bounds the wait
+    # for the first event, and the stream's reader bounds the last one with this.
+    remaining: Callable[[], float]
 
 
 def _opened(provider: Provider, job: ImageJob) -> Generator[StreamItem, None, None]:
@@ -308,8 +311,9 @@ class Router:
         """A streamed job, on the first route whose upstream yields a first event (a partial image, or
         the result of a provider that cannot stream). Retries and fallover apply until then; after it the
         stream is committed to that upstream, and a failure ends it."""
-        events, spec, attempts = self._run(_Call(job, request_id, _opened, self._deadline(job)))
-        return Streamed(events, spec.provider, spec.model, attempts)
+        call = _Call(job, request_id, _opened, self._deadline(job))
+        events, spec, attempts = self._run(call)
+        return Streamed(events, spec.provider, spec.model, attempts, lambda: self._remaining(call))
 
     def _deadline(self, job: ImageJob) -> float:
         # The inputs were fetched (image URLs, uploaded files) in the same budget: that time is spent.

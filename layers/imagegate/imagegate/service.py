@@ -392,9 +392,6 @@ class Service:
         admission = self.reserve(account, job, request_id, self.check(job))
         log = _log_line(account, job, request_id, admission.quote)
         started = time.perf_counter()
-        # The router bounds the wait for the first event; this bounds the last one. Past it, on a deployment
-        # whose gateway buffers the stream, the client has already had its 504: the image is not charged.
-        deadline = self.clock() + self.settings.upstream_budget_seconds - job.input_seconds
         try:
             streamed = self.router.stream(job, request_id)
         except ProviderError as exc:
@@ -404,7 +401,7 @@ class Service:
         except BaseException:
             self._close(job, admission, started, 0, 0, "none", log)
             raise
-        run = _StreamRun(self, job, admission, streamed, log, started, deadline)
+        run = _StreamRun(self, job, admission, streamed, log, started)
         headers = {
             **admission.reservation.headers,
             "x-imagegate-provider": streamed.provider,
@@ -575,7 +572,6 @@ class _StreamRun:
         streamed: Streamed,
         log: dict[str, Any],
         started: float,
-        deadline: float,
     ) -> None:
         self.service = service
         self.job = job
@@ -583,7 +579,6 @@ class _StreamRun:
         self.streamed = streamed
         self.log = log
         self.started = started
-        self.deadline = deadline
         self.partials = 0
         self.settled = False
 
@@ -639,7 +634,9 @@ class _StreamRun:
         service, job, quote = self.service, self.job, self.admission.quote
         if not result.images:
             raise ProviderError("The upstream returned no images.")
-        if service.clock() > self.deadline:
+        # Past the request's budget, on a deployment whose gateway buffers the stream the client has already
+        # had its 504: the image is not charged.
+        if self.streamed.remaining() < 0:
             raise ProviderError(
                 "The upstream finished the image after this request's time budget of "
                 f"{service.settings.upstream_budget_seconds:g} seconds; it was not charged. Requests that "
