@@ -1,6 +1,26 @@
 """Test-only adapters shared by the suites (on sys.path through pytest's `pythonpath`)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from moto import mock_aws
+
 from imagegate.accounts import Account
+
+
+@contextmanager
+def mocked_aws() -> Iterator[None]:
+    """moto's in-process AWS with fake credentials in us-east-1; a configured endpoint or profile would
+    send boto3 past moto's interception, so both are cleared while it runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        mp.delenv("AWS_PROFILE", raising=False)
+        with mock_aws():
+            yield
 
 
 class ByAccount:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 from aws_lambda_powertools.logging import Logger
-from moto import mock_aws
 from PIL import Image
+from shims import mocked_aws
 from starlette.testclient import TestClient
 
 from imagegate.accounts import Accounts
@@ -80,43 +80,35 @@ class Gate:
 
 @pytest.fixture(scope="module")
 def gate():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        mp.delenv("AWS_PROFILE", raising=False)
-        with mock_aws():
-            suffix = uuid.uuid4().hex[:12]
-            settings = Settings(
-                table=f"hostile-{suffix}",
-                bucket=f"hostile-{suffix}",
-                region="us-east-1",
-                max_body_bytes=BODY_LIMIT,
-                images_per_minute=100_000,
-                max_concurrent=100,
-            )
-            aws = AWSClients(settings)
-            provision(aws, settings)
-            accounts = Accounts(aws.dynamodb, settings.table)
-            account_id = accounts.create_account(BALANCE, label="hostile")
-            key = accounts.create_key(account_id, label="funded", api_key="sk-ig-hostile-" + uuid.uuid4().hex)
-            broke = accounts.create_account(0, label="broke")
-            broke_key = accounts.create_key(broke, label="broke", api_key="sk-ig-broke-" + uuid.uuid4().hex)
-            revoked_key = accounts.create_key(
-                account_id, label="revoked", api_key="sk-ig-rev-" + uuid.uuid4().hex
-            )
-            accounts.revoke_key(accounts.authenticate(f"Bearer {revoked_key}").key_id)
-            writes: list = []
-            for name in ("dynamodb", "s3"):
-                client = aws.client(name)
-                slot = next(k for k, v in aws._clients.items() if v is client)
-                aws._clients[slot] = Recorder(client, name, writes)
-            service = Service(settings, aws, Logger(service="imagegate-hostile", level="CRITICAL"))
-            with TestClient(create_app(service), raise_server_exceptions=False) as client:
-                yield Gate(
-                    client, service, accounts, settings, account_id, key, broke_key, revoked_key, writes
-                )
+    with mocked_aws():
+        suffix = uuid.uuid4().hex[:12]
+        settings = Settings(
+            table=f"hostile-{suffix}",
+            bucket=f"hostile-{suffix}",
+            region="us-east-1",
+            max_body_bytes=BODY_LIMIT,
+            images_per_minute=100_000,
+            max_concurrent=100,
+        )
+        aws = AWSClients(settings)
+        provision(aws, settings)
+        accounts = Accounts(aws.dynamodb, settings.table)
+        account_id = accounts.create_account(BALANCE, label="hostile")
+        key = accounts.create_key(account_id, label="funded", api_key="sk-ig-hostile-" + uuid.uuid4().hex)
+        broke = accounts.create_account(0, label="broke")
+        broke_key = accounts.create_key(broke, label="broke", api_key="sk-ig-broke-" + uuid.uuid4().hex)
+        revoked_key = accounts.create_key(
+            account_id, label="revoked", api_key="sk-ig-rev-" + uuid.uuid4().hex
+        )
+        accounts.revoke_key(accounts.authenticate(f"Bearer {revoked_key}").key_id)
+        writes: list = []
+        for name in ("dynamodb", "s3"):
+            client = aws.client(name)
+            slot = next(k for k, v in aws._clients.items() if v is client)
+            aws._clients[slot] = Recorder(client, name, writes)
+        service = Service(settings, aws, Logger(service="imagegate-hostile", level="CRITICAL"))
+        with TestClient(create_app(service), raise_server_exceptions=False) as client:
+            yield Gate(client, service, accounts, settings, account_id, key, broke_key, revoked_key, writes)
 
 
 def png(width=64, height=64, mode="RGBA", fmt="PNG", colour=(200, 40, 40, 255)) -> bytes:

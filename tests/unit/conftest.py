@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 from PIL import Image
+from shims import mocked_aws
 
 from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
@@ -71,15 +71,8 @@ def aws_clients():
 
     Tests stay independent through uniquely named tables and buckets (the `settings` fixture).
     """
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        # A configured endpoint or profile would send boto3 past moto's interception.
-        mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        mp.delenv("AWS_PROFILE", raising=False)
-        with mock_aws():
-            yield AWSClients(Settings(region="us-east-1"))
+    with mocked_aws():
+        yield AWSClients(Settings(region="us-east-1"))
 
 
 @pytest.fixture
