@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 UV_VERSION := $(shell sed -n 's/.*"uv==\([0-9.]*\)".*/\1/p' pyproject.toml)
 UV := $(BIN)/uv
 LAYER_REQUIREMENTS := layers/imagegate/requirements.txt
+# The DynamoDB emulator `make serve` runs, pinned and verified by scripts/dynoxide.py (linux x86_64; elsewhere,
+# or offline, the script says so in one line and make serve keeps moto's DynamoDB).
+DYNOXIDE := $(VENV)/bin/dynoxide
 # Never fetch a Python of uv's own: the venv uses $(PYTHON), as the README says.
 export UV_PYTHON_DOWNLOADS := never
 
@@ -23,9 +26,12 @@ $(STAMP): uv.lock pyproject.toml | $(UV)
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"
 
-install: $(STAMP)
+$(DYNOXIDE): scripts/dynoxide.py | $(UV)
+	@$(BIN)/python scripts/dynoxide.py $@
 
-serve: $(STAMP)
+install: $(STAMP) $(DYNOXIDE)
+
+serve: $(STAMP) $(DYNOXIDE)
 	@echo "==> starting the dev stack on 127.0.0.1:$${PORT:-8000} (the first start compiles bytecode: a few seconds more)"
 	@$(BIN)/python -m imagegate.devserver
 
@@ -39,7 +45,8 @@ lint: $(STAMP)
 		| diff -u - build/requirements.check.txt \
 		|| (echo "$(LAYER_REQUIREMENTS) is out of step with uv.lock: run make lock" && exit 1)
 
-test: lint
+# The end-to-end tests run on the DynamoDB make serve picks: Dynoxide where it installs.
+test: lint $(DYNOXIDE)
 	$(BIN)/python -m pytest -n 2 -q
 
 # Refresh every pin (runtime and dev) to the newest releases the pyproject ranges allow, then re-export the

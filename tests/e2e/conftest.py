@@ -1,4 +1,5 @@
-"""The dev stack as `make serve` runs it: moto's server for S3 and DynamoDB, the app on uvicorn, real HTTP.
+"""The dev stack as `make serve` runs it: moto's server for S3, SQS and EventBridge, DynamoDB from Dynoxide
+where `make install` put it (else moto's too), the app on uvicorn, real HTTP.
 
 moto's server runs in a child process rather than in this one: other suites use `mock_aws`,
 which resets moto's process-wide backends whenever it starts and stops, and would wipe this session's
@@ -24,7 +25,7 @@ from aws_lambda_powertools.logging import Logger
 from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.devserver import dynoxide_binary, provision, start_dynoxide
 from imagegate.providers import Deps
 from imagegate.service import Service
 
@@ -76,6 +77,20 @@ def moto_endpoint():
 
 
 @pytest.fixture(scope="session")
+def dynamodb_endpoints():
+    """DynamoDB as `make serve` picks it: Dynoxide where `make install` put it ({} means moto's)."""
+    binary = dynoxide_binary(os.environ)
+    if binary is None:
+        yield {}
+        return
+    dynoxide = start_dynoxide(binary, 0)
+    try:
+        yield {"dynamodb": dynoxide.endpoint}
+    finally:
+        dynoxide.stop()
+
+
+@pytest.fixture(scope="session")
 def aws_env():
     with pytest.MonkeyPatch.context() as mp:
         for name in FOREIGN_AWS_ENV:
@@ -121,7 +136,7 @@ def _serve(app: Any):
 
 
 @pytest.fixture(scope="session")
-def start_stack(aws_env, moto_endpoint):
+def start_stack(aws_env, moto_endpoint, dynamodb_endpoints):
     """Build and serve apps on the shared moto server, each with its own table and bucket."""
     stops = []
 
@@ -129,7 +144,7 @@ def start_stack(aws_env, moto_endpoint):
         """`upstream`: an httpx handler standing in for every HTTP upstream (routes come from `settings`)."""
         suffix = uuid.uuid4().hex[:12]
         config = Settings(table=f"e2e-{suffix}", bucket=f"e2e-{suffix}", region="us-east-1", **settings)
-        aws = AWSClients(config, moto_endpoint)
+        aws = AWSClients(config, moto_endpoint, dynamodb_endpoints)
         provision(aws, config)
         deps = Deps(aws, httpx.Client(transport=httpx.MockTransport(upstream))) if upstream else None
         service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps, clock)

@@ -13,17 +13,20 @@ import httpx
 STARTUP_TIMEOUT_S = 60
 
 
-def serve_env(state_dir, port: int = 0) -> dict[str, str]:
+def serve_env(state_dir, port: int = 0, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEGATE_", "OPENAI_"))}
+    if "IMAGEGATE_DYNAMODB" in os.environ:  # IMAGEGATE_DYNAMODB=moto pytest ...: on moto's DynamoDB
+        env["IMAGEGATE_DYNAMODB"] = os.environ["IMAGEGATE_DYNAMODB"]
     # Port 0 everywhere: the banner names the ports the server got.
-    env.update(PORT=str(port), IMAGEGATE_AWS_PORT="0", IMAGEGATE_DEV_STATE=str(state_dir))
+    env.update(PORT=str(port), IMAGEGATE_AWS_PORT="0", IMAGEGATE_DEV_STATE=str(state_dir), **settings)
     return env
 
 
-def start(state_dir) -> tuple[subprocess.Popen, list[str]]:
+def start(state_dir, **settings: str) -> tuple[subprocess.Popen, list[str]]:
+    """`make serve` with fresh state on free ports; `settings`: IMAGEGATE_* variables it reads."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagegate.devserver"],
-        env=serve_env(state_dir),
+        env=serve_env(state_dir, **settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -30,11 +30,11 @@ PATIENCE_S = 60  # how long a test waits for the local worker before it calls th
 
 
 @pytest.fixture(scope="module")
-def job_stack(aws_env, moto_endpoint):
+def job_stack(aws_env, moto_endpoint, dynamodb_endpoints):
     """The app with the jobs routes, its queue and the local worker; `worker` can be stopped by a test."""
     suffix = uuid.uuid4().hex[:12]
     config = Settings(table=f"e2e-{suffix}", bucket=f"e2e-{suffix}", region="us-east-1")
-    aws = AWSClients(config, moto_endpoint)
+    aws = AWSClients(config, moto_endpoint, dynamodb_endpoints)
     provision(aws, config)
     config = replace(config, jobs_queue_url=provision_jobs_queue(aws, config, f"e2e-{suffix}"))
     logger = Logger(service="imagegate-e2e", level="WARNING")

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from .config import Settings
 
+# The variable the AWS SDKs and CLI read for DynamoDB's own endpoint: `make serve` runs DynamoDB apart.
+DYNAMODB_ENDPOINT_ENV = "AWS_ENDPOINT_URL_DYNAMODB"
+
 
 class AWSClients:
-    def __init__(self, settings: Settings, endpoint_url: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, endpoint_url: str | None = None, endpoints: Mapping[str, str] | None = None
+    ) -> None:
+        """`endpoint_url`: every service's endpoint (an emulator); `endpoints`: a service's own, by its
+        boto3 name, over that (`make serve` serves DynamoDB from another emulator than the rest)."""
         self._settings = settings
         self._endpoint_url = endpoint_url
+        self._endpoints = dict(endpoints or {})
         self._clients: dict[str, Any] = {}
         self._session: Any = None
         self._loader: Any = None  # botocore's service models, kept across `reset`
@@ -66,9 +75,10 @@ class AWSClients:
         import boto3
         from botocore.config import Config
 
+        endpoint_url = self._endpoints.get(service, self._endpoint_url)
         config = Config(
             signature_version="s3v4" if service == "s3" else None,
-            s3=_s3_options(self._endpoint_url),
+            s3=_s3_options(endpoint_url),
             retries={"mode": "standard", "max_attempts": max_attempts},
             read_timeout=read_timeout or 60,
             # A dead endpoint must not eat a request's whole upstream budget before the read even starts.
@@ -88,9 +98,12 @@ class AWSClients:
                 core = botocore.session.get_session()
                 core.register_component("data_loader", self._loader)
             self._session = boto3.session.Session(region_name=self._settings.region, botocore_session=core)
-        return self._session.client(
-            service, region_name=region, endpoint_url=self._endpoint_url, config=config
-        )
+        return self._session.client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+def endpoints_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The per-service endpoints `make serve` exports (DynamoDB's, when it runs apart), for AWSClients."""
+    return {"dynamodb": env[DYNAMODB_ENDPOINT_ENV]} if env.get(DYNAMODB_ENDPOINT_ENV) else {}
 
 
 def _s3_options(endpoint_url: str | None) -> dict[str, str]:

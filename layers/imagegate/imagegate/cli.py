@@ -1,9 +1,9 @@
 """`imagegate`: the operator's admin CLI for accounts, keys, balances, usage, the ledger and webhooks.
 
-It talks to the local stack when AWS_ENDPOINT_URL is set (as `make serve` prints it), and to the deployed
-stack otherwise: the table comes from --table, --stack (read from the stack's outputs) or IMAGEGATE_TABLE.
-Amounts are USD with up to six decimals (money is kept in micro-USD); API keys are shown once, when
-created or rotated, as the last line of the output.
+It talks to the local stack when AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_DYNAMODB) are set, as `make serve`
+writes them to .imagegate/aws-env, and to the deployed stack otherwise: the table comes from --table, --stack
+(read from the stack's outputs) or IMAGEGATE_TABLE. Amounts are USD with up to six decimals (money is kept in
+micro-USD); API keys are shown once, when created or rotated, as the last line of the output.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from . import ledger
 from .accounts import Accounts, KeyInfo, NotFound
-from .aws import AWSClients
+from .aws import AWSClients, endpoints_from_env
 from .billing import Billing
 from .config import Settings
 from .money import micros_to_decimal, micros_to_usd, usd_to_micros
@@ -387,7 +387,7 @@ def _clients(args: argparse.Namespace) -> AWSClients:
     settings = Settings.from_env()
     if args.region:
         settings = Settings(**{**settings.__dict__, "region": args.region})
-    return AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    return AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"), endpoints_from_env(os.environ))
 
 
 def _table(args: argparse.Namespace) -> str:

@@ -1,16 +1,20 @@
 """`make serve`: the whole stack on one machine, offline.
 
-S3, DynamoDB, SQS and EventBridge come from moto's server on 127.0.0.1:4566 unless AWS_ENDPOINT_URL points
-elsewhere (LocalStack, say); the table, bucket and queues are created, a funded dev key is seeded, uvicorn
-serves all routes on 127.0.0.1:$PORT, and the job worker runs in this process against the local queue
-(LocalWorker), through the worker function's own handler; so do webhook deliveries, from their own local
-queue, and finished jobs' events go to moto's EventBridge default bus.
+S3, SQS and EventBridge come from moto's server on 127.0.0.1:4566, and DynamoDB from Dynoxide on the next
+port (4567) when `make install` could install it (scripts/dynoxide.py: linux x86_64), else from moto's server
+too; AWS_ENDPOINT_URL pointing elsewhere (LocalStack, say) replaces both. The table, bucket and queues are
+created, a funded dev key is seeded, uvicorn serves all routes on 127.0.0.1:$PORT, and the job worker runs in
+this process against the local queue (LocalWorker), through the worker function's own handler; so do webhook
+deliveries, from their own local queue, and finished jobs' events go to moto's EventBridge default bus.
 
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
-moto keeps its state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps working.
-The emulator (emulator.py) serves one request at a time, snapshots only the items a transaction names, and
-deletes images once older than their URLs or past a memory cap, so that hours of load stay fast.
-Both ports are bound before anything is printed, so a port in use is an error, not a key that never works.
+the emulators keep their state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps
+working; `.imagegate/aws-env` holds the endpoints for the admin CLI. The moto emulator (emulator.py) serves
+one request at a time, snapshots only the items a transaction names, and deletes images once older than their
+URLs or past a memory cap, so that hours of load stay fast. Why Dynoxide for DynamoDB: moto's expression
+engine costs ~60 ms of CPU per request, one request at a time; Dynoxide (Rust, SQLite) a few ms, concurrently,
+with transactions as atomic and isolated as DynamoDB's (tests/e2e/test_devserver_concurrency.py).
+Every port is bound before anything is printed, so a port in use is an error, not a key that never works.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
 from .accounts import Accounts
-from .aws import AWSClients
+from .aws import DYNAMODB_ENDPOINT_ENV, AWSClients, endpoints_from_env
 from .config import JOB_MAX_DELIVERIES, Settings, visibility_timeout
 from .errors import APIError
 from .money import micros_to_usd, usd_to_micros
@@ -64,6 +70,102 @@ def start_aws_emulator(port: int) -> BaseWSGIServer:
     from .emulator import serve
 
     return serve(port)
+
+
+@dataclass
+class Dynoxide:
+    """A running Dynoxide: `make serve`'s DynamoDB."""
+
+    process: subprocess.Popen
+    endpoint: str
+    version: str
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+DYNOXIDE_ATTEMPTS = 3  # a free port can be taken between our check and Dynoxide's bind
+
+
+def dynoxide_binary(env: Mapping[str, str]) -> str | None:
+    """The Dynoxide `make install` put in this venv (scripts/dynoxide.py), unless IMAGEGATE_DYNAMODB=moto."""
+    if env.get("IMAGEGATE_DYNAMODB") == "moto" or not sys.platform.startswith("linux"):
+        return None
+    return shutil.which("dynoxide", path=os.path.join(sys.prefix, "bin"))
+
+
+def start_dynoxide(binary: str, port: int) -> Dynoxide:
+    """Dynoxide, in memory, on 127.0.0.1:`port` (0: a free one), as a child that dies with this process.
+
+    Its own session, so that the terminal's Ctrl-C reaches only us (uvicorn still finishes the requests in
+    flight, which need DynamoDB), and the kernel kills it when we exit, however we exit (PR_SET_PDEATHSIG).
+    """
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded here: the child may not import after fork
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would kill us
+            os._exit(1)
+
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    for _ in range(DYNOXIDE_ATTEMPTS):
+        chosen = port or _free_port()
+        process = subprocess.Popen(
+            [binary, "serve", "--host", "127.0.0.1", "--port", str(chosen)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        assert process.stderr is not None
+        line = process.stderr.readline()  # it says so once it listens, or why it cannot
+        if line.startswith("Dynoxide listening on"):
+            # Whatever else it says goes to our stderr; a pipe left unread would block it once full.
+            threading.Thread(
+                target=shutil.copyfileobj, args=(process.stderr, sys.stderr), daemon=True
+            ).start()
+            return Dynoxide(process, f"http://127.0.0.1:{chosen}", version)
+        process.wait()
+        if port:
+            break
+    raise RuntimeError(f"Dynoxide did not start: {line.strip() or f'exit code {process.returncode}'}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def aws_env(endpoint: str, dynamodb_endpoint: str | None) -> str:
+    """`.imagegate/aws-env`: what the admin CLI (or the AWS CLI) needs to reach this stack, for `.`."""
+    credentials = " ".join(f"{name}={value}" for name, value in LOCAL_CREDENTIALS.items())
+    # A shell that sourced an earlier stack's file must not keep a DynamoDB endpoint this one lacks.
+    dynamodb = (
+        f"export {DYNAMODB_ENDPOINT_ENV}={dynamodb_endpoint}"
+        if dynamodb_endpoint
+        else f"unset {DYNAMODB_ENDPOINT_ENV}"
+    )
+    return f"export AWS_ENDPOINT_URL={endpoint} {credentials}\n{dynamodb}\n"
+
+
+def dynamodb_line(dynamodb: Dynoxide | None, emulated: bool, env: Mapping[str, str]) -> str:
+    """The banner's account of which DynamoDB this stack uses (bench/local_stack.py reads it)."""
+    if dynamodb is not None:
+        return f"dynamodb: {dynamodb.version} at {dynamodb.endpoint} (moto serves S3, SQS and EventBridge)"
+    if not emulated:
+        return f"dynamodb: at {env.get(DYNAMODB_ENDPOINT_ENV) or env.get('AWS_ENDPOINT_URL')}"
+    why = (
+        "IMAGEGATE_DYNAMODB=moto" if env.get("IMAGEGATE_DYNAMODB") == "moto" else "Dynoxide is not installed"
+    )
+    return f"dynamodb: moto's, at the same endpoint ({why}; scripts/dynoxide.py says why)"
 
 
 def provision(aws: AWSClients, settings: Settings) -> None:
@@ -237,11 +339,16 @@ def dev_key(env: dict[str, str] | os._Environ, state_dir: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     key = f"sk-ig-dev-{secrets.token_hex(20)}"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / ".gitignore").write_text("*\n")
+    make_state_dir(state_dir)
     path.touch(mode=0o600)
     path.write_text(key + "\n")
     return key
+
+
+def make_state_dir(state_dir: Path) -> None:
+    """The state directory, git-ignored as a whole."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / ".gitignore").write_text("*\n")
 
 
 def bind(port: int, what: str, variable: str) -> socket.socket:
@@ -276,9 +383,15 @@ def main() -> None:
     port = api_socket.getsockname()[1]  # PORT=0: whichever port is free
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     emulator = None
+    dynamodb: Dynoxide | None = None
+    dynoxide = None if endpoint else dynoxide_binary(os.environ)
     if not endpoint:
         aws_port = int(os.environ.get("IMAGEGATE_AWS_PORT", "4566"))
         bind(aws_port, "the AWS emulation", "IMAGEGATE_AWS_PORT").close()
+        os.environ.pop(DYNAMODB_ENDPOINT_ENV, None)  # ours, not one a shell kept from an earlier stack
+        dynamodb_port = aws_port + 1 if aws_port else 0
+        if dynoxide and dynamodb_port:
+            bind(dynamodb_port, "DynamoDB (Dynoxide)", "IMAGEGATE_AWS_PORT").close()
         # moto in a child process imports on the other core while this one imports the app.
         emulator = subprocess.Popen(
             [sys.executable, "-c", EMULATOR_CHILD, str(aws_port)],
@@ -289,6 +402,9 @@ def main() -> None:
             # from fragmenting across them under hours of load (a third less growth per request).
             env={**os.environ, "MALLOC_ARENA_MAX": "2"},
         )
+        if dynoxide:
+            dynamodb = start_dynoxide(dynoxide, dynamodb_port)
+            os.environ[DYNAMODB_ENDPOINT_ENV] = dynamodb.endpoint
 
     import uvicorn
     from aws_lambda_powertools.logging import Logger
@@ -307,7 +423,7 @@ def main() -> None:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     settings = Settings.from_env()
-    aws = AWSClients(settings, endpoint)
+    aws = AWSClients(settings, endpoint, endpoints_from_env(os.environ))
     provision(aws, settings)
     if not settings.jobs_queue_url:
         settings = replace(settings, jobs_queue_url=provision_jobs_queue(aws, settings))
@@ -322,6 +438,8 @@ def main() -> None:
     service = Service(settings, aws, logger)
     state_dir = Path(os.environ.get("IMAGEGATE_DEV_STATE", ".imagegate"))
     key, _ = seed_dev_key(service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ))
+    make_state_dir(state_dir)
+    (state_dir / "aws-env").write_text(aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV)))
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
     router = service.router
@@ -337,6 +455,7 @@ def main() -> None:
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
+        dynamodb_line(dynamodb, emulator is not None, os.environ),
         "provider: local serves every model (no upstream credentials are configured; drawings, not AI)"
         if router.local_only
         else f"providers: {', '.join(router.configured)} (routes: README, 'Routes')",
@@ -349,6 +468,7 @@ def main() -> None:
         " (send 'Prefer: respond-async'; README, 'Long jobs and AWS events')",
         f"webhooks: queue {settings.webhook_queue_url}, deliveries in this process; events on the"
         f" '{settings.event_bus}' bus (README, 'Webhooks and events')",
+        f"admin:    . {state_dir / 'aws-env'}; .venv/bin/imagegate --help (README, 'Admin CLI')",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")
