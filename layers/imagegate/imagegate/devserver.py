@@ -238,6 +238,10 @@ def provision_webhook_queue(aws: AWSClients, name: str = WEBHOOK_QUEUE) -> str:
     return provision_queue(aws, name, visibility_s=WEBHOOK_VISIBILITY_S, max_receives=MAX_RECEIVES)
 
 
+# botocore's events after a message is sent through a client: the queue holds it by then.
+SENT_EVENTS = ("after-call.sqs.SendMessage", "after-call.sqs.SendMessageBatch")
+
+
 class LocalWorker:
     """The worker function as `make serve` runs it: threads that poll the local jobs queue and hand each
     message, as the SQS event Lambda would get, to the worker's own handler (lambda_app.batch_handler);
@@ -245,7 +249,10 @@ class LocalWorker:
     one comes back after the visibility timeout and, after JOB_MAX_DELIVERIES, goes to the dead-letter queue.
 
     Short polls, never long ones: the emulator serves one request at a time (emulator.py), and a long poll
-    would hold every other AWS call back for its wait.
+    would hold every other AWS call back for its wait. Idle, a thread waits `idle_s`, doubled after each
+    empty poll up to `max_idle_s` (an idle stack's polls cost the emulator and this process CPU that requests
+    want), and wakes at once when this process sends a message through the same SQS client (a job queued,
+    a webhook to deliver): locally queued work starts without the wait.
     """
 
     def __init__(
@@ -256,17 +263,23 @@ class LocalWorker:
         *,
         threads: int = 2,
         idle_s: float = 0.2,
+        max_idle_s: float = 1.0,
     ) -> None:
         self._handler = handler
         self._sqs = sqs
         self._queue_url = queue_url
         self._threads = threads
         self._idle_s = idle_s
+        self._max_idle_s = max_idle_s
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._running: list[threading.Thread] = []
+        self._hook = f"imagegate-local-worker-{id(self)}"
 
     def start(self) -> None:
         self._stop.clear()
+        for event in SENT_EVENTS:
+            self._sqs.meta.events.register(event, self._wake, unique_id=self._hook)
         for i in range(self._threads):
             thread = threading.Thread(target=self._loop, name=f"imagegate-worker-{i}", daemon=True)
             thread.start()
@@ -274,9 +287,15 @@ class LocalWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._woken.set()
+        for event in SENT_EVENTS:
+            self._sqs.meta.events.unregister(event, unique_id=self._hook)
         for thread in self._running:
             thread.join()
         self._running.clear()
+
+    def _wake(self, **_: Any) -> None:
+        self._woken.set()
 
     def poll(self) -> int:
         """Receive and run at most one message; how many were received."""
@@ -293,14 +312,20 @@ class LocalWorker:
         return len(received)
 
     def _loop(self) -> None:
+        idle = self._idle_s
         while not self._stop.is_set():
             try:
                 handled = self.poll()
             except Exception:
                 logging.getLogger("imagegate").exception("local worker poll failed")
                 handled = 0
-            if not handled:
-                self._stop.wait(self._idle_s)
+            if handled:
+                idle = self._idle_s
+                continue
+            # A message sent while we polled has set the event already: the wait returns at once.
+            woken = self._woken.wait(idle)
+            self._woken.clear()
+            idle = self._idle_s if woken else min(idle * 2, self._max_idle_s)
 
 
 def _sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""`make serve`'s own machinery: the pinned Dynoxide install (scripts/dynoxide.py) runs no unverified bytes,
+and the local worker waits idle without polling hot, yet starts a job queued in this process at once."""
+
+import importlib.util
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from imagegate.devserver import LocalWorker, aws_env, provision_jobs_queue
+
+REPO = Path(__file__).parents[2]
+PATIENCE_S = 30  # far above a woken worker's milliseconds, far below its idle wait
+
+
+def install_script():
+    spec = importlib.util.spec_from_file_location("dynoxide_install", REPO / "scripts" / "dynoxide.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tarball(member: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_tarball_that_is_not_the_pinned_one_is_never_installed(tmp_path, monkeypatch):
+    script = install_script()
+    monkeypatch.setattr(script, "supported", lambda: True)
+    tampered = tarball(script.MEMBER, b"#!/bin/sh\necho pwned\n")
+    monkeypatch.setattr(script.urllib.request, "urlopen", lambda url, timeout: Response(tampered))
+    target = tmp_path / "bin" / "dynoxide"
+
+    note = script.install(target)
+
+    assert not target.exists()
+    assert note.startswith("dynoxide: 1.2.1 not installed (the tarball does not match the pinned integrity")
+    assert note.endswith("make serve keeps moto's DynamoDB")
+
+
+def test_the_verified_binary_is_installed_executable(tmp_path, monkeypatch):
+    script = install_script()
+    monkeypatch.setattr(script, "supported", lambda: True)
+    published = tarball(script.MEMBER, b"\x7fELF binary")
+    monkeypatch.setattr(script, "INTEGRITY", script.integrity(published))  # as if npm had published it
+    monkeypatch.setattr(script.urllib.request, "urlopen", lambda url, timeout: Response(published))
+    target = tmp_path / "bin" / "dynoxide"
+
+    script.install(target)
+
+    assert target.read_bytes() == b"\x7fELF binary"
+    assert target.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    ("system", "machine"), [("darwin", "arm64"), ("linux", "aarch64"), ("win32", "AMD64")]
+)
+def test_other_platforms_keep_moto_without_a_download(tmp_path, monkeypatch, system, machine):
+    script = install_script()
+    monkeypatch.setattr(script.urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setattr(script.sys, "platform", system)
+    monkeypatch.setattr(script.platform, "machine", lambda: machine)
+    target = tmp_path / "dynoxide"
+
+    note = script.install(target)
+
+    assert note == f"dynoxide: no pinned build for {system} {machine}: make serve keeps moto's DynamoDB"
+    assert not target.exists()
+
+
+def test_aws_env_names_dynamodb_apart_or_clears_a_stale_one():
+    with_dynoxide = aws_env("http://127.0.0.1:4566", "http://127.0.0.1:4567")
+    assert "export AWS_ENDPOINT_URL=http://127.0.0.1:4566 " in with_dynoxide
+    assert "export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:4567\n" in with_dynoxide
+    assert aws_env("http://127.0.0.1:4566", None).endswith("\nunset AWS_ENDPOINT_URL_DYNAMODB\n")
+
+
+def test_an_idle_worker_wakes_when_this_process_queues_a_job(aws, settings):
+    queue = provision_jobs_queue(aws, settings, f"{settings.table}-jobs")
+    handled = threading.Event()
+    bodies = []
+
+    def handler(event, context):
+        bodies.extend(record["body"] for record in event["Records"])
+        handled.set()
+        return {"batchItemFailures": []}
+
+    polled = threading.Event()
+    aws.sqs.meta.events.register("after-call.sqs.ReceiveMessage", lambda **_: polled.set(), unique_id="test")
+    # Idle waits far longer than the test's patience: only the wake can deliver the job in time.
+    worker = LocalWorker(handler, aws.sqs, queue, threads=1, idle_s=600, max_idle_s=600)
+    worker.start()
+    try:
+        assert polled.wait(PATIENCE_S)  # its first poll found nothing: it is waiting now
+        aws.sqs.send_message(QueueUrl=queue, MessageBody="job-1")
+        assert handled.wait(PATIENCE_S), "the worker slept through a job queued in its own process"
+    finally:
+        worker.stop()
+        aws.sqs.meta.events.unregister("after-call.sqs.ReceiveMessage", unique_id="test")
+    assert bodies == ["job-1"]
+    attributes = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"  # deleted once handled
