@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import zlib
 from pathlib import Path
 
 import httpx
-from local_stack import start_stack, stop_stack
+from local_stack import stack_aws_env, start_stack, stop_stack
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +54,6 @@ def undecodable_png(size: int = 256) -> bytes:
     data[at + 8 : at + 8 + length] = body
     data[at + 8 + length : at + 12 + length] = struct.pack(">I", zlib.crc32(b"IDAT" + body))
     return bytes(data)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def submit_all(base: str, key: str, jobs: int, failures: int) -> tuple[list[str], list[int]]:
@@ -115,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=120, help="jobs in the burst (default 120)")
     parser.add_argument("--failures", type=int, default=12, help="of which fail at run time (default 12)")
     args = parser.parse_args(argv)
-    aws_port = free_port()
     limits = {"IMAGEGATE_MAX_CONCURRENT": "0", "IMAGEGATE_ACCOUNT_MAX_CONCURRENT": "0"}
     with tempfile.TemporaryDirectory() as state:
-        proc, base, key = start_stack(state, IMAGEGATE_AWS_PORT=str(aws_port), **limits)
+        proc, base, key, _ = start_stack(state, **limits)
         try:
             with httpx.Client(
                 base_url=f"{base}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
@@ -137,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 account = http.get("/balance", params={"days": 1}).json()
             reconcile = subprocess.run(
                 [sys.executable, "-m", "imagegate.cli", "reconcile", "--all"],
-                env={**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{aws_port}"}
-                | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-                | {"AWS_DEFAULT_REGION": "us-east-1"},
+                # The stack's endpoints (DynamoDB's may be Dynoxide's, apart from moto's) and credentials.
+                env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | stack_aws_env(state),
                 capture_output=True,
                 text=True,
                 cwd=ROOT,

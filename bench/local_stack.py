@@ -8,7 +8,10 @@ writes its image to the emulated S3, the growth we want to see).
 Measured in the same run, early (right after a short warm-up) and late (after --requests in total):
 - per-request time: the mean and p50 of --window requests sent one at a time (concurrency 1);
 - throughput at concurrency 8 (and 1) over --window * 4 requests;
-- RSS of the dev server and its emulator child together (current and peak, from /proc).
+- RSS of the dev server and every emulator it started (moto's child and Dynoxide) together (current and peak,
+  from /proc), and each process's share.
+The report names the DynamoDB the stack picked (Dynoxide where `make install` put it, else moto's;
+`IMAGEGATE_DYNAMODB=moto python bench/local_stack.py` measures moto's).
 
 Targets: late/early per-request time <= 1.5, RSS < 500 MB after --requests (10,000), and >= 30 requests/s at
 concurrency 8 on 2 cores. Exit status is 0 either way: read the report. Run the baseline from another
@@ -41,9 +44,12 @@ TARGET_RSS_MB = 500
 TARGET_RPS = 30.0
 
 
-def start_stack(state_dir: str, **extra_env: str) -> tuple[subprocess.Popen, str, str]:
-    """`make serve` with fresh state on free ports; `extra_env` overrides its settings (bench/jobs.py)."""
+def start_stack(state_dir: str, **extra_env: str) -> tuple[subprocess.Popen, str, str, str]:
+    """`make serve` with fresh state on free ports; `extra_env` overrides its settings (bench/jobs.py).
+    (process, base URL, dev key, the banner's line naming its DynamoDB)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEGATE_", "OPENAI_"))}
+    if "IMAGEGATE_DYNAMODB" in os.environ:  # which DynamoDB to measure is the caller's choice
+        env["IMAGEGATE_DYNAMODB"] = os.environ["IMAGEGATE_DYNAMODB"]
     env.update(
         PORT="0",
         IMAGEGATE_AWS_PORT="0",
@@ -74,11 +80,21 @@ def start_stack(state_dir: str, **extra_env: str) -> tuple[subprocess.Popen, str
             text = "\n".join(lines)
             key = re.search(r"^dev key:\s+(sk-ig-\S+)$", text, re.M)
             base = re.search(r"^base URL: (http://127\.0\.0\.1:\d+)/v1\s", text, re.M)
+            dynamodb = re.search(r"^dynamodb: (.*)$", text, re.M)
             if key and base:
-                return proc, base[1], key[1]
+                return proc, base[1], key[1], dynamodb[1] if dynamodb else "unknown"
             break
     proc.kill()
     raise SystemExit(f"the dev stack did not start: {lines}")
+
+
+def stack_aws_env(state_dir: str) -> dict[str, str]:
+    """What `.imagegate/aws-env` exports for the admin CLI: endpoints (DynamoDB's apart) and credentials."""
+    env = {}
+    for line in (Path(state_dir) / "aws-env").read_text().splitlines():
+        if line.startswith("export "):
+            env.update(pair.split("=", 1) for pair in line.split()[1:])
+    return env
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
@@ -105,20 +121,24 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set size of `pid` and its descendants, in MB."""
-    current = peak = 0
+def rss_by_process(pid: int) -> dict[str, tuple[float, float]]:
+    """(current, peak) resident set size in MB of `pid` and each of its descendants, by name and pid."""
+    sizes = {}
     for p in process_tree(pid):
         try:
             status = Path(f"/proc/{p}/status").read_text()
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                current += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                peak += int(line.split()[1])
-    return current / 1024, peak / 1024
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        kb = [int(fields.get(name, "0 kB").split()[0]) for name in ("VmRSS", "VmHWM")]
+        sizes[f"{fields['Name'].strip()}[{p}]"] = (kb[0] / 1024, kb[1] / 1024)
+    return sizes
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of `pid` and its descendants together, in MB."""
+    sizes = rss_by_process(pid).values()
+    return sum(s[0] for s in sizes), sum(s[1] for s in sizes)
 
 
 class Client:
@@ -195,6 +215,7 @@ def measure(name: str, one: Client, eight: list[Client], window: int, pid: int) 
     wall1, _ = run([one], window)
     wall8, _ = run(eight, window * 4)
     current, peak = rss_mb(pid)
+    shares = ", ".join(f"{name} {mb:.0f}" for name, (mb, _) in rss_by_process(pid).items())
     figures = {
         "mean_ms": statistics.fmean(lat) * 1000,
         "p50_ms": statistics.median(lat) * 1000,
@@ -207,7 +228,7 @@ def measure(name: str, one: Client, eight: list[Client], window: int, pid: int) 
     print(
         f"{name:>6}: per request (c=1) mean {figures['mean_ms']:.1f} ms, p50 {figures['p50_ms']:.1f} ms,"
         f" p95 {figures['p95_ms']:.1f} ms; {figures['rps_c1']:.1f} req/s at c=1,"
-        f" {figures['rps_c8']:.1f} req/s at c=8; RSS {current:.0f} MB (peak {peak:.0f} MB)",
+        f" {figures['rps_c8']:.1f} req/s at c=8; RSS {current:.0f} MB (peak {peak:.0f} MB: {shares})",
         flush=True,
     )
     return figures
@@ -234,7 +255,8 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as state:
-        proc, base, key = start_stack(state)
+        proc, base, key, dynamodb = start_stack(state)
+        print(f"dynamodb: {dynamodb}", flush=True)
         try:
             one = Client(base, key, body)
             eight = [Client(base, key, body) for _ in range(args.concurrency)]
@@ -279,13 +301,14 @@ def main() -> None:
             rps >= TARGET_RPS,
         ),
     ]
-    print("\ntarget 4, a local stack that stays fast:")
+    print(f"\ntarget 4, a local stack that stays fast (DynamoDB: {dynamodb.split(' (')[0]}):")
     for what, measured, target, met in rows:
         print(f"  {what}: {measured} (target {target}): {'met' if met else 'NOT met'}")
     for what, measured, target, met in rows:  # the lines bench/run.py collects for `make bench`
         print(f"TARGET 4 {what.split(' (')[0]} ({target}): {'MET' if met else 'NOT MET'} {measured}")
     if args.json:
-        print(json.dumps({"requests": sent, "early": early, "late": late, "slowdown": slowdown}))
+        summary = {"requests": sent, "dynamodb": dynamodb, "early": early, "late": late, "slowdown": slowdown}
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the input.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
@@ -161,20 +162,37 @@ def render(prompt: str, width: int, height: int, seed_value: int) -> Image.Image
             draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
         else:
             draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=colour)
-    font = ImageFont.load_default(size=max(10, unit // 24))
+    size = max(10, unit // 24)
     # Text stays inside the frame that a transparent background clears.
     left, top, bottom = width // 6, height // 6, height - height // 6 - unit // 20
-    white, black = (255, 255, 255, 255), (0, 0, 0, 255)
-    draw.text((left, top), LABEL, fill=white, font=font, stroke_width=1, stroke_fill=black)
-    draw.text(
-        (left, bottom),
-        " ".join(prompt.split()[:8])[:60],
-        fill=white,
-        font=font,
-        stroke_width=2,
-        stroke_fill=black,
-    )
+    for text, origin, stroke in (
+        (LABEL, (left, top), 1),
+        (" ".join(prompt.split()[:8])[:60], (left, bottom), 2),
+    ):
+        layer, (dx, dy) = _text_layer(text, size, stroke)
+        img.alpha_composite(layer, (origin[0] + dx, origin[1] + dy))
     return img
+
+
+@functools.lru_cache(maxsize=64)
+def _text_layer(text: str, size: int, stroke: int) -> tuple[Image.Image, tuple[int, int]]:
+    """`text` in white outlined in black on a transparent layer, and where it sits from the text's origin.
+
+    FreeType's outline (stroke) was half a drawing's CPU; the label is the same in every drawing of a size,
+    and a prompt often repeats, so their layers are kept (a few, small: never written to after this).
+    """
+    font = ImageFont.load_default(size=size)
+    x0, y0, x1, y1 = (int(v) for v in font.getbbox(text, stroke_width=stroke))
+    layer = Image.new("RGBA", (max(1, x1 - x0), max(1, y1 - y0)), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).text(
+        (-x0, -y0),
+        text,
+        fill=(255, 255, 255, 255),
+        font=font,
+        stroke_width=stroke,
+        stroke_fill=(0, 0, 0, 255),
+    )
+    return layer, (x0, y0)
 
 
 def _transparent_corners(img: Image.Image) -> Image.Image:
