@@ -62,7 +62,8 @@ sys.stdin.read()
 
 
 def start_aws_emulator(port: int) -> BaseWSGIServer:
-    """Serve moto's S3 and DynamoDB on 127.0.0.1:`port` (0: any free one) from a daemon thread.
+    """Serve moto's S3, SQS, EventBridge (and DynamoDB) on 127.0.0.1:`port` (0: any free one) from a daemon
+    thread.
 
     One request at a time, transactions that snapshot only the items they name, and outputs deleted after
     the URLs' hour or past a memory cap: emulator.py says why.

@@ -1,4 +1,7 @@
-"""The AWS emulation `make serve` runs: moto's server for S3 and DynamoDB, fit for hours of load.
+"""The AWS emulation `make serve` runs: moto's server for S3, SQS and EventBridge, fit for hours of load.
+
+DynamoDB is Dynoxide's where `make install` put it (devserver.py says why); this server serves it too, as
+moto does, for the stacks that fall back to it and for tests that check this server's own isolation.
 
 moto alone degrades with use in two ways, both fixed here, in the emulator's own process only:
 
