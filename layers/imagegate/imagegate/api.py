@@ -30,7 +30,7 @@ from .errors import APIError
 from .images import Upload
 from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from .providers import ProviderError
-from .service import Service, new_request_id
+from .service import ImageResponse, Service, new_request_id
 from .streaming import EventStream
 from .validation import (
     GenerationRequest,
@@ -96,17 +96,17 @@ def create_app(
 
     AccountDep = Annotated[Account, Depends(account)]
 
-    def respond(request: Request, acct: Account, job: ImageJob, user: str | None) -> Response:
+    def respond(request: Request, acct: Account, job: ImageJob, user: str | None) -> Response | ImageResponse:
         """Stream the request (`stream=true`), run it now, or as a job when the client prefers
-        (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins)."""
+        (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins). A request run now
+        answers its result, which the route renders (`_rendered`) once the job and its inputs are gone."""
         request_id = request_id_of(request)
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if job.stream:
             return EventStreamResponse(service.stream(acct, job, key, request_id=request_id))
         asynchronous, wait = _preferences(request.headers.getlist("prefer"))
         if jobs is None or not asynchronous:
-            result = service.handle(acct, job, key, user, request_id=request_id)
-            return JSONResponse(result.body, headers=result.headers)
+            return service.handle(acct, job, key, user, request_id=request_id)
         return _job_answer(service, jobs, request, acct, job, key, user, request_id, wait)
 
     endpoints = set(endpoints)
@@ -117,12 +117,12 @@ def create_app(
         async def generations(request: Request, acct: AccountDep) -> Response:
             document = await _read_json(request)
 
-            def work() -> Response:
+            def work() -> Response | ImageResponse:
                 params = _validated(GenerationRequest, document)
                 job = resolve("generations", params, service.catalog)
                 return respond(request, acct, job, params.user)
 
-            return await run_in_threadpool(work)
+            return _rendered(await run_in_threadpool(work))
 
     for endpoint in ("edits", "variations"):
         if endpoint in endpoints:
@@ -239,14 +239,14 @@ def _multipart_route(
         if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
             document = await _read_json(request)
 
-            def json_work() -> Response:
+            def json_work() -> Response | ImageResponse:
                 job, user = _json_edit(service, acct, document)
                 return respond(request, acct, job, user)
 
-            return await run_in_threadpool(json_work)
+            return _rendered(await run_in_threadpool(json_work))
         form = await _read_form(request)
 
-        def work() -> Response:
+        def work() -> Response | ImageResponse:
             # Taken out of the form, so the uploads die with this call, before the response is rendered.
             images, mask = form.images, form.mask
             form.images, form.mask = [], None
@@ -255,9 +255,18 @@ def _multipart_route(
             job = resolve(endpoint, params, service.catalog, images, mask)
             return respond(request, acct, job, params.user)
 
-        return await run_in_threadpool(work)
+        return _rendered(await run_in_threadpool(work))
 
     return route
+
+
+def _rendered(answer: Response | ImageResponse) -> Response:
+    """A request's result as JSON, rendered by the route after the call that ran it has returned: by then
+    its inputs (up to 50 MB of uploads) are garbage, and the response's copies (the base64 text, the JSON
+    text, its bytes) need not live beside them."""
+    if isinstance(answer, Response):
+        return answer
+    return JSONResponse(answer.body, headers=answer.headers)
 
 
 def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tuple[ImageJob, str | None]:
