@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -444,18 +445,21 @@ class Service:
         latency = round((time.perf_counter() - started) * 1000, 1)
         log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
         settled = self._settle(admission.reservation, charged, delivered, provider, completion, guard, log)
-        # The metrics ride in the log line (EMF is a log line CloudWatch reads metrics from): one line per
-        # request, where a line of each cost every request its formatting and its write.
-        metrics = self.metrics.embedded(
-            model=job.contract.id,
-            provider=provider,
-            latency_ms=latency,
-            Requests=1,
-            Images=delivered,
-            RevenueMicroUSD=charged,
-            RefundMicroUSD=admission.quote.reserve - charged,
-        )
-        self.logger.info("image request", extra={**log, **metrics})
+        counts = {
+            "Requests": 1,
+            "Images": delivered,
+            "RevenueMicroUSD": charged,
+            "RefundMicroUSD": admission.quote.reserve - charged,
+        }
+        if self.logger.isEnabledFor(logging.INFO):
+            # The metrics ride in the log line (EMF is a log line CloudWatch reads metrics from): one line
+            # per request, where a line of each cost every request its formatting and its write.
+            metrics = self.metrics.embedded(
+                model=job.contract.id, provider=provider, latency_ms=latency, **counts
+            )
+            self.logger.info("image request", extra={**log, **metrics})
+        else:  # LogLevel WARNING or above: no request line, but the dashboards still get their metrics
+            self.metrics.record(model=job.contract.id, provider=provider, latency_ms=latency, **counts)
         return settled
 
     def _settle(
