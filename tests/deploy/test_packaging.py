@@ -47,6 +47,7 @@ BOOTSTRAP = r"""
 import json, sys
 function_dir, layer_dir, events_path = sys.argv[1:4]
 sys.path[:0] = [function_dir, layer_dir]
+HEAVY = ("boto3", "pydantic.v1")
 
 import botocore.client
 
@@ -83,7 +84,8 @@ results = [app.handler(event, Context(n)) for n, event in enumerate(json.load(op
 roots = (function_dir, layer_dir, sys.base_prefix, sys.base_exec_prefix)
 files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
 foreign = sorted(f for f in files if f and not f.startswith(roots))
-print("\n" + json.dumps({"results": results, "calls": calls, "foreign": foreign}))
+heavy = [name for name in HEAVY if name in sys.modules]
+print("\n" + json.dumps({"results": results, "calls": calls, "foreign": foreign, "heavy": heavy}))
 """
 
 EVENTS = {
@@ -248,6 +250,9 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
     out = run(built, function, env, tmp_path)
 
     assert out["foreign"] == []  # nothing imported from outside the function, the layer and the stdlib
+    if function in ("generations", "edits", "variations"):
+        # Cold start: the image functions never import boto3 (s3transfer, resources) or pydantic.v1.
+        assert out["heavy"] == []
     for result in out["results"]:
         if function == "sweep":
             no_jobs = {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}

@@ -394,12 +394,26 @@ def test_balance_event_without_a_key_is_401(stack):
     assert_openai_error(stack.invoke("balance", event), 401, code="missing_api_key")
 
 
-def test_metrics_are_emf_lines_per_model_and_provider(stack, capsys):
+def test_a_request_is_one_log_line_carrying_its_emf_metrics(stack, capsys, monkeypatch):
+    stack.invoke("generations", stack.event("generations"), IMAGEGATE_METRICS="on")
+    # The function's log handler is the first one made in this process, writing where stdout was then.
+    log = io.StringIO()
+    for handler in logging.getLogger("imagegate").handlers:
+        monkeypatch.setattr(handler, "stream", log)
     capsys.readouterr()
     stack.invoke("generations", stack.event("generations"), IMAGEGATE_METRICS="on")
 
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-    [emf] = lines
+    assert "_aws" not in capsys.readouterr().out  # no EMF line of its own
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    [emf] = [line for line in lines if "_aws" in line]
+    # The request's log line is its metrics' line too, and a first-try success has no attempt line.
+    assert [line["message"] for line in lines if "request_id" in line] == ["image request"]
+    assert (emf["upstream_model"], emf["attempts"], emf["charged_micros"]) == (
+        "imagegate-local",
+        1,
+        2 * DALLE2_256,
+    )
+    assert emf["service"] == "imagegate"
     [directive] = emf["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "imagegate"
     assert sorted(directive["Dimensions"][0]) == ["model", "provider", "service"]

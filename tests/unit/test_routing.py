@@ -671,6 +671,19 @@ def test_every_attempt_is_logged_without_secrets_or_prompt(router, job, upstream
         assert secret not in output
 
 
+def test_a_first_try_success_leaves_its_line_to_the_request(router, job, upstreams, log_stream):
+    served = router(OPENAI).run(job(prompt="a fox", model="gpt-image-1.5"), "req_1")
+    assert outcomes(served) == [("openai", 1, "ok")]
+    assert [r for r in log_records(log_stream) if r["message"] == "upstream attempt"] == []
+    upstreams.script["openai"] = [retryable(status=503)]
+    router(OPENAI).run(job(prompt="a fox", model="gpt-image-1.5"), "req_2")
+    records = [r for r in log_records(log_stream) if r["message"] == "upstream attempt"]
+    assert [(r["request_id"], r["attempt"], r["outcome"]) for r in records] == [
+        ("req_2", 1, "retry"),
+        ("req_2", 2, "ok"),
+    ]
+
+
 def test_a_final_failure_and_a_bug_are_logged_as_errors(router, job, upstreams, log_stream):
     upstreams.script["openai"] = [RuntimeError("bug")]
     with pytest.raises(RuntimeError):

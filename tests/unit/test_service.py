@@ -2,6 +2,8 @@
 calls, what a too-large answer costs, and what happens when the settle or the Lambda fails."""
 
 import base64
+import io
+import json
 import math
 from dataclasses import replace
 
@@ -218,3 +220,32 @@ def test_b64_replays_decode_to_the_same_image(aws, settings, accounts, funded):
     assert base64.b64decode(again.body["data"][0]["b64_json"]) == base64.b64decode(
         first.body["data"][0]["b64_json"]
     )
+
+
+# --- the request's log line and its metrics -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_a_request_s_metrics_reach_cloudwatch_whatever_the_log_level(
+    aws, settings, funded, capsys, request, level
+):
+    """At INFO the metrics ride in the request's log line; with LogLevel WARNING that line is not written,
+    and the metrics get a line of their own: an operator quieting the logs keeps the dashboards."""
+    stream = io.StringIO()
+    logger = Logger(service=f"imagegate-{request.node.name}", level=level, stream=stream)
+    svc = Service(replace(settings, metrics=True), aws, logger, clock=Clock())
+    capsys.readouterr()
+    svc.handle(svc.accounts.authenticate(f"Bearer {funded[1]}"), job(svc))
+
+    lines = [
+        json.loads(line) for line in stream.getvalue().splitlines() + capsys.readouterr().out.splitlines()
+    ]
+    [emf] = [line for line in lines if "_aws" in line]
+    assert (emf["model"], emf["provider"], emf["Requests"], emf["RevenueMicroUSD"]) == (
+        "dall-e-2",
+        "local",
+        [1.0],
+        [16_000.0],
+    )
+    assert emf["service"] == logger.service
+    assert (emf.get("message") == "image request") is (level == "INFO")

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from aws_lambda_powertools.logging import Logger
 from shims import ByAccount
 
 from imagegate import accounts as accounts_module
@@ -87,7 +88,7 @@ def test_the_balance_endpoints_90_days_are_one_get_and_one_query(aws, settings, 
     tomorrow = datetime.now(UTC).date() + timedelta(days=1)
     settle_daily(aws, settings, account_id, 102, models=("dall-e-2", "gpt-image-1"), today=tomorrow)
     db = Counting(aws.dynamodb)
-    service = Service(settings, SimpleNamespace(dynamodb=db), logger=None)
+    service = Service(settings, SimpleNamespace(dynamodb=db), logger=Logger(service="imagegate-test"))
     body = service.balance(Account(account_id, "key_a"), days=90)
     assert db.calls == {"get_item": 1, "query": 1}
     assert body["balance_micros"] == 10_000_000

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -30,7 +30,7 @@ from .errors import APIError
 from .images import Upload
 from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from .providers import ProviderError
-from .service import Service, new_request_id
+from .service import ImageResponse, Service, new_request_id
 from .streaming import EventStream
 from .validation import (
     GenerationRequest,
@@ -61,7 +61,7 @@ METHODS = {
 }
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+IDEMPOTENCY_HEADER = "idempotency-key"
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 MAX_FORM_FILES = 17  # 16 images and a mask
 MAX_FORM_FIELDS = 64
@@ -88,23 +88,25 @@ def create_app(
     )
     _add_error_handlers(app)
 
-    def account(authorization: Annotated[str | None, Header()] = None) -> Account:
-        return service.accounts.authenticate(authorization)
+    # Headers are read from the request, never declared as FastAPI parameters: a declared header makes
+    # FastAPI build a pydantic field for it, and its compatibility check imports pydantic.v1 (~100 ms of an
+    # image function's cold start) and validates the value on every request.
+    def account(request: Request) -> Account:
+        return service.accounts.authenticate(request.headers.get("authorization"))
 
     AccountDep = Annotated[Account, Depends(account)]
 
-    def respond(
-        request: Request, acct: Account, job: ImageJob, key: str | None, user: str | None
-    ) -> Response:
+    def respond(request: Request, acct: Account, job: ImageJob, user: str | None) -> Response | ImageResponse:
         """Stream the request (`stream=true`), run it now, or as a job when the client prefers
-        (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins)."""
+        (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins). A request run now
+        answers its result, which the route renders (`_rendered`) once the job and its inputs are gone."""
         request_id = request_id_of(request)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
         if job.stream:
             return EventStreamResponse(service.stream(acct, job, key, request_id=request_id))
         asynchronous, wait = _preferences(request.headers.getlist("prefer"))
         if jobs is None or not asynchronous:
-            result = service.handle(acct, job, key, user, request_id=request_id)
-            return JSONResponse(result.body, headers=result.headers)
+            return service.handle(acct, job, key, user, request_id=request_id)
         return _job_answer(service, jobs, request, acct, job, key, user, request_id, wait)
 
     endpoints = set(endpoints)
@@ -112,15 +114,15 @@ def create_app(
         # The body is read in the route, after the key is checked (a dependency): a request without a
         # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
-        async def generations(request: Request, acct: AccountDep, key: IdempotencyKey = None) -> Response:
+        async def generations(request: Request, acct: AccountDep) -> Response:
             document = await _read_json(request)
 
-            def work() -> Response:
+            def work() -> Response | ImageResponse:
                 params = _validated(GenerationRequest, document)
                 job = resolve("generations", params, service.catalog)
-                return respond(request, acct, job, key, params.user)
+                return respond(request, acct, job, params.user)
 
-            return await run_in_threadpool(work)
+            return _rendered(await run_in_threadpool(work))
 
     for endpoint in ("edits", "variations"):
         if endpoint in endpoints:
@@ -233,33 +235,38 @@ def _public_path(request: Request, path: str) -> str:
 def _multipart_route(
     service: Service, endpoint: Endpoint, respond: Callable[..., Response], account_dep: Any
 ) -> Callable[..., Awaitable[Response]]:
-    async def route(
-        request: Request,
-        acct: account_dep,  # type: ignore[valid-type]
-        key: IdempotencyKey = None,
-    ) -> Response:
+    async def route(request: Request, acct: account_dep) -> Response:  # type: ignore[valid-type]
         if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
             document = await _read_json(request)
 
-            def json_work() -> Response:
+            def json_work() -> Response | ImageResponse:
                 job, user = _json_edit(service, acct, document)
-                return respond(request, acct, job, key, user)
+                return respond(request, acct, job, user)
 
-            return await run_in_threadpool(json_work)
+            return _rendered(await run_in_threadpool(json_work))
         form = await _read_form(request)
 
-        def work() -> Response:
+        def work() -> Response | ImageResponse:
             # Taken out of the form, so the uploads die with this call, before the response is rendered.
             images, mask = form.images, form.mask
             form.images, form.mask = [], None
             params = _validated(ImageParams, form_values(form.fields))
             # Not opened yet: `resolve` reads their headers once the cheap checks have passed.
             job = resolve(endpoint, params, service.catalog, images, mask)
-            return respond(request, acct, job, key, params.user)
+            return respond(request, acct, job, params.user)
 
-        return await run_in_threadpool(work)
+        return _rendered(await run_in_threadpool(work))
 
     return route
+
+
+def _rendered(answer: Response | ImageResponse) -> Response:
+    """A request's result as JSON, rendered by the route after the call that ran it has returned: by then
+    its inputs (up to 50 MB of uploads) are garbage, and the response's copies (the base64 text, the JSON
+    text, its bytes) need not live beside them."""
+    if isinstance(answer, Response):
+        return answer
+    return JSONResponse(answer.body, headers=answer.headers)
 
 
 def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tuple[ImageJob, str | None]:

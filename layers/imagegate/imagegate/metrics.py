@@ -1,10 +1,17 @@
-"""Business metrics as CloudWatch EMF lines (Powertools), one line per request, per model and provider.
+"""Business metrics in CloudWatch's embedded metric format (EMF, via Powertools), per model and provider.
 
-EMF needs no API calls: CloudWatch extracts the metrics from the function's log output, so emitting costs
-nothing on the request path. Off outside Lambda (`IMAGEGATE_METRICS`), where nobody reads them.
+EMF needs no API calls: CloudWatch extracts the metrics from any JSON line of the function's log output that
+carries an `_aws` member, so emitting costs nothing on the request path. A request's metrics ride in its
+log line (`embedded`); the rare ones with no line of their own (rejections, upstream errors) get a line
+each (`record`). Off outside Lambda (`IMAGEGATE_METRICS`), where nobody reads them.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.metrics import EphemeralMetrics
 
 NAMESPACE = "imagegate"
 # The counters the service emits; the template's dashboard and alarms query them by these names.
@@ -20,8 +27,23 @@ class Metrics:
 
     def record(self, *, model: str, provider: str, latency_ms: float | None = None, **counts: int) -> None:
         """One EMF line: `counts` by metric name (one of `COUNTERS`), and the request's latency if it ran."""
+        metrics = self._metrics(model, provider, latency_ms, counts)
+        if metrics is not None:
+            metrics.flush_metrics()
+
+    def embedded(
+        self, *, model: str, provider: str, latency_ms: float | None = None, **counts: int
+    ) -> dict[str, Any]:
+        """The same metrics as members of a structured log line ({} when off). Its other members must not
+        contradict the dimensions (`model`, `provider`, `service`): CloudWatch reads them from the line."""
+        metrics = self._metrics(model, provider, latency_ms, counts)
+        return {} if metrics is None else metrics.serialize_metric_set()
+
+    def _metrics(
+        self, model: str, provider: str, latency_ms: float | None, counts: dict[str, int]
+    ) -> EphemeralMetrics | None:
         if not self.enabled:
-            return
+            return None
         unknown = counts.keys() - COUNTERS
         if unknown:
             raise ValueError(f"not a dashboard metric: {sorted(unknown)}")
@@ -36,4 +58,4 @@ class Metrics:
             metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
         if latency_ms is not None:
             metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=latency_ms)
-        metrics.flush_metrics()
+        return metrics

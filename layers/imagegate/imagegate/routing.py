@@ -460,6 +460,10 @@ class Router:
         attempt = replace(call.pending, outcome=outcome)
         call.pending = None
         call.attempts.append(attempt)
+        if outcome == "ok" and len(call.attempts) == 1:
+            # Served at the first try: the request's own log line says so (Service: `upstream_model`,
+            # `upstream_ms`, `attempts`), and a second line per request would cost every request its CPU.
+            return
         log = self._logger.info if outcome == "ok" else self._logger.warning
         # Never the prompt, the key or the upstream's message (which may quote either): ids and codes only.
         log(

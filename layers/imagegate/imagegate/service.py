@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -89,7 +90,8 @@ class Service:
         self.aws = aws
         self.logger = logger
         self.deps = deps or Deps(aws)
-        self.metrics = Metrics(settings.metrics)
+        # The metrics' service dimension is the logger's service: both share the request's one log line.
+        self.metrics = Metrics(settings.metrics, service=logger.service)
 
     @cached_property
     def prices(self) -> PriceBook:
@@ -344,6 +346,7 @@ class Service:
         try:
             served = self.router.run(job, request_id)
             provider = served.provider
+            log.update(_upstream(served))
             images = served.result.images[: job.n]
             if not images:
                 raise ProviderError("The upstream returned no images.")
@@ -401,6 +404,7 @@ class Service:
         except BaseException:
             self._close(job, admission, started, 0, 0, "none", log)
             raise
+        log.update(_upstream(streamed))
         run = _StreamRun(self, job, admission, streamed, log, started)
         headers = {
             **admission.reservation.headers,
@@ -441,16 +445,21 @@ class Service:
         latency = round((time.perf_counter() - started) * 1000, 1)
         log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
         settled = self._settle(admission.reservation, charged, delivered, provider, completion, guard, log)
-        self.logger.info("image request", extra=log)
-        self.metrics.record(
-            model=job.contract.id,
-            provider=provider,
-            latency_ms=latency,
-            Requests=1,
-            Images=delivered,
-            RevenueMicroUSD=charged,
-            RefundMicroUSD=admission.quote.reserve - charged,
-        )
+        counts = {
+            "Requests": 1,
+            "Images": delivered,
+            "RevenueMicroUSD": charged,
+            "RefundMicroUSD": admission.quote.reserve - charged,
+        }
+        if self.logger.isEnabledFor(logging.INFO):
+            # The metrics ride in the log line (EMF is a log line CloudWatch reads metrics from): one line
+            # per request, where a line of each cost every request its formatting and its write.
+            metrics = self.metrics.embedded(
+                model=job.contract.id, provider=provider, latency_ms=latency, **counts
+            )
+            self.logger.info("image request", extra={**log, **metrics})
+        else:  # LogLevel WARNING or above: no request line, but the dashboards still get their metrics
+            self.metrics.record(model=job.contract.id, provider=provider, latency_ms=latency, **counts)
         return settled
 
     def _settle(
@@ -673,6 +682,16 @@ def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
 INTERNAL_ERROR = APIError(
     500, "The server had an error while processing your request.", type="server_error", code="internal_error"
 )
+
+
+def _upstream(served: Served | Streamed) -> dict[str, Any]:
+    """What a request's log line tells of the upstream that served it (its attempts that failed, if any,
+    have lines of their own: routing.py)."""
+    return {
+        "upstream_model": served.model,
+        "attempts": len(served.attempts),
+        "upstream_ms": served.attempts[-1].latency_ms if served.attempts else None,
+    }
 
 
 def _log_line(account: Account, job: ImageJob, request_id: str, quote: Quote) -> dict[str, Any]:

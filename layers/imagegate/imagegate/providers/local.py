@@ -44,16 +44,20 @@ class LocalProvider:
     def edit(self, job: ImageJob) -> ProviderResult:
         base = _decoded(job.images[0], (job.width, job.height))
         edit_area = self._edit_area(job, base)
-        # Decoded one at a time and kept only as thumbnails: up to 16 inputs must not all sit in memory.
-        thumbs = [_thumbnail(img, (job.width // 4, job.height // 4)) for img in job.images[1:]]
+        # Decoded one at a time and kept only as thumbnails (an eighth of the side: 15 of them fit a row):
+        # up to 16 inputs must not all sit in memory.
+        side = (job.width // 8, job.height // 8)
+        thumbs = [_thumbnail(img, side) for img in job.images[1:]]
         keep = ImageChops.invert(edit_area)  # where the input shows through
         del edit_area
         images = []
         for i in range(job.n):
             drawing = render(job.prompt, job.width, job.height, seed(job, i))
             for k, thumb in enumerate(thumbs):
-                drawing.paste(thumb, (8 + k * (job.width // 4 + 8) % job.width, 8), thumb)
+                drawing.paste(thumb, (8 + k * (side[0] + 8) % job.width, 8), thumb)
             drawing.paste(base, (0, 0), keep)  # in place: no third full-size canvas per image
+            if i == job.n - 1:
+                del base, keep, thumbs  # the last encode needs none of them: its peak is theirs no more
             images.append(self._finish(job, drawing))
         return self._result(job, images)
 
