@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.devserver import LocalWorker, aws_env, provision_jobs_queue
+from imagegate.devserver import LocalWorker, aws_env, dynamodb_line, provision_jobs_queue
 
 REPO = Path(__file__).parents[2]
 PATIENCE_S = 30  # far above a woken worker's milliseconds, far below its idle wait
@@ -115,3 +115,10 @@ def test_an_idle_worker_wakes_when_this_process_queues_a_job(aws, settings):
     assert bodies == ["job-1"]
     attributes = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"  # deleted once handled
+
+
+def test_the_banner_says_which_dynamodb_runs_and_why():
+    assert dynamodb_line(None, True, {"IMAGEGATE_DYNAMODB": "moto"}).endswith("(IMAGEGATE_DYNAMODB=moto)")
+    assert "Dynoxide is not installed: `make install` says why" in dynamodb_line(None, True, {})
+    localstack = {"AWS_ENDPOINT_URL": "http://localhost:4566"}
+    assert dynamodb_line(None, False, localstack) == "dynamodb: at http://localhost:4566"

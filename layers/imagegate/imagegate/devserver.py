@@ -163,10 +163,9 @@ def dynamodb_line(dynamodb: Dynoxide | None, emulated: bool, env: Mapping[str, s
         return f"dynamodb: {dynamodb.version} at {dynamodb.endpoint} (moto serves S3, SQS and EventBridge)"
     if not emulated:
         return f"dynamodb: at {env.get(DYNAMODB_ENDPOINT_ENV) or env.get('AWS_ENDPOINT_URL')}"
-    why = (
-        "IMAGEGATE_DYNAMODB=moto" if env.get("IMAGEGATE_DYNAMODB") == "moto" else "Dynoxide is not installed"
-    )
-    return f"dynamodb: moto's, at the same endpoint ({why}; scripts/dynoxide.py says why)"
+    forced = env.get("IMAGEGATE_DYNAMODB") == "moto"
+    why = "IMAGEGATE_DYNAMODB=moto" if forced else "Dynoxide is not installed: `make install` says why"
+    return f"dynamodb: moto's, at the same endpoint ({why})"
 
 
 def provision(aws: AWSClients, settings: Settings) -> None:
