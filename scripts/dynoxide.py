@@ -9,21 +9,28 @@ stay atomic and isolated (tests/e2e/test_devserver_concurrency.py proves it thro
 
 The binary comes from its npm package (a package registry, not a release page): this version only, and only if
 the tarball matches the integrity npm publishes for it, so no other bytes are ever run. Only the linux x86_64
-build is pinned. On any other platform, or if the download fails, this prints one line and exits 0: `make
-serve` then keeps moto's DynamoDB (devserver.py), and a later `make install` tries the download again.
+build is pinned. On any other platform, or if the download fails (offline, cut short, too slow: the whole
+download has a deadline and a size cap), this prints one line, writes it to `<target>.unavailable`, and exits
+0: `make serve` then keeps moto's DynamoDB (devserver.py). The Makefile runs this once per version (its stamp
+`.venv/.dynoxide-<version>`), so a failed download is not retried at every `make test`; delete the stamp and
+run `make install` to try again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import http.client
 import io
 import os
 import platform
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 VERSION = "1.2.1"
@@ -31,12 +38,14 @@ TARBALL = f"https://registry.npmjs.org/@dynoxide/linux-x64/-/linux-x64-{VERSION}
 # npm's `dist.integrity` for that tarball (`npm view @dynoxide/linux-x64@1.2.1 dist.integrity`).
 INTEGRITY = "sha512-sBHqlxJ9ANkLluFkYRfd5r8Y0ApFew4FhOrlhgRAgD4XzEoFOukEo1nuBTQ1+jTtofqwn4NWQ2k0Tn5mNTjgUg=="
 MEMBER = "package/dynoxide"
-TIMEOUT_S = 30
+TIMEOUT_S = 60  # the whole download, however the bytes trickle in (urllib's timeout is per socket read)
+MAX_BYTES = 32 * 1024 * 1024  # the pinned tarball is ~4 MB
+CHUNK = 64 * 1024
 FALLBACK = "make serve keeps moto's DynamoDB"
 
 
-def supported() -> bool:
-    return sys.platform == "linux" and platform.machine().lower() in ("x86_64", "amd64")
+def supported(system: str = sys.platform, machine: str = platform.machine()) -> bool:
+    return system == "linux" and machine.lower() in ("x86_64", "amd64")
 
 
 def integrity(data: bytes) -> str:
@@ -56,22 +65,49 @@ def binary(tarball: bytes) -> bytes:
         return extracted.read()
 
 
-def install(target: Path) -> str:
-    """Put the verified binary at `target` (atomically, mode 755); a one-line account of what happened."""
-    if not supported():
-        return f"dynoxide: no pinned build for {sys.platform} {platform.machine()}: {FALLBACK}"
+def download(url: str, clock: Callable[[], float] = time.monotonic) -> bytes:
+    """The body at `url`, within TIMEOUT_S in all and MAX_BYTES (ValueError past either)."""
+    deadline = clock() + TIMEOUT_S
+    chunks, size = [], 0
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        while chunk := response.read(CHUNK):
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise ValueError(f"the download is larger than {MAX_BYTES} bytes")
+            if clock() > deadline:
+                raise ValueError(f"the download took longer than {TIMEOUT_S} s")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def install(target: Path, system: str = sys.platform, machine: str = platform.machine()) -> str:
+    """Put the verified binary at `target` (atomically, mode 755), or leave `<target>.unavailable` saying
+    why not; a one-line account of what happened."""
+    marker = target.with_name(target.name + ".unavailable")
+    if not supported(system, machine):
+        return _unavailable(marker, f"dynoxide: no pinned build for {system} {machine}: {FALLBACK}")
     try:
-        with urllib.request.urlopen(TARBALL, timeout=TIMEOUT_S) as response:
-            executable = binary(response.read())
-    except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
-        return f"dynoxide: {VERSION} not installed ({exc}): {FALLBACK}"
+        executable = binary(download(TARBALL))
+    except (OSError, ValueError, KeyError, tarfile.TarError, http.client.HTTPException) as exc:
+        return _unavailable(marker, f"dynoxide: {VERSION} not installed ({exc}): {FALLBACK}")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".dynoxide-")
-    with os.fdopen(fd, "wb") as out:
-        out.write(executable)
-    os.chmod(temporary, 0o755)
-    os.replace(temporary, target)  # never a half-written binary at `target`
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(executable)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)  # never a half-written binary at `target`
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    marker.unlink(missing_ok=True)
     return f"dynoxide: {VERSION} installed at {target} (integrity verified)"
+
+
+def _unavailable(marker: Path, note: str) -> str:
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(note + "\n")
+    return note
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`make serve`'s own machinery: the pinned Dynoxide install (scripts/dynoxide.py) runs no unverified bytes,
 and the local worker waits idle without polling hot, yet starts a job queued in this process at once."""
 
+import http.client
 import importlib.util
 import io
 import tarfile
@@ -41,28 +42,56 @@ class Response(io.BytesIO):
 
 def test_a_tarball_that_is_not_the_pinned_one_is_never_installed(tmp_path, monkeypatch):
     script = install_script()
-    monkeypatch.setattr(script, "supported", lambda: True)
     tampered = tarball(script.MEMBER, b"#!/bin/sh\necho pwned\n")
     monkeypatch.setattr(script.urllib.request, "urlopen", lambda url, timeout: Response(tampered))
     target = tmp_path / "bin" / "dynoxide"
 
-    note = script.install(target)
+    note = script.install(target, "linux", "x86_64")
 
     assert not target.exists()
     assert note.startswith("dynoxide: 1.2.1 not installed (the tarball does not match the pinned integrity")
     assert note.endswith("make serve keeps moto's DynamoDB")
+    assert (tmp_path / "bin" / "dynoxide.unavailable").read_text() == note + "\n"
+
+
+class CutShort(Response):
+    def read(self, size=-1):
+        raise http.client.IncompleteRead(b"partial", 990)
+
+
+class Endless(Response):
+    def read(self, size=-1):
+        return b"\0" * size
+
+
+@pytest.mark.parametrize(
+    ("response", "why"),
+    [(CutShort(), "IncompleteRead"), (Endless(), "larger than 33554432 bytes")],
+)
+def test_a_broken_or_endless_download_falls_back_to_moto_in_one_line(tmp_path, monkeypatch, response, why):
+    script = install_script()
+    monkeypatch.setattr(script.urllib.request, "urlopen", lambda url, timeout: response)
+    target = tmp_path / "dynoxide"
+
+    note = script.install(target, "linux", "x86_64")
+
+    assert why in note and note.endswith("make serve keeps moto's DynamoDB")
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["dynoxide.unavailable"]  # no temporary file left
 
 
 def test_the_verified_binary_is_installed_executable(tmp_path, monkeypatch):
     script = install_script()
-    monkeypatch.setattr(script, "supported", lambda: True)
     published = tarball(script.MEMBER, b"\x7fELF binary")
     monkeypatch.setattr(script, "INTEGRITY", script.integrity(published))  # as if npm had published it
     monkeypatch.setattr(script.urllib.request, "urlopen", lambda url, timeout: Response(published))
     target = tmp_path / "bin" / "dynoxide"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dynoxide.unavailable").write_text("an earlier attempt failed\n")
 
-    script.install(target)
+    script.install(target, "linux", "x86_64")
 
+    assert not (tmp_path / "bin" / "dynoxide.unavailable").exists()
     assert target.read_bytes() == b"\x7fELF binary"
     assert target.stat().st_mode & 0o777 == 0o755
 
@@ -73,11 +102,9 @@ def test_the_verified_binary_is_installed_executable(tmp_path, monkeypatch):
 def test_other_platforms_keep_moto_without_a_download(tmp_path, monkeypatch, system, machine):
     script = install_script()
     monkeypatch.setattr(script.urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded"))
-    monkeypatch.setattr(script.sys, "platform", system)
-    monkeypatch.setattr(script.platform, "machine", lambda: machine)
     target = tmp_path / "dynoxide"
 
-    note = script.install(target)
+    note = script.install(target, system, machine)
 
     assert note == f"dynoxide: no pinned build for {system} {machine}: make serve keeps moto's DynamoDB"
     assert not target.exists()
