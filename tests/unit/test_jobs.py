@@ -541,3 +541,31 @@ def test_a_bad_after_is_a_400_with_a_code(svc, jobs, funded):
     with pytest.raises(APIError) as bad:
         jobs.list(funded.account_id, after="garbage")
     assert (bad.value.status, bad.value.param, bad.value.code) == (400, "after", "invalid_value")
+
+
+def test_a_job_s_stored_state_reads_back_as_boto3_would_without_importing_it():
+    from decimal import Decimal
+
+    from boto3.dynamodb.types import TypeSerializer
+
+    from imagegate.jobs import _plain
+
+    state = {
+        "state": "retrying",
+        "attempts": 3,
+        "last_status": None,
+        "delivered": False,
+        "ratio": Decimal("0.5"),
+        "history": [{"status": 500, "at": 1_796_000_000}, "timeout"],
+        "codes": {"a", "b"},
+    }
+    plain = _plain(TypeSerializer().serialize(state))
+    assert sorted(plain.pop("codes")) == ["a", "b"]
+    assert plain == {
+        "state": "retrying",
+        "attempts": 3,
+        "last_status": None,
+        "delivered": False,
+        "ratio": 0.5,
+        "history": [{"status": 500, "at": 1_796_000_000}, "timeout"],
+    }
