@@ -68,7 +68,7 @@ def visibility_timeout(worker_timeout_seconds: float) -> int:
 class Settings:
     table: str = "imagegate"
     bucket: str = "imagegate-outputs"
-    region: str | None = None  # None: boto3 resolves it (AWS config profile), as the AWS CLI would
+    region: str | None = None  # None: botocore resolves it (AWS config profile), as the AWS CLI would
     url_ttl_seconds: int = 3600
     local_price_micros: int = 2_000
     # Lambda's payload limits, everywhere, so a laptop refuses what AWS would (0: no ceiling).

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 LABEL = "imagegate local renderer"
 # zlib's fastest level: the drawings are placeholders, and level 6 took two thirds of their CPU (a 256x256
-# drawing: ~15 ms instead of ~45 ms, for a PNG a fifth larger), the dev server's largest cost of its own.
+# drawing: ~15 ms instead of ~45 ms), the dev server's largest cost of its own. The PNGs are larger: a fifth
+# at 256x256, 38% at 1024x1024, 64% at 2048x2048 (also for the `imagegate-local` model and DemoMode stacks,
+# whose drawings are placeholders too).
 PNG_LEVEL = 1
 
 
@@ -178,12 +180,14 @@ def render(prompt: str, width: int, height: int, seed_value: int) -> Image.Image
     return img
 
 
-@functools.lru_cache(maxsize=64)
+# Bounded by count, and so by memory: a layer is at most 60 characters at the largest font, ~1.2 MB RGBA.
+@functools.lru_cache(maxsize=16)
 def _text_layer(text: str, size: int, stroke: int) -> tuple[Image.Image, tuple[int, int]]:
     """`text` in white outlined in black on a transparent layer, and where it sits from the text's origin.
 
     FreeType's outline (stroke) was half a drawing's CPU; the label is the same in every drawing of a size,
-    and a prompt often repeats, so their layers are kept (a few, small: never written to after this).
+    and a prompt may repeat, so the last few layers are kept (never written to after this): 16 at most,
+    under 20 MB even for long prompts at the largest sizes.
     """
     font = ImageFont.load_default(size=size)
     x0, y0, x1, y1 = (int(v) for v in font.getbbox(text, stroke_width=stroke))
