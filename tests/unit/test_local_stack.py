@@ -4,13 +4,15 @@ and the local worker waits idle without polling hot, yet starts a job queued in 
 import http.client
 import importlib.util
 import io
+import sys
 import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from imagegate.devserver import LocalWorker, aws_env, dynamodb_line, provision_jobs_queue
+from imagegate import devserver
+from imagegate.devserver import LocalWorker, aws_env, dynamodb_line, provision_jobs_queue, start_dynoxide
 
 REPO = Path(__file__).parents[2]
 PATIENCE_S = 30  # far above a woken worker's milliseconds, far below its idle wait
@@ -115,6 +117,11 @@ def test_aws_env_names_dynamodb_apart_or_clears_a_stale_one():
     assert "export AWS_ENDPOINT_URL=http://127.0.0.1:4566 " in with_dynoxide
     assert "export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:4567\n" in with_dynoxide
     assert aws_env("http://127.0.0.1:4566", None).endswith("\nunset AWS_ENDPOINT_URL_DYNAMODB\n")
+    # The region the stack runs in: moto keeps its state per region.
+    in_eu = aws_env(
+        "http://127.0.0.1:4566", None, {"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1"}
+    )
+    assert " AWS_DEFAULT_REGION=eu-west-1" in in_eu and " AWS_REGION=eu-west-1" in in_eu
 
 
 def test_an_idle_worker_wakes_when_this_process_queues_a_job(aws, settings):
@@ -149,3 +156,28 @@ def test_the_banner_says_which_dynamodb_runs_and_why():
     assert "Dynoxide is not installed: `make install` says why" in dynamodb_line(None, True, {})
     localstack = {"AWS_ENDPOINT_URL": "http://localhost:4566"}
     assert dynamodb_line(None, False, localstack) == "dynamodb: at http://localhost:4566"
+
+
+def fake_binary(tmp_path, script: str) -> str:
+    path = tmp_path / "dynoxide"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the dev server runs Dynoxide on Linux only")
+def test_a_dynoxide_that_cannot_start_is_a_reason_not_a_hang_or_a_traceback(tmp_path, monkeypatch):
+    broken = fake_binary(tmp_path, "exit 3\n")
+    with pytest.raises(RuntimeError, match="--version failed"):
+        start_dynoxide(broken, 0)
+    # Says something else, then neither listens nor exits: killed after the startup bound.
+    monkeypatch.setattr(devserver, "DYNOXIDE_STARTUP_S", 1)
+    silent = fake_binary(
+        tmp_path,
+        'if [ "$1" = --version ]; then echo dynoxide 9; exit 0; fi\n'
+        "echo 'warning: something' >&2\nexec sleep 600\n",
+    )
+    with pytest.raises(RuntimeError, match="Dynoxide did not start"):
+        start_dynoxide(silent, 0)
+    line = dynamodb_line(None, True, {}, "Dynoxide did not start: exit code -9")
+    assert line == "dynamodb: moto's, at the same endpoint (Dynoxide did not start: exit code -9)"

@@ -233,7 +233,7 @@ def _public_path(request: Request, path: str) -> str:
 
 
 def _multipart_route(
-    service: Service, endpoint: Endpoint, respond: Callable[..., Response], account_dep: Any
+    service: Service, endpoint: Endpoint, respond: Callable[..., Response | ImageResponse], account_dep: Any
 ) -> Callable[..., Awaitable[Response]]:
     async def route(request: Request, acct: account_dep) -> Response:  # type: ignore[valid-type]
         if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):

@@ -88,6 +88,7 @@ class Dynoxide:
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 DYNOXIDE_ATTEMPTS = 3  # a free port can be taken between our check and Dynoxide's bind
+DYNOXIDE_STARTUP_S = 15  # it listens within milliseconds; this only bounds a start that hangs
 
 
 def dynoxide_binary(env: Mapping[str, str]) -> str | None:
@@ -113,7 +114,12 @@ def start_dynoxide(binary: str, port: int) -> Dynoxide:
         if os.getppid() != parent:  # the parent died before prctl: nobody would kill us
             os._exit(1)
 
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=True, timeout=DYNOXIDE_STARTUP_S
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:  # not executable here (a noexec mount?), corrupt
+        raise RuntimeError(f"Dynoxide did not start: {binary} --version failed: {exc}") from exc
     for _ in range(DYNOXIDE_ATTEMPTS):
         chosen = port or _free_port()
         process = subprocess.Popen(
@@ -126,7 +132,17 @@ def start_dynoxide(binary: str, port: int) -> Dynoxide:
             preexec_fn=die_with_parent,
         )
         assert process.stderr is not None
-        line = process.stderr.readline()  # it says so once it listens, or why it cannot
+        # It says so once it listens, or why it cannot; a start that says neither in time is killed, which
+        # ends the output being read.
+        watchdog = threading.Timer(DYNOXIDE_STARTUP_S, process.kill)
+        watchdog.start()
+        try:
+            line = ""
+            for line in process.stderr:
+                if line.startswith("Dynoxide listening on"):
+                    break
+        finally:
+            watchdog.cancel()
         if line.startswith("Dynoxide listening on"):
             # Whatever else it says goes to our stderr; a pipe left unread would block it once full.
             threading.Thread(
@@ -145,9 +161,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def aws_env(endpoint: str, dynamodb_endpoint: str | None) -> str:
-    """`.imagegate/aws-env`: what the admin CLI (or the AWS CLI) needs to reach this stack, for `.`."""
-    credentials = " ".join(f"{name}={value}" for name, value in LOCAL_CREDENTIALS.items())
+def aws_env(endpoint: str, dynamodb_endpoint: str | None, env: Mapping[str, str] | None = None) -> str:
+    """`.imagegate/aws-env`: what the admin CLI (or the AWS CLI) needs to reach this stack, for `.`: the
+    credentials and region the stack runs with (`env`, where set), since moto keeps state per region."""
+    env = env or {}
+    names = {**LOCAL_CREDENTIALS, **({"AWS_REGION": env["AWS_REGION"]} if env.get("AWS_REGION") else {})}
+    credentials = " ".join(f"{name}={env.get(name, value)}" for name, value in names.items())
     # A shell that sourced an earlier stack's file must not keep a DynamoDB endpoint this one lacks.
     dynamodb = (
         f"export {DYNAMODB_ENDPOINT_ENV}={dynamodb_endpoint}"
@@ -157,14 +176,19 @@ def aws_env(endpoint: str, dynamodb_endpoint: str | None) -> str:
     return f"export AWS_ENDPOINT_URL={endpoint} {credentials}\n{dynamodb}\n"
 
 
-def dynamodb_line(dynamodb: Dynoxide | None, emulated: bool, env: Mapping[str, str]) -> str:
-    """The banner's account of which DynamoDB this stack uses (bench/local_stack.py reads it)."""
+def dynamodb_line(
+    dynamodb: Dynoxide | None, emulated: bool, env: Mapping[str, str], failed: str | None = None
+) -> str:
+    """The banner's account of which DynamoDB this stack uses (bench/local_stack.py reads it); `failed`: why
+    an installed Dynoxide did not start."""
     if dynamodb is not None:
         return f"dynamodb: {dynamodb.version} at {dynamodb.endpoint} (moto serves S3, SQS and EventBridge)"
     if not emulated:
         return f"dynamodb: at {env.get(DYNAMODB_ENDPOINT_ENV) or env.get('AWS_ENDPOINT_URL')}"
     forced = env.get("IMAGEGATE_DYNAMODB") == "moto"
     why = "IMAGEGATE_DYNAMODB=moto" if forced else "Dynoxide is not installed: `make install` says why"
+    if failed:
+        why = failed
     return f"dynamodb: moto's, at the same endpoint ({why})"
 
 
@@ -409,6 +433,7 @@ def main() -> None:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     emulator = None
     dynamodb: Dynoxide | None = None
+    dynoxide_failed: str | None = None
     dynoxide = None if endpoint else dynoxide_binary(os.environ)
     if not endpoint:
         aws_port = int(os.environ.get("IMAGEGATE_AWS_PORT", "4566"))
@@ -428,8 +453,11 @@ def main() -> None:
             env={**os.environ, "MALLOC_ARENA_MAX": "2"},
         )
         if dynoxide:
-            dynamodb = start_dynoxide(dynoxide, dynamodb_port)
-            os.environ[DYNAMODB_ENDPOINT_ENV] = dynamodb.endpoint
+            try:
+                dynamodb = start_dynoxide(dynoxide, dynamodb_port)
+                os.environ[DYNAMODB_ENDPOINT_ENV] = dynamodb.endpoint
+            except RuntimeError as exc:  # moto's DynamoDB serves instead, and the banner says why
+                dynoxide_failed = str(exc)
 
     import uvicorn
     from aws_lambda_powertools.logging import Logger
@@ -464,7 +492,7 @@ def main() -> None:
     state_dir = Path(os.environ.get("IMAGEGATE_DEV_STATE", ".imagegate"))
     key, _ = seed_dev_key(service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ))
     make_state_dir(state_dir)
-    (state_dir / "aws-env").write_text(aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV)))
+    (state_dir / "aws-env").write_text(aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV), os.environ))
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
     router = service.router
@@ -480,7 +508,7 @@ def main() -> None:
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
-        dynamodb_line(dynamodb, emulator is not None, os.environ),
+        dynamodb_line(dynamodb, emulator is not None, os.environ, dynoxide_failed),
         "provider: local serves every model (no upstream credentials are configured; drawings, not AI)"
         if router.local_only
         else f"providers: {', '.join(router.configured)} (routes: README, 'Routes')",
@@ -493,7 +521,8 @@ def main() -> None:
         " (send 'Prefer: respond-async'; README, 'Long jobs and AWS events')",
         f"webhooks: queue {settings.webhook_queue_url}, deliveries in this process; events on the"
         f" '{settings.event_bus}' bus (README, 'Webhooks and events')",
-        f"admin:    . {state_dir / 'aws-env'}; .venv/bin/imagegate --help (README, 'Admin CLI')",
+        f"admin:    in another shell: . {state_dir / 'aws-env'}; .venv/bin/imagegate --help"
+        " (README, 'Admin CLI')",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")
