@@ -153,6 +153,8 @@ def test_an_idle_worker_wakes_when_this_process_queues_a_job(aws, settings):
 
 def test_the_banner_says_which_dynamodb_runs_and_why():
     assert dynamodb_line(None, True, {"IMAGEGATE_DYNAMODB": "moto"}).endswith("(IMAGEGATE_DYNAMODB=moto)")
+    forced = dynamodb_line(None, True, {"IMAGEGATE_DYNAMODB": "moto"}, "dynoxide: offline")
+    assert forced.endswith("(IMAGEGATE_DYNAMODB=moto)")
     assert "Dynoxide is not installed: `make install` says why" in dynamodb_line(None, True, {})
     localstack = {"AWS_ENDPOINT_URL": "http://localhost:4566"}
     assert dynamodb_line(None, False, localstack) == "dynamodb: at http://localhost:4566"
@@ -181,3 +183,13 @@ def test_a_dynoxide_that_cannot_start_is_a_reason_not_a_hang_or_a_traceback(tmp_
         start_dynoxide(silent, 0)
     line = dynamodb_line(None, True, {}, "Dynoxide did not start: exit code -9")
     assert line == "dynamodb: moto's, at the same endpoint (Dynoxide did not start: exit code -9)"
+
+
+def test_the_installer_s_reason_reaches_the_banner_without_a_rerun(tmp_path):
+    """`make install` tries once per version: the reason it left is what the banner can give."""
+    assert devserver.dynoxide_unavailable(str(tmp_path)) is None
+    note = "dynoxide: no pinned build for darwin arm64: make serve keeps moto's DynamoDB"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "dynoxide.unavailable").write_text(note + "\n")
+    assert devserver.dynoxide_unavailable(str(tmp_path)) == note
+    assert dynamodb_line(None, True, {}, note).endswith(f"({note})")

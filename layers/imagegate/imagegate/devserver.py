@@ -98,6 +98,15 @@ def dynoxide_binary(env: Mapping[str, str]) -> str | None:
     return shutil.which("dynoxide", path=os.path.join(sys.prefix, "bin"))
 
 
+def dynoxide_unavailable(prefix: str = sys.prefix) -> str | None:
+    """Why there is no Dynoxide in this venv: the one line its installer left (scripts/dynoxide.py), if any.
+    `make install` runs the installer once per version, so this file, not a rerun, keeps the reason."""
+    try:
+        return Path(prefix, "bin", "dynoxide.unavailable").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def start_dynoxide(binary: str, port: int) -> Dynoxide:
     """Dynoxide, in memory, on 127.0.0.1:`port` (0: a free one), as a child that dies with this process.
 
@@ -180,14 +189,14 @@ def dynamodb_line(
     dynamodb: Dynoxide | None, emulated: bool, env: Mapping[str, str], failed: str | None = None
 ) -> str:
     """The banner's account of which DynamoDB this stack uses (bench/local_stack.py reads it); `failed`: why
-    an installed Dynoxide did not start."""
+    Dynoxide is not serving (it did not start, or its installer left no binary)."""
     if dynamodb is not None:
         return f"dynamodb: {dynamodb.version} at {dynamodb.endpoint} (moto serves S3, SQS and EventBridge)"
     if not emulated:
         return f"dynamodb: at {env.get(DYNAMODB_ENDPOINT_ENV) or env.get('AWS_ENDPOINT_URL')}"
     forced = env.get("IMAGEGATE_DYNAMODB") == "moto"
     why = "IMAGEGATE_DYNAMODB=moto" if forced else "Dynoxide is not installed: `make install` says why"
-    if failed:
+    if failed and not forced:
         why = failed
     return f"dynamodb: moto's, at the same endpoint ({why})"
 
@@ -508,7 +517,7 @@ def main() -> None:
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
-        dynamodb_line(dynamodb, emulator is not None, os.environ, dynoxide_failed),
+        dynamodb_line(dynamodb, emulator is not None, os.environ, dynoxide_failed or dynoxide_unavailable()),
         "provider: local serves every model (no upstream credentials are configured; drawings, not AI)"
         if router.local_only
         else f"providers: {', '.join(router.configured)} (routes: README, 'Routes')",
