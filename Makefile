@@ -37,7 +37,7 @@ install: $(STAMP) $(DYNOXIDE_STAMP)
 
 serve: $(STAMP) $(DYNOXIDE_STAMP)
 	@echo "==> starting the dev stack on 127.0.0.1:$${PORT:-8000} (the first start compiles bytecode: a few seconds more)"
-	@$(BIN)/python -m imagegate.devserver
+	@$(BIN)/python -m imagegate.local.devserver
 
 # The layer's requirements file is exported from the lock: the same pins in the venv, the layer and CI.
 lint: $(STAMP)

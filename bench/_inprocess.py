@@ -42,11 +42,11 @@ def in_process(balances: dict[str, int], **settings: object) -> Iterator[InProce
     from moto import mock_aws
     from starlette.testclient import TestClient
 
-    from imagegate.accounts import Accounts
-    from imagegate.api import create_app
     from imagegate.aws import AWSClients
     from imagegate.config import Settings
-    from imagegate.devserver import provision
+    from imagegate.http.api import create_app
+    from imagegate.local.devserver import provision
+    from imagegate.money.accounts import Accounts
     from imagegate.service import Service
 
     with mock_aws():

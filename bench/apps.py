@@ -46,7 +46,7 @@ def environment(aws_endpoint: str = DEAD_ENDPOINT, upstream_base: str = UPSTREAM
 
 
 def imagegate(http_client: Any = None) -> tuple[Any, Any]:
-    from imagegate.lambda_app import build_app, lambda_handler
+    from imagegate.http.lambda_app import build_app, lambda_handler
 
     app, _service = build_app("generations", http_client)
     return app, lambda_handler("generations", http_client)

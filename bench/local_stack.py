@@ -1,7 +1,7 @@
 """`make serve` under sustained load (issue 12, target 4): a report, never a gate.
 
-Starts the dev stack exactly as `make serve` does (`python -m imagegate.devserver`, fresh state, ports 0,
-the offline `local` provider) and drives it over HTTP with keep-alive clients:
+Starts the dev stack exactly as `make serve` does (`python -m imagegate.local.devserver`, fresh state,
+ports 0, the offline `local` provider) and drives it over HTTP with keep-alive clients:
 POST /v1/images/generations {model: dall-e-2, size: 256x256, response_format: url} (url: every request also
 writes its image to the emulated S3, the growth we want to see).
 
@@ -62,7 +62,7 @@ def start_stack(state_dir: str, **extra_env: str) -> tuple[subprocess.Popen, str
     )
     env.update(extra_env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate.devserver"],
+        [sys.executable, "-m", "imagegate.local.devserver"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

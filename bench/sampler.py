@@ -15,16 +15,16 @@ from pathlib import Path
 
 # Most specific first: a frame's bucket is the first whose marker is in its file path.
 BUCKETS = (
-    ("imagegate/billing.py", "imagegate.billing"),
-    ("imagegate/ratelimit.py", "imagegate.ratelimit"),
-    ("imagegate/accounts.py", "imagegate.accounts"),
-    ("imagegate/routing.py", "imagegate.routing"),
+    ("imagegate/money/billing.py", "imagegate.money.billing"),
+    ("imagegate/money/ratelimit.py", "imagegate.money.ratelimit"),
+    ("imagegate/money/accounts.py", "imagegate.money.accounts"),
+    ("imagegate/providers/routing.py", "imagegate.providers.routing"),
     ("imagegate/providers", "imagegate.providers"),
-    ("imagegate/pricing.py", "imagegate.pricing"),
-    ("imagegate/validation.py", "imagegate.validation"),
+    ("imagegate/catalog/prices.py", "imagegate.catalog.prices"),
+    ("imagegate/inputs/validation.py", "imagegate.inputs.validation"),
     ("imagegate/metrics.py", "imagegate.metrics"),
     ("imagegate/service.py", "imagegate.service"),
-    ("imagegate/api.py", "imagegate.api"),
+    ("imagegate/http/api.py", "imagegate.http.api"),
     ("imagegate/", "imagegate (other)"),
     ("botocore/auth.py", "botocore signing"),
     ("botocore/signers.py", "botocore signing"),

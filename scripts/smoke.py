@@ -25,14 +25,13 @@ from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
 from imagegate.aws import AWSClients
-from imagegate.catalog import build_catalog
+from imagegate.catalog.credentials import ENV_PREFIX
+from imagegate.catalog.prices import build_catalog, load_prices
 from imagegate.config import Settings
-from imagegate.credentials import ENV_PREFIX
-from imagegate.errors import APIError
-from imagegate.pricing import load_prices
-from imagegate.providers import Deps, ProviderError
-from imagegate.routing import Router, RouteSpec
-from imagegate.validation import ImageParams, resolve
+from imagegate.errors import APIError, ProviderError
+from imagegate.inputs.validation import ImageParams, resolve
+from imagegate.providers import Deps
+from imagegate.providers.routing import Router, RouteSpec
 
 PROMPT = "A red apple on a white table, studio light"
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imagegate.outbound import IPAddress, Outbound, is_public
+from imagegate.inputs.outbound import IPAddress, Outbound, is_public
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import pytest
 from moto import mock_aws
 
-from imagegate.accounts import Account
+from imagegate.money.accounts import Account
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """GET /v1/balance: the route's whole Lambda function; the imagegate layer does the work."""
 
-from imagegate.lambda_app import lambda_handler
+from imagegate.http.lambda_app import lambda_handler
 
 handler = lambda_handler("balance")

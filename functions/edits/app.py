@@ -1,5 +1,5 @@
 """POST /v1/images/edits: the route's whole Lambda function; the imagegate layer does the work."""
 
-from imagegate.lambda_app import lambda_handler
+from imagegate.http.lambda_app import lambda_handler
 
 handler = lambda_handler("edits")

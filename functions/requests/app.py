@@ -1,5 +1,5 @@
 """The requests queue: jobs AWS services ask for (SQS, EventBridge, S3 manifests); the layer does the work."""
 
-from imagegate.lambda_app import job_requests_handler
+from imagegate.http.lambda_app import job_requests_handler
 
 handler = job_requests_handler()

@@ -1,5 +1,5 @@
 """Scheduled every 15 minutes: refund reservations that killed requests left open; the layer does the work."""
 
-from imagegate.lambda_app import sweep_handler
+from imagegate.http.lambda_app import sweep_handler
 
 handler = sweep_handler()

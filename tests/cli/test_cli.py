@@ -16,14 +16,14 @@ import pytest
 from moto import mock_aws
 from shims import ByAccount
 
-from imagegate import ledger
-from imagegate.accounts import Accounts, key_id_for
 from imagegate.aws import AWSClients
-from imagegate.billing import Billing
 from imagegate.cli import main
 from imagegate.config import Settings
-from imagegate.devserver import provision
 from imagegate.errors import APIError
+from imagegate.local.devserver import provision
+from imagegate.money import ledger
+from imagegate.money.accounts import Accounts, key_id_for
+from imagegate.money.billing import Billing
 
 ACTOR = "cli:operator"
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
-from imagegate.billing import Billing
 from imagegate.config import Settings
-from imagegate.devserver import provision, provision_jobs_queue
+from imagegate.local.devserver import provision, provision_jobs_queue
+from imagegate.money.accounts import Accounts
+from imagegate.money.billing import Billing
 
 from .cfn import ROOT, Stack, actions
 
@@ -36,7 +36,7 @@ RUN_TIMEOUT_S = 120
 # The emulator `make serve` runs, on a free port, in its own process.
 MOTO_CHILD = """
 import sys
-from imagegate.devserver import start_aws_emulator
+from imagegate.local.devserver import start_aws_emulator
 print(start_aws_emulator(0).server_address[1], flush=True)
 sys.stdin.read()
 """
@@ -406,6 +406,6 @@ def test_a_default_stack_without_upstreams_refuses_real_model_ids_from_the_built
 def test_the_layer_holds_bytecode_for_its_python(built):
     layer = built / "ImagegateLayer/python"
     tag = sys.implementation.cache_tag
-    assert (layer / "imagegate" / "__pycache__" / f"api.{tag}.pyc").exists()
+    assert (layer / "imagegate" / "http" / "__pycache__" / f"api.{tag}.pyc").exists()
     assert (layer / "pydantic" / "__pycache__" / f"main.{tag}.pyc").exists()
     assert {p.name.split(".")[-2] for p in layer.glob("**/*.pyc")} == {tag}  # none for another Python

@@ -14,8 +14,8 @@ from imagegate.config import (
     Settings,
     visibility_timeout,
 )
-from imagegate.jobs import start_deadline_s
-from imagegate.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
+from imagegate.jobs.lifecycle import start_deadline_s
+from imagegate.jobs.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
 

@@ -22,10 +22,10 @@ import pytest
 import uvicorn
 from aws_lambda_powertools.logging import Logger
 
-from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import dynoxide_binary, provision, start_dynoxide
+from imagegate.http.api import create_app
+from imagegate.local.devserver import dynoxide_binary, provision, start_dynoxide
 from imagegate.providers import Deps
 from imagegate.service import Service
 
@@ -43,7 +43,7 @@ FOREIGN_AWS_ENV = ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_
 # The same emulator `make serve` starts.
 _MOTO_CHILD = """
 import sys
-from imagegate.devserver import start_aws_emulator
+from imagegate.local.devserver import start_aws_emulator
 print(start_aws_emulator(0).server_address[1], flush=True)
 sys.stdin.read()  # serve until the parent closes our stdin
 """

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from imagegate import ledger
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import LocalWorker, provision_jobs_queue
-from imagegate.lambda_app import batch_handler, build_jobs
-from imagegate.triggers import Answers, Triggers
+from imagegate.http.lambda_app import batch_handler, build_jobs
+from imagegate.jobs.triggers import Answers, Triggers
+from imagegate.local.devserver import LocalWorker, provision_jobs_queue
+from imagegate.money import ledger
 from tests.deploy.cfn import ROOT, template
 
 from .helpers import decode, png_bytes

@@ -25,7 +25,7 @@ def serve_env(state_dir, port: int = 0, **settings: str) -> dict[str, str]:
 def start(state_dir, **settings: str) -> tuple[subprocess.Popen, list[str]]:
     """`make serve` with fresh state on free ports; `settings`: IMAGEGATE_* variables it reads."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate.devserver"],
+        [sys.executable, "-m", "imagegate.local.devserver"],
         env=serve_env(state_dir, **settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -91,7 +91,7 @@ def test_a_port_in_use_is_refused_before_any_key_is_printed(tmp_path):
         taken.listen(1)
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "imagegate.devserver"],
+            [sys.executable, "-m", "imagegate.local.devserver"],
             env=serve_env(tmp_path, port),
             capture_output=True,
             text=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from imagegate.devserver import dynoxide_binary
+from imagegate.local.devserver import dynoxide_binary
 
 from .test_devserver import banner_fields, start, stop
 

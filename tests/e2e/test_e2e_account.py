@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
-from imagegate.ledger import reconcile
+from imagegate.money.ledger import reconcile
 
 DALLE2_256 = 16_000
 GENEROUS = {"images_per_minute": 10_000, "max_concurrent": 100}

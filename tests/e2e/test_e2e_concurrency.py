@@ -15,7 +15,7 @@ import openai
 import pytest
 from PIL import Image
 
-from imagegate.ledger import entries, reconcile
+from imagegate.money.ledger import entries, reconcile
 
 DALLE2_256 = 16_000
 REQUESTS = 50

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.local.devserver import provision
 
 THREADS = 8
 ATTEMPTS = 8  # each: 64 in all

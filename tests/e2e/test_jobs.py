@@ -14,12 +14,12 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
-from imagegate import ledger
-from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import LocalWorker, provision, provision_jobs_queue
-from imagegate.lambda_app import batch_handler, build_jobs
+from imagegate.http.api import create_app
+from imagegate.http.lambda_app import batch_handler, build_jobs
+from imagegate.local.devserver import LocalWorker, provision, provision_jobs_queue
+from imagegate.money import ledger
 from imagegate.service import Service
 
 from .conftest import DEFAULT_BALANCE, Stack, _serve

@@ -25,11 +25,12 @@ from openai.types import (
     ImageGenPartialImageEvent,
 )
 
-from imagegate import ledger
-from imagegate.api import create_app
-from imagegate.providers import Deps, ProviderError
+from imagegate.errors import ProviderError
+from imagegate.http.api import create_app
+from imagegate.money import ledger
+from imagegate.providers import Deps
 from imagegate.providers.local import LocalProvider
-from imagegate.routing import Router
+from imagegate.providers.routing import Router
 
 from .conftest import DEFAULT_BALANCE, _serve
 from .helpers import decode, png_bytes

@@ -29,11 +29,11 @@ from PIL import Image
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.formats import unregister_string_format
 
-from imagegate.accounts import Accounts
-from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.http.api import create_app
+from imagegate.local.devserver import provision
+from imagegate.money.accounts import Accounts
 from imagegate.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.local.devserver import provision
+from imagegate.money.accounts import Accounts
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"

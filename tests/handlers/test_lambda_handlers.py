@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageChops
 from shims import ByAccount
 
-from imagegate.billing import Billing
+from imagegate.money.billing import Billing
 
 DALLE2_256 = 16_000
 GPT_IMAGE_15_LOW_SQUARE = 9_000

@@ -8,9 +8,9 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
-from imagegate import ledger
 from imagegate.aws import AWSClients
-from imagegate.jobs import Jobs
+from imagegate.jobs.lifecycle import Jobs
+from imagegate.money import ledger
 from imagegate.service import Service
 
 from .conftest import ROOT, START_BALANCE, FakeLambdaContext

@@ -6,8 +6,8 @@ import json
 
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
+from imagegate.jobs.webhooks import DELAYS_S, Webhooks
 from imagegate.table import job_key
-from imagegate.webhooks import DELAYS_S, Webhooks
 
 from .conftest import FakeLambdaContext
 

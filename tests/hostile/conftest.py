@@ -15,11 +15,11 @@ from PIL import Image
 from shims import mocked_aws
 from starlette.testclient import TestClient
 
-from imagegate.accounts import Accounts
-from imagegate.api import create_app
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
-from imagegate.devserver import provision
+from imagegate.http.api import create_app
+from imagegate.local.devserver import provision
+from imagegate.money.accounts import Accounts
 from imagegate.service import Service
 
 BALANCE = 10_000_000  # $10 in micro-USD

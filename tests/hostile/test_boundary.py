@@ -16,7 +16,7 @@ from PIL import ImageFile
 from imagegate import errors
 from imagegate.config import Settings
 from imagegate.providers import Deps
-from imagegate.routing import Router, load_routes
+from imagegate.providers.routing import Router, load_routes
 
 from .conftest import mask, png
 

@@ -10,7 +10,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imagegate.validation import BOOL_FIELDS, INT_FIELDS, ImageParams, check_unicode, form_values
+from imagegate.inputs.validation import BOOL_FIELDS, INT_FIELDS, ImageParams, check_unicode, form_values
 
 GEN, EDITS, VARIATIONS = "/v1/images/generations", "/v1/images/edits", "/v1/images/variations"
 PARAMS = sorted(

@@ -5,7 +5,7 @@ from decimal import Decimal
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from imagegate.money import MAX_USD, micros_to_decimal, usd_to_micros
+from imagegate.units import MAX_USD, micros_to_decimal, usd_to_micros
 
 BUDGET = settings(max_examples=300, derandomize=True, database=None, deadline=None)
 MAX_MICROS = MAX_USD * 1_000_000

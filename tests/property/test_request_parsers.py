@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from imagegate import errors
-from imagegate.catalog import build_catalog, parse_size
+from imagegate.catalog.contracts import parse_size
+from imagegate.catalog.prices import build_catalog, load_prices
 from imagegate.config import Settings
 from imagegate.errors import APIError
-from imagegate.images import inspect
-from imagegate.pricing import load_prices
-from imagegate.validation import ENDPOINT_PARAMS, GenerationRequest, ImageParams, resolve
+from imagegate.inputs.images import inspect
+from imagegate.inputs.validation import ENDPOINT_PARAMS, GenerationRequest, ImageParams, resolve
 
 CATALOG = build_catalog(load_prices(Settings(local_price_micros=2000)))
 MODELS = sorted(CATALOG)

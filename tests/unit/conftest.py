@@ -9,15 +9,14 @@ from botocore.exceptions import ClientError
 from PIL import Image
 from shims import mocked_aws
 
-from imagegate.accounts import Accounts
 from imagegate.aws import AWSClients
-from imagegate.billing import Billing
-from imagegate.catalog import build_catalog
+from imagegate.catalog.prices import build_catalog, load_prices
 from imagegate.config import Settings
-from imagegate.devserver import provision
-from imagegate.images import inspect
-from imagegate.pricing import load_prices
-from imagegate.validation import ImageParams, resolve
+from imagegate.inputs.images import inspect
+from imagegate.inputs.validation import ImageParams, resolve
+from imagegate.local.devserver import provision
+from imagegate.money.accounts import Accounts
+from imagegate.money.billing import Billing
 
 # IMAGEGATE_LOCAL_PRICE_USD's documented default, 0.002 USD.
 LOCAL_PRICE = 2000

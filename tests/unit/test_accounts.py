@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from imagegate import ledger
-from imagegate.accounts import Account, AccountInfo, Accounts, NotFound, hash_key, key_id_for
 from imagegate.errors import APIError
+from imagegate.money import ledger
+from imagegate.money.accounts import Account, AccountInfo, Accounts, NotFound, hash_key, key_id_for
 
 from .conftest import ConflictsFirst
 

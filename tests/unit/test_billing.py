@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from botocore.exceptions import ClientError
 
-from imagegate import ledger
-from imagegate.accounts import Account, NotFound
-from imagegate.billing import REQUEST_RETENTION_DAYS, Billing, Reservation
 from imagegate.errors import APIError
+from imagegate.money import ledger
+from imagegate.money.accounts import Account, NotFound
+from imagegate.money.billing import REQUEST_RETENTION_DAYS, Billing, Reservation
 
 from .conftest import Clock, ConflictsFirst, Counting, Failing, OneRequestAtATime
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from imagegate.catalog import (
+from imagegate.catalog.contracts import (
     GEMINI_SIZES,
     OPENAI_CONTRACTS,
     STABILITY_SIZES,

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from imagegate.config import LAMBDA_PAYLOAD_BYTES, Settings
-from imagegate.money import micros_to_usd, usd_to_micros
+from imagegate.units import micros_to_usd, usd_to_micros
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
+from imagegate.catalog.credentials import CredentialsError, load_credentials
 from imagegate.config import Settings
-from imagegate.credentials import CredentialsError, load_credentials
 
 SECRET_VALUE = "sk-live-do-not-leak-4242"
 STORED = {"OPENAI_API_KEY": SECRET_VALUE, "GEMINI_API_KEY": "gm-1", "UNUSED": ""}

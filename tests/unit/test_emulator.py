@@ -12,7 +12,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
 from moto.s3.models import S3Backend
 
-from imagegate.emulator import OutputLifecycle, install_expression_caches, install_transaction_snapshots
+from imagegate.local.emulator import OutputLifecycle, install_expression_caches, install_transaction_snapshots
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from imagegate.errors import APIError, from_pydantic, invalid_choice
-from imagegate.validation import GenerationRequest, ImageParams
+from imagegate.inputs.validation import GenerationRequest, ImageParams
 
 
 def pydantic_errors(model, data):

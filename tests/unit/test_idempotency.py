@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from imagegate.errors import APIError
-from imagegate.idempotency import Idempotency, fingerprint
+from imagegate.money.idempotency import Idempotency, fingerprint
 
 from .conftest import Clock, OneRequestAtATime, half_mask, image_bytes, upload
 

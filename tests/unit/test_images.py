@@ -7,7 +7,7 @@ import sys
 
 from PIL import Image
 
-from imagegate.images import fit, png_size
+from imagegate.inputs.images import fit, png_size
 
 
 def png(width: int, height: int) -> bytes:
@@ -19,7 +19,7 @@ def png(width: int, height: int) -> bytes:
 def test_a_png_at_the_requested_size_is_passed_on_unchanged_without_importing_pillow():
     data = png(64, 32)
     code = (
-        "import sys; from imagegate.images import fit;"
+        "import sys; from imagegate.inputs.images import fit;"
         f" data = {data!r}; assert fit(data, 64, 32, 'png', None) is data;"
         " assert 'PIL' not in sys.modules, 'Pillow was imported'"
     )

@@ -10,13 +10,12 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
-from imagegate import ledger
-from imagegate.errors import APIError
-from imagegate.jobs import Jobs, lease_s, start_deadline_s
-from imagegate.lambda_app import batch_handler
-from imagegate.providers import ProviderError
+from imagegate.errors import APIError, ProviderError
+from imagegate.http.lambda_app import batch_handler
+from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
+from imagegate.jobs.lifecycle import Jobs, lease_s, start_deadline_s
+from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
-from imagegate.validation import GenerationRequest, ImageParams, resolve
 
 from .conftest import Clock, half_mask, upload
 
@@ -483,7 +482,7 @@ def test_a_queued_job_holds_its_concurrency_slot_until_it_ends(svc, jobs, accoun
 def http(svc, accounts, clock, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from imagegate.api import create_app
+    from imagegate.http.api import create_app
 
     def sleep(seconds):
         clock.now += seconds
@@ -528,7 +527,7 @@ def test_a_wait_that_is_not_a_plain_number_is_ignored_not_a_500(http, wait):
 def test_a_wrong_method_on_a_job_route_names_the_right_one(svc, accounts, method, path, allowed):
     from fastapi.testclient import TestClient
 
-    from imagegate.api import create_app
+    from imagegate.http.api import create_app
 
     client = TestClient(create_app(svc, ["jobs"], jobs=Jobs(svc)))
     key = accounts.create_key(accounts.create_account(0))
@@ -548,7 +547,7 @@ def test_a_job_s_stored_state_reads_back_as_boto3_would_without_importing_it():
 
     from boto3.dynamodb.types import TypeSerializer
 
-    from imagegate.jobs import _plain
+    from imagegate.jobs.lifecycle import _plain
 
     state = {
         "state": "retrying",

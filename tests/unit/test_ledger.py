@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import pytest
 from shims import ByAccount
 
-from imagegate import ledger
-from imagegate.billing import Billing
+from imagegate.money import ledger
+from imagegate.money.billing import Billing
 
 from .conftest import Clock, OneRequestAtATime
 

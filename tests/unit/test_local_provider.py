@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image, ImageChops
 
-from imagegate.images import inspect
+from imagegate.inputs.images import inspect
 from imagegate.providers import run
 from imagegate.providers.local import LocalProvider
 

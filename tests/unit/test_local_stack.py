@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from imagegate import devserver
-from imagegate.devserver import LocalWorker, aws_env, dynamodb_line, provision_jobs_queue, start_dynoxide
+from imagegate.local import devserver
+from imagegate.local.devserver import (
+    LocalWorker,
+    aws_env,
+    dynamodb_line,
+    provision_jobs_queue,
+    start_dynoxide,
+)
 
 REPO = Path(__file__).parents[2]
 PATIENCE_S = 30  # far above a woken worker's milliseconds, far below its idle wait

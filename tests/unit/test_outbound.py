@@ -8,7 +8,7 @@ import threading
 import pytest
 from localservers import connected, listener, local_outbound, serve, tls_pair
 
-from imagegate.outbound import Outbound, OutboundError, is_public
+from imagegate.inputs.outbound import Outbound, OutboundError, is_public
 
 FORBIDDEN = [
     "127.0.0.1",

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from imagegate.catalog import CONTRACTS, build_catalog, price_per_image
+from imagegate.catalog.contracts import CONTRACTS, price_per_image
+from imagegate.catalog.prices import PRICES_PATH, build_catalog, input_image_tokens, load_prices
 from imagegate.config import Settings
 from imagegate.errors import APIError
-from imagegate.pricing import PRICES_PATH, input_image_tokens, load_prices
-from imagegate.validation import ImageParams, resolve
+from imagegate.inputs.validation import ImageParams, resolve
 
 from .conftest import LOCAL_PRICE, upload
 
@@ -510,7 +510,7 @@ def test_the_bound_covers_the_worst_case_usage(params, markup):
 def _packaged_translations():
     """(contract id, route) for every packaged route that serves a contract with another, token-billed
     model: the routes whose upstream bill is not the contract's own."""
-    from imagegate.routing import load_routes
+    from imagegate.providers.routing import load_routes
 
     routes = load_routes(Settings(), [c.id for c in CONTRACTS])
     return [
@@ -550,7 +550,7 @@ def _worst_jobs(contract):
 
 def _upstream_bill(job, tokens, quality):
     """The upstream's bill in micro-USD for the most tokens this job can cost it, and that usage."""
-    from imagegate.pricing import FRAMING_TOKENS
+    from imagegate.catalog.prices import FRAMING_TOKENS
 
     high = tokens.always_high_fidelity or job.input_fidelity == "high"
     fidelity = max(tokens.output_tokens.values()) if high else 0
@@ -563,7 +563,7 @@ def _upstream_bill(job, tokens, quality):
 
 @pytest.mark.parametrize(("model_id", "spec"), _packaged_translations(), ids=lambda v: getattr(v, "model", v))
 def test_no_packaged_route_sells_below_its_upstreams_cost(model_id, spec):
-    from imagegate.catalog import upstream_quality
+    from imagegate.catalog.contracts import upstream_quality
 
     tokens = PACKAGED.model(spec.model).tokens
     checked = 0

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from imagegate import ledger
-from imagegate.billing import Billing
 from imagegate.errors import APIError
-from imagegate.ratelimit import SLOT_SECONDS, Limits, duration
+from imagegate.money import ledger
+from imagegate.money.billing import Billing
+from imagegate.money.ratelimit import SLOT_SECONDS, Limits, duration
 
 from .conftest import Clock, OneRequestAtATime
 

@@ -18,11 +18,11 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
-from imagegate.catalog import OPENAI_CONTRACTS, UPSTREAM_CONTRACTS
+from imagegate.catalog.contracts import OPENAI_CONTRACTS, UPSTREAM_CONTRACTS
 from imagegate.config import Settings
-from imagegate.errors import APIError
-from imagegate.providers import Deps, ProviderError, ProviderResult, Upstream, content_policy
-from imagegate.routing import (
+from imagegate.errors import APIError, ProviderError
+from imagegate.providers import Deps, ProviderResult, Upstream, content_policy
+from imagegate.providers.routing import (
     MAX_ATTEMPTS_PER_ROUTE,
     PROVIDERS,
     Router,

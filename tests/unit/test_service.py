@@ -11,10 +11,10 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from botocore.exceptions import ClientError
 
-from imagegate import ledger
 from imagegate.errors import APIError
+from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.money import ledger
 from imagegate.service import Service
-from imagegate.validation import GenerationRequest, resolve
 
 from .conftest import Clock, Counting, Failing
 

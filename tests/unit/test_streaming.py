@@ -11,15 +11,16 @@ from aws_lambda_powertools.logging import Logger
 from PIL import Image, ImageChops, ImageStat
 from pydantic import ValidationError
 
-from imagegate import errors, ledger
-from imagegate.errors import APIError
-from imagegate.pricing import PARTIAL_IMAGE_TOKENS, load_prices
-from imagegate.providers import Deps, ProviderError, content_policy
+from imagegate import errors
+from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, load_prices
+from imagegate.errors import APIError, ProviderError
+from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
+from imagegate.money import ledger
+from imagegate.providers import Deps, content_policy
 from imagegate.providers.local import LocalProvider
-from imagegate.routing import Router
+from imagegate.providers.routing import Router
 from imagegate.service import Service
 from imagegate.streaming import encode
-from imagegate.validation import GenerationRequest, ImageParams, resolve
 
 from .conftest import LOCAL_PRICE, Clock, upload
 

@@ -12,10 +12,11 @@ from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
 from imagegate.config import Settings
-from imagegate.providers import Deps, PartialImage, ProviderError, ProviderResult, Upstream, stream
+from imagegate.errors import ProviderError
+from imagegate.providers import Deps, PartialImage, ProviderResult, Upstream, stream
 from imagegate.providers.local import LocalProvider
 from imagegate.providers.openai import create
-from imagegate.routing import Router, RouteSpec
+from imagegate.providers.routing import Router, RouteSpec
 
 from .conftest import upload
 from .providers.test_http import SECRET, FakeUpstream, form_fields, openai_error, png_b64

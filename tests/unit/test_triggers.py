@@ -14,13 +14,13 @@ from aws_lambda_powertools.logging import Logger
 from botocore.stub import ANY, Stubber
 from PIL import Image
 
-from imagegate import ledger
-from imagegate.billing import Billing
 from imagegate.errors import APIError
-from imagegate.jobs import Jobs
-from imagegate.ratelimit import Limits
+from imagegate.jobs.lifecycle import Jobs
+from imagegate.jobs.triggers import Answers, Triggers, parse
+from imagegate.money import ledger
+from imagegate.money.billing import Billing
+from imagegate.money.ratelimit import Limits
 from imagegate.service import Service
-from imagegate.triggers import Answers, Triggers, parse
 
 from .conftest import Clock, image_bytes
 

@@ -11,11 +11,11 @@ from aws_lambda_powertools.logging import Logger
 from PIL import Image
 from starlette.testclient import TestClient
 
-from imagegate.api import create_app
 from imagegate.errors import APIError
-from imagegate.references import MAX_REFERENCES_BYTES, Resolver, data_url, parse
+from imagegate.http.api import create_app
+from imagegate.inputs.references import MAX_REFERENCES_BYTES, Resolver, data_url, parse
+from imagegate.inputs.uploads import MAX_UPLOAD_BYTES, UPLOAD_WINDOW_SECONDS, Uploads
 from imagegate.service import Service
-from imagegate.uploads import MAX_UPLOAD_BYTES, UPLOAD_WINDOW_SECONDS, Uploads
 
 from .conftest import Clock, image_bytes
 
@@ -305,7 +305,7 @@ def test_the_urls_of_one_request_share_one_time_budget(svc):
 
 
 def test_time_spent_fetching_inputs_comes_out_of_the_upstream_budget(svc, customer, catalog):
-    from imagegate.validation import GenerationRequest, resolve
+    from imagegate.inputs.validation import GenerationRequest, resolve
 
     account_id, headers = customer
     account = svc.accounts.authenticate(headers["Authorization"])
@@ -323,7 +323,7 @@ def test_a_data_url_may_carry_parameters_before_base64():
 
 
 def test_a_json_edit_by_reference_runs_as_a_job_with_its_mask_kept_as_the_mask(aws, settings, customer):
-    from imagegate.jobs import Jobs
+    from imagegate.jobs.lifecycle import Jobs
 
     queue = aws.sqs.create_queue(QueueName=settings.table)["QueueUrl"]
     svc = Service(replace(settings, jobs_queue_url=queue), aws, Logger(service="test", level="CRITICAL"))

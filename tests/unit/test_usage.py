@@ -8,10 +8,10 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from shims import ByAccount
 
-from imagegate import accounts as accounts_module
-from imagegate import ledger
-from imagegate.accounts import Account
-from imagegate.billing import Billing
+from imagegate.money import accounts as accounts_module
+from imagegate.money import ledger
+from imagegate.money.accounts import Account
+from imagegate.money.billing import Billing
 from imagegate.service import Service
 
 from .conftest import Clock

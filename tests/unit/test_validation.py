@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from imagegate.errors import APIError
-from imagegate.images import inspect
+from imagegate.inputs.images import inspect
 
 from .conftest import half_mask, image_bytes, upload
 
@@ -449,7 +449,7 @@ def test_images_whose_structure_is_broken_are_400_without_decoding(data):
 def test_corrupt_pixel_data_behind_an_intact_structure_is_left_to_the_decoder():
     """Validation reads headers only (issue 8, item 7): the provider finds this one, after the money is
     reserved, and answers 400 (tests/hostile/test_boundary.py covers the refund)."""
-    from imagegate.providers import ProviderError
+    from imagegate.errors import ProviderError
     from imagegate.providers.local import LocalProvider
 
     img = inspect(CORRUPT_IDAT, "image")
@@ -466,7 +466,7 @@ def test_every_provider_decodes_inputs_through_open_which_answers_400_for_bad_pi
     corrupt one is the client's 400 there as well, not a crash (a 500) inside the provider."""
     from pathlib import Path
 
-    from imagegate.providers import ProviderError
+    from imagegate.errors import ProviderError
 
     with pytest.raises(ProviderError) as info:
         inspect(CORRUPT_IDAT, "mask").open()
@@ -477,10 +477,9 @@ def test_every_provider_decodes_inputs_through_open_which_answers_400_for_bad_pi
 
 
 def resolve_job(img):
-    from imagegate.catalog import build_catalog
+    from imagegate.catalog.prices import build_catalog, load_prices
     from imagegate.config import Settings
-    from imagegate.pricing import load_prices
-    from imagegate.validation import ImageParams, resolve
+    from imagegate.inputs.validation import ImageParams, resolve
 
     catalog = build_catalog(load_prices(Settings()))
     return resolve("edits", ImageParams(prompt="x", model="gpt-image-1.5"), catalog, [img])

@@ -12,13 +12,13 @@ from aws_lambda_powertools.logging import Logger
 from localservers import local_outbound, serve
 from standardwebhooks import Webhook
 
-from imagegate.jobs import Jobs
-from imagegate.notifications import JobEvents
-from imagegate.outbound import OutboundError
+from imagegate.inputs.outbound import OutboundError
+from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.jobs.lifecycle import Jobs
+from imagegate.jobs.notifications import JobEvents
+from imagegate.jobs.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, RetryLater, Webhooks
 from imagegate.service import Service
 from imagegate.table import job_key
-from imagegate.validation import GenerationRequest, resolve
-from imagegate.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, RetryLater, Webhooks
 
 from .conftest import Clock
 
@@ -347,8 +347,8 @@ def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, se
 
 
 def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(aws, settings, clock):
-    from imagegate.devserver import LocalWorker, provision_webhook_queue
-    from imagegate.lambda_app import sqs_batch
+    from imagegate.http.lambda_app import sqs_batch
+    from imagegate.local.devserver import LocalWorker, provision_webhook_queue
 
     queue = provision_webhook_queue(aws, f"{settings.table}-deliveries")
     hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .config import Settings
+from imagegate.config import Settings
 
 # The variable the AWS SDKs and CLI read for DynamoDB's own endpoint: `make serve` runs DynamoDB apart.
 DYNAMODB_ENDPOINT_ENV = "AWS_ENDPOINT_URL_DYNAMODB"

@@ -23,14 +23,14 @@ from typing import Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import ledger
-from .accounts import Accounts, KeyInfo, NotFound
-from .aws import AWSClients, endpoints_from_env
-from .billing import Billing
-from .config import Settings
-from .money import micros_to_decimal, micros_to_usd, usd_to_micros
-from .outbound import Outbound, OutboundError
-from .webhooks import Endpoint, Webhooks
+from imagegate.aws import AWSClients, endpoints_from_env
+from imagegate.config import Settings
+from imagegate.inputs.outbound import Outbound, OutboundError
+from imagegate.jobs.webhooks import Endpoint, Webhooks
+from imagegate.money import ledger
+from imagegate.money.accounts import Accounts, KeyInfo, NotFound
+from imagegate.money.billing import Billing
+from imagegate.units import micros_to_decimal, micros_to_usd, usd_to_micros
 
 MIN_SWEEP_AGE_S = 60
 

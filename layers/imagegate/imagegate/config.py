@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .money import usd_to_micros
+from imagegate.units import usd_to_micros
 
 # --- platform limits (README, "Limits") -------------------------------------------------------------
 # Lambda takes and returns at most 6 MB (6,291,456 bytes) per synchronous invocation, the whole event or
@@ -183,9 +183,9 @@ def load_document(source: str, default: Path) -> Any:
 def demo_prices(local_price_micros: int) -> str:
     """A price-book override (IMAGEGATE_PRICES) that sells every model at the local renderer's price, no
     markup and no token pricing: what a demo deployment charges for its drawings under real model ids."""
-    from .money import micros_to_decimal
+    from imagegate.units import micros_to_decimal
 
-    packaged = json.loads(Path(__file__).with_name("prices.json").read_text())
+    packaged = json.loads((Path(__file__).parent / "catalog" / "prices.json").read_text())
     price = micros_to_decimal(local_price_micros)
     models = {}
     for name, fields in packaged["models"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -86,3 +87,41 @@ def _pydantic_code(kind: str) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return "integer_out_of_range"
     return "invalid_value"
+
+
+class ProviderError(Exception):
+    """An upstream failure, and what the router should do about it.
+
+    `retry`: worth another attempt at the same upstream (429, 5xx, timeouts, dropped connections).
+    `fallover`: worth trying the next route once retries are spent (also upstream auth/quota failures,
+    which say nothing about the client's own key). Neither: the answer is final (a content-policy block is
+    the same everywhere), and the client sees `status` with an OpenAI-shaped body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        code: str = "upstream_error",
+        type: str = "server_error",
+        param: str | None = None,
+        retry: bool = False,
+        fallover: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.type = type
+        self.param = param
+        self.retry = retry
+        self.fallover = fallover
+        self.retry_after = retry_after
+
+    def client_headers(self) -> dict[str, str]:
+        """Headers for the client's answer: the upstream's Retry-After (whole seconds, rounded up) on a
+        429, 502 or 503, so that a client paces itself as the upstream asked."""
+        if self.retry_after is None or self.status not in (429, 502, 503):
+            return {}
+        return {"retry-after": str(math.ceil(self.retry_after))}

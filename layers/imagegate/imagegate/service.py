@@ -19,27 +19,27 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
 
-from .accounts import Account, Accounts
-from .aws import AWSClients
-from .billing import Billing, Reservation
-from .catalog import Contract, build_catalog, estimate_usage
-from .config import Settings
-from .errors import APIError, invalid
-from .idempotency import Idempotency, fingerprint
-from .metrics import Metrics
-from .money import micros_to_decimal
-from .pricing import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, load_prices
-from .providers import Deps, PartialImage, ProviderError, ProviderResult
-from .ratelimit import SLOT_SECONDS, Limits
-from .references import Resolver, fetch_image
-from .routing import Router, RouteSpec, Served, Streamed
-from .storage import Storage
-from .streaming import EventStream, error_event, image_event
-from .uploads import Uploads
-from .validation import ImageJob
+from imagegate.aws import AWSClients
+from imagegate.catalog.contracts import Contract, estimate_usage
+from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, build_catalog, load_prices
+from imagegate.config import Settings
+from imagegate.errors import APIError, ProviderError, invalid
+from imagegate.inputs.references import Resolver, fetch_image
+from imagegate.inputs.request import ImageJob
+from imagegate.inputs.uploads import Uploads
+from imagegate.metrics import Metrics
+from imagegate.money.accounts import Account, Accounts
+from imagegate.money.billing import Billing, Reservation
+from imagegate.money.idempotency import Idempotency, fingerprint
+from imagegate.money.ratelimit import SLOT_SECONDS, Limits
+from imagegate.providers import Deps, PartialImage, ProviderResult
+from imagegate.providers.routing import Router, RouteSpec, Served, Streamed
+from imagegate.storage import Storage
+from imagegate.streaming import EventStream, error_event, image_event
+from imagegate.units import micros_to_decimal
 
 if TYPE_CHECKING:
-    from .outbound import Outbound
+    from imagegate.inputs.outbound import Outbound
 
 # A replayed response reuses the first response's URLs while they have this long left to live.
 REUSE_URL_MARGIN_S = 300
@@ -130,8 +130,8 @@ class Service:
     @cached_property
     def router(self) -> Router:
         """Routes and credentials, read once per container on the first request (never at import)."""
-        from .credentials import load_credentials
-        from .routing import credential_names, load_routes
+        from imagegate.catalog.credentials import load_credentials
+        from imagegate.providers.routing import credential_names, load_routes
 
         routes = load_routes(self.settings, self.catalog)
         credentials = load_credentials(self.settings, self.aws, names=credential_names(routes))
@@ -162,7 +162,7 @@ class Service:
     @cached_property
     def outbound(self) -> Outbound:
         """Calls to customer-chosen URLs (image URLs): public https addresses only. Tests replace it."""
-        from .outbound import Outbound
+        from imagegate.inputs.outbound import Outbound
 
         return Outbound()
 
@@ -208,7 +208,7 @@ class Service:
 
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
-        from .ledger import group_usage, usage
+        from imagegate.money.ledger import group_usage, usage
 
         balance = self.accounts.balance(account.account_id) or 0
         rows = usage(self.aws.dynamodb, self.settings.table, days=days, account_id=account.account_id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .images import CONTENT_TYPES
+# The media types of the output formats every wing writes (S3 objects, uploads to upstreams).
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class Storage:

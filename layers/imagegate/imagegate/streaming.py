@@ -21,8 +21,8 @@ from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .errors import APIError
-    from .validation import ImageJob
+    from imagegate.errors import APIError
+    from imagegate.inputs.request import ImageJob
 
 EVENT_PREFIX = {"generations": "image_generation", "edits": "image_edit"}
 

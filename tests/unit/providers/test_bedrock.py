@@ -16,8 +16,9 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from PIL import Image, ImageChops
 
-from imagegate.images import inspect
-from imagegate.providers import Deps, ProviderError, Upstream, bedrock, run
+from imagegate.errors import ProviderError
+from imagegate.inputs.images import inspect
+from imagegate.providers import Deps, Upstream, bedrock, run
 from tests.unit.conftest import half_mask, image_bytes, upload
 
 NOVA = "amazon.nova-canvas-v1:0"

@@ -9,8 +9,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagegate.images import inspect
-from imagegate.providers import ProviderError, Upstream, run
+from imagegate.errors import ProviderError
+from imagegate.inputs.images import inspect
+from imagegate.providers import Upstream, run
 from imagegate.providers.gemini import VARY_INSTRUCTION, aspect_ratio, create
 
 from ..conftest import half_mask, upload

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagegate.providers import Deps, ProviderError, content_policy, gather
+from imagegate.errors import ProviderError
+from imagegate.providers import Deps, content_policy, gather
 from imagegate.providers._http import nearest_aspect, post, retry_after
 
 SECRET = "sk-test-SECRET-0123456789"

@@ -5,7 +5,8 @@ import json
 import httpx
 import pytest
 
-from imagegate.providers import ProviderError, Upstream, run
+from imagegate.errors import ProviderError
+from imagegate.providers import Upstream, run
 from imagegate.providers.openai import STYLE_HINTS, create
 
 from ..conftest import half_mask, upload

@@ -5,7 +5,8 @@ import json
 import httpx
 import pytest
 
-from imagegate.providers import ProviderError, Upstream, run
+from imagegate.errors import ProviderError
+from imagegate.providers import Upstream, run
 from imagegate.providers.openai_compatible import create
 
 from ..conftest import upload

@@ -8,18 +8,19 @@ provider is a module plus route (and, for a new public model id, catalog) entrie
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from imagegate.errors import ProviderError
+
 if TYPE_CHECKING:
     import httpx
 
-    from ..aws import AWSClients
-    from ..validation import ImageJob
+    from imagegate.aws import AWSClients
+    from imagegate.inputs.request import ImageJob
 
 Operation = Literal["generate", "edit", "vary"]
 T = TypeVar("T")
@@ -43,44 +44,6 @@ class PartialImage:
 
 # What a stream yields: partial images, then exactly one result (with one image: streams have n=1).
 StreamItem = PartialImage | ProviderResult
-
-
-class ProviderError(Exception):
-    """An upstream failure, and what the router should do about it.
-
-    `retry`: worth another attempt at the same upstream (429, 5xx, timeouts, dropped connections).
-    `fallover`: worth trying the next route once retries are spent (also upstream auth/quota failures,
-    which say nothing about the client's own key). Neither: the answer is final (a content-policy block is
-    the same everywhere), and the client sees `status` with an OpenAI-shaped body.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 502,
-        code: str = "upstream_error",
-        type: str = "server_error",
-        param: str | None = None,
-        retry: bool = False,
-        fallover: bool = True,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.type = type
-        self.param = param
-        self.retry = retry
-        self.fallover = fallover
-        self.retry_after = retry_after
-
-    def client_headers(self) -> dict[str, str]:
-        """Headers for the client's answer: the upstream's Retry-After (whole seconds, rounded up) on a
-        429, 502 or 503, so that a client paces itself as the upstream asked."""
-        if self.retry_after is None or self.status not in (429, 502, 503):
-            return {}
-        return {"retry-after": str(math.ceil(self.retry_after))}
 
 
 def content_policy(message: str) -> ProviderError:

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from . import ProviderError, content_policy
+from imagegate.errors import ProviderError
+from imagegate.providers import content_policy
 
 T = TypeVar("T")
 

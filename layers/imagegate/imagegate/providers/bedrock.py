@@ -24,15 +24,16 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ..images import fit
-from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy, gather
+from imagegate.errors import ProviderError
+from imagegate.inputs.images import fit
+from imagegate.providers import Deps, Operation, ProviderResult, Upstream, content_policy, gather
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
     from PIL.Image import Image
 
-    from ..images import InputImage
-    from ..validation import ImageJob
+    from imagegate.inputs.images import InputImage
+    from imagegate.inputs.request import ImageJob
 
 # Most concurrent InvokeModel calls for one job: Bedrock's image quotas are low, and a job is at most 10.
 PARALLEL_CALLS = 4

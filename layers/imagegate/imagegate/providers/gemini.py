@@ -24,15 +24,17 @@ import base64
 import io
 from typing import TYPE_CHECKING, Any
 
-from ..images import CONTENT_TYPES, encode, fit
-from . import Deps, Operation, ProviderError, ProviderResult, Upstream, content_policy, gather
-from ._http import bad_response, nearest_aspect, post
+from imagegate.errors import ProviderError
+from imagegate.inputs.images import encode, fit
+from imagegate.providers import Deps, Operation, ProviderResult, Upstream, content_policy, gather
+from imagegate.providers._http import bad_response, nearest_aspect, post
+from imagegate.storage import CONTENT_TYPES
 
 if TYPE_CHECKING:
     import httpx
 
-    from ..images import InputImage
-    from ..validation import ImageJob
+    from imagegate.inputs.images import InputImage
+    from imagegate.inputs.request import ImageJob
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")

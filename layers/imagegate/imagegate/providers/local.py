@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
-from ..images import encode
-from . import Deps, Operation, PartialImage, ProviderResult, StreamItem, Upstream, run
+from imagegate.inputs.images import encode
+from imagegate.providers import Deps, Operation, PartialImage, ProviderResult, StreamItem, Upstream, run
 
 if TYPE_CHECKING:
-    from ..images import InputImage
-    from ..validation import ImageJob
+    from imagegate.inputs.images import InputImage
+    from imagegate.inputs.request import ImageJob
 
 LABEL = "imagegate local renderer"
 # zlib's fastest level: the drawings are placeholders, and level 6 took two thirds of their CPU (a 256x256

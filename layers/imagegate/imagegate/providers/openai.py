@@ -32,7 +32,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..catalog import (
+from imagegate.catalog.contracts import (
     DALLE2_SIZES,
     DALLE3_SIZES,
     GPT_SIZES,
@@ -41,15 +41,25 @@ from ..catalog import (
     parse_size,
     upstream_quality,
 )
-from ..images import CONTENT_TYPES, fit
-from . import Deps, Operation, PartialImage, ProviderResult, StreamItem, Upstream, gather, run
-from ._http import bad_response, nearest_aspect, post, stream_events
+from imagegate.inputs.images import fit
+from imagegate.providers import (
+    Deps,
+    Operation,
+    PartialImage,
+    ProviderResult,
+    StreamItem,
+    Upstream,
+    gather,
+    run,
+)
+from imagegate.providers._http import bad_response, nearest_aspect, post, stream_events
+from imagegate.storage import CONTENT_TYPES
 
 if TYPE_CHECKING:
     import httpx
 
-    from ..images import InputImage
-    from ..validation import ImageJob
+    from imagegate.inputs.images import InputImage
+    from imagegate.inputs.request import ImageJob
 
 Dialect = Literal["gpt-image", "dall-e"]
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

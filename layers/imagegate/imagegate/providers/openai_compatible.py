@@ -6,8 +6,8 @@ logs and the `x-imagegate-provider` header tell the operator which upstream serv
 
 from __future__ import annotations
 
-from . import Deps, Upstream
-from .openai import OpenAIProvider
+from imagegate.providers import Deps, Upstream
+from imagegate.providers.openai import OpenAIProvider
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import errors
-from .uploads import MAX_UPLOAD_BYTES, Uploads
+from imagegate import errors
+from imagegate.inputs.uploads import MAX_UPLOAD_BYTES, Uploads
 
 if TYPE_CHECKING:
-    from .outbound import Outbound
+    from imagegate.inputs.outbound import Outbound
 
 MAX_REFERENCES = 16
 MAX_IMAGE_URL_CHARS = 20_971_520
@@ -159,7 +159,7 @@ class Resolver:
 def fetch_image(outbound: Outbound, url: str, param: str, timeout: float) -> bytes:
     """An image URL's bytes through `outbound` (public https addresses only, the address pinned, redirects
     checked hop by hop): at most MAX_UPLOAD_BYTES of an image content type; any refusal a 400."""
-    from .outbound import OutboundError
+    from imagegate.inputs.outbound import OutboundError
 
     try:
         return outbound.fetch(

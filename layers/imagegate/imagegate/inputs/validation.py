@@ -10,14 +10,13 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from . import errors
-from .catalog import (
+from imagegate import errors
+from imagegate.catalog.contracts import (
     DEFAULT_MODEL,
     GPT_SIZES,
     Contract,
@@ -26,7 +25,8 @@ from .catalog import (
     parse_size,
     price_per_image,
 )
-from .images import MAX_REQUEST_PIXELS, InputImage, Source, Upload, inspect
+from imagegate.inputs.images import MAX_REQUEST_PIXELS, InputImage, Source, Upload, inspect
+from imagegate.inputs.request import ImageJob
 
 Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
 
@@ -163,43 +163,6 @@ _GPT_ONLY = (
     "input_fidelity",
     "partial_images",
 )
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """A fully validated, priced request: what a provider is asked to make."""
-
-    endpoint: Endpoint
-    contract: Contract
-    prompt: str
-    n: int
-    width: int
-    height: int
-    quality: str
-    response_format: Literal["url", "b64_json"]
-    output_format: str
-    output_compression: int | None
-    background: str
-    style: str | None
-    moderation: str
-    input_fidelity: str | None
-    images: tuple[InputImage, ...]
-    mask: InputImage | None
-    price_per_image: int
-    # Seconds already spent fetching the inputs (image URLs, uploaded files): the router's upstream budget
-    # is shortened by as much, so the whole request still fits the gateway's timeout.
-    input_seconds: float = field(default=0.0, compare=False)
-    stream: bool = False
-    # Partial images to stream before the final one: 0 unless `stream` (alone, `partial_images` asks none).
-    partial_images: int = 0
-
-    @property
-    def size(self) -> str:
-        return f"{self.width}x{self.height}"
-
-    @property
-    def price(self) -> int:
-        return self.price_per_image * self.n
 
 
 def resolve(

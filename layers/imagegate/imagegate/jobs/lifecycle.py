@@ -48,18 +48,19 @@ from dataclasses import asdict, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .accounts import Account
-from .billing import Reservation
-from .config import JOB_LEASE_GRACE_SECONDS, JOB_MAX_DELIVERIES, visibility_timeout
-from .errors import APIError
-from .idempotency import fingerprint
-from .images import CONTENT_TYPES, InputImage
-from .service import Admission, Closing
-from .table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
-from .validation import ImageJob
+from imagegate.config import JOB_LEASE_GRACE_SECONDS, JOB_MAX_DELIVERIES, visibility_timeout
+from imagegate.errors import APIError
+from imagegate.inputs.images import InputImage
+from imagegate.inputs.request import ImageJob
+from imagegate.money.accounts import Account
+from imagegate.money.billing import Reservation
+from imagegate.money.idempotency import fingerprint
+from imagegate.service import Admission, Closing
+from imagegate.storage import CONTENT_TYPES
+from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
 
 if TYPE_CHECKING:
-    from .service import Service
+    from imagegate.service import Service
 
 JOB_ID = re.compile(r"^imgjob_[0-9a-f]{32}$")
 FINAL = frozenset({"succeeded", "failed", "cancelled"})

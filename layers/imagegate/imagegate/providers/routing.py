@@ -24,34 +24,24 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from .catalog import LOCAL_MODEL
-from .config import load_document
-from .errors import APIError
-from .providers import (
-    Deps,
-    Provider,
-    ProviderError,
-    ProviderResult,
-    StreamItem,
-    Upstream,
-    operation,
-    run,
-    stream,
-)
+from imagegate.catalog.contracts import LOCAL_MODEL
+from imagegate.config import load_document
+from imagegate.errors import APIError, ProviderError
+from imagegate.providers import Deps, Provider, ProviderResult, StreamItem, Upstream, operation, run, stream
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.logging import Logger
 
-    from .config import Settings
-    from .validation import ImageJob
+    from imagegate.config import Settings
+    from imagegate.inputs.request import ImageJob
 
-ROUTES_PATH = Path(__file__).with_name("routes.json")
-# The provider modules in the package (private helpers start with "_"): adding a module adds a provider.
+ROUTES_PATH = Path(__file__).parents[1] / "catalog" / "routes.json"
+# The provider modules beside this router (private helpers start with "_"): adding a module adds a provider.
 PROVIDERS = tuple(
     sorted(
         m.name
-        for m in pkgutil.iter_modules([str(Path(__file__).with_name("providers"))])
-        if not m.name.startswith("_")
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if not m.name.startswith("_") and m.name != __name__.rpartition(".")[2]
     )
 )
 MAX_ATTEMPTS_PER_ROUTE = 3
@@ -403,7 +393,7 @@ class Router:
     def _factory(self, name: str) -> Factory:
         if self._factories is not None:
             return self._factories[name]
-        return importlib.import_module(f"{__package__}.providers.{name}").create
+        return importlib.import_module(f"{__package__}.{name}").create
 
     def _remaining(self, call: _Call) -> float:
         return call.deadline - self._clock()

@@ -21,18 +21,24 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .catalog import CONTRACTS, LOCAL_CONTRACT, LOCAL_MODEL, Contract, parse_size, upstream_quality
-from .config import Settings, load_document
-from .money import usd_to_micros
+from imagegate.catalog.contracts import (
+    CONTRACTS,
+    LOCAL_CONTRACT,
+    LOCAL_MODEL,
+    Contract,
+    parse_size,
+    upstream_quality,
+)
+from imagegate.catalog.rates import BASE_SIZE, ModelPrice, TokenPricing, ceil_div
+from imagegate.config import Settings, load_document
+from imagegate.units import usd_to_micros
 
 if TYPE_CHECKING:
-    from .validation import ImageJob
+    from collections.abc import Sequence
 
 PRICES_PATH = Path(__file__).with_name("prices.json")
-BASE_SIZE = "1024x1024"
-BASE_PIXELS = 1024 * 1024
 PER_MILLION = 1_000_000  # token rates are micro-USD per 1M tokens
 
 # OpenAI's input-image token formula: fit the image within a 2048 px square, shrink it so its shortest side
@@ -56,54 +62,37 @@ _RATES = ("text_input", "image_input", "image_output")
 _OPTIONAL_RATES = ("text_output",)
 
 
-@dataclass(frozen=True)
-class TokenPricing:
-    """A token-priced model: rates in micro-USD per 1M tokens ($5 per 1M tokens is 5_000_000)."""
-
-    text_input: int
-    image_input: int
-    image_output: int
-    text_output: int  # the image_output rate when the model publishes none: never undersold
-    # Output image tokens per image by (quality, size), from the upstream's published table.
-    output_tokens: Mapping[tuple[str, str], int]
-    # Reads every input image at high fidelity whatever `input_fidelity` says (gpt-image-2).
-    always_high_fidelity: bool = False
-
-    def image_output_tokens(self, quality: str, width: int, height: int) -> int:
-        """Output tokens of one image: the table's entry, else the 1024x1024 entry scaled by area (rounded
-        up) and never below it, since the upstream's per-image overhead does not shrink with the image."""
-        exact = self.output_tokens.get((quality, f"{width}x{height}"))
-        if exact is not None:
-            return exact
-        base = self.output_tokens[(quality, BASE_SIZE)]
-        return max(base, _ceil_div(base * width * height, BASE_PIXELS))
+class _Dimensions(Protocol):
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class ModelPrice:
-    """One public model's prices. Per-image amounts are micro-USD before markup."""
+class Priced(Protocol):
+    """What a quote reads of a request. `inputs.request.ImageJob` is one: the catalog prices requests without
+    depending on the wing that validates them."""
 
-    model: str
-    per_image_micros: Mapping[tuple[str, str], int]
-    markup_percent: Fraction = Fraction(0)
-    # Sizes absent from the table (free-form ones) cost the 1024x1024 price scaled by area; a flat price
-    # (imagegate-local) costs the same at every size.
-    by_area: bool = True
-    tokens: TokenPricing | None = None
-
-    def marked_up(self, numerator: int, denominator: int = 1) -> int:
-        """`numerator / denominator` micro-USD plus the markup, rounded up once to a whole micro-dollar."""
-        factor = 100 + self.markup_percent
-        return _ceil_div(numerator * factor.numerator, denominator * 100 * factor.denominator)
-
-    def per_image(self, quality: str, width: int, height: int) -> int:
-        exact = self.per_image_micros.get((quality, f"{width}x{height}"))
-        if exact is not None:
-            return self.marked_up(exact)
-        base = self.per_image_micros[(quality, BASE_SIZE)]
-        if not self.by_area:
-            return self.marked_up(base)
-        return self.marked_up(base * width * height, BASE_PIXELS)
+    @property
+    def contract(self) -> Contract: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def quality(self) -> str: ...
+    @property
+    def input_fidelity(self) -> str | None: ...
+    @property
+    def images(self) -> Sequence[_Dimensions]: ...
+    @property
+    def mask(self) -> _Dimensions | None: ...
+    @property
+    def partial_images(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ class Quote:
     """What a request reserves before it runs, and what charging it afterwards needs."""
 
     reserve: int  # micro-USD debited up front; the charge never exceeds it
-    per_image: int  # micro-USD, markup included (ImageJob.price_per_image)
+    per_image: int  # micro-USD, markup included (inputs.request.ImageJob.price_per_image)
     token_priced: bool  # reserve is a worst-case bound, charged from the upstream's token usage
     price: ModelPrice
     # Every token table that may bill this request: the contract's own, and the upstream models' its routes
@@ -137,7 +126,7 @@ class PriceBook:
             raise ValueError(f"the price book has no prices for model '{model_id}'")
         return price
 
-    def quote(self, job: ImageJob, upstreams: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> Quote:
+    def quote(self, job: Priced, upstreams: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> Quote:
         """The reservation for a job.
 
         Per-image models reserve `per_image * n`. Token-priced models reserve a bound on the upstream's bill,
@@ -215,12 +204,12 @@ def input_image_tokens(width: int, height: int) -> int:
     """An upper bound on the input tokens of one image at low fidelity (see IMAGE_* above)."""
     scale = min(Fraction(1), Fraction(IMAGE_BOX_PX, max(width, height)))
     scale *= min(Fraction(1), Fraction(IMAGE_SHORT_SIDE_PX) / (min(width, height) * scale))
-    columns = _ceil_div(math.ceil(width * scale), IMAGE_TILE_PX)
-    rows = _ceil_div(math.ceil(height * scale), IMAGE_TILE_PX)
+    columns = ceil_div(math.ceil(width * scale), IMAGE_TILE_PX)
+    rows = ceil_div(math.ceil(height * scale), IMAGE_TILE_PX)
     return IMAGE_BASE_TOKENS + IMAGE_TILE_TOKENS * columns * rows
 
 
-def _worst_case_cost(job: ImageJob, tokens: TokenPricing, quality: str) -> int:
+def _worst_case_cost(job: Priced, tokens: TokenPricing, quality: str) -> int:
     """The bound in `PriceBook.quote`, before markup: micro-USD per 1M tokens times tokens, with output
     images at `quality` (the table's dearest entry when the table has no such quality)."""
     inputs = [*job.images, *([job.mask] if job.mask is not None else [])]
@@ -269,10 +258,6 @@ def _token_count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"not a token count: {value!r}")
     return value
-
-
-def _ceil_div(numerator: int, denominator: int) -> int:
-    return -(-numerator // denominator)
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -444,3 +429,8 @@ def _check_fields(where: str, value: dict[str, Any], allowed: frozenset[str]) ->
         raise ValueError(
             f"{where}: unknown field {', '.join(unknown)} (fields: {', '.join(sorted(allowed))})"
         )
+
+
+def build_catalog(prices: PriceBook) -> dict[str, Contract]:
+    """Every contract by model id, with its prices (`load_prices(settings)`) attached."""
+    return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}

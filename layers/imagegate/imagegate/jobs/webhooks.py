@@ -36,8 +36,8 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from .outbound import Outbound, OutboundError
-from .table import account_pk, item_key, job_key
+from imagegate.inputs.outbound import Outbound, OutboundError
+from imagegate.table import account_pk, item_key, job_key
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32

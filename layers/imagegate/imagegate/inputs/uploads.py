@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import errors
+from imagegate import errors
 
 PREFIX = "uploads"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # OpenAI's limit for one GPT-image input

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import APIError
+from imagegate.errors import APIError
 
 IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10

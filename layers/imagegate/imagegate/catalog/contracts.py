@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .pricing import ModelPrice, PriceBook
+    from imagegate.catalog.rates import ModelPrice
 
 Endpoint = Literal["generations", "edits", "variations"]
 ALL_ENDPOINTS: frozenset[Endpoint] = frozenset({"generations", "edits", "variations"})
@@ -200,11 +200,6 @@ LOCAL_CONTRACT = Contract(
 )
 
 CONTRACTS: tuple[Contract, ...] = (*OPENAI_CONTRACTS, *UPSTREAM_CONTRACTS, LOCAL_CONTRACT)
-
-
-def build_catalog(prices: PriceBook) -> dict[str, Contract]:
-    """Every contract by model id, with its prices (`pricing.load_prices(settings)`) attached."""
-    return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}
 
 
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", re.ASCII)

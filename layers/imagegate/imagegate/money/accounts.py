@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from . import ledger
-from .errors import APIError
-from .ratelimit import State
-from .table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
+from imagegate.errors import APIError
+from imagegate.money import ledger
+from imagegate.money.ratelimit import State
+from imagegate.table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
 ACTIVE, SUSPENDED = "active", "suspended"  # an account's status

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from aws_lambda_powertools.logging import Logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import errors
-from .aws import AWSClients
-from .catalog import Endpoint
-from .config import Settings
-from .errors import APIError
-from .images import Upload
-from .service import Service, new_request_id
-from .validation import GenerationRequest, ImageParams, check_unicode, resolve
+from imagegate import errors
+from imagegate.aws import AWSClients
+from imagegate.catalog.contracts import Endpoint
+from imagegate.config import Settings
+from imagegate.errors import APIError
+from imagegate.inputs.images import Upload
+from imagegate.inputs.validation import GenerationRequest, ImageParams, check_unicode, resolve
+from imagegate.service import Service, new_request_id
 
 if TYPE_CHECKING:
-    from .jobs import Jobs
+    from imagegate.jobs.lifecycle import Jobs
 
 # The detail-type the EventBridge rule matches (template.yaml: JobRequestedRule).
 REQUESTED = "Image Job Requested"

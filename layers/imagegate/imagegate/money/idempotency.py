@@ -27,11 +27,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import APIError, invalid
-from .table import item_key
+from imagegate.errors import APIError, invalid
+from imagegate.table import item_key
 
 if TYPE_CHECKING:
-    from .validation import ImageJob
+    from imagegate.inputs.request import ImageJob
 
 TTL_SECONDS = 24 * 60 * 60
 # Longer than the 29 s function timeout, so a record whose lock ran out belongs to a request that is gone.

@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
 
-from .api import Route, create_app
-from .aws import AWSClients
-from .config import Settings
-from .errors import APIError
-from .jobs import Finished, Jobs
-from .providers import Deps
-from .service import Service
+from imagegate.aws import AWSClients
+from imagegate.config import Settings
+from imagegate.errors import APIError
+from imagegate.http.api import Route, create_app
+from imagegate.jobs.lifecycle import Finished, Jobs
+from imagegate.providers import Deps
+from imagegate.service import Service
 
 if TYPE_CHECKING:
-    from .webhooks import Webhooks
+    from imagegate.jobs.webhooks import Webhooks
 
 DEMO_HEADER = (b"x-imagegate-demo", b"local renderer, not AI")
 
@@ -66,11 +66,11 @@ def job_hooks(service: Service) -> list[Finished]:
     """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
     job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
     answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
-    from .triggers import Answers
+    from imagegate.jobs.triggers import Answers
 
     hooks: list[Finished] = [Answers(service.aws, service.settings, service.logger)]
     if service.settings.event_bus:
-        from .notifications import JobEvents
+        from imagegate.jobs.notifications import JobEvents
 
         hooks.append(JobEvents(service.aws, service.settings.event_bus))
     if service.settings.webhook_queue_url:
@@ -80,7 +80,7 @@ def job_hooks(service: Service) -> list[Finished]:
 
 def build_webhooks(aws: AWSClients, settings: Settings) -> Webhooks:
     """Webhook endpoints and deliveries (webhooks.py) on the deployment's table and delivery queue."""
-    from .webhooks import Webhooks
+    from imagegate.jobs.webhooks import Webhooks
 
     return Webhooks(aws, settings.table, queue_url=settings.webhook_queue_url)
 
@@ -220,13 +220,13 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
-    from .api import METHODS, PATHS
-    from .routing import load_routes
+    from imagegate.http.api import METHODS, PATHS
+    from imagegate.providers.routing import load_routes
 
     _ = service.prices, service.catalog
     routes = load_routes(service.settings, service.catalog)
     for provider in sorted({spec.provider for specs in routes.values() for spec in specs}):
-        importlib.import_module(f"{__package__}.providers.{provider}")
+        importlib.import_module(f"imagegate.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
     # for want of a key before anything reaches AWS.
     path = PATHS[route]
@@ -353,7 +353,7 @@ def invoke_job_handler() -> Any:
 
 def _triggers() -> tuple[Any, Logger, Settings]:
     """Triggers over a service with the worker's upstream budget: a direct invocation runs its job here."""
-    from .triggers import Answers, Triggers
+    from imagegate.jobs.triggers import Answers, Triggers
 
     settings = Settings.from_env().for_worker()
     logger = Logger(service="imagegate")

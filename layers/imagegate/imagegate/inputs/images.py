@@ -7,13 +7,12 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import APIError, invalid
+from imagegate.errors import APIError, invalid
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 # 4096x4096: above any output size (3840x2160). Checked from the header, before any pixel is decoded, so a
 # small file that claims a huge canvas (a decompression bomb) costs nothing.
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -134,7 +133,7 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 def undecodable(image: InputImage, exc: Exception) -> Exception:
     """An upload whose header was fine but whose pixels are not: a 400 naming it, the same on any route."""
-    from .providers import ProviderError
+    from imagegate.errors import ProviderError
 
     return ProviderError(
         f"Invalid file '{image.param}': its image data could not be decoded ({type(exc).__name__}).",
@@ -172,7 +171,7 @@ def fit(data: bytes, width: int, height: int, output_format: str, compression: i
     from PIL import Image as PILImage
     from PIL import ImageOps
 
-    from .providers import ProviderError
+    from imagegate.errors import ProviderError
 
     try:
         with PILImage.open(io.BytesIO(data)) as img:

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
-from .accounts import Accounts
-from .aws import DYNAMODB_ENDPOINT_ENV, AWSClients, endpoints_from_env
-from .config import JOB_MAX_DELIVERIES, Settings, visibility_timeout
-from .errors import APIError
-from .money import micros_to_usd, usd_to_micros
-from .table import OPEN_INDEX
+from imagegate.aws import DYNAMODB_ENDPOINT_ENV, AWSClients, endpoints_from_env
+from imagegate.config import JOB_MAX_DELIVERIES, Settings, visibility_timeout
+from imagegate.errors import APIError
+from imagegate.money.accounts import Accounts
+from imagegate.table import OPEN_INDEX
+from imagegate.units import micros_to_usd, usd_to_micros
 
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -55,7 +55,7 @@ LOCAL_CREDENTIALS = {
 EMULATOR_CHILD = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; EOF ends us
-from imagegate.devserver import start_aws_emulator
+from imagegate.local.devserver import start_aws_emulator
 print(start_aws_emulator(int(sys.argv[1])).server_address[1], flush=True)
 sys.stdin.read()
 """
@@ -68,7 +68,7 @@ def start_aws_emulator(port: int) -> BaseWSGIServer:
     One request at a time, transactions that snapshot only the items they name, and outputs deleted after
     the URLs' hour or past a memory cap: emulator.py says why.
     """
-    from .emulator import serve
+    from imagegate.local.emulator import serve
 
     return serve(port)
 
@@ -266,7 +266,7 @@ def provision_jobs_queue(aws: AWSClients, settings: Settings, name: str = JOBS_Q
 
 def provision_webhook_queue(aws: AWSClients, name: str = WEBHOOK_QUEUE) -> str:
     """The webhook delivery queue and its dead-letter queue; the queue's URL."""
-    from .webhooks import MAX_RECEIVES
+    from imagegate.jobs.webhooks import MAX_RECEIVES
 
     return provision_queue(aws, name, visibility_s=WEBHOOK_VISIBILITY_S, max_receives=MAX_RECEIVES)
 
@@ -471,9 +471,9 @@ def main() -> None:
     import uvicorn
     from aws_lambda_powertools.logging import Logger
 
-    from .api import create_app
-    from .lambda_app import batch_handler, build_jobs, build_webhooks, sqs_batch, wrap
-    from .service import Service
+    from imagegate.http.api import create_app
+    from imagegate.http.lambda_app import batch_handler, build_jobs, build_webhooks, sqs_batch, wrap
+    from imagegate.service import Service
 
     if emulator is not None:
         port_line = emulator.stdout.readline().strip() if emulator.stdout else ""

@@ -27,12 +27,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import ledger, ratelimit
-from .accounts import Account, NotFound
-from .errors import APIError
-from .money import micros_to_usd
-from .ratelimit import Fragment, Limits, State
-from .table import (
+from imagegate.errors import APIError
+from imagegate.money import ledger, ratelimit
+from imagegate.money.accounts import Account, NotFound
+from imagegate.money.ratelimit import Fragment, Limits, State
+from imagegate.table import (
     OPEN_INDEX,
     OPEN_SHARDS,
     account_pk,
@@ -42,6 +41,7 @@ from .table import (
     transact,
     transact_or_reasons,
 )
+from imagegate.units import micros_to_usd
 
 # A reservation is rebuilt from what a failed condition showed (a stale limiter guess); more failures in a
 # row than this means the items are too hot to win: the client is asked to slow down.

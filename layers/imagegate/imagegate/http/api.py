@@ -23,24 +23,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Send
 
-from . import errors, references, streaming
-from .accounts import Account
-from .catalog import Endpoint
-from .errors import APIError
-from .images import Upload
-from .jobs import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
-from .providers import ProviderError
-from .service import ImageResponse, Service, new_request_id
-from .streaming import EventStream
-from .validation import (
+from imagegate import errors, streaming
+from imagegate.catalog.contracts import Endpoint
+from imagegate.errors import APIError, ProviderError
+from imagegate.inputs import references
+from imagegate.inputs.images import Upload
+from imagegate.inputs.request import ImageJob
+from imagegate.inputs.validation import (
     GenerationRequest,
-    ImageJob,
     ImageParams,
     check_unicode,
     form_values,
     json_edit_params,
     resolve,
 )
+from imagegate.jobs.lifecycle import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
+from imagegate.money.accounts import Account
+from imagegate.service import ImageResponse, Service, new_request_id
+from imagegate.streaming import EventStream
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",

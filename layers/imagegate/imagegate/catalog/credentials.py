@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .aws import AWSClients
-    from .config import Settings
+    from imagegate.aws import AWSClients
+    from imagegate.config import Settings
 
 # The credentials the packaged routes use; callers pass `routing.credential_names(routes)` so that an
 # operator's own routes can name others.

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .money import micros_to_usd
-from .table import account_pk, item_key, query
+from imagegate.table import account_pk, item_key, query
+from imagegate.units import micros_to_usd
 
 LEDGER = "LEDGER#"
 REQUEST = "REQUEST#"
