@@ -1,0 +1,124 @@
+"""What one synchronous request costs in DynamoDB write units, counted as DynamoDB bills them
+(bench/capacity.py: sizes before and after each write, doubled in a transaction, plus the `open` index),
+pinned at today's figure so that issue 22's reduction (at most 10) shows here as a diff."""
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
+
+from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.service import Service
+
+from .conftest import Clock
+
+REPO = Path(__file__).parents[2]
+
+
+def load_capacity():
+    spec = importlib.util.spec_from_file_location("capacity", REPO / "bench" / "capacity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("capacity", module)  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+capacity = load_capacity()
+
+
+class Metered:
+    """The DynamoDB client, each call observed by a capacity.Meter (reads of the items it writes around
+    it, on the unwrapped client, are not counted)."""
+
+    def __init__(self, client, meter):
+        self._client = client
+        self._meter = meter
+        self.exceptions = client.exceptions
+
+    def _read(self, table, key):
+        return self._client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        operation = self._client.meta.method_to_api_mapping.get(name)
+        if operation is None:
+            return attr
+
+        def call(**kwargs):
+            outcome = {}
+
+            def send():
+                try:
+                    outcome["response"] = attr(**kwargs)
+                except ClientError as exc:
+                    outcome["error"] = exc
+                    return False, {}
+                return True, outcome["response"]
+
+            self._meter.observe(operation, kwargs, send, self._read)
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["response"]
+
+        return call
+
+
+class Clients:
+    def __init__(self, real, dynamodb):
+        self._real = real
+        self.dynamodb = dynamodb
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def metered(aws, settings, accounts):
+    meter = capacity.Meter()
+    svc = Service(
+        replace(settings),
+        Clients(aws, Metered(aws.dynamodb, meter)),
+        Logger(service="test", level="CRITICAL"),
+        clock=Clock(),
+    )
+    account_id = accounts.create_account(10_000_000)
+    key = accounts.create_key(account_id)
+
+    def one(**params):
+        params = {"prompt": "a red fox", "model": "dall-e-2", "size": "256x256", **params}
+        svc.handle(
+            svc.accounts.authenticate(f"Bearer {key}"),
+            resolve("generations", GenerationRequest(**params), svc.catalog),
+        )
+
+    one(response_format="b64_json")  # warm: routes, prices, clients; the limiter's items exist
+    meter.reset()
+    return meter, one
+
+
+def test_a_synchronous_b64_request_costs_20_write_units(metered):
+    """Issue 22 measured 20 (18 in two transactions, 2 in the `open` index); item 1 asks for at most 10."""
+    meter, one = metered
+    one(response_format="b64_json")
+    tally = meter.reset()
+    assert tally.calls == {"GetItem": 1, "TransactWriteItems": 2}
+    written = [(w.kind, w.action, w.table_units, w.index_units) for w in tally.written]
+    assert written == [
+        # reserve: four items, each twice (the transaction); the request enters the `open` index
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("ACCOUNT#/REQUEST#", "Put", 2, 1),
+        ("ACCOUNT#/LEDGER#", "Put", 2, 0),
+        ("KEY#/KEY", "Update", 2, 0),
+        # settle: five items, each twice; the request leaves the index
+        ("ACCOUNT#/REQUEST#", "Update", 2, 1),
+        ("ACCOUNT#/LEDGER#", "Put", 2, 0),
+        ("USAGE#/*", "Update", 2, 0),
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("KEY#/KEY", "Update", 2, 0),
+    ]
+    assert (tally.write_units, tally.index_units) == (20, 2)
+    assert max(max(w.before, w.after) for w in tally.written) < capacity.KB  # every item under 1 KB
