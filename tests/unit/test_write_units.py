@@ -122,3 +122,45 @@ def test_a_synchronous_b64_request_costs_20_write_units(metered):
     ]
     assert (tally.write_units, tally.index_units) == (20, 2)
     assert max(max(w.before, w.after) for w in tally.written) < capacity.KB  # every item under 1 KB
+
+
+# --- the accounting itself (DynamoDB's published rules) -------------------------------------------------
+
+
+def test_item_sizes_follow_dynamodbs_rules():
+    assert capacity.item_size({"pk": {"S": "abc"}}) == 2 + 3
+    assert capacity.item_size({"n": {"N": "12345"}}) == 1 + 4  # 1 byte per 2 significant digits, + 1
+    assert capacity.item_size({"n": {"N": "-1000"}}) == 1 + 3  # trailing zeros are not significant
+    assert capacity.item_size({"b": {"B": "AAAA"}}) == 1 + 3  # base64 on the wire, bytes in the item
+    assert capacity.item_size({"m": {"M": {"a": {"S": "x"}}}}) == 1 + 3 + (1 + 1 + 1)
+    assert capacity.item_size({"l": {"L": [{"BOOL": True}, {"NULL": True}]}}) == 1 + 3 + 2 * (1 + 1)
+
+
+def write(action="Update", transactional=False):
+    return capacity.Write("t", {"pk": {"S": "ACCOUNT#a"}, "sk": {"S": "REQUEST#r"}}, action, transactional)
+
+
+def item(size, **extra):
+    """An item of exactly `size` bytes (pk + sk + padding), with `extra` attributes on top."""
+    base = {"pk": {"S": "ACCOUNT#a"}, "sk": {"S": "REQUEST#r"}, **extra}
+    return {**base, "p": {"S": "x" * (size - capacity.item_size(base) - 1)}}
+
+
+def test_a_write_costs_its_larger_size_in_kilobytes_and_twice_in_a_transaction():
+    assert capacity.write_cost(write(), item(1024), item(1024)).table_units == 1
+    assert capacity.write_cost(write(), item(1025), item(300)).table_units == 2  # the larger, before
+    assert capacity.write_cost(write(transactional=True), None, item(1025)).table_units == 4
+    assert capacity.write_cost(write("Delete"), None, None).table_units == 1  # at least one
+
+
+def test_the_open_index_costs_a_write_when_an_item_enters_changes_in_or_leaves_it():
+    shard = {"open_shard": {"S": "3"}, "open_since": {"N": "1700000000"}}
+    moved = {"open_shard": {"S": "4"}, "open_since": {"N": "1700000000"}}
+    cost = capacity.write_cost
+    assert cost(write("Put"), None, item(300, **shard)).index_units == 1  # enters
+    assert cost(write(), item(300, **shard), item(400, **shard)).index_units == 1  # changes in it
+    assert cost(write(), item(300, **shard), item(300, **shard)).index_units == 0  # unchanged
+    assert cost(write(), item(300, **shard), item(300)).index_units == 1  # leaves
+    assert cost(write(), item(300, **shard), item(300, **moved)).index_units == 2  # a delete and a put
+    assert cost(write(transactional=True), None, item(300, **shard)).index_units == 1  # never doubled
+    assert cost(write(), item(300), item(400)).index_units == 0  # never in it
