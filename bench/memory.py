@@ -181,6 +181,13 @@ def worker_event(sqs: Any, queue_url: str) -> dict[str, Any]:
     return {"Records": [_sqs_record(m, queue_url) for m in messages.get("Messages", [])]}
 
 
+def job_status(dynamodb: Any, message: dict[str, str]) -> str:
+    """The job's status once the worker is done with it (jobs/lifecycle.py's item)."""
+    key = {"pk": {"S": f"ACCOUNT#{message['account_id']}"}, "sk": {"S": f"JOB#{message['job_id']}"}}
+    item = dynamodb.get_item(TableName=TABLE, Key=key, ConsistentRead=True).get("Item", {})
+    return "job " + item.get("status", {}).get("S", "not found")
+
+
 def lambda_sizes(peak_mb: float) -> list[str]:
     """What a second of waiting costs at each size (arm64), and whether the peak fits with headroom."""
     from capacity import lambda_second_cost
@@ -263,6 +270,10 @@ def main() -> None:
                 if function == "worker":
                     event = worker_event(sqs, queue_url)
                 figures = measure(function, event, env, workdir)
+                for record in event.get("Records", []) if function == "worker" else []:
+                    # as Lambda's event source mapping does after a success: else it comes back
+                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=record["receiptHandle"])
+                    figures["outcome"] = job_status(dynamodb, json.loads(record["body"]))
                 peaks[function] = max(peaks.get(function, 0), figures["peak"])
                 print(
                     f"{function:<12} {label:<52} {figures['imported']:>10.0f} MB {figures['peak']:>10.0f} MB"
