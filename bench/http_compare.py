@@ -212,18 +212,6 @@ def start_litellm(binary: Path, upstream_base: str, workdir: Path) -> tuple[subp
     raise RuntimeError(f"LiteLLM did not start: {Path(log.name).read_text()[-500:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.stdin:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # ---- the counting proxy --------------------------------------------------------------------------------
 
 
@@ -477,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         upstream_proc, upstream = child(["--serve-upstream"])
-        stack.callback(stop, upstream_proc)
+        stack.callback(stop_stack, upstream_proc)
         upstream_base = upstream + "/v1"
         extra = {**LIMITS, "IMAGEGATE_TABLE": TABLE, "IMAGEGATE_ROUTES": routes_json(upstream_base)}
         stack_proc, base, key, dynamodb = start_stack(str(workdir / "stack"), **extra)
@@ -488,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dynamodb: {dynamodb}", flush=True)
         seed_minimal_key(aws, key)
         minimal_proc, minimal_url = child(["--serve-minimal", dynamodb_endpoint, upstream_base])
-        stack.callback(stop, minimal_proc)
+        stack.callback(stop_stack, minimal_proc)
 
         def tree(proc: subprocess.Popen) -> Callable[[], list[int]]:
             return lambda: process_tree(proc.pid)
@@ -503,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_litellm:
             try:
                 proc, litellm_url = start_litellm(ensure_litellm(), upstream_base, workdir)
-                stack.callback(stop, proc)
+                stack.callback(stop_stack, proc)
                 litellm = Candidate(
                     f"LiteLLM {LITELLM_VERSION}", litellm_url, "sk-any", body("b64_json"), tree(proc)
                 )
@@ -545,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(stop_stack, counted_proc)
         drain(counted_proc.stdout)
         counted_minimal_proc, counted_minimal = child(["--serve-minimal", dynamodb_proxy.url, upstream_base])
-        stack.callback(stop, counted_minimal_proc)
+        stack.callback(stop_stack, counted_minimal_proc)
         proxies = [dynamodb_proxy, moto_proxy]
         counts = {
             "minimal": count(

@@ -15,6 +15,7 @@ from imagegate.inputs.validation import GenerationRequest, resolve
 from imagegate.service import Service
 
 from .conftest import Clock
+from .test_service import Clients
 
 REPO = Path(__file__).parents[2]
 
@@ -65,15 +66,6 @@ class Metered:
             return outcome["response"]
 
         return call
-
-
-class Clients:
-    def __init__(self, real, dynamodb):
-        self._real = real
-        self.dynamodb = dynamodb
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
 
 
 @pytest.fixture
