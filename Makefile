@@ -67,8 +67,9 @@ lock: | $(UV)
 layer: | $(UV)
 	$(MAKE) -C layers/imagegate build-ImagegateLayer ARTIFACTS_DIR=$(CURDIR)/build/layer UV=$(CURDIR)/$(UV)
 
-# Issue 12's benchmarks (bench/run.py): every target with its measured ratio and verdict. A report, not a
-# gate: not part of test or CI. About 5 minutes on 2 cores.
+# Issues 12 and 22's benchmarks (bench/run.py): every target with its measured ratio and verdict. A report, not
+# a gate: not part of test or CI. About 8 minutes on 2 cores; the first run also installs a pinned LiteLLM
+# into build/bench-litellm/ from PyPI (bench/http_compare.py).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 

@@ -1,11 +1,14 @@
 """`make bench`: every issue 12 benchmark, then one line per target with its measured ratio and verdict.
 
-A report, never a gate (not part of `make test` or CI); on 2 cores the whole run takes about 5 minutes.
+A report, never a gate (not part of `make test` or CI); on 2 cores the whole run takes about 8 minutes (the
+first one also installs LiteLLM into build/bench-litellm/).
 - targets 1, 2, 6: bench/gateway.py (calls per request, CPU vs a minimal proxy, the gateway comparison);
 - target 3: bench/cold_start.py (import + first request vs a minimal app);
 - target 4: bench/local_stack.py, the local stack under load, when it exists (its owner's command line);
 - target 5: bench/uploads.py, upload memory, when it exists;
-- issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile).
+- issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile);
+- issue 22: bench/http_compare.py, imagegate over real sockets next to a minimal app and LiteLLM (latency,
+  throughput, CPU, RSS; DynamoDB calls, write units and AWS cost per request, counted at the emulator).
 Each figure is a ratio against a baseline measured in the same run, interleaved.
 """
 
@@ -25,6 +28,7 @@ OPTIONAL = (
     ("4 local stack", BENCH / "local_stack.py", []),
     ("5 uploads", BENCH / "uploads.py", []),
     ("jobs burst", BENCH / "jobs.py", []),
+    ("22 HTTP comparison", BENCH / "http_compare.py", []),
 )
 
 
@@ -58,7 +62,7 @@ def main() -> int:
     targets += cold_start.main(["--runs", "10"])
     for name, script, args in OPTIONAL:
         targets += run_optional(name, script, args)
-    print(f"\n===== issue 12 targets ({time.perf_counter() - started:.0f} s) =====")
+    print(f"\n===== targets ({time.perf_counter() - started:.0f} s) =====")
     for name, met, figure in sorted(targets, key=lambda t: t[0]):
         verdict = "MET" if met else ("NOT MEASURED" if figure.startswith("not measured") else "NOT MET")
         print(f"  {name:<52} {verdict:<12} {figure}")

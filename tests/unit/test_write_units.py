@@ -1,0 +1,158 @@
+"""What one synchronous request costs in DynamoDB write units, counted as DynamoDB bills them
+(bench/capacity.py: sizes before and after each write, doubled in a transaction, plus the `open` index),
+pinned at today's figure so that issue 22's reduction (at most 10) shows here as a diff."""
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
+
+from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.service import Service
+
+from .conftest import Clock
+from .test_service import Clients
+
+REPO = Path(__file__).parents[2]
+
+
+def load_capacity():
+    spec = importlib.util.spec_from_file_location("capacity", REPO / "bench" / "capacity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("capacity", module)  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+capacity = load_capacity()
+
+
+class Metered:
+    """The DynamoDB client, each call observed by a capacity.Meter (reads of the items it writes around
+    it, on the unwrapped client, are not counted)."""
+
+    def __init__(self, client, meter):
+        self._client = client
+        self._meter = meter
+        self.exceptions = client.exceptions
+
+    def _read(self, table, key):
+        return self._client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        operation = self._client.meta.method_to_api_mapping.get(name)
+        if operation is None:
+            return attr
+
+        def call(**kwargs):
+            outcome = {}
+
+            def send():
+                try:
+                    outcome["response"] = attr(**kwargs)
+                except ClientError as exc:
+                    outcome["error"] = exc
+                    return False, {}
+                return True, outcome["response"]
+
+            self._meter.observe(operation, kwargs, send, self._read)
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["response"]
+
+        return call
+
+
+@pytest.fixture
+def metered(aws, settings, accounts):
+    meter = capacity.Meter()
+    svc = Service(
+        replace(settings),
+        Clients(aws, Metered(aws.dynamodb, meter)),
+        Logger(service="test", level="CRITICAL"),
+        clock=Clock(),
+    )
+    account_id = accounts.create_account(10_000_000)
+    key = accounts.create_key(account_id)
+
+    def one(**params):
+        params = {"prompt": "a red fox", "model": "dall-e-2", "size": "256x256", **params}
+        svc.handle(
+            svc.accounts.authenticate(f"Bearer {key}"),
+            resolve("generations", GenerationRequest(**params), svc.catalog),
+        )
+
+    one(response_format="b64_json")  # warm: routes, prices, clients; the limiter's items exist
+    meter.reset()
+    return meter, one
+
+
+def test_a_synchronous_b64_request_costs_20_write_units(metered):
+    """Issue 22 measured 20 (18 in two transactions, 2 in the `open` index); item 1 asks for at most 10."""
+    meter, one = metered
+    one(response_format="b64_json")
+    tally = meter.reset()
+    assert tally.calls == {"GetItem": 1, "TransactWriteItems": 2}
+    written = [(w.kind, w.action, w.table_units, w.index_units) for w in tally.written]
+    assert written == [
+        # reserve: four items, each twice (the transaction); the request enters the `open` index
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("ACCOUNT#/REQUEST#", "Put", 2, 1),
+        ("ACCOUNT#/LEDGER#", "Put", 2, 0),
+        ("KEY#/KEY", "Update", 2, 0),
+        # settle: five items, each twice; the request leaves the index
+        ("ACCOUNT#/REQUEST#", "Update", 2, 1),
+        ("ACCOUNT#/LEDGER#", "Put", 2, 0),
+        ("USAGE#/*", "Update", 2, 0),
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("KEY#/KEY", "Update", 2, 0),
+    ]
+    assert (tally.write_units, tally.index_units) == (20, 2)
+    assert max(max(w.before, w.after) for w in tally.written) < capacity.KB  # every item under 1 KB
+
+
+# --- the accounting itself (DynamoDB's published rules) -------------------------------------------------
+
+
+def test_item_sizes_follow_dynamodbs_rules():
+    assert capacity.item_size({"pk": {"S": "abc"}}) == 2 + 3
+    assert capacity.item_size({"n": {"N": "12345"}}) == 1 + 4  # 1 byte per 2 significant digits, + 1
+    assert capacity.item_size({"n": {"N": "-1000"}}) == 1 + 3  # trailing zeros are not significant
+    assert capacity.item_size({"b": {"B": "AAAA"}}) == 1 + 3  # base64 on the wire, bytes in the item
+    assert capacity.item_size({"m": {"M": {"a": {"S": "x"}}}}) == 1 + 3 + (1 + 1 + 1)
+    assert capacity.item_size({"l": {"L": [{"BOOL": True}, {"NULL": True}]}}) == 1 + 3 + 2 * (1 + 1)
+
+
+def write(action="Update", transactional=False):
+    return capacity.Write("t", {"pk": {"S": "ACCOUNT#a"}, "sk": {"S": "REQUEST#r"}}, action, transactional)
+
+
+def item(size, **extra):
+    """An item of exactly `size` bytes (pk + sk + padding), with `extra` attributes on top."""
+    base = {"pk": {"S": "ACCOUNT#a"}, "sk": {"S": "REQUEST#r"}, **extra}
+    return {**base, "p": {"S": "x" * (size - capacity.item_size(base) - 1)}}
+
+
+def test_a_write_costs_its_larger_size_in_kilobytes_and_twice_in_a_transaction():
+    assert capacity.write_cost(write(), item(1024), item(1024)).table_units == 1
+    assert capacity.write_cost(write(), item(1025), item(300)).table_units == 2  # the larger, before
+    assert capacity.write_cost(write(transactional=True), None, item(1025)).table_units == 4
+    assert capacity.write_cost(write("Delete"), None, None).table_units == 1  # at least one
+
+
+def test_the_open_index_costs_a_write_when_an_item_enters_changes_in_or_leaves_it():
+    shard = {"open_shard": {"S": "3"}, "open_since": {"N": "1700000000"}}
+    moved = {"open_shard": {"S": "4"}, "open_since": {"N": "1700000000"}}
+    cost = capacity.write_cost
+    assert cost(write("Put"), None, item(300, **shard)).index_units == 1  # enters
+    assert cost(write(), item(300, **shard), item(400, **shard)).index_units == 1  # changes in it
+    assert cost(write(), item(300, **shard), item(300, **shard)).index_units == 0  # unchanged
+    assert cost(write(), item(300, **shard), item(300)).index_units == 1  # leaves
+    assert cost(write(), item(300, **shard), item(300, **moved)).index_units == 2  # a delete and a put
+    assert cost(write(transactional=True), None, item(300, **shard)).index_units == 1  # never doubled
+    assert cost(write(), item(300), item(400)).index_units == 0  # never in it
