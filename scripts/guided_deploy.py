@@ -80,7 +80,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sam", type=Path, help="a SAM CLI to use instead of the pinned one")
     sam = parser.parse_args().sam or sam_cli()
-    version = subprocess.run([str(sam), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run([str(sam), "--version"], capture_output=True, text=True, check=True).stdout
+    version = version.strip()
     status, transcript = run(sam)
     prompts = PROMPT.findall(transcript)
     print("\n".join(transcript.splitlines()[-25:]))
