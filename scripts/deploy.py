@@ -39,6 +39,10 @@ FINGERPRINT = "DeployFingerprint"
 SOURCES = ("template.yaml", "layers/imagegate", "functions")
 # Values earlier releases of the template took, as this one spells them.
 RENAMED_VALUES = {"XRayTracing": {"false": "Disabled", "true": "Active"}}
+# In a stack of an earlier release (no DeployFingerprint yet), an empty ApiGatewayCloudWatchRoleArn made the
+# stack create and set the API Gateway logging role; empty now means no access logs, whose log group would
+# go with its logs. Such a stack keeps them through the role it set (retained), as `existing`.
+LOGGING_ROLE = "ApiGatewayCloudWatchRoleArn"
 # A function's settings as its live version has them and as the function (what the stack last declared)
 # has them; each differs only if the version is stale.
 COMPARED = (
@@ -120,6 +124,9 @@ def effective_parameters(
             continue
         value = given.get(name, configured.get(name, deployed.get(name, default)))
         values[name] = RENAMED_VALUES.get(name, {}).get(value, value)
+    earlier_release = bool(deployed) and FINGERPRINT not in deployed
+    if earlier_release and deployed.get(LOGGING_ROLE) == "" and LOGGING_ROLE not in {**configured, **given}:
+        values[LOGGING_ROLE] = "existing"
     return values
 
 

@@ -38,7 +38,12 @@ def test_the_deploy_has_the_given_then_configured_then_deployed_then_default_val
     assert set(defaults) == set(template()["Parameters"])
     values = deploy.effective_parameters(
         defaults,
-        deployed={"LogLevel": "WARNING", "DemoMode": "true", "XRayTracing": "true", "DeployFingerprint": "x"},
+        deployed={
+            "LogLevel": "WARNING",
+            "DemoMode": "true",
+            "XRayTracing": "true",
+            "ApiGatewayCloudWatchRoleArn": "",
+        },
         configured={"DemoMode": "false", "LocalPriceUsd": "0.01"},
         given={"LocalPriceUsd": "0.02"},
     )
@@ -46,6 +51,12 @@ def test_the_deploy_has_the_given_then_configured_then_deployed_then_default_val
     assert values["XRayTracing"] == "Active"  # an earlier release's true, as this template spells it
     assert values["FunctionMemorySize"] == defaults["FunctionMemorySize"]
     assert "DeployFingerprint" not in values
+    # A stack of an earlier release, which set the logging role itself, keeps its access logs.
+    assert values["ApiGatewayCloudWatchRoleArn"] == "existing"
+    current = deploy.effective_parameters(
+        defaults, {"DeployFingerprint": "", "ApiGatewayCloudWatchRoleArn": ""}, {}, {}
+    )
+    assert current["ApiGatewayCloudWatchRoleArn"] == ""
     with pytest.raises(SystemExit, match="DemoMod"):
         deploy.effective_parameters(defaults, {}, {}, {"DemoMod": "true"})
 
