@@ -161,6 +161,8 @@ def test_the_hook_knows_every_functions_kind_and_outlasts_its_longest_probe():
         if name != HOOK
     }
     assert probes == expected
+    # CodeDeploy's role invokes only hooks named so (AWSCodeDeployRoleForLambda).
+    assert hook["FunctionName"] == {"Fn::Sub": "CodeDeployHook_${AWS::StackName}"}
     # The longest probe is a sweep run; the others answer in a second or two.
     assert hook["Timeout"] > functions()["SweepFunction"]["Properties"]["Timeout"]
     assert hook["DeploymentPreference"] == {"Enabled": False}
