@@ -40,6 +40,8 @@ serve: $(STAMP) $(DYNOXIDE_STAMP)
 	@$(BIN)/python -m imagegate.local.devserver
 
 # The layer's requirements file is exported from the lock: the same pins in the venv, the layer and CI.
+# The docs (docs/, mkdocs.yml) build with --strict into build/site: a broken link or anchor, or a page left
+# out of the nav, fails lint.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,6 +50,7 @@ lint: $(STAMP)
 		--no-header -o build/requirements.check.txt && grep -v '^#' $(LAYER_REQUIREMENTS) \
 		| diff -u - build/requirements.check.txt \
 		|| (echo "$(LAYER_REQUIREMENTS) is out of step with uv.lock: run make lock" && exit 1)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The end-to-end tests run on the DynamoDB make serve picks: Dynoxide where it installs.
 test: lint $(DYNOXIDE_STAMP)

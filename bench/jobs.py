@@ -12,7 +12,7 @@ job, to be refunded). It polls `GET /v1/images/jobs` until every job is final an
 - `imagegate reconcile --all` against the emulator: exit status 0.
 
 Prints `TARGET jobs burst: MET|NOT MET ...` for bench/run.py. Per-key and per-account concurrency limits are
-off for the run (a queued job holds a slot until it ends, README "Long jobs and AWS events"); the
+off for the run (a queued job holds a slot until it ends, docs/jobs.md); the
 images-per-minute limits are raised as bench/local_stack.py raises them.
 """
 

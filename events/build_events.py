@@ -195,7 +195,7 @@ def main() -> None:
             f"https://{DOMAIN}/{STAGE}/v1/balance?days=7",
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
-        # An edit as a job (README, "Long jobs and AWS events"): 202 and the job; its images go to S3.
+        # An edit as a job (docs/jobs.md): 202 and the job; its images go to S3.
         "edits_async": capture("edit", **kite, extra_headers={"Prefer": "respond-async"}),
         "jobs": httpx.Request(
             "GET",

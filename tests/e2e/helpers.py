@@ -1,15 +1,21 @@
-"""Helpers for the end-to-end suite: images made in code, and the OpenAPI spec as a JSON Schema validator."""
+"""Helpers for the end-to-end suite: images made in code, the OpenAPI spec as a JSON Schema validator, and the
+code blocks of the README and the docs pages."""
 
 import copy
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+
 # CI clones the repo with ../shared beside it; a bare checkout may not have it.
-SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "openai-images.openapi.yaml"
+SPEC_PATH = REPO.parent / "shared" / "reference" / "openai-images.openapi.yaml"
 SPEC_MISSING = (
     f"OpenAPI spec not found at {SPEC_PATH} (../shared is not beside the repo): "
     "responses are not validated against the spec's ImagesResponse and ErrorResponse schemas"
@@ -70,3 +76,11 @@ class SpecValidator:
         assert not errors, f"{schema_name} violations: " + "; ".join(
             f"{list(e.absolute_path)}: {e.message}" for e in errors
         )
+
+
+def code_blocks(page: Path, language: str, marker: str = "") -> list[str]:
+    """The fenced ```<language> blocks of a markdown page that contain `marker`, in order. A block indented
+    inside a list item comes back dedented, as it would be typed."""
+    found = re.findall(rf"^( *)```{language}\n(.*?)^\1```", page.read_text(), flags=re.S | re.M)
+    blocks = [re.sub(rf"^{indent}", "", body, flags=re.M) for indent, body in found]
+    return [b for b in blocks if marker in b]

@@ -32,7 +32,7 @@ UNLIMITED = {
 
 
 def admin(state_dir: Path, command: str) -> subprocess.CompletedProcess:
-    """The admin CLI as the README runs it against `make serve`: after `. .imagegate/aws-env`."""
+    """The admin CLI as docs/money.md runs it against `make serve`: after `. .imagegate/aws-env`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IMAGEGATE_"))}
     cli = Path(sys.executable).parent / "imagegate"
     return subprocess.run(

@@ -1,6 +1,6 @@
 """What a customer sees on success: the OpenAI SDK against imagegate over HTTP, images decoded, money counted.
 
-Expected charges are OpenAI's published per-image prices (README, "Prices"), written out here in micro-USD.
+Expected charges are OpenAI's published per-image prices (docs/money.md, "Prices"), written out in micro-USD.
 """
 
 import base64
@@ -114,7 +114,7 @@ def test_gpt_image_2_free_form_size_is_rendered_at_that_size(user, validate_sche
     assert body["size"] == "1536x864"
     img = decode(base64.b64decode(body["data"][0]["b64_json"]))
     assert img.size == (1536, 864)
-    # README: sizes other than 1024x1024 are priced by area, rounded up to the micro-dollar:
+    # docs/money.md: sizes other than 1024x1024 are priced by area, rounded up to the micro-dollar:
     # 6000 * (1536 * 864) / (1024 * 1024) = 7593.75.
     assert before - user.balance() == 7_594
 
@@ -190,7 +190,7 @@ def test_gpt_image_15_edit_without_mask_does_not_return_the_input_unchanged(user
 
 
 def test_gpt_image_15_edit_takes_numbered_image_parts_as_curl_sends_them(user, validate_schema, http):
-    """README: `image`, `image[]` and `image[0]` part names are all accepted."""
+    """docs/models.md: `image`, `image[]` and `image[0]` part names are all accepted."""
     files = [
         ("image[0]", ("a.png", png_bytes(64, 64), "image/png")),
         ("image[1]", ("b.png", png_bytes(32, 32, colour=(0, 0, 255, 255)), "image/png")),

@@ -1,7 +1,6 @@
-"""The README's examples, run as a new user would run them against `make serve`."""
+"""The examples of the README and the docs pages, run as a new user would run them against `make serve`."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -11,18 +10,16 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-README = Path(__file__).parents[2] / "README.md"
+from .helpers import DOCS, README, code_blocks
+
 README_BASE_URL = "http://127.0.0.1:8000"
-
-
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+INPUTS = DOCS / "inputs.md"  # large inputs: the upload examples
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # create_variation, as the SDK marks it
 def test_readme_python_example_runs_unchanged(stack, new_user, monkeypatch, tmp_path, capsys):
     user = new_user(stack)
-    [example] = [b for b in _blocks("python") if "OpenAI()" in b]
+    [example] = code_blocks(README, "python", "OpenAI()")
     monkeypatch.setenv("OPENAI_BASE_URL", f"{stack.base_url}/v1")
     monkeypatch.setenv("OPENAI_API_KEY", user.key)
     monkeypatch.chdir(tmp_path)
@@ -43,10 +40,12 @@ def test_readme_python_example_runs_unchanged(stack, new_user, monkeypatch, tmp_
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_blocks_run_on_their_own_and_follow_port(stack, new_user, tmp_path):
     """Each curl block runs as a whole script in an empty directory (the edit makes its own input image),
-    reaching the server only through ${PORT:-8000}."""
+    reaching the server only through ${PORT:-8000}: the README's three, then the upload of docs/inputs.md."""
     user = new_user(stack)
     port = urlsplit(stack.base_url).port
-    blocks = [b for b in _blocks("sh") if "curl -s" in b]
+    readme = code_blocks(README, "sh", "curl -s")
+    assert len(readme) == 3
+    blocks = [*readme, *code_blocks(INPUTS, "sh", "/v1/images/uploads")]
     assert len(blocks) == 4
     assert not [b for b in blocks if README_BASE_URL in b]  # every URL follows PORT
     tools = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # python3 decodes b64_json
@@ -77,13 +76,13 @@ def test_readme_curl_blocks_run_on_their_own_and_follow_port(stack, new_user, tm
 
 def test_readme_upload_example_runs_with_the_client_from_above(stack, new_user, monkeypatch, tmp_path):
     user = new_user(stack)
-    [example] = [b for b in _blocks("python") if "/images/uploads" in b]
+    [example] = code_blocks(INPUTS, "python", "/images/uploads")
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (256, 256), (20, 90, 160)).save(tmp_path / "photo.png")
     before = user.balance()
     scope = {"client": user.client}
 
-    exec(compile(example, "README.md", "exec"), scope)
+    exec(compile(example, "docs/inputs.md", "exec"), scope)
 
     assert len(scope["edited"].data) == 1
     assert stack.objects_under(f"uploads/{user.account_id}/") == [scope["upload"]["upload_fields"]["key"]]

@@ -7,12 +7,10 @@ image 100 image output tokens at $32 per 1M, $0.0032.
 """
 
 import base64
-import re
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,13 +31,13 @@ from imagegate.providers.local import LocalProvider
 from imagegate.providers.routing import Router
 
 from .conftest import DEFAULT_BALANCE, _serve
-from .helpers import decode, png_bytes
+from .helpers import DOCS, code_blocks, decode, png_bytes
 
 LOW_SQUARE = 9_000
 LOW_WIDE = 13_000
 PARTIAL = 3_200
 WAIT_S = 30  # a bound on waits for the server, never a timing assertion
-README = Path(__file__).parents[2] / "README.md"
+STREAMING_PAGE = DOCS / "inputs.md"  # its Streaming section
 
 
 def images(events):
@@ -241,23 +239,21 @@ def wait_until_settled(stack, account_id):
         time.sleep(0.05)
 
 
-def readme_block(language, marker):
-    [block] = [
-        b for b in re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S) if marker in b
-    ]
+def docs_block(language, marker):
+    [block] = code_blocks(STREAMING_PAGE, language, marker)
     return block
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_readme_streaming_examples_run(stack, new_user, capsys, tmp_path):
+def test_docs_streaming_examples_run(stack, new_user, capsys, tmp_path):
     user = new_user(stack)
-    exec(compile(readme_block("python", "stream=True"), "README.md", "exec"), {"client": user.client})
+    exec(compile(docs_block("python", "stream=True"), "docs/inputs.md", "exec"), {"client": user.client})
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert [row[0] for row in rows] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert [row[1] for row in rows[:2]] == ["0", "1"]
 
     result = subprocess.run(
-        ["bash", "-c", "set -euo pipefail\n" + readme_block("sh", '"stream": true')],
+        ["bash", "-c", "set -euo pipefail\n" + docs_block("sh", '"stream": true')],
         cwd=tmp_path,
         env={"OPENAI_API_KEY": user.key, "PATH": "/usr/bin:/bin", "PORT": str(urlsplit(stack.base_url).port)},
         capture_output=True,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .helpers import decode, encoded, png_bytes
 
-GPT_IMAGE_15_LOW_SQUARE = 9_000  # README, "Prices"
+GPT_IMAGE_15_LOW_SQUARE = 9_000  # docs/money.md, "Prices"
 
 
 def create_upload(user):

@@ -19,7 +19,7 @@ from tests.localservers import connected, listener, local_outbound, serve
 from .conftest import png
 
 EDIT = {"model": "gpt-image-1.5", "prompt": "a lighthouse", "quality": "low", "size": "1024x1024"}
-LOCAL_PRICE_LOW_SQUARE = 9_000  # gpt-image-1.5, low, 1024x1024 (README, "Prices")
+LOCAL_PRICE_LOW_SQUARE = 9_000  # gpt-image-1.5, low, 1024x1024 (docs/money.md, "Prices")
 
 # Every spelling of loopback and of the metadata address that a URL parser, inet_aton or getaddrinfo reads.
 LOOPBACK_FORMS = [

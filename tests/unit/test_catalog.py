@@ -79,7 +79,7 @@ def test_gpt_image_2_square_prices(catalog, model, quality, micros):
 @pytest.mark.parametrize(
     ("quality", "micros"),
     [
-        # gpt-image-2's published 1024x1024 rates (README: 0.006 / 0.053 / 0.211 USD) scaled by
+        # gpt-image-2's published 1024x1024 rates (docs/money.md: 0.006 / 0.053 / 0.211 USD) scaled by
         # 1536*864 / 1024**2 = 1.265625 give 7593.75, 67078.125 and 267046.875 micro-USD: rounded up.
         ("low", 7_594),
         ("medium", 67_079),
@@ -136,8 +136,8 @@ def test_local_model_default_price(catalog):
 
 @pytest.mark.parametrize("size", ["256x256", "1536x1024", "1536x864"])
 def test_local_model_price_is_flat_per_image(catalog, size):
-    # README: IMAGEGATE_LOCAL_PRICE_USD is the "price per image" of imagegate-local, at any size (scaled by
-    # area it would be 125 at 256x256, 3000 at 1536x1024, 2532 at 1536x864).
+    # docs/money.md: IMAGEGATE_LOCAL_PRICE_USD is the "price per image" of imagegate-local, at any size
+    # (scaled by area it would be 125 at 256x256, 3000 at 1536x1024, 2532 at 1536x864).
     assert price_per_image(catalog["imagegate-local"], "low", size) == LOCAL_PRICE
 
 

@@ -19,7 +19,7 @@ from imagegate.service import Service
 
 from .conftest import Clock, image_bytes
 
-GPT_IMAGE_15_LOW_SQUARE = 9_000  # README, "Prices": gpt-image-1.5, low, 1024x1024
+GPT_IMAGE_15_LOW_SQUARE = 9_000  # docs/money.md, "Prices": gpt-image-1.5, low, 1024x1024
 
 
 @pytest.fixture

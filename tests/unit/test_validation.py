@@ -48,7 +48,7 @@ def test_gpt_auto_values_resolve(job):
 
 
 def test_response_format_url_is_accepted_for_gpt_models(job):
-    # README: a deliberate difference from OpenAI, which rejects response_format for GPT-image models.
+    # docs/models.md: a deliberate difference from OpenAI, which rejects response_format for GPT-image models.
     assert job(prompt="x", model="gpt-image-1.5", response_format="url").response_format == "url"
     assert job(prompt="x", model="dall-e-2", response_format="b64_json").response_format == "b64_json"
 

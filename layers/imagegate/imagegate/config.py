@@ -11,7 +11,7 @@ from typing import Any
 
 from imagegate.units import usd_to_micros
 
-# --- platform limits (README, "Limits") -------------------------------------------------------------
+# --- platform limits (docs/limits.md) ----------------------------------------------------------------
 # Lambda takes and returns at most 6 MB (6,291,456 bytes) per synchronous invocation, the whole event or
 # response JSON included. API Gateway hands multipart bodies over base64-encoded (4 bytes for every 3),
 # next to the headers and request context, for which this much is kept back.
@@ -28,13 +28,13 @@ MAX_RESPONSE_BYTES = LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES
 # own work outside the upstream calls (authenticate, reserve, store the images, settle) needs some too. The
 # upstream budget is what is left, so that a charged request is answered before the gateway gives up.
 DEFAULT_INTEGRATION_TIMEOUT_SECONDS = 29.0
-# A function's imports with the layer's bytecode took 2.3-2.8 s on a busy 2-core x86_64 machine (README,
-# "Development"); Lambda's own start-up comes on top, a few hundred milliseconds.
+# A function's imports with the layer's bytecode took 2.3-2.8 s on a busy 2-core x86_64 machine
+# (docs/development.md); Lambda's own start-up comes on top, a few hundred milliseconds.
 COLD_START_ALLOWANCE_SECONDS = 3.0
 FINISH_ALLOWANCE_SECONDS = 2.0  # DynamoDB reserve and settle, S3 writes of the images
 MIN_UPSTREAM_BUDGET_SECONDS = 1.0
 
-# --- jobs (jobs.py; README, "Long jobs and AWS events") ----------------------------------------------------
+# --- jobs (jobs/lifecycle.py; docs/jobs.md) ------------------------------------------------------------
 # The worker function's timeout (template parameter WorkerTimeout): its upstream budget follows from it as
 # the API's does from the integration timeout.
 DEFAULT_WORKER_TIMEOUT_SECONDS = 900.0
@@ -101,7 +101,7 @@ class Settings:
     images_per_minute: int = 50
     max_concurrent: int = 10
     # Per-account ceilings over all of an account's keys (0: none); an account's own limits override them.
-    # They keep one tenant well under what a single DynamoDB partition takes (README: limits).
+    # They keep one tenant well under what a single DynamoDB partition takes (docs/money.md).
     account_images_per_minute: int = 600
     account_max_concurrent: int = 50
     # Jobs: the queue the worker reads (empty: no async path, `Prefer: respond-async` is refused), the

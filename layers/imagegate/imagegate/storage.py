@@ -43,7 +43,7 @@ class Storage:
         self._s3.delete_object(Bucket=self._bucket, Key=key)
 
     def presign(self, key: str) -> str:
-        """A GET URL signed at response time, so it lives its full TTL (README: role credentials)."""
+        """A GET URL signed at response time, so it lives its full TTL (docs/limits.md: role credentials)."""
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=self.url_ttl_seconds
         )

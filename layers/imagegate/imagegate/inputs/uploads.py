@@ -23,7 +23,7 @@ from imagegate import errors
 PREFIX = "uploads"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # OpenAI's limit for one GPT-image input
 # How long the presigned POST is accepted. A URL signed with a Lambda role's temporary credentials dies
-# with them, which can come sooner (README, "Large inputs and the JSON form of edits").
+# with them, which can come sooner (docs/inputs.md, "Large inputs and the JSON form of edits").
 UPLOAD_WINDOW_SECONDS = 3600
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
 
@@ -99,5 +99,5 @@ class Uploads:
                     "image_too_large",
                 )
             # One read of a known length: urllib3 and http.client fill a single buffer (a 20 MB file
-            # peaks at 20 MB here; README, "Large inputs").
+            # peaks at 20 MB here; docs/inputs.md, "Large inputs").
             return body.read()

@@ -7,8 +7,8 @@
                  bucket, account_id, request_id, source and client_reference_id. Never the Step Functions
                  task token, which would let any rule's target answer the caller's task.
 
-The bus is the template parameter EventBusName (the account's `default` bus unless set); README, "Webhooks
-and events", shows the schema and a rule.
+The bus is the template parameter EventBusName (the account's `default` bus unless set);
+docs/jobs.md, "Webhooks and events", shows the schema and a rule.
 """
 
 from __future__ import annotations

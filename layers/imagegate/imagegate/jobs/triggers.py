@@ -1,5 +1,5 @@
 """Jobs from other AWS services: EventBridge events, SQS messages, S3 manifests, direct invocation and Step
-Functions (README, "Jobs from other AWS services").
+Functions (docs/jobs.md, "Jobs from other AWS services").
 
 Every entry point carries one request shape, validated here:
   {"account_id", "endpoint", "request": <the OpenAI request fields>, "inputs": [S3 references],

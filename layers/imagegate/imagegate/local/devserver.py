@@ -520,18 +520,17 @@ def main() -> None:
         dynamodb_line(dynamodb, emulator is not None, os.environ, dynoxide_failed or dynoxide_unavailable()),
         "provider: local serves every model (no upstream credentials are configured; drawings, not AI)"
         if router.local_only
-        else f"providers: {', '.join(router.configured)} (routes: README, 'Routes')",
+        else f"providers: {', '.join(router.configured)} (routes: docs/models.md)",
         f"base URL: http://127.0.0.1:{port}/v1   account {account.account_id}, balance {balance}",
         f"dev key:  {key}",
         f"          (kept in {state_dir / 'dev-key'}: the same key after a restart; balances restart at"
         f" ${settings_balance(os.environ)})",
         f"try:      export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 OPENAI_API_KEY={key}",
         f"jobs:     queue {settings.jobs_queue_url}, worker in this process"
-        " (send 'Prefer: respond-async'; README, 'Long jobs and AWS events')",
+        " (send 'Prefer: respond-async'; docs/jobs.md)",
         f"webhooks: queue {settings.webhook_queue_url}, deliveries in this process; events on the"
-        f" '{settings.event_bus}' bus (README, 'Webhooks and events')",
-        f"admin:    in another shell: . {state_dir / 'aws-env'}; .venv/bin/imagegate --help"
-        " (README, 'Admin CLI')",
+        f" '{settings.event_bus}' bus (docs/jobs.md)",
+        f"admin:    in another shell: . {state_dir / 'aws-env'}; .venv/bin/imagegate --help (docs/money.md)",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")
