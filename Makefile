@@ -12,7 +12,7 @@ DYNOXIDE := $(VENV)/bin/dynoxide
 # Never fetch a Python of uv's own: the venv uses $(PYTHON), as the README says.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install serve test lint unit bench lock layer clean
+.PHONY: install serve test lint unit bench lock layer clean deploy deploy-check
 
 # The venv follows uv.lock exactly (nothing is installed by hand) and is rebuilt when the lock changes.
 $(UV):
@@ -66,6 +66,19 @@ lock: | $(UV)
 # The Lambda layer as `sam build` makes it (arm64, the template's Python), into build/layer.
 layer: | $(UV)
 	$(MAKE) -C layers/imagegate build-ImagegateLayer ARTIFACTS_DIR=$(CURDIR)/build/layer UV=$(CURDIR)/$(UV)
+
+# A deploy whose every change reaches the live alias, parameter changes included (docs/upgrading.md):
+#   make deploy [PARAMS="DemoMode=true LogLevel=DEBUG"] [SAM_FLAGS=--no-confirm-changeset]
+# sam build, then sam deploy with every parameter's value and their DeployFingerprint, then deploy-check.
+# deploy-check says whether each function's live alias runs what the stack declares (1 if not).
+SAM ?= sam
+export SAM
+deploy: $(STAMP)
+	$(SAM) build
+	$(BIN)/python scripts/deploy.py deploy $(PARAMS) -- $(SAM_FLAGS)
+
+deploy-check: $(STAMP)
+	$(BIN)/python scripts/deploy.py check
 
 # Issues 12 and 22's benchmarks (bench/run.py): every target with its measured ratio and verdict. A report, not
 # a gate: not part of test or CI. About 8 minutes on 2 cores; the first run also installs a pinned LiteLLM

@@ -15,6 +15,7 @@ The `job_request_*` samples are what the AWS entry points receive (triggers.py):
 request (`invoke`, `task_token`: InvokeFunction), and batches from the requests queue holding a request sent
 to SQS, an EventBridge `Image Job Requested` event, and S3's `Object Created` event for a manifest
 (RequestsFunction); `job_request_manifest.json` is that manifest, the object an S3 caller writes.
+`pretraffic.json` is CodeDeploy's call to the pre-traffic hook (PreTrafficCheck=true).
 """
 
 from __future__ import annotations
@@ -309,6 +310,11 @@ def aws_events() -> dict[str, dict]:
     }
     generate = {"model": "dall-e-2", "prompt": "a lighthouse on a cliff at dusk", "size": "256x256"}
     return {
+        # CodeDeploy's call to the pre-traffic hook (PreTrafficHookFunction): ids only, both opaque.
+        "pretraffic": {
+            "DeploymentId": "d-A1B2C3D4E",
+            "LifecycleEventHookExecutionId": "eyJkZXBsb3ltZW50SWQiOiJkLUExQjJDM0Q0RSJ9EXAMPLE",
+        },
         "job_request_invoke": job_request(
             endpoint="generations", request={**generate, "response_format": "url"}
         ),

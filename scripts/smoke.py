@@ -1,7 +1,9 @@
 """Smoke test against the real upstreams: one cheap generation through each provider that has credentials.
 
-    python scripts/smoke.py
+    python scripts/smoke.py [--stack NAME]
 
+With --stack, it first checks the deployed stack (scripts/deploy.py check): each function's live alias must
+run what the stack declares, which a plain `sam deploy` that changed only parameters leaves untrue.
 OpenAI needs IMAGEGATE_OPENAI_API_KEY, Gemini IMAGEGATE_GEMINI_API_KEY, Bedrock IMAGEGATE_BEDROCK_REGION and
 AWS credentials (the same variables `make serve` reads).
 Each provider goes through `routing.Router` with a one-route table, so retries and error mapping are the
@@ -13,6 +15,7 @@ when everything was skipped, as in CI without keys). It spends a few cents when 
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import sys
@@ -81,6 +84,14 @@ CHECKS = (
 )
 
 
+def live_is_current(stack: str) -> bool:
+    """scripts/deploy.py's check of a deployed stack (it prints what is stale)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import deploy
+
+    return deploy.check({**deploy.samconfig(), "stack_name": stack}) == 0
+
+
 def main(env: Mapping[str, str] = os.environ) -> int:
     settings = replace(Settings.from_env(env), upstream_budget_seconds=90.0)
     catalog = build_catalog(load_prices(settings))
@@ -112,4 +123,8 @@ def main(env: Mapping[str, str] = os.environ) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description="One cheap generation through each configured upstream.")
+    parser.add_argument("--stack", help="first check that this stack's live aliases are current")
+    stack = parser.parse_args().stack
+    current = live_is_current(stack) if stack else True
+    sys.exit(main() or (0 if current else 1))

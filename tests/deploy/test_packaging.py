@@ -22,6 +22,7 @@ import pytest
 
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
+from imagegate.http.pretraffic import probe
 from imagegate.local.devserver import provision, provision_jobs_queue
 from imagegate.money.accounts import Accounts
 from imagegate.money.billing import Billing
@@ -100,6 +101,8 @@ EVENTS = {
 # Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
 JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke")
 LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)}
+# CodeDeploy's hook (PreTrafficCheck): its calls go to CodeDeploy (tests/unit/test_pretraffic.py).
+HOOK = "pretraffic"
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def built(tmp_path_factory):
         capture_output=True,
         timeout=300,
     )
-    for name in (*EVENTS, *JOB_FUNCTIONS):
+    for name in (*EVENTS, *JOB_FUNCTIONS, HOOK):
         shutil.copytree(ROOT / "functions" / name, out / name, ignore=shutil.ignore_patterns("__pycache__"))
     return out
 
@@ -409,3 +412,24 @@ def test_the_layer_holds_bytecode_for_its_python(built):
     assert (layer / "imagegate" / "http" / "__pycache__" / f"api.{tag}.pyc").exists()
     assert (layer / "pydantic" / "__pycache__" / f"main.{tag}.pyc").exists()
     assert {p.name.split(".")[-2] for p in layer.glob("**/*.pyc")} == {tag}  # none for another Python
+
+
+@pytest.mark.parametrize("function", [*EVENTS, *JOB_FUNCTIONS])
+def test_each_built_function_passes_the_pre_traffic_check_for_free(built, deployment, function, tmp_path):
+    """The hook's request for the function's kind (the template names each function's kind by its folder)
+    through the built function: the hook's check passes, nothing is charged, and every AWS call is the
+    function's own policy's."""
+    env, balance, _ = deployment()
+    request, check = probe(function)
+    out = run(built, function, env, tmp_path, [request])
+    [answer] = out["results"]
+    assert check(answer) is None
+    assert balance() == START_BALANCE
+    assert out["foreign"] == []
+    assert iam_actions(out["calls"]) <= actions(LOGICAL_IDS[function], Stack())
+
+
+def test_the_built_hook_imports_from_its_layer_alone(built, deployment, tmp_path):
+    env, _, _ = deployment(PreTrafficCheck="true")
+    out = run(built, HOOK, env, tmp_path, [])
+    assert out["foreign"] == [] and out["calls"] == []

@@ -221,6 +221,7 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
     from imagegate.http.api import METHODS, PATHS
+    from imagegate.http.pretraffic import unauthenticated_event
     from imagegate.providers.routing import load_routes
 
     _ = service.prices, service.catalog
@@ -230,7 +231,7 @@ def prime(route: Route, adapter: Any, service: Service) -> None:
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
     # for want of a key before anything reaches AWS.
     path = PATHS[route]
-    adapter(_unauthenticated_event(METHODS[path], path), _SnapshotContext())
+    adapter(unauthenticated_event(METHODS[path], path), _SnapshotContext())
     _ = service.aws.dynamodb, service.aws.s3  # botocore loads and caches the service models
     service.aws.reset()  # ... and the snapshot keeps no client, connection or credentials
 
@@ -248,26 +249,6 @@ class _SnapshotContext:
     memory_limit_in_mb = 0
     invoked_function_arn = ""
     aws_request_id = "snapshot-prime"
-
-
-def _unauthenticated_event(method: str, path: str) -> dict[str, Any]:
-    headers = {"content-type": "application/json", "host": "snapshot.invalid"}
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "requestContext": {
-            "stage": "v1",
-            "requestId": "snapshot-prime",
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": "{}" if method == "POST" else None,
-        "isBase64Encoded": False,
-    }
 
 
 def sweep_handler() -> Any:
@@ -349,6 +330,18 @@ def invoke_job_handler() -> Any:
         return triggers.invoke(event, getattr(context, "aws_request_id", ""))
 
     return _traced(logger.inject_lambda_context(handler), settings)
+
+
+def pretraffic_handler() -> Any:
+    """CodeDeploy's pre-traffic hook (PreTrafficCheck): one free request through each new version
+    (pretraffic.py); IMAGEGATE_PROBES names the kind of each function of the stack."""
+    from imagegate.http.pretraffic import PreTrafficHook
+
+    settings = Settings.from_env()
+    logger = Logger(service="imagegate")
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    hook = PreTrafficHook(aws, json.loads(os.environ.get("IMAGEGATE_PROBES") or "{}"), logger)
+    return logger.inject_lambda_context(hook)
 
 
 def _triggers() -> tuple[Any, Logger, Settings]:
