@@ -1,7 +1,8 @@
 """Accounts and API keys in DynamoDB. Keys are stored only as SHA-256 hashes.
 
 Items (single table, `pk`/`sk`):
-  KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, and the key's
+  KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, admin (a
+                                         key that may manage its account's keys: the console), and the key's
                                          optional limits images_per_minute, max_concurrent
   KEYS                 / <key_id>     -> the same, plus key_pk: the admin index (list, rotate, revoke, limits)
   ACCOUNT#<account_id> / ACCOUNT      -> balance (micro-USD), label, created_at, status (absent: active;
@@ -63,6 +64,7 @@ class Account:
     key_id: str
     key_pk: str = ""
     limiter: State = field(default_factory=State)
+    admin: bool = False  # the key may list, create and revoke its own account's keys
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class KeyInfo(TypedDict):
     created_at: int
     images_per_minute: int | None
     max_concurrent: int | None
+    admin: bool
 
 
 class Accounts:
@@ -118,7 +121,8 @@ class Accounts:
                 "Incorrect API key provided. Check the key, or ask your provider for a new one.",
                 code="invalid_api_key",
             )
-        return Account(item["account_id"]["S"], item["key_id"]["S"], key_pk, State.from_item(item))
+        admin = item.get("admin", {}).get("BOOL", False)
+        return Account(item["account_id"]["S"], item["key_id"]["S"], key_pk, State.from_item(item), admin)
 
     def for_service(self, account_id: str) -> Account:
         """The account an AWS service's event names, for a caller IAM has already authenticated: it must exist
@@ -231,8 +235,10 @@ class Accounts:
         *,
         images_per_minute: int | None = None,
         max_concurrent: int | None = None,
+        admin: bool = False,
     ) -> str:
-        """Issue a key for an account; returns the key itself, which is never stored or shown again."""
+        """Issue a key for an account; returns the key itself, which is never stored or shown again. An
+        `admin` key may also manage the account's keys (the console)."""
         limits = _limits(images_per_minute, max_concurrent)
         api_key = api_key or new_api_key()
         check = {
@@ -242,7 +248,8 @@ class Accounts:
                 "ConditionExpression": "attribute_exists(pk)",
             }
         }
-        failed = transact(self._db, [check, *self._put_key(api_key, account_id, label, limits)], self._sleep)
+        actions = [check, *self._put_key(api_key, account_id, label, limits, admin)]
+        failed = transact(self._db, actions, self._sleep)
         if failed == 0:
             raise NotFound(f"no account {account_id}")
         if failed is not None:
@@ -259,7 +266,7 @@ class Accounts:
         api_key = new_api_key()
         limits = _limits(old["images_per_minute"], old["max_concurrent"])
         actions = [
-            *self._put_key(api_key, old["account_id"], old["label"], limits),
+            *self._put_key(api_key, old["account_id"], old["label"], limits, old["admin"]),
             *self._revoke(entry, only_active=True),
         ]
         if transact(self._db, actions, self._sleep) is not None:
@@ -318,7 +325,7 @@ class Accounts:
         return {"Put": put}
 
     def _put_key(
-        self, api_key: str, account_id: str, label: str, limits: dict[str, int | None]
+        self, api_key: str, account_id: str, label: str, limits: dict[str, int | None], admin: bool = False
     ) -> list[dict[str, Any]]:
         """The key item, which answers requests, and its index entry, which lets admins find it by id."""
         key_pk = f"KEY#{hash_key(api_key)}"
@@ -330,6 +337,7 @@ class Accounts:
             "status": {"S": "active"},
             "created_at": {"N": str(int(self._clock()))},
             **{name: {"N": str(value)} for name, value in limits.items() if value is not None},
+            **({"admin": {"BOOL": True}} if admin else {}),
         }
         return [
             self._put({**item_key(key_pk, "KEY"), **fields, "slots": {"M": {}}}, new=True),
@@ -421,4 +429,5 @@ def _key_info(item: dict[str, Any]) -> KeyInfo:
         created_at=int(item["created_at"]["N"]),
         images_per_minute=_number(item, "images_per_minute"),
         max_concurrent=_number(item, "max_concurrent"),
+        admin=item.get("admin", {}).get("BOOL", False),
     )

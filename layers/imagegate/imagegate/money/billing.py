@@ -256,6 +256,7 @@ class Billing:
         completion: dict[str, Any] | None = None,
         guard: dict[str, Any] | None = None,
         deadline_s: float = SETTLE_DEADLINE_S,
+        tokens: int = 0,
     ) -> bool:
         """Finish a reservation, keeping `charged` (capped at the reservation) and refunding the rest; count
         it in the usage; give its slots back; complete its Idempotency-Key record. False, and nothing
@@ -275,7 +276,7 @@ class Billing:
         attempt = 0
         while True:
             now = self._clock()
-            actions = self._settle_actions(r, charged, refund, images, provider, now)
+            actions = self._settle_actions(r, charged, refund, images, provider, now, tokens)
             if guard is not None:
                 actions.append(guard)
             if completion is not None:
@@ -328,7 +329,14 @@ class Billing:
         }
 
     def _settle_actions(
-        self, r: Reservation, charged: int, refund: int, images: int, provider: str, now: float
+        self,
+        r: Reservation,
+        charged: int,
+        refund: int,
+        images: int,
+        provider: str,
+        now: float,
+        tokens: int = 0,
     ) -> list[dict[str, Any]]:
         values = {
             ":state": {"S": "settled" if charged else "refunded"},
@@ -341,6 +349,8 @@ class Billing:
         }
         if provider:
             values[":provider"] = {"S": provider}
+        if tokens:
+            values[":tokens"] = {"N": str(tokens)}
         actions: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -350,6 +360,7 @@ class Billing:
                         "SET #s = :state, charged = :charged, refunded = :refund, images = :images, "
                         "settled_at = :now, expires_at = :expires"
                         + (", provider = :provider" if provider else "")
+                        + (", tokens = :tokens" if tokens else "")
                         + " REMOVE open_shard, open_since, intended_charge"
                     ),
                     "ConditionExpression": "#s = :reserved",
