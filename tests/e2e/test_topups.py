@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from imagegate.money import ledger, topups
+from imagegate.money import ledger
 
 PACK_MICROS = {"starter": 5_000_000, "standard": 20_000_000, "large": 100_000_000}
 
@@ -87,7 +87,7 @@ def test_a_paid_session_credits_exactly_its_pack_once_and_a_replay_changes_nothi
     # Stripe delivers the same event again (a retry): freshly signed, same id.
     [event] = [
         e
-        for e in topups.Topups.events(buyer.stack.service.topups, buyer.account_id)
+        for e in buyer.stack.service.topups.events(buyer.account_id)
         if e["type"] == "checkout.session.completed"
     ]
     replay = fake_stripe.event("checkout.session.completed", {})
