@@ -48,6 +48,7 @@ class FakeStripe:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)  # by payment intent
     deliveries: list[tuple[str, int]] = field(default_factory=list)  # (event type, status answered)
+    payloads: list[str] = field(default_factory=list)  # every event body delivered, to replay
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -259,6 +260,7 @@ for {html.escape(session["metadata"].get("pack", ""))} credit.</p>
         headers["stripe-signature"] = signature or self.sign(payload)
         response = httpx.post(self.webhook_url, content=payload.encode(), headers=headers, timeout=30)
         self.deliveries.append((json.loads(payload).get("type", ""), response.status_code))
+        self.payloads.append(payload)
         return response
 
 
