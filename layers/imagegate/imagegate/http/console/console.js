@@ -8,6 +8,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const BASE = location.pathname.replace(/\/console\/?$/, "");
 const $ = (id) => document.getElementById(id);
 let logCursor = null;
+let sizes = new Map(); // model -> the sizes its prices name
 
 function status(text, error = false) {
   $("status").textContent = text;
@@ -197,7 +198,9 @@ async function loadModels() {
   } catch (error) {
     ids = prices.data.map((p) => p.model); // no /v1/models on this deployment: the price book's models
   }
+  sizes = new Map(prices.data.map((p) => [p.model, [...new Set(p.per_image.map((q) => q.size))]]));
   $("model").replaceChildren(...ids.map((id) => new Option(id, id)));
+  fillSizes();
   const tbody = $("prices").tBodies[0];
   tbody.replaceChildren();
   for (const p of prices.data) {
@@ -211,13 +214,22 @@ async function loadModels() {
   }
 }
 
+// The sizes the price book lists for the chosen model (a model it does not list: the common square).
+function fillSizes() {
+  const listed = sizes.get($("model").value) || ["1024x1024"];
+  $("size").replaceChildren(...listed.map((size) => new Option(size, size)));
+}
+
 async function generate(event) {
   event.preventDefault();
   const form = new FormData($("play-form"));
   $("play-result").textContent = "Generating…";
   $("play-image").hidden = true;
   const { body, response } = await api("/v1/images/generations", {
-    json: { model: form.get("model"), prompt: form.get("prompt"), size: form.get("size"), n: 1 },
+    // b64_json: shown from a data: URL, which the page's CSP allows wherever the images are stored.
+    json: {
+      model: form.get("model"), prompt: form.get("prompt"), size: form.get("size"), n: 1, response_format: "b64_json",
+    },
   });
   const image = body.data[0];
   $("play-image").src = image.url || `data:image/${body.output_format || "png"};base64,${image.b64_json}`;
@@ -294,6 +306,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("refresh-log").addEventListener("click", () => guarded(() => loadLog()));
   $("more").addEventListener("click", () => guarded(() => loadLog(true)));
   $("csv").addEventListener("click", () => guarded(exportCsv));
+  $("model").addEventListener("change", fillSizes);
   for (const radio of document.querySelectorAll("input[name=days]")) {
     radio.addEventListener("change", () => guarded(loadBalance));
   }
