@@ -1,4 +1,4 @@
-"""The pure parts of top-ups: the operator's packs, what a checkout body buys, and what a verified event does."""
+"""The pure parts of top-ups: the operator's packs, what a checkout buys, and what a verified event does."""
 
 import pytest
 
