@@ -579,7 +579,7 @@ def main() -> None:
         f"admin:    in another shell: . {state_dir / 'aws-env'}; .venv/bin/imagegate --help"
         " (README, 'Admin CLI')",
         f"console:  http://127.0.0.1:{port}/console (paste the dev key: an admin key of its account)",
-        f"stripe:   the fake at {stripe.base_url} (test cards only; docs/selling.md)"
+        f"stripe:   the fake at {stripe.base_url}, key {stripe.secret_key} (docs/selling.md)"
         if stripe is not None
         else "stripe:   Stripe's API with IMAGEGATE_STRIPE_SECRET_KEY (webhooks: docs/selling.md)",
     ]

@@ -7,6 +7,8 @@ request and response shapes:
   GET  /v1/checkout/sessions/{id}
   GET  /pay/{id}                      the hosted page: pay by card (paid at once) or by bank transfer
                                       (completed unpaid, then `async_payment_succeeded`)
+  POST /v1/checkout/sessions/{id}/settle  (not Stripe's API: a bank transfer arriving; `failed=true` for one
+                                      that does not) -> checkout.session.async_payment_succeeded (_failed)
   POST /v1/refunds                    (payment_intent, amount) -> charge.refunded
   POST /v1/disputes                   (payment_intent, amount; not Stripe's API: a buyer's bank opens those)
                                       -> charge.dispute.created
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -57,6 +60,7 @@ class FakeStripe:
             routes=[
                 Route("/v1/checkout/sessions", self._create_session, methods=["POST"]),
                 Route("/v1/checkout/sessions/{id}", self._get_session, methods=["GET"]),
+                Route("/v1/checkout/sessions/{id}/settle", self._settle_route, methods=["POST"]),
                 Route("/pay/{id}", self._page, methods=["GET"]),
                 Route("/pay/{id}", self._pay, methods=["POST"]),
                 Route("/v1/refunds", self._refund_route, methods=["POST"]),
@@ -115,22 +119,31 @@ class FakeStripe:
             return _error(404, "No such checkout.session.", "resource_missing")
         return JSONResponse(session)
 
+    async def _settle_route(self, request: Request) -> Response:
+        form = await self._form(request)
+        if isinstance(form, Response):
+            return form
+        session_id = request.path_params["id"]
+        if self.sessions.get(session_id, {}).get("status") != "complete":
+            return _error(404, "No completed checkout.session with that id.", "resource_missing")
+        await anyio.to_thread.run_sync(self.settle_async, session_id, form.get("failed") != "true")
+        return JSONResponse(self.sessions[session_id])
+
     async def _refund_route(self, request: Request) -> Response:
         form = await self._form(request)
         if isinstance(form, Response):
             return form
-        refund = self.refund(
-            form.get("payment_intent", ""), int(form["amount"]) if "amount" in form else None
-        )
+        amount = int(form["amount"]) if "amount" in form else None
+        # In a thread, as every route that sends an event: the webhook may be served by this very server.
+        refund = await anyio.to_thread.run_sync(self.refund, form.get("payment_intent", ""), amount)
         return JSONResponse(refund) if refund else _error(404, "No such payment_intent.", "resource_missing")
 
     async def _dispute_route(self, request: Request) -> Response:
         form = await self._form(request)
         if isinstance(form, Response):
             return form
-        dispute = self.dispute(
-            form.get("payment_intent", ""), int(form["amount"]) if "amount" in form else None
-        )
+        amount = int(form["amount"]) if "amount" in form else None
+        dispute = await anyio.to_thread.run_sync(self.dispute, form.get("payment_intent", ""), amount)
         return (
             JSONResponse(dispute) if dispute else _error(404, "No such payment_intent.", "resource_missing")
         )
@@ -158,8 +171,6 @@ for {html.escape(session["metadata"].get("pack", ""))} credit.</p>
         if session is None or session["status"] != "open":
             return HTMLResponse("<h1>This checkout is no longer open.</h1>", status_code=404)
         form = dict(parse_qsl((await request.body()).decode()))
-        import anyio.to_thread
-
         await anyio.to_thread.run_sync(self.complete, session["id"], form.get("method") != "bank")
         target = (session["success_url"] or "").replace("{CHECKOUT_SESSION_ID}", session["id"])
         return RedirectResponse(target, status_code=303)
