@@ -63,8 +63,8 @@ class FakeStripe:
                 Route("/v1/checkout/sessions/{id}/settle", self._settle_route, methods=["POST"]),
                 Route("/pay/{id}", self._page, methods=["GET"]),
                 Route("/pay/{id}", self._pay, methods=["POST"]),
-                Route("/v1/refunds", self._refund_route, methods=["POST"]),
-                Route("/v1/disputes", self._dispute_route, methods=["POST"]),
+                Route("/v1/refunds", self._payment_route(self.refund), methods=["POST"]),
+                Route("/v1/disputes", self._payment_route(self.dispute), methods=["POST"]),
             ]
         )
 
@@ -129,24 +129,19 @@ class FakeStripe:
         await anyio.to_thread.run_sync(self.settle_async, session_id, form.get("failed") != "true")
         return JSONResponse(self.sessions[session_id])
 
-    async def _refund_route(self, request: Request) -> Response:
-        form = await self._form(request)
-        if isinstance(form, Response):
-            return form
-        amount = int(form["amount"]) if "amount" in form else None
-        # In a thread, as every route that sends an event: the webhook may be served by this very server.
-        refund = await anyio.to_thread.run_sync(self.refund, form.get("payment_intent", ""), amount)
-        return JSONResponse(refund) if refund else _error(404, "No such payment_intent.", "resource_missing")
+    def _payment_route(self, act: Callable[[str, int | None], dict[str, Any] | None]) -> Callable[..., Any]:
+        """A route that refunds or disputes (`act`) the form's `payment_intent`, by its `amount` or whole."""
 
-    async def _dispute_route(self, request: Request) -> Response:
-        form = await self._form(request)
-        if isinstance(form, Response):
-            return form
-        amount = int(form["amount"]) if "amount" in form else None
-        dispute = await anyio.to_thread.run_sync(self.dispute, form.get("payment_intent", ""), amount)
-        return (
-            JSONResponse(dispute) if dispute else _error(404, "No such payment_intent.", "resource_missing")
-        )
+        async def route(request: Request) -> Response:
+            form = await self._form(request)
+            if isinstance(form, Response):
+                return form
+            amount = int(form["amount"]) if "amount" in form else None
+            # In a thread, as every route that sends an event: the webhook may be served by this server.
+            done = await anyio.to_thread.run_sync(act, form.get("payment_intent", ""), amount)
+            return JSONResponse(done) if done else _error(404, "No such payment_intent.", "resource_missing")
+
+        return route
 
     # --- the hosted page -------------------------------------------------------------------------------
 
