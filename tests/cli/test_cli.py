@@ -1014,7 +1014,7 @@ def test_billing_events_shows_what_each_event_did_per_account(capsys, table):
 
 
 def test_keys_create_admin_makes_a_key_that_may_manage_its_account(capsys, table):
-    code, out, _ = run(capsys, "keys", "create", "--balance", "1", "--admin")
+    code, out, _ = run(capsys, "keys", "create", "--balance", "1", "--admin", "--budget", "0.25")
     assert code == 0
-    key = out.splitlines()[-1]
-    assert table.accounts.authenticate(f"Bearer {key}").admin
+    key = table.accounts.authenticate(f"Bearer {out.splitlines()[-1]}")
+    assert (key.admin, key.budget) == (True, 250_000)

@@ -128,3 +128,33 @@ def test_the_console_is_served_under_a_strict_csp_with_only_its_own_files(http, 
     assert "sessionStorage" in script.text and "localStorage" not in script.text
     assert http.get(f"{stack.base_url}/console/../v1/balance").status_code in (401, 404)
     assert http.get(f"{stack.base_url}/console/index.py").status_code == 404
+
+
+def test_a_key_created_with_a_budget_stops_at_it_with_a_402(http, admin, sdk_http):
+    import openai
+
+    user, headers = admin
+    base = user.stack.base_url
+    created = http.post(f"{base}/v1/keys", json={"label": "capped", "budget_usd": "0.04"}, headers=headers)
+    assert created.status_code == 201, created.text
+    capped = openai.OpenAI(
+        base_url=f"{base}/v1", api_key=created.json()["key"], max_retries=0, http_client=sdk_http
+    )
+    before = user.balance()
+    capped.images.generate(model="dall-e-2", prompt="a kite", size="256x256")  # $0.016
+    capped.images.generate(model="dall-e-2", prompt="a kite", size="256x256")  # $0.032 in all
+    with pytest.raises(openai.APIStatusError) as refused:
+        capped.images.generate(model="dall-e-2", prompt="a kite", size="256x256")
+    assert refused.value.status_code == 402
+    assert refused.value.body["code"] == "key_budget_exceeded"
+    assert before - user.balance() == 32_000
+    [row] = [k for k in http.get(f"{base}/v1/keys", headers=headers).json()["data"] if k["label"] == "capped"]
+    assert (row["budget_usd"], row["spent_usd"]) == ("0.040000", "0.032000")
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "lots", "0.0000001", True])
+def test_a_bad_budget_is_a_400(http, admin, budget):
+    user, headers = admin
+    answer = http.post(f"{user.stack.base_url}/v1/keys", json={"budget_usd": budget}, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "budget_usd"

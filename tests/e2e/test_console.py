@@ -1,8 +1,8 @@
 """The console in a real browser: Debian's headless Chromium driven by Selenium (scripts/browser.sh installs
 both for make test), against the e2e stack and the fake Stripe. A key holder pastes an admin key, sees the
 balance the API reports, buys a pack through Checkout (the webhook, signed, credits exactly the pack),
-generates an image in the playground (debited exactly its price), creates and revokes a key, and finds the
-request in the usage log.
+generates an image in the playground (debited exactly its price), creates a key with a budget and revokes
+it, and finds the request in the usage log.
 
 Screenshots are taken every run; with IMAGEGATE_SCREENSHOTS=docs/img they are kept there for the docs.
 """
@@ -124,12 +124,15 @@ def test_a_key_holder_buys_spends_and_manages_keys_in_the_console(
     # Keys: create one (shown once), then revoke it.
     browser.find_element(By.ID, "key-label").send_keys("ci")
     browser.find_element(By.ID, "key-ipm").send_keys("5")
+    browser.find_element(By.ID, "key-budget").send_keys("1.50")
     browser.find_element(By.ID, "create-key").click()
     wait.until(ec.visibility_of_element_located((By.ID, "new-key")))
     new_key = browser.find_element(By.ID, "new-key-value").text
     assert new_key.startswith("sk-ig-")
     created = accounts.authenticate(f"Bearer {new_key}")
-    assert (created.account_id, created.admin) == (account_id, False)
+    assert (created.account_id, created.admin, created.budget) == (account_id, False, 1_500_000)
+    row = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"#keys tr[data-key-id='{created.key_id}']"))
+    assert "$0.00 / $1.50" in row.text
     screenshots(browser, "console")
     revoke = wait.until(
         ec.element_to_be_clickable((By.CSS_SELECTOR, f"button[aria-label='Revoke key {created.key_id}']"))

@@ -247,6 +247,8 @@ def test_rotate_replaces_the_key_on_the_same_account_label_and_limits(accounts):
         "images_per_minute": 12,
         "max_concurrent": 2,
         "admin": False,
+        "budget": None,
+        "spent": 0,
     }
     assert old not in json.dumps(rows) and new not in json.dumps(rows)
 

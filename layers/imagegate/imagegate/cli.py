@@ -182,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=_count, metavar="N", help="requests at once (default: deployment's)"
     )
     create.add_argument(
+        "--budget", type=_positive_amount, metavar="USD", help="what the key may spend in all (default: none)"
+    )
+    create.add_argument(
         "--admin",
         action="store_true",
         help="the key may also list, create and revoke its account's keys (the console, /v1/keys)",
@@ -516,6 +519,7 @@ def _keys_create(admin: Admin, args: argparse.Namespace) -> int:
         images_per_minute=args.images_per_minute,
         max_concurrent=args.max_concurrent,
         admin=args.admin,
+        budget=args.budget,
     )
     print(f"account {account_id}  balance {micros_to_usd(admin.accounts.show_account(account_id).balance)}")
     _print_new_key(admin.accounts, key)

@@ -18,7 +18,7 @@ from imagegate.money import statements
 from imagegate.money.accounts import Account, NotFound
 from imagegate.money.ledger import MAX_USAGE_DAYS
 from imagegate.service import Service
-from imagegate.units import micros_to_decimal
+from imagegate.units import micros_to_decimal, usd_to_micros
 
 CHECKOUT_ROUTE = "/v1/billing/checkout"
 STRIPE_WEBHOOK_ROUTE = "/v1/billing/stripe/webhook"
@@ -128,7 +128,13 @@ def add_account_routes(app: FastAPI, service: Service, account_dep: Any) -> None
         _admin(acct)
         used = statements.last_used(_usage(service, acct, 90))
         keys = [
-            {**key, "last_used": used.get(key["key_id"]), "current": key["key_id"] == acct.key_id}
+            {
+                **key,
+                "budget_usd": None if key["budget"] is None else micros_to_decimal(key["budget"]),
+                "spent_usd": micros_to_decimal(key["spent"]),
+                "last_used": used.get(key["key_id"]),
+                "current": key["key_id"] == acct.key_id,
+            }
             for key in service.accounts.list_keys(acct.account_id)
         ]
         return JSONResponse({"object": "list", "data": keys})
@@ -146,8 +152,9 @@ def add_account_routes(app: FastAPI, service: Service, account_dep: Any) -> None
                 f"'images_per_minute' must be a whole number from 1 to the account's own limit, {ceiling}.",
                 "images_per_minute",
             )
+        budget = _budget(body.get("budget_usd"))
         key = await run_in_threadpool(
-            service.accounts.create_key, acct.account_id, label, images_per_minute=ipm
+            service.accounts.create_key, acct.account_id, label, images_per_minute=ipm, budget=budget
         )
         info = service.accounts.get_key(_key_id(key))
         return JSONResponse({**info, "key": key}, status_code=201)
@@ -246,6 +253,21 @@ def _admin(acct: Account) -> None:
             type="permission_error",
             code="not_admin_key",
         )
+
+
+def _budget(value: Any) -> int | None:
+    """A new key's optional `budget_usd`: what its requests may spend in all, in micro-USD."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(value)
+        micros = usd_to_micros(str(value))
+    except ValueError:
+        micros = 0
+    if micros <= 0:
+        raise errors.invalid("'budget_usd' must be a positive USD amount (at most 6 decimals).", "budget_usd")
+    return micros
 
 
 def _key_id(api_key: str) -> str:

@@ -173,6 +173,7 @@ async function loadKeys() {
     cell(row, k.label);
     cell(row, k.status);
     cell(row, k.images_per_minute || "default", "num");
+    cell(row, `${usd(k.spent_usd)} / ${k.budget_usd === null ? "no budget" : usd(k.budget_usd)}`, "num");
     cell(row, k.last_used || "never");
     const actions = cell(row, "");
     if (k.status === "active" && !k.current) {
@@ -252,6 +253,7 @@ async function createKey(event) {
   event.preventDefault();
   const json = { label: $("key-label").value };
   if ($("key-ipm").value) json.images_per_minute = Number($("key-ipm").value);
+  if ($("key-budget").value) json.budget_usd = $("key-budget").value.trim();
   const { body } = await api("/v1/keys", { json });
   $("new-key-value").textContent = body.key;
   $("new-key").hidden = false;
