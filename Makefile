@@ -52,8 +52,10 @@ lint: $(STAMP)
 		|| (echo "$(LAYER_REQUIREMENTS) is out of step with uv.lock: run make lock" && exit 1)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# The end-to-end tests run on the DynamoDB make serve picks: Dynoxide where it installs.
+# The end-to-end tests run on the DynamoDB make serve picks: Dynoxide where it installs. The console's browser
+# test needs Debian's chromium and its driver: scripts/browser.sh installs them where it can (apt, root).
 test: lint $(DYNOXIDE_STAMP)
+	@sh scripts/browser.sh
 	$(BIN)/python -m pytest -n 2 -q
 
 # Refresh every pin (runtime and dev) to the newest releases the pyproject ranges allow, then re-export the

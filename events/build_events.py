@@ -41,6 +41,7 @@ TIME_EPOCH_MS = 1_763_700_000_000
 SOURCE_IP = "203.0.113.7"
 STAGE = "api"
 KEEP_HEADERS = (
+    "stripe-signature",
     "accept",
     "accept-encoding",
     "authorization",
@@ -221,12 +222,71 @@ def main() -> None:
                 "quality": "low",
             },
         ),
+        # The key holder's endpoints (function `account`): the balance as chat clients read it.
+        "account": httpx.Request(
+            "GET",
+            f"https://{DOMAIN}/{STAGE}/v1/dashboard/billing/subscription",
+            headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
+        ),
+        "stripe_webhook": stripe_delivery(),
     }
     samples = {name: event(request, i) for i, (name, request) in enumerate(requests.items())}
     for name, sample in {**samples, **aws_events()}.items():
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(sample, indent=2) + "\n")
         print(f"{path.relative_to(OUT.parent)}: {path.stat().st_size} bytes")
+
+
+# --- Stripe (topups.py) ------------------------------------------------------------------------------------
+# The endpoint's signing secret the sample is signed with, at the samples' fixed time: Stripe's 300 s
+# tolerance refuses it as stale today, so tests sign its body again with their own secret
+# (tests/deploy/test_packaging.py).
+STRIPE_WEBHOOK_SECRET = "whsec_events_0123456789abcdef0123456789abcdef"
+
+
+def stripe_delivery() -> httpx.Request:
+    """Stripe's POST of a paid Checkout Session's `checkout.session.completed` ($20 for ACCOUNT, the
+    `standard` pack), signed as Stripe signs."""
+    import stripe
+
+    session = {
+        "id": "cs_test_a1b2c3d4e5f6a7b8c9d0e1f2",
+        "object": "checkout.session",
+        "mode": "payment",
+        "status": "complete",
+        "payment_status": "paid",
+        "amount_total": 2000,
+        "currency": "usd",
+        "client_reference_id": ACCOUNT,
+        "metadata": {"pack": "standard", "credit_cents": "2000", "fee_cents": "0"},
+        "payment_intent": "pi_test_a1b2c3d4e5f6a7b8c9d0e1f2",
+        "livemode": False,
+    }
+    body = json.dumps(
+        {
+            "id": "evt_test_a1b2c3d4e5f6a7b8c9d0e1f2",
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": TIME_EPOCH_MS // 1000,
+            "type": "checkout.session.completed",
+            "data": {"object": session},
+            "livemode": False,
+            "pending_webhooks": 1,
+        },
+        indent=2,
+    )
+    signature = stripe.WebhookSignature.generate_signature_header(
+        body, STRIPE_WEBHOOK_SECRET, TIME_EPOCH_MS // 1000
+    )
+    headers = {
+        "content-type": "application/json; charset=utf-8",
+        "user-agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "accept": "*/*; q=0.5, application/xml",
+        "stripe-signature": signature,
+    }
+    return httpx.Request(
+        "POST", f"https://{DOMAIN}/{STAGE}/v1/billing/stripe/webhook", headers=headers, content=body
+    )
 
 
 # --- jobs from AWS services (triggers.py) ------------------------------------------------------------------

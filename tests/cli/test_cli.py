@@ -663,6 +663,9 @@ COMMANDS = [
     ("usage",),
     ("reconcile",),
     ("sweep",),
+    ("billing",),
+    ("billing", "packs"),
+    ("billing", "events"),
 ]
 
 
@@ -965,3 +968,53 @@ def test_webhooks_commands_on_unknown_accounts_and_failing_endpoints(table, caps
     assert code == 1 and "HTTP 500 (not delivered)" in out
     code, out, err = run(capsys, "webhooks", "test", account_id)  # production's check: https only
     assert code == 1 and "(url_scheme)" in err
+
+
+# --- billing (Stripe top-ups) ----------------------------------------------------------------------------
+
+
+def test_billing_packs_lists_the_operators_packs_with_fees(capsys, table, monkeypatch):
+    document = {"packs": [{"id": "small", "credit_usd": "10"}], "fee_percent": "2.9", "fee_fixed_usd": "0.30"}
+    monkeypatch.setenv("IMAGEGATE_TOPUPS", json.dumps(document))
+    code, out, _ = run(capsys, "billing", "packs")
+    assert code == 0
+    assert out.splitlines()[1].split() == ["small", "$10.00", "of", "credit", "10.00", "10.59"]
+    assert "custom amounts: 5.00 to 1000.00 USD; fee 2.9% + 0.30" in out
+
+
+def test_billing_events_shows_what_each_event_did_per_account(capsys, table):
+    from imagegate.money.topups import Topups, load_config
+
+    topups = Topups(table.db, table.name, load_config(""), dict)
+    account_id = table.accounts.create_account(0)
+    session = {
+        "id": "cs_1",
+        "mode": "payment",
+        "payment_status": "paid",
+        "amount_total": 500,
+        "currency": "usd",
+        "client_reference_id": account_id,
+        "metadata": {"fee_cents": "0"},
+        "payment_intent": "pi_1",
+    }
+    topups.apply({"id": "evt_1", "type": "checkout.session.completed", "data": {"object": session}})
+    topups.apply({"id": "evt_2", "type": "customer.created", "data": {"object": {"id": "cus_1"}}})
+
+    code, out, _ = run(capsys, "billing", "events")
+    assert code == 0
+    assert [line.split()[2:5] for line in out.splitlines()[1:]] == [  # newest first
+        ["evt_2", "customer.created", "ignored"],
+        ["evt_1", "checkout.session.completed", "credit"],
+    ]
+    assert "$5.000000" in out
+    code, out, _ = run(capsys, "billing", "events", "--account", account_id)
+    assert [line.split()[2] for line in out.splitlines()[1:]] == ["evt_1"]
+    assert table.balance(account_id) == 5_000_000
+    assert run(capsys, "reconcile", account_id)[0] == 0
+
+
+def test_keys_create_admin_makes_a_key_that_may_manage_its_account(capsys, table):
+    code, out, _ = run(capsys, "keys", "create", "--balance", "1", "--admin", "--budget", "0.25")
+    assert code == 0
+    key = table.accounts.authenticate(f"Bearer {out.splitlines()[-1]}")
+    assert (key.admin, key.budget) == (True, 250_000)

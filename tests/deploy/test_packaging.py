@@ -97,10 +97,14 @@ EVENTS = {
     "uploads": ["uploads"],
     "sweep": ["sweep"],
     "webhooks": ["webhook_delivery"],
+    "account": ["account"],
 }
 # Functions whose events are made by the test (a job's own ids): built, but not in the loop above.
-JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke")
-LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)}
+JOB_FUNCTIONS = ("worker", "jobs", "requests", "invoke", "stripe_webhook")
+LOGICAL_IDS = {name: f"{name.capitalize()}Function" for name in (*EVENTS, *JOB_FUNCTIONS)} | {
+    "stripe_webhook": "StripeWebhookFunction"
+}
+STRIPE_WEBHOOK_SECRET = "whsec_packaging_0123456789abcdef"
 # CodeDeploy's hook (PreTrafficCheck): its calls go to CodeDeploy (tests/unit/test_pretraffic.py).
 HOOK = "pretraffic"
 
@@ -269,6 +273,9 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         body = json.loads(result["body"])
         if function == "balance":
             assert body["balance_micros"] == START_BALANCE
+        elif function == "account":
+            assert body["object"] == "billing_subscription"
+            assert body["hard_limit_usd"] == START_BALANCE / 1_000_000
         elif function == "uploads":
             assert body["object"] == "upload"
             assert body["upload_fields"]["key"].startswith("uploads/")
@@ -433,3 +440,31 @@ def test_the_built_hook_imports_from_its_layer_alone(built, deployment, tmp_path
     env, _, _ = deployment(PreTrafficCheck="true")
     out = run(built, HOOK, env, tmp_path, [])
     assert out["foreign"] == [] and out["calls"] == []
+
+
+def test_the_built_stripe_webhook_credits_a_signed_event_once_within_its_policy(built, deployment, tmp_path):
+    """The sample delivery, signed again now with this deployment's secret (the sample's own signature is past
+    Stripe's 300 s tolerance), for this deployment's account; then delivered again, and once forged."""
+    import stripe
+
+    env, balance, _ = deployment()
+    env["IMAGEGATE_STRIPE_WEBHOOK_SECRET"] = STRIPE_WEBHOOK_SECRET
+    aws = AWSClients(Settings(region=REGION), env["AWS_ENDPOINT_URL"])
+    account_id = Accounts(aws.dynamodb, env["IMAGEGATE_TABLE"]).authenticate(f"Bearer {EVENT_KEY}").account_id
+    event = sample("stripe_webhook")
+    body = event["body"].replace("acct_0123456789abcdef0123", account_id)
+    signature = stripe.WebhookSignature.generate_signature_header(body, STRIPE_WEBHOOK_SECRET)
+    signed = event | {"body": body}
+    signed["headers"] = event["headers"] | {"stripe-signature": signature}
+    signed["multiValueHeaders"] = event["multiValueHeaders"] | {"stripe-signature": [signature]}
+    forged = signed | {"body": body.replace('"amount_total": 2000', '"amount_total": 200000')}
+
+    out = run(built, "stripe_webhook", env, tmp_path, [signed, signed, forged])
+
+    first, replay, refused = out["results"]
+    assert (first["statusCode"], json.loads(first["body"])["outcome"]) == (200, "credit")
+    assert (replay["statusCode"], json.loads(replay["body"])["outcome"]) == (200, "duplicate")
+    assert refused["statusCode"] == 400
+    assert balance() == START_BALANCE + 20_000_000
+    assert out["foreign"] == []
+    assert iam_actions(out["calls"]) <= actions("StripeWebhookFunction", Stack())

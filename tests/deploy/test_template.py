@@ -136,6 +136,40 @@ def test_each_function_gets_only_its_own_actions():
     }
 
 
+def test_the_stripe_webhook_writes_only_credits_and_reads_only_the_stripe_secret():
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:imagegate/upstreams-AbCdEf"
+    webhook = actions("StripeWebhookFunction", Stack(UpstreamCredentialsSecretArn=secret))
+    assert webhook == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "secretsmanager:GetSecretValue",
+    }
+    account = actions("AccountFunction", Stack())
+    # Keys and reads; no DeleteItem, no Bedrock, no writes to S3, no queue.
+    assert account == {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:BatchGetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:ConditionCheckItem",
+        "s3:GetObject",
+    }
+    assert "TopupPacks" in template()["Parameters"]
+    assert Stack(TopupPacks='{"packs": []}').environment()["IMAGEGATE_TOPUPS"] == '{"packs": []}'
+
+
+def test_signature_failures_and_unapplied_credits_raise_alarms():
+    expressions = {
+        name: str(r["Properties"].get("Metrics"))
+        for name, r in template()["Resources"].items()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert "StripeSignatureFailures" in expressions["StripeSignatureFailuresAlarm"]
+    assert "TopupsUnapplied" in expressions["TopupsUnappliedAlarm"]
+
+
 def resources(function: str, action: str) -> list:
     return [s["Resource"] for s in statements(function) if action in s["Action"]]
 
@@ -409,6 +443,23 @@ def test_one_function_per_endpoint_each_with_its_own_route():
         "/v1/images/jobs/{id}": "JobsFunction",
         "/v1/images/jobs/{id}/cancel": "JobsFunction",
         "/v1/images/uploads": "UploadsFunction",
+        **dict.fromkeys(
+            (
+                "/v1/billing/packs",
+                "/v1/billing/checkout",
+                "/v1/billing/topups",
+                "/v1/dashboard/billing/subscription",
+                "/v1/dashboard/billing/usage",
+                "/v1/usage/requests",
+                "/v1/keys",
+                "/v1/keys/{key_id}/revoke",
+                "/v1/prices",
+                "/console",
+                "/console/{name}",
+            ),
+            "AccountFunction",
+        ),
+        "/v1/billing/stripe/webhook": "StripeWebhookFunction",
     }
 
 

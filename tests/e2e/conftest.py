@@ -26,6 +26,7 @@ from imagegate.aws import AWSClients
 from imagegate.config import Settings
 from imagegate.http.api import create_app
 from imagegate.local.devserver import dynoxide_binary, provision, start_dynoxide
+from imagegate.local.fake_stripe import FakeStripe
 from imagegate.providers import Deps
 from imagegate.service import Service
 
@@ -49,6 +50,8 @@ sys.stdin.read()  # serve until the parent closes our stdin
 """
 
 STARTUP_TIMEOUT_S = 30
+STRIPE_SECRET_KEY = "sk_test_imagegate_e2e"
+STRIPE_WEBHOOK_SECRET = "whsec_imagegate_e2e_0123456789abcdef"
 DEFAULT_BALANCE = 10_000_000  # $10 in micro-USD: far above what any one test spends
 
 
@@ -222,3 +225,24 @@ def user(new_user, stack):
 def validate_schema():
     """`validate_schema(body, schema_name="ImagesResponse", drop=())`; a no-op when the spec is absent."""
     return SpecValidator(load_spec())
+
+
+@pytest.fixture(scope="session")
+def fake_stripe():
+    """The fake Stripe make serve runs (local/fake_stripe.py), on its own port."""
+    fake = FakeStripe(STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET)
+    fake.base_url, stop = _serve(fake.app)
+    yield fake
+    stop()
+
+
+@pytest.fixture(scope="session")
+def stripe_stack(start_stack, fake_stripe):
+    """A stack selling top-ups through the fake Stripe, whose events reach its webhook; the Stripe keys come
+    from the environment, as under make serve."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGEGATE_STRIPE_SECRET_KEY", STRIPE_SECRET_KEY)
+        mp.setenv("IMAGEGATE_STRIPE_WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET)
+        stack = start_stack(stripe_api_base=fake_stripe.base_url)
+        fake_stripe.webhook_url = f"{stack.base_url}/v1/billing/stripe/webhook"
+        yield stack

@@ -246,8 +246,22 @@ def test_rotate_replaces_the_key_on_the_same_account_label_and_limits(accounts):
         "status": "active",
         "images_per_minute": 12,
         "max_concurrent": 2,
+        "admin": False,
+        "budget": None,
+        "spent": 0,
     }
     assert old not in json.dumps(rows) and new not in json.dumps(rows)
+
+
+def test_an_admin_key_says_so_and_stays_admin_when_rotated(accounts):
+    account_id = accounts.create_account(0)
+    admin = accounts.create_key(account_id, admin=True)
+    plain = accounts.create_key(account_id)
+    assert accounts.authenticate(f"Bearer {admin}").admin
+    assert not accounts.authenticate(f"Bearer {plain}").admin
+    rotated = accounts.rotate_key(key_id_for(admin))
+    assert accounts.authenticate(f"Bearer {rotated}").admin
+    assert accounts.get_key(key_id_for(rotated))["admin"] is True
 
 
 def test_a_revoked_key_cannot_be_rotated_back_to_life(accounts):

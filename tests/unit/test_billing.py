@@ -529,3 +529,55 @@ def test_one_failing_reservation_does_not_stop_the_sweep(aws, settings, accounts
     assert errors == [stuck.request_id]
     assert accounts.balance(second.account_id) == 100_000
     assert accounts.balance(first.account_id) == 95_000  # left for the next sweep
+
+
+# --- key budgets ----------------------------------------------------------------------------------------
+
+
+def test_a_keys_budget_bounds_what_its_requests_reserve_and_settling_gives_back_the_unused_part(
+    aws, settings, accounts, billing
+):
+    account_id = accounts.create_account(1_000_000)
+    key = accounts.create_key(account_id, budget=50_000)
+    account = accounts.authenticate(f"Bearer {key}")
+    assert account.budget == 50_000
+
+    first = billing.reserve(account, request_id(), 30_000, {"model": "dall-e-2"})
+    assert first.budgeted
+    with pytest.raises(APIError) as refused:  # 30,000 + 30,000 > 50,000: the balance would allow it
+        billing.reserve(account, request_id(), 30_000, {"model": "dall-e-2"})
+    assert (refused.value.status, refused.value.code) == (402, "key_budget_exceeded")
+    assert "$0.020000 left of its budget" in refused.value.message
+    assert billing.settle(first, 20_000)  # 10,000 of the reservation unused: back within the budget
+    assert accounts.get_key(account.key_id)["spent"] == 20_000
+    second = billing.reserve(account, request_id(), 30_000, {"model": "dall-e-2"})
+    assert billing.settle(second, 30_000)
+    assert accounts.get_key(account.key_id)["spent"] == 50_000
+    with pytest.raises(APIError) as spent:
+        billing.reserve(account, request_id(), 1, {"model": "dall-e-2"})
+    assert spent.value.code == "key_budget_exceeded"
+    assert accounts.balance(account_id) == 1_000_000 - 50_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+    # Another key of the account is not bound by it.
+    other = accounts.authenticate(f"Bearer {accounts.create_key(account_id)}")
+    billing.reserve(other, request_id(), 30_000, {"model": "dall-e-2"})
+
+
+def test_a_request_over_the_whole_budget_is_refused_before_any_write(accounts, billing):
+    account_id = accounts.create_account(1_000_000)
+    account = accounts.authenticate(f"Bearer {accounts.create_key(account_id, budget=10_000)}")
+    with pytest.raises(APIError) as refused:
+        billing.reserve(account, request_id(), 10_001, {"model": "dall-e-2"})
+    assert refused.value.code == "key_budget_exceeded"
+    assert accounts.get_key(account.key_id)["spent"] == 0
+
+
+def test_rotating_a_budgeted_key_keeps_what_is_left_of_the_budget(accounts, billing):
+    from imagegate.money.accounts import key_id_for
+
+    account_id = accounts.create_account(1_000_000)
+    key = accounts.create_key(account_id, budget=50_000)
+    account = accounts.authenticate(f"Bearer {key}")
+    billing.settle(billing.reserve(account, request_id(), 30_000, {"model": "dall-e-2"}), 30_000)
+    rotated = accounts.rotate_key(key_id_for(key))
+    assert accounts.authenticate(f"Bearer {rotated}").budget == 20_000

@@ -93,6 +93,29 @@ def test_reconcile_reports_a_tampered_balance(aws, settings, accounts, billing):
     ]
 
 
+def test_only_reversals_of_top_ups_may_take_a_balance_below_zero(aws, settings, accounts):
+    account_id = accounts.create_account(1_000_000)
+    reversal = ledger.entry(
+        account_id, "reversal", -3_000_000, lambda: 1.0, table=settings.table, reason="refund"
+    )
+    debit = {
+        "Update": {
+            "TableName": settings.table,
+            "Key": {"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "ACCOUNT"}},
+            "UpdateExpression": "ADD balance :x",
+            "ExpressionAttributeValues": {":x": {"N": "-3000000"}},
+        }
+    }
+    aws.dynamodb.transact_write_items(TransactItems=[debit, reversal])
+    assert reconcile(aws, settings, account_id).ok  # -$2: explained by the $3 reversal
+    # $2 more taken off with an entry of another kind: $1 of the deficit is then unexplained.
+    adjust = ledger.entry(account_id, "adjust", -2_000_000, lambda: 2.0, table=settings.table, reason="x")
+    debit["Update"]["ExpressionAttributeValues"][":x"]["N"] = "-2000000"
+    aws.dynamodb.transact_write_items(TransactItems=[debit, adjust])
+    result = reconcile(aws, settings, account_id)
+    assert result.problems == ["balance -$4.000000 is below zero by more than its reversals (-$3.000000)"]
+
+
 def test_reconcile_reports_a_request_whose_amounts_do_not_add_up(aws, settings, accounts, billing):
     account_id, done = busy_account(accounts, billing)
     tamper(aws, settings, account_id, f"REQUEST#{done[1]}", "SET charged = :c", {":c": {"N": "10000"}})

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,6 +31,9 @@ from imagegate.money import ledger
 from imagegate.money.accounts import Accounts, KeyInfo, NotFound
 from imagegate.money.billing import Billing
 from imagegate.units import micros_to_decimal, micros_to_usd, usd_to_micros
+
+if TYPE_CHECKING:
+    from imagegate.money.topups import Topups
 
 MIN_SWEEP_AGE_S = 60
 
@@ -178,6 +181,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--max-concurrent", type=_count, metavar="N", help="requests at once (default: deployment's)"
     )
+    create.add_argument(
+        "--budget", type=_positive_amount, metavar="USD", help="what the key may spend in all (default: none)"
+    )
+    create.add_argument(
+        "--admin",
+        action="store_true",
+        help="the key may also list, create and revoke its account's keys (the console, /v1/keys)",
+    )
     listing = _command(keys, "keys list", _keys_list, "list keys: ids and prefixes, never the keys")
     listing.add_argument("--account", metavar="ID", help="only this account's keys")
     rotate = _command(
@@ -260,6 +271,16 @@ def _parser() -> argparse.ArgumentParser:
         ("test", _webhooks_test, "send a signed webhook.test event now and print the endpoint's answer"),
     ):
         _command(webhooks, f"webhooks {name}", run, help).add_argument("account_id")
+
+    billing = _group(groups, "billing", "Stripe top-ups: the packs sold, and the events Stripe sent")
+    _command(billing, "billing packs", _billing_packs, "the credit packs and bounds sold (IMAGEGATE_TOPUPS)")
+    events = _command(
+        billing,
+        "billing events",
+        _billing_events,
+        "Stripe's events as they arrived, newest first, and what each did (credit, reversal, unapplied...)",
+    )
+    events.add_argument("--account", metavar="ID", help="only this account's events")
 
     sweep = _command(
         groups,
@@ -493,7 +514,12 @@ def _keys_create(admin: Admin, args: argparse.Namespace) -> int:
     else:
         account_id = admin.accounts.create_account(args.balance, args.label, actor=admin.actor)
     key = admin.accounts.create_key(
-        account_id, args.label, images_per_minute=args.images_per_minute, max_concurrent=args.max_concurrent
+        account_id,
+        args.label,
+        images_per_minute=args.images_per_minute,
+        max_concurrent=args.max_concurrent,
+        admin=args.admin,
+        budget=args.budget,
     )
     print(f"account {account_id}  balance {micros_to_usd(admin.accounts.show_account(account_id).balance)}")
     _print_new_key(admin.accounts, key)
@@ -771,6 +797,50 @@ def _endpoint(admin: Admin, account_id: str) -> Endpoint:
     if endpoint is None:
         raise CLIError(f"account {account_id} has no webhook endpoint")
     return endpoint
+
+
+def _topups(admin: Admin) -> Topups:
+    from imagegate.money.topups import Topups, load_config
+
+    return Topups(admin.dynamodb, admin.table, load_config(Settings.from_env().topups), dict)
+
+
+def _billing_packs(admin: Admin, args: argparse.Namespace) -> int:
+    config = _topups(admin).config.public()
+    _print_table(
+        ("pack", "label", "credit_usd", "price_usd"),
+        [(p["id"], p["label"], p["credit_usd"], p["price_usd"]) for p in config["data"]],
+        right=(2, 3),
+    )
+    print(
+        f"custom amounts: {config['minimum_usd']} to {config['maximum_usd']} {config['currency'].upper()};"
+        f" fee {config['fee_percent']}% + {config['fee_fixed_usd']}"
+    )
+    return 0
+
+
+def _billing_events(admin: Admin, args: argparse.Namespace) -> int:
+    rows = _topups(admin).events(args.account)
+    if not rows:
+        print("no Stripe events" + (f" for account {args.account}" if args.account else ""))
+        return 0
+    _print_table(
+        ("received", "event", "type", "outcome", "account", "amount", "reason"),
+        [
+            (
+                _when(r["received_at"]),
+                r["id"],
+                r["type"],
+                r["outcome"],
+                r["account_id"] or "-",
+                micros_to_usd(r["amount_micros"]),
+                r["reason"],
+            )
+            for r in rows
+        ],
+        right=(5,),
+    )
+    return 0
 
 
 # --- output ---------------------------------------------------------------------------------------------

@@ -115,6 +115,10 @@ class Settings:
     # for accounts with a webhook endpoint, through this delivery queue (empty: no webhook deliveries).
     event_bus: str = ""
     webhook_queue_url: str = ""
+    # Top-ups (money/topups.py): the operator's packs, JSON text or a path (empty: the packaged defaults),
+    # and another Stripe API to talk to instead of Stripe's (make serve's fake; empty: Stripe's own).
+    topups: str = ""
+    stripe_api_base: str = ""
 
     def for_worker(self) -> Settings:
         """The settings a job runs under: the upstream budget of the worker's timeout, not the gateway's."""
@@ -168,6 +172,8 @@ class Settings:
             job_retention_days=int(env.get("IMAGEGATE_JOB_RETENTION_DAYS", cls.job_retention_days)),
             event_bus=env.get("IMAGEGATE_EVENT_BUS", ""),
             webhook_queue_url=env.get("IMAGEGATE_WEBHOOK_QUEUE_URL", ""),
+            topups=env.get("IMAGEGATE_TOPUPS", ""),
+            stripe_api_base=env.get("IMAGEGATE_STRIPE_API_BASE", ""),
         )
 
 

@@ -17,7 +17,20 @@ from typing import Any
 NAMESPACE = "imagegate"
 # The counters the service emits; the template's dashboard and alarms query them by these names.
 COUNTERS = frozenset(
-    {"Requests", "Images", "RevenueMicroUSD", "RefundMicroUSD", "UpstreamErrors", "RateLimited", "Rejected"}
+    {
+        "Requests",
+        "Images",
+        "RevenueMicroUSD",
+        "RefundMicroUSD",
+        "UpstreamErrors",
+        "RateLimited",
+        "Rejected",
+        # The Stripe webhook (topups.py): forged or stale signatures, and events that should have moved money
+        # and could not (both alarmed), and what top-ups credited.
+        "StripeSignatureFailures",
+        "TopupsUnapplied",
+        "TopupMicroUSD",
+    }
 )
 
 

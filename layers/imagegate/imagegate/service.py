@@ -40,6 +40,7 @@ from imagegate.units import micros_to_decimal
 
 if TYPE_CHECKING:
     from imagegate.inputs.outbound import Outbound
+    from imagegate.money.topups import Topups
 
 # A replayed response reuses the first response's URLs while they have this long left to live.
 REUSE_URL_MARGIN_S = 300
@@ -115,6 +116,28 @@ class Service:
             account_limits=Limits(
                 self.settings.account_images_per_minute, self.settings.account_max_concurrent
             ),
+        )
+
+    @cached_property
+    def topups(self) -> Topups:
+        """Stripe top-ups; the Stripe keys are read from the credential store on first use, once."""
+        from imagegate.catalog.credentials import load_credentials
+        from imagegate.money.topups import CREDENTIAL_NAMES, Topups, load_config
+
+        credentials: dict[str, str] = {}
+
+        def read() -> dict[str, str]:
+            if not credentials:
+                credentials.update(load_credentials(self.settings, self.aws, names=CREDENTIAL_NAMES))
+            return credentials
+
+        return Topups(
+            self.aws.dynamodb,
+            self.settings.table,
+            load_config(self.settings.topups),
+            read,
+            self.settings.stripe_api_base,
+            self.clock,
         )
 
     @cached_property
@@ -311,7 +334,7 @@ class Service:
                 account,
                 request_id,
                 quote.reserve,
-                {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
+                {**_request_details(job), **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
                 hold_s=hold_s,
@@ -339,7 +362,7 @@ class Service:
         quote, reservation = admission.quote, admission.reservation
         log = _log_line(account, job, request_id, quote)
         started = time.perf_counter()
-        charged, delivered, provider = 0, 0, "none"
+        charged, delivered, provider, tokens = 0, 0, "none", 0
         completion: dict[str, Any] | None = None
         record: dict[str, Any] | None = None
         error: BaseException | None = None
@@ -353,6 +376,7 @@ class Service:
             body, record, headers = self._respond(account, request_id, job, served, images, keep=keep)
             delivered = len(images)
             charged = self.prices.charge(quote, delivered, job.n, served.result.usage)
+            tokens = int((served.result.usage or {}).get("total_tokens") or 0)
             headers |= {**reservation.headers, "x-imagegate-provider": provider, "x-request-id": request_id}
             record["headers"] = headers
             if closing.completion is not None:
@@ -371,7 +395,7 @@ class Service:
                     charged = delivered = 0  # a failed job delivers nothing, whatever was made
                 guard = closing.guard(None if error is not None else record, error)
             closing.settled = self._close(
-                job, admission, started, charged, delivered, provider, log, completion, guard
+                job, admission, started, charged, delivered, provider, log, completion, guard, tokens
             )
         return ImageResponse(body, headers)
 
@@ -440,11 +464,15 @@ class Service:
         log: dict[str, Any],
         completion: dict[str, Any] | None = None,
         guard: dict[str, Any] | None = None,
+        tokens: int = 0,
     ) -> bool:
-        """Settle a reserved request (the rest refunded), with its log line and metrics; whether it won."""
+        """Settle a reserved request (the rest refunded), with its log line and metrics; whether it won.
+        `tokens`: the upstream's token count, kept on the request for the key holder's usage log."""
         latency = round((time.perf_counter() - started) * 1000, 1)
         log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
-        settled = self._settle(admission.reservation, charged, delivered, provider, completion, guard, log)
+        settled = self._settle(
+            admission.reservation, charged, delivered, provider, completion, guard, log, tokens
+        )
         counts = {
             "Requests": 1,
             "Images": delivered,
@@ -471,13 +499,20 @@ class Service:
         completion: dict[str, Any] | None,
         guard: dict[str, Any] | None,
         log: dict[str, Any],
+        tokens: int = 0,
     ) -> bool:
         """Settle; a settle that cannot be written answers the client all the same once images exist (the
         sweeper charges the intended amount), and never turns a delivered request into an error. False when
         someone else closed the reservation (or the guard's job) first."""
         try:
             settled = self.billing.settle(
-                reservation, charged, images=delivered, provider=provider, completion=completion, guard=guard
+                reservation,
+                charged,
+                images=delivered,
+                provider=provider,
+                completion=completion,
+                guard=guard,
+                tokens=tokens,
             )
         except Exception:
             self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
@@ -737,3 +772,12 @@ def _check_response_fits(job: ImageJob, ceiling: int) -> None:
 
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex
+
+
+def _request_details(job: ImageJob) -> dict[str, str]:
+    """What the billing record keeps of a request for the key holder's usage log (ledger.requests)."""
+    details = {"model": job.contract.id, "endpoint": job.endpoint, "size": job.size or "auto"}
+    details["quality"] = job.quality or "-"
+    details["response_format"] = job.response_format
+    details["output_format"] = job.output_format
+    return details

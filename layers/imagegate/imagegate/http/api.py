@@ -26,13 +26,14 @@ from starlette.types import Send
 from imagegate import errors, streaming
 from imagegate.catalog.contracts import Endpoint
 from imagegate.errors import APIError, ProviderError
+from imagegate.http import selfserve
+from imagegate.http.bodies import JSON_TYPE, public_path, read_json
 from imagegate.inputs import references
 from imagegate.inputs.images import Upload
 from imagegate.inputs.request import ImageJob
 from imagegate.inputs.validation import (
     GenerationRequest,
     ImageParams,
-    check_unicode,
     form_values,
     json_edit_params,
     resolve,
@@ -50,14 +51,25 @@ ROUTES: dict[Endpoint, str] = {
 BALANCE_ROUTE = "/v1/balance"
 UPLOADS_ROUTE = "/v1/images/uploads"
 JOBS_ROUTE = "/v1/images/jobs"
-# What one Lambda function (or the dev server) may serve.
-Route = Endpoint | Literal["balance", "uploads", "jobs"]
-PATHS: dict[Route, str] = {**ROUTES, "balance": BALANCE_ROUTE, "uploads": UPLOADS_ROUTE, "jobs": JOBS_ROUTE}
+# What one Lambda function (or the dev server) may serve: `account` is the key holder's own endpoints and
+# the console (selfserve.py), `stripe_webhook` Stripe's signed events.
+Route = Endpoint | Literal["balance", "uploads", "jobs", "account", "stripe_webhook"]
+PATHS: dict[Route, str] = {
+    **ROUTES,
+    "balance": BALANCE_ROUTE,
+    "uploads": UPLOADS_ROUTE,
+    "jobs": JOBS_ROUTE,
+    "account": selfserve.SUBSCRIPTION_ROUTE,
+    "stripe_webhook": selfserve.STRIPE_WEBHOOK_ROUTE,
+}
 METHODS = {
     **dict.fromkeys(ROUTES.values(), "POST"),
     BALANCE_ROUTE: "GET",
     UPLOADS_ROUTE: "POST",
     JOBS_ROUTE: "GET",
+    **selfserve.ACCOUNT_ROUTES,
+    selfserve.CONSOLE_ROUTE: "GET",
+    selfserve.STRIPE_WEBHOOK_ROUTE: "POST",
 }
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
@@ -66,7 +78,6 @@ _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 MAX_FORM_FILES = 17  # 16 images and a mask
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at most 128 KB of UTF-8
-_JSON_TYPE = re.compile(r"^application/([a-z0-9.+-]+\+)?json\s*(;|$)", re.IGNORECASE)
 
 
 def create_app(
@@ -115,7 +126,7 @@ def create_app(
         # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
         async def generations(request: Request, acct: AccountDep) -> Response:
-            document = await _read_json(request)
+            document = await read_json(request)
 
             def work() -> Response | ImageResponse:
                 params = _validated(GenerationRequest, document)
@@ -148,6 +159,11 @@ def create_app(
 
     if "jobs" in endpoints and jobs is not None:
         _add_job_routes(app, jobs, AccountDep)
+    if "account" in endpoints:
+        selfserve.add_account_routes(app, service, AccountDep)
+        selfserve.add_console_routes(app)
+    if "stripe_webhook" in endpoints:
+        selfserve.add_webhook_route(app, service)
     return app
 
 
@@ -216,28 +232,18 @@ def _job_answer(
         failure = jobs.failure(acct.account_id, obj["id"]) if obj["status"] == "failed" else None
         if failure is not None:
             raise failure
-    location = _public_path(request, f"{JOBS_ROUTE}/{obj['id']}")
+    location = public_path(request, f"{JOBS_ROUTE}/{obj['id']}")
     return JSONResponse(
         obj, status_code=202, headers={"location": location, "preference-applied": ", ".join(applied)}
     )
-
-
-def _public_path(request: Request, path: str) -> str:
-    """`path` as the client reaches it: behind API Gateway, under the stage (or custom domain base path)
-    the client's URL carries and the app does not see."""
-    event = request.scope.get("aws.event") or {}
-    public = (event.get("requestContext") or {}).get("path") or ""
-    seen = event.get("path") or ""
-    prefix = public[: -len(seen)] if seen and public.endswith(seen) else ""
-    return prefix + path
 
 
 def _multipart_route(
     service: Service, endpoint: Endpoint, respond: Callable[..., Response | ImageResponse], account_dep: Any
 ) -> Callable[..., Awaitable[Response]]:
     async def route(request: Request, acct: account_dep) -> Response:  # type: ignore[valid-type]
-        if endpoint == "edits" and _JSON_TYPE.match(request.headers.get("content-type", "")):
-            document = await _read_json(request)
+        if endpoint == "edits" and JSON_TYPE.match(request.headers.get("content-type", "")):
+            document = await read_json(request)
 
             def json_work() -> Response | ImageResponse:
                 job, user = _json_edit(service, acct, document)
@@ -317,37 +323,6 @@ def _validated(model: type[BaseModel], document: dict[str, Any]) -> Any:
         return model.model_validate(document)
     except ValidationError as exc:
         raise errors.from_pydantic(exc.errors()) from exc
-
-
-async def _read_body(request: Request) -> bytes:
-    """The whole body (the Guard enforces its limit as it streams in), without a copy when it arrives in
-    one message, as it does from Mangum."""
-    chunks = [chunk async for chunk in request.stream() if chunk]
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def _read_json(request: Request) -> dict[str, Any]:
-    """A JSON object of parameters, every string in it valid Unicode; a 400 for anything else."""
-    content_type = request.headers.get("content-type", "")
-    if content_type and not _JSON_TYPE.match(content_type):
-        raise errors.invalid(
-            f"This endpoint takes application/json, got '{content_type}'.", None, "invalid_content_type"
-        )
-    body = await _read_body(request)
-    if not body.strip():
-        raise errors.invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
-    try:
-        # Strict UTF-8 first: json.loads on bytes would decode UTF-8-encoded surrogates ("surrogatepass").
-        document = json.loads(body.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise errors.invalid(
-            "We could not parse the JSON body of your request.", None, "invalid_json"
-        ) from exc
-    del body
-    if not isinstance(document, dict):
-        raise errors.invalid("The request body must be a JSON object of parameters.", None, "invalid_type")
-    check_unicode(document)
-    return document
 
 
 class _Form:

@@ -4,7 +4,8 @@ Before CodeDeploy moves any of a function's `live` traffic to a new version, it 
 deployment's id. The hook looks up the version the deployment moves to, sends it one real request that
 costs nothing and reaches no upstream, and reports Succeeded or Failed; Failed stops the rollout with the
 alias where it was. The request depends on the function's kind (IMAGEGATE_PROBES maps each function name
-to one): an API function gets the keyless request SnapStart primes with and must answer OpenAI's 401; a
+to one): an API function gets the keyless request SnapStart primes with and must answer OpenAI's 401 (Stripe's
+webhook: an unsigned event, its 400); a
 queue consumer gets a message about a job that does not exist, which it must drop; the sweeper runs a sweep
 (its schedule's own work); the invoke function gets an empty request, which it must refuse in OpenAI's shape.
 
@@ -103,7 +104,9 @@ def probe(kind: str) -> Probe:
     """The request for a function of this kind, and its check (None: passed, else what was wrong)."""
     if kind in PATHS:
         path = PATHS[kind]  # type: ignore[index]
-        return unauthenticated_event(METHODS[path], path), lambda answer: _openai_error(answer, 401)
+        # Stripe's webhook has no key to refuse: an unsigned event is its 400, and changes nothing.
+        status = 400 if kind == "stripe_webhook" else 401
+        return unauthenticated_event(METHODS[path], path), lambda answer: _openai_error(answer, status)
     if kind in _QUEUED:
         return _sqs_event(_QUEUED[kind]), _dropped
     if kind == "sweep":

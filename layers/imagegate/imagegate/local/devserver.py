@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
 
+    from imagegate.local.fake_stripe import FakeStripe
+
 from imagegate.aws import DYNAMODB_ENDPOINT_ENV, AWSClients, endpoints_from_env
 from imagegate.config import JOB_MAX_DELIVERIES, Settings, visibility_timeout
 from imagegate.errors import APIError
@@ -376,9 +378,12 @@ def _sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:
     }
 
 
-def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> tuple[str, bool]:
-    """Fund a dev account and key; returns (key, created). A key that already works is left as it is, so
-    seeding the same key at every start is idempotent."""
+def seed_dev_key(
+    accounts: Accounts, api_key: str | None, balance_usd: str, *, admin: bool = False
+) -> tuple[str, bool]:
+    """Fund a dev account and key (`admin`: it may manage the account's keys, as the console does); returns
+    (key, created). A key that already works is left as it is, so seeding the same key at every start is
+    idempotent."""
     if api_key:
         try:
             accounts.authenticate(f"Bearer {api_key}")
@@ -386,7 +391,7 @@ def seed_dev_key(accounts: Accounts, api_key: str | None, balance_usd: str) -> t
         except APIError:
             pass  # not issued yet (a revoked one makes create_key below fail loudly)
     account_id = accounts.create_account(usd_to_micros(balance_usd), label="dev", actor="devserver")
-    return accounts.create_key(account_id, label="dev", api_key=api_key), True
+    return accounts.create_key(account_id, label="dev", api_key=api_key, admin=admin), True
 
 
 def dev_key(env: dict[str, str] | os._Environ, state_dir: Path) -> str:
@@ -426,6 +431,40 @@ def bind(port: int, what: str, variable: str) -> socket.socket:
         raise SystemExit(1) from None
     sock.listen(128)
     return sock
+
+
+FAKE_STRIPE_PREFIX = "/fake-stripe"
+
+
+def fake_stripe(env: dict[str, str] | os._Environ, port: int) -> FakeStripe | None:
+    """The fake Stripe make serve answers top-ups with, under FAKE_STRIPE_PREFIX on the API's own port, unless
+    IMAGEGATE_STRIPE_SECRET_KEY names a real (test) Stripe account. Its keys go into the environment, where
+    the webhook and checkout read them (credentials.py), as they would read a real account's."""
+    from imagegate.local.fake_stripe import FakeStripe
+
+    if env.get("IMAGEGATE_STRIPE_SECRET_KEY"):
+        return None
+    secret, webhook_secret = "sk_test_fake_" + secrets.token_hex(8), "whsec_fake_" + secrets.token_hex(16)
+    env["IMAGEGATE_STRIPE_SECRET_KEY"], env["IMAGEGATE_STRIPE_WEBHOOK_SECRET"] = secret, webhook_secret
+    base = f"http://127.0.0.1:{port}"
+    return FakeStripe(
+        secret,
+        webhook_secret,
+        webhook_url=f"{base}/v1/billing/stripe/webhook",
+        base_url=base + FAKE_STRIPE_PREFIX,
+    )
+
+
+def mounted(app: Any, prefix: str, other: Any) -> Any:
+    """`app`, with `other` answering every path under `prefix` (as its ASGI root path)."""
+
+    async def dispatch(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(prefix + "/"):
+            await other({**scope, "root_path": scope.get("root_path", "") + prefix}, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
 
 
 def settings_balance(env: dict[str, str] | os._Environ) -> str:
@@ -493,19 +532,26 @@ def main() -> None:
         settings = replace(settings, webhook_queue_url=provision_webhook_queue(aws))
     # moto serves EventBridge's default bus: finished jobs' events go through the deployed code path.
     settings = replace(settings, event_bus=settings.event_bus or "default")
+    stripe = fake_stripe(os.environ, port)
+    if stripe is not None:
+        settings = replace(settings, stripe_api_base=stripe.base_url)
     logger = Logger(service="imagegate")
     # Quiet while starting, so that the banner is not interleaved with JSON log lines; requests log after.
     level = logger.log_level
     logger.setLevel(logging.WARNING)
     service = Service(settings, aws, logger)
     state_dir = Path(os.environ.get("IMAGEGATE_DEV_STATE", ".imagegate"))
-    key, _ = seed_dev_key(service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ))
+    key, _ = seed_dev_key(
+        service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ), admin=True
+    )
     make_state_dir(state_dir)
     (state_dir / "aws-env").write_text(aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV), os.environ))
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
     router = service.router
     app = wrap(create_app(service, jobs=build_jobs(service)), settings)
+    if stripe is not None:
+        app = mounted(app, FAKE_STRIPE_PREFIX, stripe.app)
     # The worker runs jobs under the worker's timeout and budget, as the worker function does.
     worker_jobs = build_jobs(Service(settings.for_worker(), aws, logger))
     worker = LocalWorker(batch_handler(worker_jobs), aws.sqs, settings.jobs_queue_url)
@@ -531,6 +577,10 @@ def main() -> None:
         f"webhooks: queue {settings.webhook_queue_url}, deliveries in this process; events on the"
         f" '{settings.event_bus}' bus (docs/jobs.md)",
         f"admin:    in another shell: . {state_dir / 'aws-env'}; .venv/bin/imagegate --help (docs/money.md)",
+        f"console:  http://127.0.0.1:{port}/console (paste the dev key: an admin key of its account)",
+        f"stripe:   the fake at {stripe.base_url}, key {stripe.secret_key} (docs/selling.md)"
+        if stripe is not None
+        else "stripe:   Stripe's API with IMAGEGATE_STRIPE_SECRET_KEY (webhooks: docs/selling.md)",
     ]
     print("\n".join(lines), flush=True)
     config = uvicorn.Config(app, log_level="warning")

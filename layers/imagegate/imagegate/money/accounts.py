@@ -1,8 +1,11 @@
 """Accounts and API keys in DynamoDB. Keys are stored only as SHA-256 hashes.
 
 Items (single table, `pk`/`sk`):
-  KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, and the key's
-                                         optional limits images_per_minute, max_concurrent
+  KEY#<sha256 of key>  / KEY          -> account_id, key_id, prefix, label, status, created_at, admin (a
+                                         key that may manage its account's keys: the console), and the key's
+                                         optional limits images_per_minute, max_concurrent, and budget with
+                                         spent (micro-USD: what its requests may spend in all, and what they
+                                         have reserved or been charged; billing.py keeps `spent`)
   KEYS                 / <key_id>     -> the same, plus key_pk: the admin index (list, rotate, revoke, limits)
   ACCOUNT#<account_id> / ACCOUNT      -> balance (micro-USD), label, created_at, status (absent: active;
                                          `suspended` refuses jobs from AWS services: for_service)
@@ -63,6 +66,8 @@ class Account:
     key_id: str
     key_pk: str = ""
     limiter: State = field(default_factory=State)
+    admin: bool = False  # the key may list, create and revoke its own account's keys
+    budget: int | None = None  # micro-USD the key may spend in all (None: the balance is the only limit)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class KeyInfo(TypedDict):
     created_at: int
     images_per_minute: int | None
     max_concurrent: int | None
+    admin: bool
+    budget: int | None  # micro-USD
+    spent: int  # micro-USD: charged, and reserved by requests in flight
 
 
 class Accounts:
@@ -118,7 +126,11 @@ class Accounts:
                 "Incorrect API key provided. Check the key, or ask your provider for a new one.",
                 code="invalid_api_key",
             )
-        return Account(item["account_id"]["S"], item["key_id"]["S"], key_pk, State.from_item(item))
+        admin = item.get("admin", {}).get("BOOL", False)
+        limiter = State.from_item(item)
+        return Account(
+            item["account_id"]["S"], item["key_id"]["S"], key_pk, limiter, admin, _number(item, "budget")
+        )
 
     def for_service(self, account_id: str) -> Account:
         """The account an AWS service's event names, for a caller IAM has already authenticated: it must exist
@@ -231,8 +243,14 @@ class Accounts:
         *,
         images_per_minute: int | None = None,
         max_concurrent: int | None = None,
+        admin: bool = False,
+        budget: int | None = None,
     ) -> str:
-        """Issue a key for an account; returns the key itself, which is never stored or shown again."""
+        """Issue a key for an account; returns the key itself, which is never stored or shown again. An
+        `admin` key may also manage the account's keys (the console); `budget`: micro-USD its requests may
+        spend in all."""
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"a key's budget must be a positive number of micro-USD, got {budget!r}")
         limits = _limits(images_per_minute, max_concurrent)
         api_key = api_key or new_api_key()
         check = {
@@ -242,7 +260,8 @@ class Accounts:
                 "ConditionExpression": "attribute_exists(pk)",
             }
         }
-        failed = transact(self._db, [check, *self._put_key(api_key, account_id, label, limits)], self._sleep)
+        actions = [check, *self._put_key(api_key, account_id, label, limits, admin, budget)]
+        failed = transact(self._db, actions, self._sleep)
         if failed == 0:
             raise NotFound(f"no account {account_id}")
         if failed is not None:
@@ -253,13 +272,14 @@ class Accounts:
         """Replace an active key: a new key on the same account, label and limits, and the old one revoked,
         in one transaction. Returns the new key."""
         entry = self._index_item(key_id)
-        old = _key_info(entry)
+        old = self._with_spent(_key_info(entry), entry)
         if old["status"] != "active":
             raise ValueError(f"key {key_id} is {old['status']}; only an active key can be rotated")
         api_key = new_api_key()
         limits = _limits(old["images_per_minute"], old["max_concurrent"])
         actions = [
-            *self._put_key(api_key, old["account_id"], old["label"], limits),
+            # A budget carries over as what is left of it, so rotating never lifts it.
+            *self._put_key(api_key, old["account_id"], old["label"], limits, old["admin"], _left(old)),
             *self._revoke(entry, only_active=True),
         ]
         if transact(self._db, actions, self._sleep) is not None:
@@ -302,12 +322,22 @@ class Accounts:
             raise NotFound(f"no account {account_id}") from None
 
     def get_key(self, key_id: str) -> KeyInfo:
-        return _key_info(self._index_item(key_id))
+        entry = self._index_item(key_id)
+        return self._with_spent(_key_info(entry), entry)
 
     def list_keys(self, account_id: str | None = None) -> list[KeyInfo]:
         """Every key (or one account's), oldest first; ids and prefixes only."""
-        rows = [_key_info(item) for item in self._query(KEY_INDEX, account_id)]
+        rows = [self._with_spent(_key_info(item), item) for item in self._query(KEY_INDEX, account_id)]
         return sorted(rows, key=lambda r: (r["created_at"], r["key_id"]))
+
+    def _with_spent(self, key: KeyInfo, entry: dict[str, Any]) -> KeyInfo:
+        """A budgeted key's `spent`, which billing keeps on the key item itself (the index has its budget)."""
+        if key["budget"] is not None:
+            item = self._db.get_item(
+                TableName=self._table, Key=item_key(entry["key_pk"]["S"], "KEY"), ConsistentRead=True
+            ).get("Item", {})
+            key["spent"] = _number(item, "spent") or 0
+        return key
 
     # --- items ------------------------------------------------------------------------------------------
 
@@ -318,7 +348,13 @@ class Accounts:
         return {"Put": put}
 
     def _put_key(
-        self, api_key: str, account_id: str, label: str, limits: dict[str, int | None]
+        self,
+        api_key: str,
+        account_id: str,
+        label: str,
+        limits: dict[str, int | None],
+        admin: bool = False,
+        budget: int | None = None,
     ) -> list[dict[str, Any]]:
         """The key item, which answers requests, and its index entry, which lets admins find it by id."""
         key_pk = f"KEY#{hash_key(api_key)}"
@@ -330,6 +366,8 @@ class Accounts:
             "status": {"S": "active"},
             "created_at": {"N": str(int(self._clock()))},
             **{name: {"N": str(value)} for name, value in limits.items() if value is not None},
+            **({"admin": {"BOOL": True}} if admin else {}),
+            **({"budget": {"N": str(budget)}, "spent": {"N": "0"}} if budget is not None else {}),
         }
         return [
             self._put({**item_key(key_pk, "KEY"), **fields, "slots": {"M": {}}}, new=True),
@@ -396,6 +434,10 @@ def _limits_update(limits: dict[str, int | None]) -> dict[str, Any]:
     return update
 
 
+def _left(key: KeyInfo) -> int | None:
+    return None if key["budget"] is None else max(1, key["budget"] - key["spent"])
+
+
 def _number(item: dict[str, Any], name: str) -> int | None:
     return int(item[name]["N"]) if name in item else None
 
@@ -421,4 +463,7 @@ def _key_info(item: dict[str, Any]) -> KeyInfo:
         created_at=int(item["created_at"]["N"]),
         images_per_minute=_number(item, "images_per_minute"),
         max_concurrent=_number(item, "max_concurrent"),
+        admin=item.get("admin", {}).get("BOOL", False),
+        budget=_number(item, "budget"),
+        spent=_number(item, "spent") or 0,
     )

@@ -76,6 +76,7 @@ class Reservation:
     created_at: int
     slots: str = ""  # scopes holding a slot for this request: "k" (the key), "a" (the account)
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
+    budgeted: bool = False  # the key has a budget: its `spent` holds this reservation until it settles
 
 
 class Billing:
@@ -121,6 +122,8 @@ class Billing:
         """
         if amount < 0:
             raise ValueError(f"cannot reserve a negative amount ({amount})")
+        if account.budget is not None and amount > account.budget:
+            raise _over_budget(account, amount, account.budget)
         key_state = account.limiter
         # The container's memory of the account is a guess (its own limits may have changed since): only
         # an item image DynamoDB returned may refuse a request; a wrong guess merely fails the condition.
@@ -170,7 +173,15 @@ class Billing:
                     key_id=account.key_id,
                 ),
             ]
-            if key_take.set or key_take.remove:  # a key with no limit in force is not written at all
+            if account.budget is not None:  # spent <= budget - amount, and then spent += amount
+                key_take = key_take.merge(
+                    Fragment(
+                        add=["spent :spend"],
+                        conditions=["spent <= :room"],
+                        values={":spend": {"N": str(amount)}, ":room": {"N": str(account.budget - amount)}},
+                    )
+                )
+            if key_take.set or key_take.remove or key_take.add:  # a key with no limit is not written at all
                 actions.append(key_take.update(self._table, item_key(account.key_pk, "KEY")))
             try:
                 failed = transact_or_reasons(self._db, actions, self._sleep)
@@ -197,6 +208,7 @@ class Billing:
                     int(now),
                     slots,
                     headers,
+                    account.budget is not None,
                 )
             if 1 in failed or 2 in failed:
                 # The request item or ledger entry already existed: reused ids, never a free request.
@@ -217,7 +229,12 @@ class Billing:
                 learned = State.from_item(failed[3])
                 key_raced = learned.tat != key_state.tat
                 key_state = learned
+                spent, budget = int(failed[3].get("spent", {}).get("N", 0)), account.budget
+            else:
+                spent, budget = 0, None
             self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
+            if budget is not None and spent + amount > budget:
+                raise _over_budget(account, amount, budget - spent)
             if balance is not None and balance < amount:
                 raise _insufficient(amount, balance, upper_bound)
         raise ratelimit.busy(f"account {account.account_id}")
@@ -256,6 +273,7 @@ class Billing:
         completion: dict[str, Any] | None = None,
         guard: dict[str, Any] | None = None,
         deadline_s: float = SETTLE_DEADLINE_S,
+        tokens: int = 0,
     ) -> bool:
         """Finish a reservation, keeping `charged` (capped at the reservation) and refunding the rest; count
         it in the usage; give its slots back; complete its Idempotency-Key record. False, and nothing
@@ -275,7 +293,7 @@ class Billing:
         attempt = 0
         while True:
             now = self._clock()
-            actions = self._settle_actions(r, charged, refund, images, provider, now)
+            actions = self._settle_actions(r, charged, refund, images, provider, now, tokens)
             if guard is not None:
                 actions.append(guard)
             if completion is not None:
@@ -323,12 +341,21 @@ class Billing:
         }
         if slots:
             item["slots"] = {"S": slots}
+        if account.budget is not None:
+            item["budgeted"] = {"BOOL": True}
         return {
             "Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
         }
 
     def _settle_actions(
-        self, r: Reservation, charged: int, refund: int, images: int, provider: str, now: float
+        self,
+        r: Reservation,
+        charged: int,
+        refund: int,
+        images: int,
+        provider: str,
+        now: float,
+        tokens: int = 0,
     ) -> list[dict[str, Any]]:
         values = {
             ":state": {"S": "settled" if charged else "refunded"},
@@ -341,6 +368,8 @@ class Billing:
         }
         if provider:
             values[":provider"] = {"S": provider}
+        if tokens:
+            values[":tokens"] = {"N": str(tokens)}
         actions: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -350,6 +379,7 @@ class Billing:
                         "SET #s = :state, charged = :charged, refunded = :refund, images = :images, "
                         "settled_at = :now, expires_at = :expires"
                         + (", provider = :provider" if provider else "")
+                        + (", tokens = :tokens" if tokens else "")
                         + " REMOVE open_shard, open_since, intended_charge"
                     ),
                     "ConditionExpression": "#s = :reserved",
@@ -385,10 +415,13 @@ class Billing:
             account = (account or Fragment()).merge(ratelimit.release("a", r.request_id))
         if account is not None:
             actions.append(account.update(self._table, item_key(account_pk(r.account_id), "ACCOUNT")))
-        if "k" in r.slots:
-            actions.append(
-                ratelimit.release("k", r.request_id).update(self._table, item_key(r.key_pk, "KEY"))
+        key = ratelimit.release("k", r.request_id) if "k" in r.slots else None
+        if r.budgeted and refund:  # what was not charged no longer counts against the key's budget
+            key = (key or Fragment()).merge(
+                Fragment(add=["spent :unspent"], values={":unspent": {"N": str(-refund)}})
             )
+        if key is not None:
+            actions.append(key.update(self._table, item_key(r.key_pk, "KEY")))
         return actions
 
     def _leave_intended_charge(self, r: Reservation, charged: int, images: int, provider: str) -> None:
@@ -546,6 +579,16 @@ def _insufficient(amount: int, balance: int, upper_bound: bool) -> APIError:
     )
 
 
+def _over_budget(account: Account, amount: int, left: int) -> APIError:
+    return APIError(
+        402,
+        f"This request costs up to {micros_to_usd(amount)} and key {account.key_id} has "
+        f"{micros_to_usd(left)} left of its budget. Ask the account's admin for a key with more budget.",
+        type="insufficient_quota",
+        code="key_budget_exceeded",
+    )
+
+
 def _open_shard(request_id: str) -> str:
     return f"OPEN#{sum(request_id.encode()) % OPEN_SHARDS}"
 
@@ -560,6 +603,7 @@ def _reservation(item: dict[str, Any]) -> Reservation:
         model=item.get("model", {}).get("S", ""),
         created_at=int(item["created_at"]["N"]),
         slots=item.get("slots", {}).get("S", ""),
+        budgeted=item.get("budgeted", {}).get("BOOL", False),
     )
 
 

@@ -10,6 +10,9 @@ ledger. Items (single table, `pk`/`sk`):
          settle   amount = +refunded; request_id, charged, refunded (the request's final charge)
          credit   amount > 0; reason, actor
          adjust   amount of either sign (never taking the balance below zero); reason, actor
+         topup    amount > 0, a Stripe payment's credit; reason, event_id, session_id, payment_intent
+         reversal amount < 0, a refund or dispute of a top-up; reason (refund|dispute), event_id,
+                  payment_intent. The only kind that may take a balance below zero (topups.py)
   USAGE#<account_id> / <yyyy-mm-dd UTC>#<key_id>#<model>
       -> account_id, key_id, model, requests, images, charged, refunded (ADDed by every settle),
          expires_at (TTL, USAGE_TTL_DAYS after the day)
@@ -47,7 +50,7 @@ MAX_USAGE_DAYS = 366
 ACCOUNT_INDEX = "ACCOUNTS"
 # Longer than any request can run (Lambda's 15-minute ceiling): a reservation this old was abandoned.
 STALE_AFTER_S = 900
-KINDS = ("reserve", "settle", "credit", "adjust")
+KINDS = ("reserve", "settle", "credit", "adjust", "topup", "reversal")
 RECONCILE_ATTEMPTS = 3
 
 
@@ -319,8 +322,14 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
             f"balance {micros_to_usd(balance)} differs from the ledger's sum {micros_to_usd(expected)} "
             f"by {micros_to_usd(balance - expected)}"
         )
-    if balance is not None and balance < 0:
-        problems.append(f"balance {micros_to_usd(balance)} is below zero")
+    # Only a refund or dispute of a top-up may take a balance below zero: without the reversals, a balance
+    # (nothing else ever spends below zero) would still be at or above it.
+    reversed_micros = sum(e.amount for e in ledger if e.kind == "reversal")
+    if balance is not None and balance - reversed_micros < 0:
+        problems.append(
+            f"balance {micros_to_usd(balance)} is below zero"
+            + (f" by more than its reversals ({micros_to_usd(reversed_micros)})" if reversed_micros else "")
+        )
     by_request: dict[str, list[LedgerEntry]] = defaultdict(list)
     for e in ledger:
         if e.kind in ("reserve", "settle"):

@@ -1,0 +1,220 @@
+"""What a key holder reads of their own account: the request log, and the legacy billing figures chat
+clients show (OpenAI's `/v1/dashboard/billing/*`, in the shape one-api served).
+
+Reads only: the ledger and request records of one account partition, and its usage counters (ledger.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from imagegate.money.ledger import LEDGER, REQUEST, UsageRow
+from imagegate.table import account_pk, item_key
+from imagegate.units import micros_to_decimal
+
+MICROS_PER_CENT = 10_000
+MAX_LOG_LIMIT = 100
+# OpenAI's legacy usage endpoint answered at most 100 days.
+MAX_USAGE_RANGE_DAYS = 100
+# "Recent" top-ups: read at most this many 1 MB pages of the ledger, however long it has grown.
+TOPUP_PAGES = 4
+_CURSOR = re.compile(r"^LEDGER#\d{13}#[0-9a-f]{12}$")
+LOG_COLUMNS = (
+    "created_at",
+    "request_id",
+    "model",
+    "endpoint",
+    "size",
+    "quality",
+    "images",
+    "tokens",
+    "cost_usd",
+    "status",
+    "job_id",
+    "key_id",
+)
+
+
+def month_start(today: date) -> date:
+    return today.replace(day=1)
+
+
+def spent(rows: Iterable[UsageRow], first: date, end: date) -> int:
+    """Micro-USD charged on the days from `first` up to `end`, exclusive (ISO days compare as dates)."""
+    low, high = first.isoformat(), end.isoformat()
+    return sum(r.charged for r in rows if low <= r.day < high)
+
+
+def subscription(balance: int, spent_this_month: int) -> dict[str, Any]:
+    """`GET /v1/dashboard/billing/subscription`: every limit is the balance plus this month's spend, so a
+    client showing `hard_limit_usd - total_usage / 100` for this month shows the balance."""
+    limit = (balance + spent_this_month) / 1_000_000
+    return {
+        "object": "billing_subscription",
+        "has_payment_method": True,
+        "soft_limit_usd": limit,
+        "hard_limit_usd": limit,
+        "system_hard_limit_usd": limit,
+        "access_until": 0,
+    }
+
+
+def usage_range(start: str | None, end: str | None) -> tuple[date, date]:
+    """The legacy usage endpoint's `start_date` and `end_date` (YYYY-MM-DD, the end exclusive, as OpenAI's);
+    ValueError naming the parameter when either is missing, malformed or out of order."""
+    days = []
+    for name, value in (("start_date", start), ("end_date", end)):
+        try:
+            days.append(date.fromisoformat(value or ""))
+        except ValueError:
+            raise ValueError(name) from None
+    first, last = days
+    if not timedelta(0) < last - first <= timedelta(days=MAX_USAGE_RANGE_DAYS):
+        raise ValueError("end_date")
+    return first, last
+
+
+def usage(charged_micros: int) -> dict[str, Any]:
+    """`GET /v1/dashboard/billing/usage`: cents, as OpenAI answered (a float: a request can cost less)."""
+    return {"object": "list", "total_usage": charged_micros / MICROS_PER_CENT}
+
+
+def valid_cursor(after: str) -> bool:
+    return bool(_CURSOR.match(after))
+
+
+def request_log(
+    dynamodb: Any, table: str, account_id: str, limit: int, after: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """An account's requests, newest first, `limit` at most, from after the cursor `after`; and the cursor
+    of the next page (None at the end). Found through the ledger's `reserve` entries (time-ordered), then
+    their request records (35 days; older rows keep what the ledger says)."""
+    pk = account_pk(account_id)
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :ledger)",
+        "FilterExpression": "kind = :reserve",
+        "ExpressionAttributeValues": {
+            ":pk": {"S": pk},
+            ":ledger": {"S": LEDGER},
+            ":reserve": {"S": "reserve"},
+        },
+        "ScanIndexForward": False,
+        "ConsistentRead": True,
+    }
+    if after:
+        kwargs["ExclusiveStartKey"] = item_key(pk, after)
+    entries: list[dict[str, Any]] = []
+    more = True
+    while len(entries) < limit and more:
+        page = dynamodb.query(**kwargs, Limit=max(limit * 2, 10))
+        entries += page.get("Items", [])
+        more = "LastEvaluatedKey" in page
+        if more:
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    entries = entries[:limit]
+    records = _request_records(dynamodb, table, pk, [e["request_id"]["S"] for e in entries])
+    rows = [_row(e, records.get(e["request_id"]["S"], {})) for e in entries]
+    cursor = entries[-1]["sk"]["S"] if entries and (more or len(entries) == limit) else None
+    return rows, cursor
+
+
+def _request_records(dynamodb: Any, table: str, pk: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    request: dict[str, Any] = (
+        {table: {"Keys": [item_key(pk, f"{REQUEST}{i}") for i in dict.fromkeys(ids)], "ConsistentRead": True}}
+        if ids
+        else {}
+    )
+    while request:
+        out = dynamodb.batch_get_item(RequestItems=request)
+        for item in out["Responses"].get(table, []):
+            found[item["sk"]["S"].removeprefix(REQUEST)] = item
+        request = out.get("UnprocessedKeys") or {}
+    return found
+
+
+def _row(entry: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    def text(name: str, default: str = "") -> str:
+        return record[name]["S"] if name in record else default
+
+    def number(name: str) -> int:
+        return int(record[name]["N"]) if name in record else 0
+
+    state = text("state", "expired")
+    charged = number("charged")
+    return {
+        "request_id": entry["request_id"]["S"],
+        "created_at": int(entry["created_at"]["N"]),
+        "model": entry["model"]["S"] if "model" in entry else text("model"),
+        "endpoint": text("endpoint"),
+        "size": text("size"),
+        "quality": text("quality"),
+        "images": number("images"),
+        "tokens": number("tokens"),
+        "cost_usd": micros_to_decimal(charged),
+        "charged_micros": charged,
+        "status": {"settled": "succeeded", "refunded": "failed", "reserved": "in_progress"}.get(state, state),
+        "job_id": text("job"),
+        "key_id": entry["key_id"]["S"] if "key_id" in entry else "",
+        # What `image_urls` needs (service.py): where the images are, if they were kept.
+        "_stored": text("response_format") == "url" and state == "settled",
+        "_output_format": text("output_format", "png"),
+    }
+
+
+def log_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(LOG_COLUMNS)
+    for row in rows:
+        writer.writerow([row[c] for c in LOG_COLUMNS])
+    return out.getvalue()
+
+
+def last_used(rows: Iterable[UsageRow]) -> dict[str, str]:
+    """Each key's last day (UTC) with a settled request, from the usage counters."""
+    days: dict[str, str] = {}
+    for r in rows:
+        days[r.key_id] = max(days.get(r.key_id, ""), r.day)
+    return days
+
+
+def topups(dynamodb: Any, table: str, account_id: str, limit: int) -> list[dict[str, Any]]:
+    """An account's latest top-ups and their reversals (refunds, disputes), newest first."""
+    rows: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :ledger)",
+        "FilterExpression": "kind IN (:topup, :reversal)",
+        "ExpressionAttributeValues": {
+            ":pk": {"S": account_pk(account_id)},
+            ":ledger": {"S": LEDGER},
+            ":topup": {"S": "topup"},
+            ":reversal": {"S": "reversal"},
+        },
+        "ScanIndexForward": False,
+    }
+    for _ in range(TOPUP_PAGES):
+        page = dynamodb.query(**kwargs)
+        for item in page.get("Items", []):
+            amount = int(item["amount"]["N"])
+            rows.append(
+                {
+                    "created_at": int(item["created_at"]["N"]),
+                    "kind": item["kind"]["S"],
+                    "amount_usd": micros_to_decimal(amount),
+                    "amount_micros": amount,
+                    "reason": item["reason"]["S"] if "reason" in item else "",
+                    "session_id": item["session_id"]["S"] if "session_id" in item else "",
+                }
+            )
+        if len(rows) >= limit or "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return rows[:limit]
