@@ -17,7 +17,19 @@ from typing import Any
 NAMESPACE = "imagegate"
 # The counters the service emits; the template's dashboard and alarms query them by these names.
 COUNTERS = frozenset(
-    {"Requests", "Images", "RevenueMicroUSD", "RefundMicroUSD", "UpstreamErrors", "RateLimited", "Rejected"}
+    {
+        "Requests",
+        "Images",
+        "RevenueMicroUSD",
+        "RefundMicroUSD",
+        "UpstreamErrors",
+        "RateLimited",
+        "Rejected",
+        # The catalog: an override refused (catalog/sources.py), and routes near or past their upstream
+        # model's shutdown that still served traffic (the sweeper).
+        "CatalogRefused",
+        "RoutesNearShutdown",
+    }
 )
 
 

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,9 @@ from aws_lambda_powertools.logging import Logger
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.contracts import Contract, estimate_usage
-from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, build_catalog, load_prices
+from imagegate.catalog.loader import Catalog
+from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote
+from imagegate.catalog.sources import CatalogSource, fetch_override
 from imagegate.config import Settings
 from imagegate.errors import APIError, ProviderError, invalid
 from imagegate.inputs.references import Resolver, fetch_image
@@ -92,14 +94,32 @@ class Service:
         self.deps = deps or Deps(aws)
         # The metrics' service dimension is the logger's service: both share the request's one log line.
         self.metrics = Metrics(settings.metrics, service=logger.service, clock=clock)
+        self._router: Router | None = None
+        self._router_catalog: Catalog | None = None
 
     @cached_property
+    def catalog_source(self) -> CatalogSource:
+        """The packaged catalog and the operator's override, refreshed from S3 or SSM (catalog/sources.py)."""
+        return CatalogSource(
+            self.settings,
+            lambda source: fetch_override(self.aws, source),
+            self.logger,
+            lambda: self.metrics.record(model="catalog", provider="none", CatalogRefused=1),
+        )
+
+    @property
+    def models(self) -> Catalog:
+        """The catalog in force: contracts, prices, routes, aliases and lifecycle dates."""
+        return self.catalog_source.current()
+
+    @property
     def prices(self) -> PriceBook:
-        return load_prices(self.settings)
+        return self.models.prices
 
-    @cached_property
-    def catalog(self) -> dict[str, Contract]:
-        return build_catalog(self.prices)
+    @property
+    def catalog(self) -> Mapping[str, Contract]:
+        """Every contract by public id, aliases included, with its prices."""
+        return self.models.contracts
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -127,15 +147,30 @@ class Service:
             self.aws.s3, self.settings.bucket, self.settings.output_prefix, self.settings.url_ttl_seconds
         )
 
-    @cached_property
+    @property
     def router(self) -> Router:
-        """Routes and credentials, read once per container on the first request (never at import)."""
-        from imagegate.catalog.credentials import load_credentials
-        from imagegate.providers.routing import credential_names, load_routes
+        """Routes and credentials, read on the first request (never at import) and again when the catalog
+        changes (an override refreshed from S3 or SSM)."""
+        catalog = self.models
+        if self._router is None or (self._router_catalog is not catalog and self._router_catalog is not None):
+            self._router = self._build_router(catalog)
+            self._router_catalog = catalog
+        return self._router
 
-        routes = load_routes(self.settings, self.catalog)
+    @router.setter
+    def router(self, router: Router) -> None:
+        """A router of the caller's (tests): kept whatever the catalog does."""
+        self._router, self._router_catalog = router, None
+
+    def _build_router(self, catalog: Catalog) -> Router:
+        from imagegate.catalog.credentials import load_credentials
+        from imagegate.providers.routing import credential_names
+
+        routes = dict(catalog.routes)
         credentials = load_credentials(self.settings, self.aws, names=credential_names(routes))
-        router = Router(self.settings, routes, credentials, self.deps, self.logger)
+        router = Router(
+            self.settings, routes, credentials, self.deps, self.logger, catalog=catalog, now=self.clock
+        )
         if router.local_only:
             self.logger.info("provider local serves every model: no upstream credentials are configured")
         else:

@@ -221,10 +221,8 @@ def _register_snapstart_hooks(route: Route, adapter: Any, service: Service) -> N
 def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
     from imagegate.http.api import METHODS, PATHS
-    from imagegate.providers.routing import load_routes
 
-    _ = service.prices, service.catalog
-    routes = load_routes(service.settings, service.catalog)
+    routes = service.models.routes
     for provider in sorted({spec.provider for specs in routes.values() for spec in specs}):
         importlib.import_module(f"imagegate.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
