@@ -93,6 +93,7 @@ EVENTS = {
     "edits": ["edits", "edits_two_images", "edits_json"],
     "variations": ["variations"],
     "balance": ["balance"],
+    "models": ["models"],
     "uploads": ["uploads"],
     "sweep": ["sweep"],
     "webhooks": ["webhook_delivery"],
@@ -266,6 +267,11 @@ def test_each_built_function_serves_its_events_in_a_clean_interpreter(built, dep
         body = json.loads(result["body"])
         if function == "balance":
             assert body["balance_micros"] == START_BALANCE
+        elif function == "models":
+            # A demo serves every model (drawn locally); the 2.5 family among them. Listing is free.
+            assert body["object"] == "list"
+            assert {"gpt-image-2.5-flare", "gpt-image-2.5-sunburst"} <= {m["id"] for m in body["data"]}
+            assert balance() == START_BALANCE
         elif function == "uploads":
             assert body["object"] == "upload"
             assert body["upload_fields"]["key"].startswith("uploads/")

@@ -241,6 +241,36 @@ class Service:
         _check_response_fits(job, self.settings.max_response_bytes)
         return routes
 
+    def list_models(self) -> dict[str, Any]:
+        """`GET /v1/models`: what this deployment can serve today, aliases as models, in OpenAI's shape."""
+        found = (self.model_object(model_id) for model_id in self.catalog)
+        return {"object": "list", "data": [model for model in found if model is not None]}
+
+    def model_object(self, model_id: str) -> dict[str, Any] | None:
+        """`GET /v1/models/{id}`: OpenAI's model object, with `shutdown_date` when the day is known after
+        which nothing serves it, and under `imagegate` the endpoints it serves and why others are not
+        (a retired upstream's variations). None when this deployment serves none of its endpoints."""
+        contract = self.catalog.get(model_id)
+        if contract is None:
+            return None
+        router = self.router
+        offer = router.offer(contract)
+        endpoints = [endpoint for endpoint, routes in offer.items() if not isinstance(routes, str)]
+        if not endpoints:
+            return None
+        model: dict[str, Any] = {
+            "id": model_id,
+            "object": "model",
+            "created": contract.created,
+            "owned_by": contract.owned_by,
+        }
+        status = self.models.status(model_id, router.today(), router.reachable(contract.id))
+        if status.shutdown_date is not None:
+            model["shutdown_date"] = status.shutdown_date.isoformat()
+        unavailable = {endpoint: why for endpoint, why in offer.items() if isinstance(why, str)}
+        model["imagegate"] = {"endpoints": endpoints, **({"unavailable": unavailable} if unavailable else {})}
+        return model
+
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
         from imagegate.money.ledger import group_usage, usage
@@ -555,7 +585,7 @@ class Service:
             )
         if job.contract.reports_usage:
             body["usage"] = result.usage or estimate_usage(
-                job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+                job.contract, job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
             )
         fmt, headers = job.response_format, {}
         if fmt == "b64_json":
@@ -706,7 +736,9 @@ class _StreamRun:
 
 def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
     """`estimate_usage`, with the output tokens OpenAI adds for each partial image."""
-    usage = estimate_usage(job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size)
+    usage = estimate_usage(
+        job.contract, job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+    )
     extra = partials * PARTIAL_IMAGE_TOKENS
     usage["output_tokens"] += extra
     usage["total_tokens"] += extra

@@ -121,17 +121,24 @@ def price_per_image(contract: Contract, quality: str, size: str) -> int:
     return contract.pricing.per_image(quality, *parsed)
 
 
-def estimate_usage(prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str) -> dict:
+def estimate_usage(
+    contract: Contract, prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str
+) -> dict:
     """OpenAI-shaped token usage for a GPT-image response the upstream did not report itself.
 
-    Text tokens are estimated at four characters a token; image tokens follow OpenAI's published
-    output-token table for 1024x1024 (272 / 1056 / 4160 for low / medium / high), scaled by area.
+    Text tokens are estimated at four characters a token; output image tokens are the contract's own table
+    where its prices have one (gpt-image-2 and later, with xhigh and max), else OpenAI's published table for
+    the gpt-image-1 family at 1024x1024 (272 / 1056 / 4160 for low / medium / high), scaled by area.
     """
     text_tokens = max(1, math.ceil(len(prompt) / 4))
     image_tokens = sum(math.ceil(w * h / (512 * 512)) * 85 + 85 for w, h in input_pixels)
-    per_megapixel = {"low": 272, "medium": 1056, "high": 4160}[quality]
     w, h = parse_size(size) or (1024, 1024)
-    output_tokens = math.ceil(per_megapixel * w * h / (1024 * 1024))
+    tokens = contract.pricing.tokens if contract.pricing is not None else None
+    if tokens is not None and any(q == quality for q, _ in tokens.output_tokens):
+        output_tokens = tokens.image_output_tokens(quality, w, h)
+    else:
+        per_megapixel = {"low": 272, "medium": 1056, "high": 4160}.get(quality, 4160)
+        output_tokens = math.ceil(per_megapixel * w * h / (1024 * 1024))
     return {
         "input_tokens": text_tokens + image_tokens,
         "output_tokens": output_tokens,

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from imagegate.catalog.contracts import LOCAL_MODEL, Contract, FreeFormSizes, parse_size
-from imagegate.catalog.lifecycle import Lifecycle, Lifecycles, midnight
+from imagegate.catalog.lifecycle import Lifecycle, Lifecycles, Plan, midnight, plan
 from imagegate.catalog.prices import (
     PRICE_FIELDS,
     PriceBook,
@@ -134,6 +134,52 @@ class Catalog:
     def models(self) -> list[str]:
         """The public ids of the models (aliases excluded), in the document's order."""
         return [model_id for model_id in self.contracts if model_id not in self.aliases]
+
+    def plan(self, model_id: str, today: date, routes: list[RouteSpec] | None = None) -> Plan:
+        """The routes that serve a model (or alias) on `today`, on any of its endpoints, in order: its live
+        routes, else the successors its price covers. `routes`: only these of its routes (the reachable)."""
+        contract = self.contracts[model_id]
+        table = self.routes[contract.id] if routes is None else routes
+        chosen: list[RouteSpec] = []
+        successions = []
+        for endpoint in sorted(contract.endpoints):
+            found = plan(
+                table,
+                self.lifecycles,
+                today,
+                lambda spec, e=endpoint: self.prices.covers(contract, e, spec.model, spec.options),
+            )
+            chosen += [spec for spec in found.routes if spec not in chosen]
+            successions = successions or found.successions
+        return Plan(chosen, successions)
+
+    def status(self, model_id: str, today: date, routes: list[RouteSpec] | None = None) -> ModelStatus:
+        """A model's state on `today` (`imagegate models`, GET /v1/models): retired when nothing serves it,
+        deprecated when successors serve it or a route it uses has a date ahead, else active."""
+        chosen = self.plan(model_id, today, routes)
+        dates = [self.lifecycles.of(spec) for spec in chosen.routes]
+        shutdowns = [lc.shutdown_at for lc in dates if lc is not None and lc.shutdown_at is not None]
+        if not chosen.routes:
+            state = "retired"
+        elif chosen.by_successor or shutdowns or any(lc and lc.deprecated_at for lc in dates):
+            state = "deprecated"
+        else:
+            state = "active"
+        # The day it stops being served, when every route it uses has a date and nothing takes over then.
+        shutdown = None
+        if chosen.routes and len(shutdowns) == len(chosen.routes):
+            last = max(shutdowns)
+            if not self.plan(model_id, last, routes).routes:
+                shutdown = last
+        return ModelStatus(model_id, state, chosen.routes, shutdown)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    id: str
+    status: Literal["active", "deprecated", "retired"]
+    routes: list[RouteSpec]
+    shutdown_date: date | None
 
 
 def load_catalog(settings: Settings, override: Any = None) -> Catalog:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
@@ -108,6 +108,9 @@ class Quote:
 @dataclass(frozen=True)
 class PriceBook:
     models: Mapping[str, ModelPrice]
+    # `covers` answers, by contract, endpoint, upstream model and route options: asked on every request
+    # served by a successor, and the same for as long as the book lives.
+    _covered: dict[tuple[str, str, str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, model_id: str) -> ModelPrice:
         price = self.models.get(model_id)
@@ -195,6 +198,14 @@ class PriceBook:
         successor serving it): for the dearest request of each quality and size it allows, what the request
         reserves is at least the upstream's bill for it. An upstream model without prices is never covered:
         its cost is unknown."""
+        key = (contract.id, endpoint, model_id, repr(sorted(options.items())))
+        if key not in self._covered:
+            self._covered[key] = self._covers(contract, endpoint, model_id, options)
+        return self._covered[key]
+
+    def _covers(
+        self, contract: Contract, endpoint: Endpoint, model_id: str, options: Mapping[str, Any]
+    ) -> bool:
         upstream = self.models.get(model_id)
         if upstream is None or contract.id not in self.models:
             return False

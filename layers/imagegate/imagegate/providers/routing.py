@@ -21,15 +21,27 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
+from imagegate.catalog.contracts import Contract, Endpoint
 from imagegate.catalog.lifecycle import Lifecycles, Plan, day_of, plan
 from imagegate.catalog.loader import Catalog, load_catalog
 from imagegate.catalog.routes import LOCAL_ROUTE, RouteSpec
 from imagegate.errors import APIError, ProviderError
-from imagegate.providers import Deps, Provider, ProviderResult, StreamItem, Upstream, operation, run, stream
+from imagegate.providers import (
+    Deps,
+    Operation,
+    Provider,
+    ProviderResult,
+    StreamItem,
+    Upstream,
+    operation,
+    run,
+    stream,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.logging import Logger
@@ -178,8 +190,6 @@ class Router:
         self._catalog = catalog
         self._now = now
         self._lifecycles = catalog.lifecycles if catalog is not None else Lifecycles({})
-        # Whether a contract's price covers a successor, by (contract, endpoint, route index, upstream model).
-        self._covered: dict[tuple[str, str, int, str], bool] = {}
         # Local stands in for every model only where settings allow it (a laptop, tests, a demo stack): a
         # deployed stack with no upstream serves imagegate-local alone, and real ids are model_not_available.
         self._local_only = settings.local_serves_all and not any(
@@ -254,7 +264,14 @@ class Router:
         raise last
 
     def _candidates(self, job: ImageJob) -> list[tuple[int, RouteSpec]]:
-        model_id = job.contract.id
+        return self.routes_for(job.contract, job.endpoint, operation(job))
+
+    def routes_for(
+        self, contract: Contract, endpoint: Endpoint, wanted: Operation
+    ) -> list[tuple[int, RouteSpec]]:
+        """The routes (with their index in the model's table) that serve `wanted` on `endpoint` today; a 400
+        saying why when there are none."""
+        model_id = contract.id
         table = [LOCAL_ROUTE] if self._local_only else self._routes.get(model_id, [])
         available = [(i, spec) for i, spec in enumerate(table) if self._available(spec)]
         if not available:
@@ -265,8 +282,7 @@ class Router:
                 param="model",
                 code="model_not_available",
             )
-        routes = self.plan(job, available)
-        wanted = operation(job)
+        routes = self._plan(contract, endpoint, available)
         serving = [
             (i, spec)
             for i, spec in routes
@@ -275,31 +291,37 @@ class Router:
         if not serving:
             raise APIError(
                 400,
-                f"The model '{model_id}' cannot serve /images/{job.endpoint} on this deployment: none of its "
-                f"configured upstreams supports it{self._why_not(job, [s for _, s in available])}.",
+                f"The model '{model_id}' cannot serve /images/{endpoint} on this deployment: none of its "
+                f"configured upstreams supports it{self._why_not(endpoint, [s for _, s in available])}.",
                 param="model",
                 code="model_not_available",
             )
         return serving
 
-    def plan(self, job: ImageJob, available: list[tuple[int, RouteSpec]]) -> list[tuple[int, RouteSpec]]:
-        """The available routes that may serve a job today: the live ones, else the successors its price
-        covers; a 400 `model_not_found` naming the replacement when there are none."""
+    def offer(self, contract: Contract) -> dict[Endpoint, list[RouteSpec] | str]:
+        """What this deployment can do with a model today: per endpoint of its contract, the routes that
+        serve it, or why none does (GET /v1/models, `imagegate models`)."""
+        wanted: dict[Endpoint, Operation] = {"generations": "generate", "edits": "edit", "variations": "vary"}
+        offer: dict[Endpoint, list[RouteSpec] | str] = {}
+        for endpoint in sorted(contract.endpoints):
+            try:
+                offer[endpoint] = [spec for _, spec in self.routes_for(contract, endpoint, wanted[endpoint])]
+            except APIError as exc:
+                offer[endpoint] = exc.message
+        return offer
+
+    def _plan(
+        self, contract: Contract, endpoint: Endpoint, available: list[tuple[int, RouteSpec]]
+    ) -> list[tuple[int, RouteSpec]]:
+        """The available routes that may serve a contract's endpoint today: the live ones, else the
+        successors its price covers; a 400 `model_not_found` naming the replacement when there are none."""
         index = {id(spec): i for i, spec in available}
-        contract = job.contract
 
         def covered(spec: RouteSpec) -> bool:
-            if self._catalog is None:
-                return True
-            key = (contract.id, job.endpoint, spec.provider, spec.model)
-            if key not in self._covered:
-                self._covered[key] = self._catalog.prices.covers(
-                    contract, job.endpoint, spec.model, spec.options
-                )
-            return self._covered[key]
+            prices = self._catalog.prices if self._catalog is not None else None
+            return prices is None or prices.covers(contract, endpoint, spec.model, spec.options)
 
-        today = day_of(self._now())
-        chosen = plan([spec for _, spec in available], self._lifecycles, today, covered)
+        chosen = plan([spec for _, spec in available], self._lifecycles, self.today(), covered)
         if not chosen.routes:
             raise APIError(400, retired_message(contract.id, chosen), param="model", code="model_not_found")
         origin = {
@@ -307,14 +329,23 @@ class Router:
         }
         return [(index.get(id(spec), origin.get(id(spec), 0)), spec) for spec in chosen.routes]
 
-    def _why_not(self, job: ImageJob, available: list[RouteSpec]) -> str:
+    def reachable(self, model_id: str) -> list[RouteSpec]:
+        """A model's routes that this deployment is configured for (credentials, region), dated or not."""
+        table = [LOCAL_ROUTE] if self._local_only else self._routes.get(model_id, [])
+        return [spec for spec in table if self._available(spec)]
+
+    def today(self) -> date:
+        """The UTC day on the service's clock: the day lifecycle dates are compared with."""
+        return day_of(self._now())
+
+    def _why_not(self, endpoint: Endpoint, available: list[RouteSpec]) -> str:
         """Where the routes in use are successors: which upstream model went, and which does not offer it."""
-        chosen = plan(available, self._lifecycles, day_of(self._now()))
+        chosen = plan(available, self._lifecycles, self.today())
         for succession in chosen.successions:
             if succession.successor is not None:
                 return (
                     f": its upstream model {succession.retired.model} shut down on {succession.shutdown_at}, "
-                    f"and its successor {succession.successor.model} has no {job.endpoint} endpoint"
+                    f"and its successor {succession.successor.model} has no {endpoint} endpoint"
                 )
         return ""
 
