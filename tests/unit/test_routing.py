@@ -231,6 +231,7 @@ def test_every_public_model_has_a_packaged_route(catalog_ids):
         "GEMINI_API_KEY",
         "AZURE_OPENAI_API_KEY",
         "AZURE_OPENAI_ENDPOINT",
+        "BFL_API_KEY",
     }
 
 
@@ -372,7 +373,7 @@ def route(**fields):
         ('{"routes": {}, "prices": {}}', "unknown top-level key(s) prices"),
         (
             route(provider="midjourney", model="v7"),
-            "'provider' must be one of azure_openai, bedrock,",
+            "'provider' must be one of azure_openai, bedrock, bfl,",
         ),
         (route(model="gpt-image-1.5"), "'provider' must be one of"),
         (
