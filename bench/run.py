@@ -5,7 +5,8 @@ A report, never a gate (not part of `make test` or CI); on 2 cores the whole run
 - target 3: bench/cold_start.py (import + first request vs a minimal app);
 - target 4: bench/local_stack.py, the local stack under load, when it exists (its owner's command line);
 - target 5: bench/uploads.py, upload memory, when it exists;
-- issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile).
+- issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile);
+- issue 18: bench/catalog.py, the catalog load and override parse out of a warm request's path.
 Each figure is a ratio against a baseline measured in the same run, interleaved.
 """
 
@@ -25,6 +26,7 @@ OPTIONAL = (
     ("4 local stack", BENCH / "local_stack.py", []),
     ("5 uploads", BENCH / "uploads.py", []),
     ("jobs burst", BENCH / "jobs.py", []),
+    ("catalog", BENCH / "catalog.py", []),
 )
 
 

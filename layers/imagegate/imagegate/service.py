@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from aws_lambda_powertools.logging import Logger
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.contracts import Contract, estimate_usage
+from imagegate.catalog.lifecycle import WARNING_DAYS
 from imagegate.catalog.loader import Catalog
 from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote
 from imagegate.catalog.sources import CatalogSource, fetch_override
@@ -322,6 +324,40 @@ class Service:
             "charged_micros": sum(c for _, c in closed),
             "refunded_micros": sum(r.amount - c for r, c in closed),
         }
+
+    def route_warnings(self, today: date) -> dict[str, int]:
+        """Routes near their upstream model's end: every route of a model that served traffic since
+        yesterday (UTC) and is within `WARNING_DAYS` of its `shutdown_at`, or past it, gets a warning log
+        line and the `RoutesNearShutdown` metric (an alarm in template.yaml). The routes are the catalog's,
+        as `imagegate models` shows them, so the sweeper needs no upstream credentials."""
+        from imagegate.money.ledger import usage
+
+        catalog = self.models
+        lifecycles = catalog.lifecycles
+        rows = usage(self.aws.dynamodb, self.settings.table, days=2, today=today)
+        served = sorted({self.catalog[r.model].id for r in rows if r.requests and r.model in self.catalog})
+        warned = 0
+        for model_id in served:
+            routes = [*catalog.plan(model_id, today).routes, *catalog.routes[model_id]]
+            for spec in {(r.provider, r.model): r for r in routes}.values():
+                days = lifecycles.days_left(spec, today)
+                if days is None or days > WARNING_DAYS:
+                    continue
+                lifecycle = lifecycles.of(spec)
+                self.logger.warning(
+                    "route near shutdown",
+                    extra={
+                        "model": model_id,
+                        "provider": spec.provider,
+                        "upstream_model": spec.model,
+                        "shutdown_at": str(lifecycle.shutdown_at) if lifecycle else None,
+                        "days_left": days,
+                        "successor": lifecycle.successor if lifecycle else None,
+                    },
+                )
+                self.metrics.record(model=model_id, provider=spec.provider, RoutesNearShutdown=1)
+                warned += 1
+        return {"routes_near_shutdown": warned}
 
     def _serve(
         self,

@@ -23,6 +23,7 @@ from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
 
 from imagegate.aws import AWSClients
+from imagegate.catalog.lifecycle import day_of
 from imagegate.config import Settings
 from imagegate.errors import APIError
 from imagegate.http.api import Route, create_app
@@ -269,8 +270,9 @@ def _unauthenticated_event(method: str, path: str) -> dict[str, Any]:
 
 
 def sweep_handler() -> Any:
-    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, and
-    fails and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep)."""
+    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, fails
+    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), and once a day warns
+    of routes near their upstream model's shutdown (Service.route_warnings)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
@@ -278,7 +280,10 @@ def sweep_handler() -> Any:
     jobs = build_jobs(service)
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-        result = service.sweep() | jobs.sweep()
+        if event.get("check") == "routes":  # the daily schedule's input (template.yaml)
+            result = service.route_warnings(day_of(service.clock()))
+        else:
+            result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)
         return result
 
