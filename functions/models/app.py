@@ -1,4 +1,4 @@
-"""GET /v1/models and /v1/models/{model}: the route's whole Lambda function; the imagegate layer does the work."""
+"""GET /v1/models and /v1/models/{model}: the whole Lambda function; the imagegate layer does the work."""
 
 from imagegate.http.lambda_app import lambda_handler
 

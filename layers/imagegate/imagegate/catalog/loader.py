@@ -367,30 +367,17 @@ def _validated(schema: type[BaseModel], fields: Any, where: str) -> Any:
 def _contract(name: str, fields: dict[str, Any]) -> Contract:
     rules: ContractRules = _validated(ContractRules, fields, f"catalog: model '{name}'")
     released = rules.released
+    # Lists become tuples (a contract is frozen and hashable); the rest are the Contract's fields by name.
+    fields = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in rules.model_dump(exclude={"endpoints", "free_form", "released"}).items()
+    }
     return Contract(
         id=name,
         endpoints=frozenset(rules.endpoints),
-        sizes=tuple(rules.sizes),
-        qualities=tuple(rules.qualities),
-        prompt_max=rules.prompt_max,
-        default_size=rules.default_size,
-        default_quality=rules.default_quality,
         free_form=FreeFormSizes(**rules.free_form.model_dump()) if rules.free_form else None,
-        styles=tuple(rules.styles),
-        n_max=rules.n_max,
-        gpt_params=rules.gpt_params,
-        input_fidelity=rules.input_fidelity,
-        transparent_background=rules.transparent_background,
-        default_response_format=rules.default_response_format,
-        max_input_images=rules.max_input_images,
-        input_formats=tuple(rules.input_formats),
-        max_input_bytes=rules.max_input_bytes,
-        square_png_input=rules.square_png_input,
-        revised_prompt=rules.revised_prompt,
-        reports_usage=rules.reports_usage,
-        auto_quality=rules.auto_quality,
-        owned_by=rules.owned_by,
         created=midnight(released) if released else 0,
+        **fields,
     )
 
 
