@@ -9,6 +9,7 @@ first one also installs LiteLLM into build/bench-litellm/).
 - issue 10: bench/jobs.py, a burst of jobs through the local queue (jobs/s, exact money, reconcile);
 - issue 22: bench/http_compare.py, imagegate over real sockets next to a minimal app and LiteLLM (latency,
   throughput, CPU, RSS; DynamoDB calls, write units and AWS cost per request, counted at the emulator).
+- issue 18: bench/catalog.py, the catalog load and override parse out of a warm request's path.
 Each figure is a ratio against a baseline measured in the same run, interleaved.
 """
 
@@ -29,6 +30,7 @@ OPTIONAL = (
     ("5 uploads", BENCH / "uploads.py", []),
     ("jobs burst", BENCH / "jobs.py", []),
     ("22 HTTP comparison", BENCH / "http_compare.py", []),
+    ("catalog", BENCH / "catalog.py", []),
 )
 
 

@@ -84,14 +84,15 @@ def capture(call: str, **kwargs: object) -> httpx.Request:
         max_retries=0,
         http_client=httpx.Client(transport=httpx.MockTransport(record)),
     )
-    if call != "generate":
+    if call not in ("generate", "models.list"):
         kwargs["extra_headers"] = {
             **kwargs.get("extra_headers", {}),  # type: ignore[dict-item]
             "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
         }
+    resource, _, method = call.rpartition(".")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # create_variation is deprecated upstream
-        getattr(client.images, call)(**kwargs)
+        getattr(getattr(client, resource or "images"), method)(**kwargs)
     seen[0].read()
     return seen[0]
 
@@ -229,6 +230,8 @@ def main() -> None:
             headers={"authorization": f"Bearer {API_KEY}", "user-agent": "curl/8.5.0", "accept": "*/*"},
         ),
         "stripe_webhook": stripe_delivery(),
+        # client.models.list(), as chat UIs and the SDKs ask which models a base URL serves.
+        "models": capture("models.list"),
     }
     samples = {name: event(request, i) for i, (name, request) in enumerate(requests.items())}
     for name, sample in {**samples, **aws_events()}.items():

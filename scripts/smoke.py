@@ -29,7 +29,7 @@ from PIL import Image
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.credentials import ENV_PREFIX
-from imagegate.catalog.prices import build_catalog, load_prices
+from imagegate.catalog.loader import load_catalog
 from imagegate.config import Settings
 from imagegate.errors import APIError, ProviderError
 from imagegate.inputs.validation import ImageParams, resolve
@@ -94,7 +94,7 @@ def live_is_current(stack: str) -> bool:
 
 def main(env: Mapping[str, str] = os.environ) -> int:
     settings = replace(Settings.from_env(env), upstream_budget_seconds=90.0)
-    catalog = build_catalog(load_prices(settings))
+    catalog = load_catalog(settings).contracts
     logger = Logger(service="imagegate-smoke", level="WARNING", stream=sys.stderr)
     deps = Deps(aws=AWSClients(settings))
     failed = False

@@ -1018,3 +1018,61 @@ def test_keys_create_admin_makes_a_key_that_may_manage_its_account(capsys, table
     assert code == 0
     key = table.accounts.authenticate(f"Bearer {out.splitlines()[-1]}")
     assert (key.admin, key.budget) == (True, 250_000)
+
+
+# --- the catalog (issue 18) --------------------------------------------------------------------------------
+
+
+def test_catalog_validate_says_what_a_document_adds_or_what_is_wrong(table, capsys, tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"aliases": {"imagen-3": "gemini-3.1-flash-image"}}))
+    code, out, _ = run(capsys, "catalog", "validate", str(good))
+    assert code == 0 and out.startswith(f"{good}: valid (") and "1 aliases" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"models": {"gpt-image-2": {"n_max": 11}}}))
+    code, out, err = run(capsys, "catalog", "validate", str(bad))
+    assert (code, out) == (1, "") and "gpt-image-2" in err and "n_max" in err
+
+
+def test_catalog_push_validates_then_uploads_to_s3_or_ssm(table, capsys, tmp_path, monkeypatch):
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="ops")
+    document = tmp_path / "catalog.json"
+    document.write_text(json.dumps({"aliases": {"imagen-3": "gemini-3.1-flash-image"}}))
+    monkeypatch.setenv("IMAGEGATE_CATALOG", "s3://ops/imagegate/catalog.json")
+    code, out, _ = run(capsys, "catalog", "push", str(document))
+    assert code == 0 and "pushed to s3://ops/imagegate/catalog.json" in out
+    stored = boto3.client("s3", region_name="us-east-1").get_object(
+        Bucket="ops", Key="imagegate/catalog.json"
+    )
+    assert stored["Body"].read() == document.read_bytes()
+    code, _, _ = run(capsys, "catalog", "push", str(document), "--to", "ssm:/imagegate/catalog")
+    parameter = boto3.client("ssm", region_name="us-east-1").get_parameter(Name="/imagegate/catalog")
+    assert code == 0 and parameter["Parameter"]["Value"] == document.read_text()
+    # `imagegate models` reads the pushed override as the functions do.
+    code, out, _ = run(capsys, "models", "--json")
+    assert {"id": "imagen-3"}.items() <= next(m for m in json.loads(out) if m["id"] == "imagen-3").items()
+    # A document that fails validation is never uploaded.
+    document.write_text(json.dumps({"aliases": {"imagen-3": "nothing"}}))
+    code, _, err = run(capsys, "catalog", "push", str(document), "--to", "ssm:/imagegate/catalog")
+    assert code == 1 and "names no model" in err
+    parameter = boto3.client("ssm", region_name="us-east-1").get_parameter(Name="/imagegate/catalog")
+    assert "nothing" not in parameter["Parameter"]["Value"]
+
+
+def test_models_shows_status_routes_and_days_to_shutdown(table, capsys):
+    code, out, _ = run(capsys, "models", "--date", "2026-12-06")
+    assert code == 0
+    rows = {
+        line.split()[0]: line.split() for line in out.splitlines()[1:] if line and not line.startswith(" ")
+    }
+    assert rows["gpt-image-1.5"][1:] == ["deprecated", "azure_openai", "gpt-image-1.5", "2026-12-16", "10"]
+    assert rows["dall-e-3"][1:4] == ["deprecated", "openai", "gpt-image-2"]
+    assert rows["gpt-image-2.5-flare"][1] == "active"
+    code, out, _ = run(capsys, "models", "--json", "--date", "2026-11-30")
+    listed = {m["id"]: m for m in json.loads(out)}
+    # Before OpenAI's date, gpt-image-1.5 went to OpenAI first, with the day it would stop.
+    assert listed["gpt-image-1.5"]["routes"][0] == {
+        "provider": "openai",
+        "model": "gpt-image-1.5",
+        "shutdown_at": "2026-12-01",
+    }

@@ -67,6 +67,12 @@ class Stack:
             return any(self.resolve(a) for a in arg)
         if fn == "Condition":
             return self.condition(arg)
+        if fn == "Fn::Split":
+            return self.resolve(arg[1]).split(arg[0])
+        if fn == "Fn::Select":
+            # Select from literals (a split parameter); a list of references stays as it is (a dependency)
+            items = self.resolve(arg[1])
+            return items[int(arg[0])] if all(isinstance(i, str) for i in items) else {fn: [arg[0], items]}
         if fn in ("Fn::Sub", "Fn::GetAtt", "Fn::FindInMap"):
             return value  # left as it is: no test needs its value
         return {fn: self.resolve(arg)}
@@ -82,7 +88,8 @@ def statements(function: str, stack: Stack | None = None) -> list[dict[str, Any]
     policies it references. With no stack, both branches of every !If count (the widest grant)."""
     resources = template()["Resources"]
     found: list[dict[str, Any]] = []
-    for policy in functions()[function]["Properties"].get("Policies", []):
+    policies = functions()[function]["Properties"].get("Policies", [])
+    for policy in (branch for p in policies for branch in _branches(p, stack)):
         if isinstance(policy, dict) and "Ref" in policy:
             managed = resources[policy["Ref"]]
             assert managed["Type"] == "AWS::IAM::ManagedPolicy"
@@ -111,5 +118,8 @@ def actions(function: str, stack: Stack | None = None) -> set[str]:
         if statement.get("Effect") != "Allow":
             continue
         action = statement["Action"]
+        if isinstance(action, dict) and list(action) == ["Fn::If"]:  # one action or another, by condition
+            condition, yes, no = action["Fn::If"]
+            action = ([yes] if stack.condition(condition) else [no]) if stack is not None else [yes, no]
         allowed.update([action] if isinstance(action, str) else action)
     return allowed

@@ -104,8 +104,9 @@ def test_each_function_gets_only_its_own_actions():
     image = actions("GenerationsFunction")
     assert image == actions("EditsFunction") == actions("VariationsFunction")
     assert "bedrock:InvokeModel" in image and "secretsmanager:GetSecretValue" in image
-    sweep = actions("SweepFunction")
-    # No S3, no secrets, no Bedrock: the table, and the notifications of the jobs it fails.
+    sweep = actions("SweepFunction", Stack())
+    # No S3, no secrets, no Bedrock: the table, and the notifications of the jobs it fails (and, with a
+    # CatalogSource, that one object or parameter: a test of its own below).
     assert not {a for a in sweep if not a.startswith("dynamodb:")} - NOTIFY
     assert "dynamodb:DeleteItem" not in sweep
     # Nothing conditional is granted by default: no secret, no parameter, no key, no Bedrock.
@@ -436,6 +437,9 @@ def test_one_function_per_endpoint_each_with_its_own_route():
                 routes[event["Properties"]["Path"]] = name
     assert routes == {
         "/v1/images/generations": "GenerationsFunction",
+        "/api/images/generations": "GenerationsFunction",
+        "/v1/models": "ModelsFunction",
+        "/v1/models/{model}": "ModelsFunction",
         "/v1/images/edits": "EditsFunction",
         "/v1/images/variations": "VariationsFunction",
         "/v1/balance": "BalanceFunction",
@@ -480,11 +484,12 @@ def test_integration_timeout_drives_the_gateway_the_functions_and_the_upstream_b
         "VariationsFunction",
         "BalanceFunction",
         "UploadsFunction",
+        "ModelsFunction",
     ):
-        [event] = functions()[function]["Properties"]["Events"].values()
-        assert event["Properties"]["TimeoutInMillis"] == {
-            "Fn::FindInMap": ["IntegrationTimeout", {"Ref": "IntegrationTimeoutSeconds"}, "Millis"]
-        }
+        for event in functions()[function]["Properties"]["Events"].values():
+            assert event["Properties"]["TimeoutInMillis"] == {
+                "Fn::FindInMap": ["IntegrationTimeout", {"Ref": "IntegrationTimeoutSeconds"}, "Millis"]
+            }
 
 
 def test_optional_waf_domain_cors_tracing_and_reserved_concurrency():
@@ -538,3 +543,47 @@ def test_the_layer_build_matches_the_template_architecture_and_runtime():
     version = functions_globals["Runtime"].removeprefix("python")
     assert re.search(rf"^PYTHON_VERSION \?= {re.escape(version)}$", makefile, re.M)
     assert layer["Properties"]["CompatibleRuntimes"] == [functions_globals["Runtime"]]
+
+
+@pytest.mark.parametrize(
+    ("source", "action", "resource"),
+    [
+        ("s3://ops-bucket/imagegate/catalog.json", "s3:GetObject", "ops-bucket/imagegate/catalog.json"),
+        ("ssm:/imagegate/catalog", "ssm:GetParameter", "/imagegate/catalog"),
+    ],
+)
+def test_a_catalog_source_is_read_by_the_functions_that_route_and_nothing_else(source, action, resource):
+    stack = Stack(CatalogSource=source)
+    assert stack.environment()["IMAGEGATE_CATALOG"] == source
+    policy = template()["Resources"]["CatalogReadPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert stack.resolve(policy["Action"]) == action
+    # One object or one parameter: the resource is built from the source's own path.
+    [_, values] = stack.resolve(policy["Resource"])["Fn::Sub"]
+    assert [stack.resolve(v) for v in values.values()] == [resource]
+    readers = {
+        name
+        for name, f in functions().items()
+        if "CatalogReadPolicy" in str(stack.resolve(f["Properties"]["Policies"]))
+    }
+    assert all(action in actions(name, stack) for name in readers)
+    assert readers == {
+        "GenerationsFunction",
+        "EditsFunction",
+        "VariationsFunction",
+        "ModelsFunction",
+        "AccountFunction",  # the price book and models it lists come from the catalog
+        "WorkerFunction",
+        "SweepFunction",
+        "RequestsFunction",
+        "InvokeFunction",
+    }
+    # Without a source, nobody gets the grant.
+    assert "CatalogReadPolicy" not in str(
+        [p for f in functions().values() for p in Stack().resolve(f["Properties"].get("Policies", []))]
+    )
+
+
+def test_the_models_function_reads_keys_and_credentials_and_writes_nothing():
+    allowed = actions("ModelsFunction", Stack(UpstreamCredentialsSecretArn="arn:aws:secretsmanager:x"))
+    assert allowed == {"dynamodb:GetItem", "secretsmanager:GetSecretValue"}
+    assert actions("ModelsFunction", Stack()) == {"dynamodb:GetItem"}

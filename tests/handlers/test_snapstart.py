@@ -41,8 +41,8 @@ def test_the_snapshot_holds_primed_tables_but_no_client_credentials_or_secret(st
     run(hooks["before"])
 
     primed = service.__dict__
-    assert "prices" in primed and "catalog" in primed
-    assert "router" not in primed  # credentials (upstream secrets) are read on the first request only
+    assert primed["catalog_source"]._catalog is not None  # contracts, prices and routes, loaded
+    assert primed["_router"] is None  # credentials (upstream secrets) are read on the first request only
     assert service.aws._clients == {} and service.aws._session is None
     assert "imagegate.providers.openai" in sys.modules
 

@@ -354,7 +354,9 @@ CASES = [
     Case("route-docs", "/docs", 404, None, "not_found", method="GET"),
     Case("route-redoc", "/redoc", 404, None, "not_found", method="GET"),
     Case("route-images-root", "/v1/images", 404, None, "not_found", json=P),
-    Case("route-models", "/v1/models", 404, None, "not_found", method="GET"),
+    # /v1/models exists now (issue 18): an unknown model is a 404 naming it, and only GET is served.
+    Case("route-models-unknown", "/v1/models/gpt-image-9", 404, "model", "model_not_found", method="GET"),
+    Case("route-models-post", "/v1/models", 405, None, "method_not_allowed", json=P),
     Case("route-double-slash", "/v1//images/generations", 404, None, "not_found", json=P),
     Case("route-balance-days-zero", "/v1/balance?days=0", 400, "days", RANGE, method="GET"),
     Case("route-balance-days-huge", "/v1/balance?days=99999", 400, "days", RANGE, method="GET"),

@@ -17,13 +17,13 @@ from starlette.responses import JSONResponse
 
 from imagegate import errors
 from imagegate.catalog.contracts import parse_size
-from imagegate.catalog.prices import build_catalog, load_prices
+from imagegate.catalog.loader import load_catalog
 from imagegate.config import Settings
 from imagegate.errors import APIError
 from imagegate.inputs.images import inspect
 from imagegate.inputs.validation import ENDPOINT_PARAMS, GenerationRequest, ImageParams, resolve
 
-CATALOG = build_catalog(load_prices(Settings(local_price_micros=2000)))
+CATALOG = load_catalog(Settings(local_price_micros=2000)).contracts
 MODELS = sorted(CATALOG)
 PARAMS = sorted(ImageParams.model_fields)
 BUDGET = settings(

@@ -10,7 +10,7 @@ from PIL import Image
 from shims import mocked_aws
 
 from imagegate.aws import AWSClients
-from imagegate.catalog.prices import build_catalog, load_prices
+from imagegate.catalog.loader import load_catalog
 from imagegate.config import Settings
 from imagegate.inputs.images import inspect
 from imagegate.inputs.validation import ImageParams, resolve
@@ -24,7 +24,7 @@ LOCAL_PRICE = 2000
 
 @pytest.fixture(scope="session")
 def catalog():
-    return build_catalog(load_prices(Settings(local_price_micros=LOCAL_PRICE)))
+    return load_catalog(Settings(local_price_micros=LOCAL_PRICE)).contracts
 
 
 def image_bytes(width=64, height=64, mode="RGBA", fmt="PNG", colour=(200, 40, 40, 255), **save):

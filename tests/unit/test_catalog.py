@@ -1,21 +1,20 @@
 """Prices and size rules of the model contracts, checked against the upstreams' published per-image prices."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
-from imagegate.catalog.contracts import (
-    GEMINI_SIZES,
-    OPENAI_CONTRACTS,
-    STABILITY_SIZES,
-    FreeFormSizes,
-    free_form_problem,
-    parse_size,
-    price_per_image,
-)
+from imagegate.catalog.contracts import FreeFormSizes, free_form_problem, parse_size, price_per_image
+from imagegate.catalog.loader import load_catalog
+from imagegate.config import Settings
 from imagegate.providers import bedrock, gemini
 
 from .conftest import LOCAL_PRICE
+
+PACKAGED = load_catalog(Settings()).contracts
+GEMINI_SIZES = tuple(s for s in PACKAGED["gemini-3.1-flash-image"].sizes if s != "auto")
+STABILITY_SIZES = tuple(s for s in PACKAGED["stability.stable-image-core-v1:1"].sizes if s != "auto")
 
 
 @pytest.mark.parametrize(
@@ -99,9 +98,10 @@ def test_free_form_price_of_a_whole_multiple_is_exact(catalog):
     ("model", "sizes", "micros"),
     [
         # Per image: the 1K image's output tokens plus the most a 4,000-character prompt and 4 input images
-        # can add upstream (prices.json shows the sums): one price at every 1K size.
+        # can add upstream (catalog.json shows the sums): one price at every 1K size.
         ("gemini-3.1-flash-image", GEMINI_SIZES, 71_440),
         ("gemini-3-pro-image", GEMINI_SIZES, 176_880),
+        ("gemini-3.1-flash-lite-image", GEMINI_SIZES, 71_440),
         ("stability.stable-image-core-v1:1", STABILITY_SIZES, 40_000),
     ],
 )
@@ -142,13 +142,19 @@ def test_local_model_price_is_flat_per_image(catalog, size):
 
 
 def test_a_contract_without_prices_has_no_price():
-    # Contracts get their prices from the price book, through build_catalog.
-    with pytest.raises(ValueError, match="priced by build_catalog"):
-        price_per_image(OPENAI_CONTRACTS[0], "standard", "1024x1024")
+    # Contracts get their prices from the price book, through the catalog's loader.
+    with pytest.raises(ValueError, match="priced by the catalog loader"):
+        price_per_image(replace(PACKAGED["dall-e-2"], pricing=None), "standard", "1024x1024")
 
 
 def test_catalog_contracts_carry_their_price_book_entry(catalog):
-    assert all(contract.pricing.model == model_id for model_id, contract in catalog.items())
+    # An alias carries its model's contract, prices included.
+    assert all(contract.pricing.model == contract.id for contract in catalog.values())
+    assert all(
+        contract.pricing.model == model_id
+        for model_id, contract in catalog.items()
+        if model_id == contract.id
+    )
 
 
 GPT_IMAGE_2 = FreeFormSizes()

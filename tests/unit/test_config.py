@@ -118,7 +118,13 @@ def test_a_deployed_function_never_lets_local_stand_in_unless_in_demo_mode():
     assert Settings.from_env(deployed).local_serves_all is False
     demo = Settings.from_env({**deployed, "IMAGEGATE_DEMO_MODE": "on"})
     assert (demo.local_serves_all, demo.demo_mode) == (True, True)
-    assert '"markup_percent": "0"' in demo.prices  # every model at the local price
+    # Every model at the local price, whatever its size or quality.
+    from imagegate.catalog.loader import load_catalog
+
+    prices = load_catalog(demo).prices
+    assert {
+        prices.model(m).per_image(q, 3840, 2160) for m, q in [("gpt-image-2", "high"), ("dall-e-3", "hd")]
+    } == {demo.local_price_micros}
     assert Settings.from_env({}).local_serves_all is True  # a laptop, the tests
 
 

@@ -1,11 +1,13 @@
 """The price book: packaged prices, overrides, markups, reservations and charges, to the micro-dollar."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from imagegate.catalog.contracts import CONTRACTS, price_per_image
-from imagegate.catalog.prices import PRICES_PATH, build_catalog, input_image_tokens, load_prices
+from imagegate.catalog.contracts import price_per_image
+from imagegate.catalog.loader import PACKAGED_PATH, load_catalog, load_prices
+from imagegate.catalog.prices import input_image_tokens
 from imagegate.config import Settings
 from imagegate.errors import APIError
 from imagegate.inputs.validation import ImageParams, resolve
@@ -13,6 +15,12 @@ from imagegate.inputs.validation import ImageParams, resolve
 from .conftest import LOCAL_PRICE, upload
 
 PACKAGED = load_prices(Settings(local_price_micros=LOCAL_PRICE))
+CONTRACTS = [c for c in load_catalog(Settings()).contracts.values()]
+
+
+def build_catalog(prices):
+    """The packaged contracts with `prices` attached."""
+    return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}
 
 
 def book(overrides=None, **settings):
@@ -51,9 +59,9 @@ def test_every_model_is_priced_for_every_size_and_quality_it_serves(catalog, con
 
 
 def test_the_packaged_file_holds_prices_as_exact_strings():
-    document = json.loads(PRICES_PATH.read_text())
+    document = json.loads(PACKAGED_PATH.read_text())
     for name, fields in document["models"].items():
-        for sizes in fields["per_image"].values():
+        for sizes in fields.get("per_image", {}).values():
             assert all(isinstance(usd, str) for usd in sizes.values()), name
         assert "_source" in fields, f"{name} does not say where its prices come from"
 
@@ -507,18 +515,33 @@ def test_the_bound_covers_the_worst_case_usage(params, markup):
 # --- routes that translate a contract (issue 8, item 2) ----------------------------------------------------
 
 
-def _packaged_translations():
-    """(contract id, route) for every packaged route that serves a contract with another, token-billed
-    model: the routes whose upstream bill is not the contract's own."""
-    from imagegate.providers.routing import load_routes
+def _dated_routes():
+    """(model, upstream model, route options, days) for every route the router would use, on every date the
+    catalog names (and the day before each): the model's own routes while they live, then the successors
+    its price covers, as `Router.plan` chooses them."""
+    from datetime import timedelta
 
-    routes = load_routes(Settings(), [c.id for c in CONTRACTS])
-    return [
-        (model_id, spec)
-        for model_id, specs in routes.items()
-        for spec in specs
-        if spec.model != model_id and spec.model in PACKAGED.models and PACKAGED.model(spec.model).tokens
-    ]
+    from imagegate.catalog.lifecycle import plan
+
+    catalog = load_catalog(Settings(local_price_micros=LOCAL_PRICE))
+    dates = catalog.lifecycles.named_dates()
+    days = sorted({d + timedelta(days=k) for d in dates for k in (-1, 0)})
+    found = {}
+    for day in days:
+        for model_id in catalog.models:
+            contract = catalog.contracts[model_id]
+            for endpoint in sorted(contract.endpoints):
+                chosen = plan(
+                    catalog.routes[model_id],
+                    catalog.lifecycles,
+                    day,
+                    lambda s, c=contract, e=endpoint: PACKAGED.covers(c, e, s.model, s.options),
+                )
+                for spec in chosen.routes:
+                    if spec.provider != "local":
+                        key = (model_id, spec.model, json.dumps(dict(spec.options), sort_keys=True))
+                        found.setdefault(key, set()).add(day)
+    return [(m, u, json.loads(o), sorted(d)) for (m, u, o), d in sorted(found.items())]
 
 
 def _worst_jobs(contract):
@@ -561,18 +584,36 @@ def _upstream_bill(job, tokens, quality):
     return -(-cost // 1_000_000), usage(text=text, image=image, output=output)
 
 
-@pytest.mark.parametrize(("model_id", "spec"), _packaged_translations(), ids=lambda v: getattr(v, "model", v))
-def test_no_packaged_route_sells_below_its_upstreams_cost(model_id, spec):
+DATED_ROUTES = _dated_routes()
+
+
+def test_the_dated_routes_include_the_successors():
+    served = {(m, u) for m, u, _, _ in DATED_ROUTES}
+    assert {("dall-e-2", "dall-e-2"), ("dall-e-2", "gpt-image-1-mini"), ("dall-e-2", "gpt-image-2")} <= served
+    assert {("gpt-image-1.5", "gpt-image-1.5"), ("gpt-image-1.5", "gpt-image-2")} <= served
+
+
+@pytest.mark.parametrize(("model_id", "upstream", "options", "days"), DATED_ROUTES, ids=lambda v: str(v)[:40])
+def test_no_route_sells_below_its_upstreams_cost_on_any_date(model_id, upstream, options, days):
+    """Every route on every date the catalog names: the reservation and the charge for the dearest request
+    cover what the upstream model bills for it (its tokens, or its own per-image price)."""
     from imagegate.catalog.contracts import upstream_quality
 
-    tokens = PACKAGED.model(spec.model).tokens
+    price = PACKAGED.model(upstream)
     checked = 0
     for job in _worst_jobs(build_catalog(PACKAGED)[model_id]):
-        quote = PACKAGED.quote(job, [(spec.model, spec.options)])
-        bill, worst = _upstream_bill(job, tokens, upstream_quality(job.quality, spec.options))
-        assert quote.reserve >= bill, (job.endpoint, job.quality, job.size)
-        charged = PACKAGED.charge(quote, job.n, job.n, worst)
-        assert charged >= bill, (job.endpoint, job.quality, job.size)
+        quote = PACKAGED.quote(job, [(upstream, options)])
+        # A model's own upstream makes the quality asked; a successor the one it translates to.
+        quality = job.quality if upstream == model_id else upstream_quality(job.quality, options)
+        if price.tokens is not None:
+            bill, worst = _upstream_bill(job, price.tokens, quality)
+        else:
+            # Its own per-image price at that quality, or the dearest of its table (an untranslated quality).
+            qualities = {q for q, _ in price.per_image_micros}
+            chosen = [quality] if quality in qualities else qualities
+            bill, worst = job.n * max(price.per_image(q, job.width, job.height) for q in chosen), None
+        assert quote.reserve >= bill, (days[0], job.endpoint, job.quality, job.size)
+        assert PACKAGED.charge(quote, job.n, job.n, worst) >= bill, (days[0], job.endpoint, job.quality)
         checked += 1
     assert checked > 0
 

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import httpx
@@ -18,13 +19,14 @@ import pytest
 from aws_lambda_powertools.logging import Logger
 from PIL import Image
 
-from imagegate.catalog.contracts import OPENAI_CONTRACTS, UPSTREAM_CONTRACTS
+from imagegate.catalog.lifecycle import midnight, plan
+from imagegate.catalog.loader import load_catalog
+from imagegate.catalog.routes import PROVIDERS
 from imagegate.config import Settings
 from imagegate.errors import APIError, ProviderError
 from imagegate.providers import Deps, ProviderResult, Upstream, content_policy
 from imagegate.providers.routing import (
     MAX_ATTEMPTS_PER_ROUTE,
-    PROVIDERS,
     Router,
     RouteSpec,
     credential_names,
@@ -181,7 +183,7 @@ def logger(log_stream, request):
 
 @pytest.fixture
 def router(catalog_ids, upstreams, clock, logger):
-    def make(credentials=(), settings=None, routes=None, factories=None):
+    def make(credentials=(), settings=None, routes=None, factories=None, dated=False):
         settings = settings or Settings()
         return Router(
             settings,
@@ -192,6 +194,9 @@ def router(catalog_ids, upstreams, clock, logger):
             clock=clock,
             sleep=clock.sleep,
             factories=factories if factories is not None else upstreams.factories(),
+            # Dated: the lifecycle of the catalog, at noon on TODAY. Undated, the table's routes as written.
+            catalog=load_catalog(settings) if dated else None,
+            now=lambda: NOW,
         )
 
     return make
@@ -209,37 +214,58 @@ def outcomes(served_or_attempts):
 # --- the route table ---
 
 
+PACKAGED = load_catalog(Settings())
+OPENAI_IDS = [m for m in PACKAGED.models if PACKAGED.contracts[m].owned_by == "openai"]
+UPSTREAM_IDS = [m for m in PACKAGED.models if PACKAGED.contracts[m].owned_by in ("google", "stability")]
+TODAY = date(2026, 12, 6)
+NOW = midnight(TODAY) + 12 * 3600  # noon, UTC
+
+
 def test_every_public_model_has_a_packaged_route(catalog_ids):
     routes = load_routes(Settings(), catalog_ids)
-    assert sorted(routes) == sorted(catalog_ids)
-    assert all(routes[model_id] for model_id in catalog_ids)
+    assert sorted(routes) == sorted(PACKAGED.models)
+    assert all(routes[model_id] for model_id in PACKAGED.models)
     assert routes["imagegate-local"] == [RouteSpec("local", "imagegate-local")]
-    assert credential_names(routes) == {"OPENAI_API_KEY", "GEMINI_API_KEY"}
-
-
-def test_the_packaged_table_sends_openai_contracts_only_to_openai(catalog_ids):
-    # A Gemini or Bedrock image costs more than most OpenAI contracts sell for: no fallback by default.
-    routes = load_routes(Settings(), catalog_ids)
-    served = {c.id: [(r.provider, r.model) for r in routes[c.id]] for c in OPENAI_CONTRACTS}
-    # Retired OpenAI models are served by their successors, never by themselves.
-    assert served == {
-        "dall-e-2": [("openai", "gpt-image-1-mini")],
-        "dall-e-3": [("openai", "gpt-image-1.5")],
-        "gpt-image-1": [("openai", "gpt-image-1.5")],
-        "gpt-image-1-mini": [("openai", "gpt-image-1-mini")],
-        "gpt-image-1.5": [("openai", "gpt-image-1.5")],
-        "chatgpt-image-latest": [("openai", "chatgpt-image-latest")],
-        "gpt-image-2": [("openai", "gpt-image-2")],
-        "gpt-image-2-2026-04-21": [("openai", "gpt-image-2-2026-04-21")],
+    assert credential_names(routes) == {
+        "OPENAI_API_KEY",
+        "GEMINI_API_KEY",
+        "AZURE_OPENAI_API_KEY",
+        "AZURE_OPENAI_ENDPOINT",
+        "BFL_API_KEY",
     }
-    assert {r.credential for c in OPENAI_CONTRACTS for r in routes[c.id]} == {"OPENAI_API_KEY"}
-    assert routes["gpt-image-1"] == [RouteSpec("openai", "gpt-image-1.5", "OPENAI_API_KEY", 20.0)]
 
 
-def test_gemini_and_bedrock_models_are_served_by_their_own_upstream_model(catalog_ids):
-    routes = load_routes(Settings(), catalog_ids)
-    assert {c.id: routes[c.id] for c in UPSTREAM_CONTRACTS} == {
+def test_the_packaged_table_sends_openai_contracts_to_their_own_openai_model():
+    # A Gemini or Bedrock image costs more than most OpenAI contracts sell for: no fallback by default.
+    # Retired models keep their own route; the lifecycle dates hand it to a successor (catalog.json).
+    served = {m: [(r.provider, r.model) for r in PACKAGED.routes[m]] for m in OPENAI_IDS}
+    assert served == {m: [("openai", m)] for m in OPENAI_IDS if m != "gpt-image-1.5"} | {
+        "gpt-image-1.5": [("openai", "gpt-image-1.5"), ("azure_openai", "gpt-image-1.5")]
+    }
+    assert {r.credential for m in OPENAI_IDS for r in PACKAGED.routes[m] if r.provider == "openai"} == {
+        "OPENAI_API_KEY"
+    }
+
+
+def test_on_2026_12_06_every_retired_openai_contract_is_served_by_gpt_image_2():
+    today = {
+        m: [(r.provider, r.model) for r in plan(PACKAGED.routes[m], PACKAGED.lifecycles, TODAY).routes]
+        for m in OPENAI_IDS
+    }
+    retired = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "chatgpt-image-latest"]
+    assert {m: today[m] for m in retired} == {m: [("openai", "gpt-image-2")] for m in retired}
+    # Azure keeps gpt-image-1.5 until 2026-12-16: the dated fallback is the live route.
+    assert today["gpt-image-1.5"] == [("azure_openai", "gpt-image-1.5")]
+    live = [m for m in OPENAI_IDS if m not in (*retired, "gpt-image-1.5")]
+    assert all(today[m] == [("openai", m)] for m in live)
+
+
+def test_gemini_and_bedrock_models_are_served_by_their_own_upstream_model():
+    assert {m: PACKAGED.routes[m] for m in UPSTREAM_IDS} == {
         "gemini-3.1-flash-image": [RouteSpec("gemini", "gemini-3.1-flash-image", "GEMINI_API_KEY", 20.0)],
+        "gemini-3.1-flash-lite-image": [
+            RouteSpec("gemini", "gemini-3.1-flash-lite-image", "GEMINI_API_KEY", 20.0)
+        ],
         "gemini-3-pro-image": [RouteSpec("gemini", "gemini-3-pro-image", "GEMINI_API_KEY", 20.0)],
         # No region on the route: Bedrock stays off until the operator sets IMAGEGATE_BEDROCK_REGION.
         "stability.stable-image-core-v1:1": [
@@ -248,24 +274,26 @@ def test_gemini_and_bedrock_models_are_served_by_their_own_upstream_model(catalo
     }
 
 
-# Contract endpoints no packaged route serves, on purpose: OpenAI has no variations upstream any more, and
-# every other upstream costs more than dall-e-2 sells for. An operator route with its price serves them.
-UNSERVED_BY_DEFAULT = {("dall-e-2", "variations")}
+# Contract endpoints no route serves today, on purpose: OpenAI has no variations upstream any more (it went
+# with dall-e-2 on 2026-05-12), and every other upstream costs more than dall-e-2 sells for. An operator
+# route with its price serves them.
+UNSERVED_TODAY = {("dall-e-2", "variations")}
 
 
-def test_every_packaged_route_supports_its_contracts_endpoints(catalog, catalog_ids):
-    """The real provider modules, built as the router builds them (no I/O: Bedrock's client is lazy)."""
-    routes = load_routes(Settings(), catalog_ids)
+def test_every_packaged_route_supports_its_contracts_endpoints(catalog):
+    """The real provider modules, built as the router builds them (no I/O: Bedrock's client is lazy), on the
+    routes that serve each model today."""
     client = httpx.Client(transport=httpx.MockTransport(lambda request: None))  # never called
     deps = Deps(aws=None, http_client=client)
     unserved = set()
-    for model_id, contract in catalog.items():
+    for model_id in PACKAGED.models:
+        contract = catalog[model_id]
         providers = [
             importlib.import_module(f"imagegate.providers.{spec.provider}").create(
-                Upstream(spec.provider, spec.model, spec.base_url, "key", "us-west-2", spec.timeout_s),
+                Upstream(spec.provider, spec.model, spec.base_url or "https://x.test", "key", "us-west-2"),
                 deps,
             )
-            for spec in routes[model_id]
+            for spec in plan(PACKAGED.routes[model_id], PACKAGED.lifecycles, TODAY).routes
         ]
         for endpoint in sorted(contract.endpoints):
             supporting = [p.name for p in providers if p.supports(OPERATIONS[endpoint])]
@@ -274,7 +302,7 @@ def test_every_packaged_route_supports_its_contracts_endpoints(catalog, catalog_
                 # An endpoint is served by all of a model's routes or, listed above, by none of them.
                 assert not supporting, (model_id, endpoint, supporting)
     client.close()
-    assert unserved == UNSERVED_BY_DEFAULT
+    assert unserved == UNSERVED_TODAY
 
 
 def test_operator_override_replaces_only_the_models_it_lists(catalog_ids):
@@ -345,7 +373,7 @@ def route(**fields):
         ('{"routes": {}, "prices": {}}', "unknown top-level key(s) prices"),
         (
             route(provider="midjourney", model="v7"),
-            "'provider' must be one of bedrock, gemini, local, openai, openai_compatible",
+            "'provider' must be one of azure_openai, bedrock, bfl,",
         ),
         (route(model="gpt-image-1.5"), "'provider' must be one of"),
         (
@@ -401,14 +429,15 @@ def test_local_only_by_default_imports_the_real_local_provider(catalog_ids, job,
 
 
 def test_an_upstream_key_turns_local_off_except_where_listed(router, job, upstreams):
-    r = router(OPENAI)
+    r = router(OPENAI, dated=True)
     assert not r.local_only
     served = r.run(job(prompt="a fox", model="dall-e-2", size="256x256"), "req_1")
-    assert (served.provider, served.model) == ("openai", "gpt-image-1-mini")
+    # dall-e-2's route, dated: dall-e-2 and its successor gpt-image-1-mini are gone, gpt-image-2 serves.
+    assert (served.provider, served.model) == ("openai", "gpt-image-2")
     assert r.run(job(prompt="a fox", model="imagegate-local"), "req_2").provider == "local"
     openai = [u for u in upstreams.built if u.provider == "openai"]
     assert [(u.model, u.api_key, u.timeout_s, u.region) for u in openai] == [
-        ("gpt-image-1-mini", "sk-test-openai-secret", 15.0, "")
+        ("gpt-image-2", "sk-test-openai-secret", 15.0, "")
     ]
     assert "sk-test" not in repr(openai[0])
 
@@ -492,13 +521,14 @@ def test_a_gemini_key_alone_serves_the_gemini_models_and_no_openai_contract(rout
 
 
 def test_providers_are_built_once_per_route_and_timeout(router, job, upstreams):
-    r = router(OPENAI)
+    r = router(OPENAI, dated=True)
     for i in range(3):
         r.run(job(prompt="a fox", model="gpt-image-1.5"), f"req_{i}")
     r.run(job(prompt="a fox", model="dall-e-3"), "req_4")
+    # Both served by their successor today: one provider per model's route.
     assert [(u.model, u.timeout_s) for u in upstreams.built] == [
-        ("gpt-image-1.5", 20.0),
-        ("gpt-image-1.5", 20.0),
+        ("gpt-image-2", 20.0),
+        ("gpt-image-2", 20.0),
     ]
     assert len(upstreams.calls) == 4
 
@@ -712,3 +742,75 @@ def test_smoke_script_skips_every_provider_without_keys(capsys, monkeypatch):
         "skipped gemini: IMAGEGATE_GEMINI_API_KEY is not set",
         "skipped bedrock: IMAGEGATE_BEDROCK_REGION is not set",
     ]
+
+
+# --- lifecycle dates (issue 18, item 2) -----------------------------------------------------------------
+
+DATED = {
+    "models": {
+        "gpt-image-2": {
+            "routes": [{"provider": "openai", "model": "gpt-image-2", "credential": "OPENAI_API_KEY"}]
+        }
+    },
+    "upstreams": {
+        "openai": {
+            "gpt-image-2": {
+                "deprecated_at": "2027-01-04",
+                "shutdown_at": "2027-04-05",
+                "successor": "gpt-image-2.5-flare",
+            },
+            # gpt-image-3 has no price here: nothing says gpt-image-2's price covers it.
+            "gpt-image-2.5-flare": {"shutdown_at": "2027-07-05", "successor": "gpt-image-3"},
+        }
+    },
+}
+
+
+def test_a_route_turns_from_served_to_successor_to_refused_as_the_clock_passes_its_dates(
+    upstreams, logger, job
+):
+    settings = Settings(catalog=json.dumps(DATED))
+    catalog = load_catalog(settings)
+    now = [float(midnight(date(2027, 4, 4)) + 86_399)]  # the last second before the shutdown
+    r = Router(
+        settings, catalog.routes, OPENAI, Deps(aws=None), logger,
+        factories=upstreams.factories(), catalog=catalog, now=lambda: now[0],
+    )  # fmt: skip
+    request = job(prompt="a fox", model="gpt-image-2")
+    assert r.run(request, "req_1").model == "gpt-image-2"
+    now[0] += 1  # 2027-04-05T00:00Z: gpt-image-2 is gone, its successor serves
+    assert [s.model for s in r.check(request)] == ["gpt-image-2.5-flare"]
+    assert r.run(request, "req_2").model == "gpt-image-2.5-flare"
+    now[0] = midnight(date(2027, 7, 5))  # the successor is gone too, and its own successor is not covered
+    calls = len(upstreams.calls)
+    with pytest.raises(APIError) as info:
+        r.check(request)
+    assert (info.value.status, info.value.code, info.value.param) == (400, "model_not_found", "model")
+    assert "Use 'gpt-image-3' instead" in info.value.message
+    assert "gpt-image-2 on 2027-04-05" in info.value.message
+    with pytest.raises(APIError):
+        r.run(request, "req_3")
+    assert len(upstreams.calls) == calls  # no upstream was called for it: never a 502 after a wasted call
+
+
+def test_a_live_route_is_preferred_to_a_successor_and_an_unreachable_one_hands_over(router, job):
+    # gpt-image-1.5 on 2026-12-06: OpenAI's is gone, Azure's lives until the 16th.
+    azure = {**OPENAI, "AZURE_OPENAI_API_KEY": "az", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}
+    request = job(prompt="a fox", model="gpt-image-1.5")
+    assert [(s.provider, s.model) for s in router(azure, dated=True).check(request)] == [
+        ("azure_openai", "gpt-image-1.5")
+    ]
+    # Without Azure's credentials, every reachable route is past its date: the successor serves.
+    assert [(s.provider, s.model) for s in router(OPENAI, dated=True).check(request)] == [
+        ("openai", "gpt-image-2")
+    ]
+
+
+def test_variations_on_openai_routes_say_they_have_no_upstream(router, job, upstreams):
+    upstreams.supports = {"openai": {"generate", "edit"}}  # GPT image models make no variations
+    variation = job("variations", images=[upload()], model="dall-e-2")
+    with pytest.raises(APIError) as info:
+        router(OPENAI, dated=True).check(variation)
+    assert info.value.code == "model_not_available"
+    assert "dall-e-2 shut down on 2026-05-12" in info.value.message
+    assert "gpt-image-2 has no variations endpoint" in info.value.message

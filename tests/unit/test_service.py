@@ -249,3 +249,47 @@ def test_a_request_s_metrics_reach_cloudwatch_whatever_the_log_level(
     )
     assert emf["service"] == logger.service
     assert (emf.get("message") == "image request") is (level == "INFO")
+
+
+# --- routes near their shutdown date (issue 18, item 4) ---------------------------------------------------
+
+
+def test_the_routes_of_models_that_served_traffic_are_warned_of_within_30_days_of_shutdown(
+    aws, settings, funded, capsys
+):
+    import io
+    import json
+    from datetime import date
+
+    from imagegate.catalog.lifecycle import midnight
+
+    stream = io.StringIO()
+    svc = Service(
+        replace(settings, metrics=True),
+        aws,
+        Logger(service="route-warnings", stream=stream),
+        clock=Clock(midnight(date(2026, 11, 20)) + 3600),
+    )
+    key = svc.accounts.authenticate(f"Bearer {funded[1]}")
+    assert svc.route_warnings(date(2026, 11, 20)) == {"routes_near_shutdown": 0}  # no traffic, no warning
+    svc.handle(key, job(svc, model="gpt-image-1.5", size="1024x1024", quality="low"))
+    svc.handle(key, job(svc, model="gpt-image-2", size="1024x1024", quality="low"))
+    stream.seek(0)
+    stream.truncate()
+    capsys.readouterr()
+    # gpt-image-1.5: OpenAI's route ends 2026-12-01 (11 days), Azure's 2026-12-16 (26); gpt-image-2 has none.
+    assert svc.route_warnings(date(2026, 11, 20)) == {"routes_near_shutdown": 2}
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    warned = [
+        (x["provider"], x["upstream_model"], x["days_left"])
+        for x in lines
+        if x.get("message") == "route near shutdown"
+    ]
+    assert sorted(warned) == [("azure_openai", "gpt-image-1.5", 26), ("openai", "gpt-image-1.5", 11)]
+    assert all(x["model"] == "gpt-image-1.5" for x in lines if x.get("message") == "route near shutdown")
+    metrics = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if "RoutesNearShutdown" in line
+    ]
+    assert len(metrics) == 2 and {m["model"] for m in metrics} == {"gpt-image-1.5"}
+    # Five weeks before, nothing is near.
+    assert svc.route_warnings(date(2026, 10, 15)) == {"routes_near_shutdown": 0}

@@ -12,7 +12,8 @@ from PIL import Image, ImageChops, ImageStat
 from pydantic import ValidationError
 
 from imagegate import errors
-from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, load_prices
+from imagegate.catalog.loader import load_prices
+from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS
 from imagegate.errors import APIError, ProviderError
 from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
 from imagegate.money import ledger

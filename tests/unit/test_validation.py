@@ -477,11 +477,11 @@ def test_every_provider_decodes_inputs_through_open_which_answers_400_for_bad_pi
 
 
 def resolve_job(img):
-    from imagegate.catalog.prices import build_catalog, load_prices
+    from imagegate.catalog.loader import load_catalog
     from imagegate.config import Settings
     from imagegate.inputs.validation import ImageParams, resolve
 
-    catalog = build_catalog(load_prices(Settings()))
+    catalog = load_catalog(Settings()).contracts
     return resolve("edits", ImageParams(prompt="x", model="gpt-image-1.5"), catalog, [img])
 
 

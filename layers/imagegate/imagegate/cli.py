@@ -1,4 +1,5 @@
-"""`imagegate`: the operator's admin CLI for accounts, keys, balances, usage, the ledger and webhooks.
+"""`imagegate`: the operator's admin CLI for accounts, keys, balances, usage, the ledger, webhooks and the
+model catalog.
 
 It talks to the local stack when AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_DYNAMODB) are set, as `make serve`
 writes them to .imagegate/aws-env, and to the deployed stack otherwise: the table comes from --table, --stack
@@ -17,14 +18,17 @@ import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagegate.aws import AWSClients, endpoints_from_env
-from imagegate.config import Settings
+from imagegate.catalog.lifecycle import Lifecycle
+from imagegate.catalog.loader import Catalog, is_static, load_catalog, validate_document
+from imagegate.catalog.sources import fetch_override
+from imagegate.config import CATALOG_TTL_SECONDS, Settings
 from imagegate.inputs.outbound import Outbound, OutboundError
 from imagegate.jobs.webhooks import Endpoint, Webhooks
 from imagegate.money import ledger
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None, outbound: Outbound | None = None) -> int
     args = _parser().parse_args(argv)
     try:
         aws = _clients(args)
+        if getattr(args, "tableless", False):  # the catalog's commands: no table, AWS only if they need it
+            return args.run(Admin(None, "", "", aws, outbound), args)
         admin = Admin(aws.dynamodb, _table(args), args.actor or _login(), aws, outbound)
         return args.run(admin, args)
     except (CLIError, NotFound, ValueError) as exc:  # an operator's mistake, said in their terms
@@ -281,6 +287,36 @@ def _parser() -> argparse.ArgumentParser:
         "Stripe's events as they arrived, newest first, and what each did (credit, reversal, unapplied...)",
     )
     events.add_argument("--account", metavar="ID", help="only this account's events")
+    catalog = _group(groups, "catalog", "check and publish the catalog override (docs/catalog.md)")
+    validate = _command(
+        catalog,
+        "catalog validate",
+        _catalog_validate,
+        "check a catalog document as the service would load it",
+    )
+    validate.add_argument("file", help="the override document, a JSON file")
+    validate.set_defaults(tableless=True)
+    push = _command(
+        catalog,
+        "catalog push",
+        _catalog_push,
+        "validate a catalog document, then upload it to the stack's CatalogSource (S3 or SSM); functions "
+        "read it within their cache's lifetime, without a redeploy",
+    )
+    push.add_argument("file", help="the override document, a JSON file")
+    push.add_argument(
+        "--to", metavar="SOURCE", help="s3://bucket/key or ssm:/name (default: $IMAGEGATE_CATALOG)"
+    )
+    push.set_defaults(tableless=True)
+    models = _command(
+        groups,
+        "models",
+        _models,
+        "every public model id with its status, the routes that serve it and the days to their shutdown",
+    )
+    models.add_argument("--json", action="store_true", help="a JSON list of {id, status, routes}")
+    models.add_argument("--date", type=_date, metavar="YYYY-MM-DD", help="as on this day (default: today)")
+    models.set_defaults(tableless=True)
 
     sweep = _command(
         groups,
@@ -298,6 +334,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"only reservations at least this old (default {ledger.STALE_AFTER_S})",
     )
     return parser
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date like 2026-12-06: {value!r}") from None
 
 
 def _group(groups: Any, name: str, help: str) -> Any:
@@ -844,6 +887,107 @@ def _billing_events(admin: Admin, args: argparse.Namespace) -> int:
 
 
 # --- output ---------------------------------------------------------------------------------------------
+
+
+# --- the catalog ----------------------------------------------------------------------------------------
+
+
+def _read_catalog_file(path: str) -> tuple[str, Catalog]:
+    """A file's text and the catalog it makes over the packaged one; a ValueError naming what is wrong."""
+    try:
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115 (read at once)
+        document = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CLIError(f"{path}: {exc}") from None
+    return text, validate_document(document, Settings.from_env())
+
+
+def _catalog_validate(admin: Admin, args: argparse.Namespace) -> int:
+    _, catalog = _read_catalog_file(args.file)
+    dated = len(catalog.lifecycles.dates)
+    print(f"{args.file}: valid ({len(catalog.models)} models, {len(catalog.aliases)} aliases, {dated} dated)")
+    return 0
+
+
+# An SSM String parameter holds 4 KB in the standard tier and 8 KB in the advanced one (which costs a little).
+SSM_STANDARD_BYTES = 4096
+SSM_ADVANCED_BYTES = 8192
+
+
+def _catalog_push(admin: Admin, args: argparse.Namespace) -> int:
+    text, _ = _read_catalog_file(args.file)
+    target = (args.to or Settings.from_env().catalog).strip()
+    if target.startswith("s3://"):
+        bucket, _, key = target.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise CLIError(f"{target}: an S3 catalog is s3://bucket/key")
+        admin.aws.s3.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json")
+    elif target.startswith("ssm:"):
+        size = len(text.encode())
+        if size > SSM_ADVANCED_BYTES:
+            raise CLIError(
+                f"{args.file} is {size} bytes; an SSM parameter holds {SSM_ADVANCED_BYTES}: use S3"
+            )
+        admin.aws.client("ssm").put_parameter(
+            Name=target.removeprefix("ssm:"),
+            Value=text,
+            Type="String",
+            Overwrite=True,
+            Tier="Standard" if size <= SSM_STANDARD_BYTES else "Advanced",
+        )
+    else:
+        raise CLIError("say where to push: --to s3://bucket/key or ssm:/name (the stack's CatalogSource)")
+    print(f"{args.file}: valid, pushed to {target}; functions read it within {CATALOG_TTL_SECONDS:g} s")
+    return 0
+
+
+def _models(admin: Admin, args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    override = None
+    if settings.catalog.strip() and not is_static(settings.catalog):
+        override = json.loads(fetch_override(admin.aws, settings.catalog.strip()))
+    catalog = load_catalog(settings, override)
+    today = args.date or datetime.now(UTC).date()
+    listed = []
+    for model_id in catalog.contracts:
+        status = catalog.status(model_id, today)
+        # A retired model shows the routes that went; the others, the routes that serve them.
+        routes = status.routes or catalog.routes[catalog.contracts[model_id].id]
+        listed.append(
+            {
+                "id": model_id,
+                "status": status.status,
+                "routes": [
+                    {"provider": r.provider, "model": r.model, "shutdown_at": _iso(catalog.lifecycles.of(r))}
+                    for r in routes
+                ],
+                **({"alias_of": catalog.aliases[model_id]} if model_id in catalog.aliases else {}),
+            }
+        )
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    rows = []
+    for model in listed:
+        for i, route in enumerate(model["routes"] or [{"provider": "-", "model": "-", "shutdown_at": None}]):
+            left = (date.fromisoformat(route["shutdown_at"]) - today).days if route["shutdown_at"] else None
+            days = "-" if left is None else (f"{left}" if left > 0 else "past")
+            first = i == 0
+            rows.append(
+                [
+                    model["id"] if first else "",
+                    model["status"] if first else "",
+                    f"{route['provider']} {route['model']}",
+                    route["shutdown_at"] or "-",
+                    days,
+                ]
+            )
+    _print_table(["MODEL", "STATUS", "ROUTE", "SHUTDOWN", "DAYS LEFT"], rows, right={4})
+    return 0
+
+
+def _iso(lifecycle: Lifecycle | None) -> str | None:
+    return lifecycle.shutdown_at.isoformat() if lifecycle and lifecycle.shutdown_at else None
 
 
 def _print_table(

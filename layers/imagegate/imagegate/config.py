@@ -34,6 +34,12 @@ COLD_START_ALLOWANCE_SECONDS = 3.0
 FINISH_ALLOWANCE_SECONDS = 2.0  # DynamoDB reserve and settle, S3 writes of the images
 MIN_UPSTREAM_BUDGET_SECONDS = 1.0
 
+# --- the catalog (catalog/sources.py) ----------------------------------------------------------------------
+# How long a container serves a fetched catalog override (S3 or SSM) before it reads it again: an operator's
+# push reaches every warm container within this, and a busy function reads the object about once per
+# container per TTL (SSM's standard throughput, 40 reads a second, takes ~12,000 containers at 5 minutes).
+CATALOG_TTL_SECONDS = 300.0
+
 # --- jobs (jobs/lifecycle.py; docs/jobs.md) ------------------------------------------------------------
 # The worker function's timeout (template parameter WorkerTimeout): its upstream budget follows from it as
 # the API's does from the integration timeout.
@@ -81,7 +87,11 @@ class Settings:
     upstream_ssm_parameter: str = ""
     # Bedrock routes are live only when a region is given (Bedrock authenticates with the Lambda role).
     bedrock_region: str = ""
-    # Operator overrides, each JSON text or a path to a JSON file; empty means the packaged defaults.
+    # The operator's catalog override (catalog/loader.py): JSON text, a file path, s3://bucket/key or
+    # ssm:<parameter>; empty means the packaged catalog. S3 and SSM are re-read every catalog_ttl_seconds.
+    catalog: str = ""
+    catalog_ttl_seconds: float = CATALOG_TTL_SECONDS
+    # The older spellings of parts of it (IMAGEGATE_ROUTES, IMAGEGATE_PRICES): JSON text or a file path.
     routes: str = ""
     prices: str = ""
     # Seconds a whole request may spend on upstreams, retries and fallbacks included: derived from the API's
@@ -146,8 +156,10 @@ class Settings:
             upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
             upstream_ssm_parameter=env.get("IMAGEGATE_UPSTREAM_SSM_PARAMETER", ""),
             bedrock_region=env.get("IMAGEGATE_BEDROCK_REGION", ""),
+            catalog=env.get("IMAGEGATE_CATALOG", ""),
+            catalog_ttl_seconds=float(env.get("IMAGEGATE_CATALOG_TTL_SECONDS") or CATALOG_TTL_SECONDS),
             routes=env.get("IMAGEGATE_ROUTES", ""),
-            prices=demo_prices(local_price) if demo else prices,
+            prices=prices,
             integration_timeout_seconds=integration,
             upstream_budget_seconds=upstream_budget(integration, float(requested) if requested else None),
             local_serves_all=demo or not deployed,
@@ -184,29 +196,3 @@ def load_document(source: str, default: Path) -> Any:
         return json.loads(default.read_text())
     text = source if source.lstrip().startswith(("{", "[")) else Path(source).read_text()
     return json.loads(text)
-
-
-def demo_prices(local_price_micros: int) -> str:
-    """A price-book override (IMAGEGATE_PRICES) that sells every model at the local renderer's price, no
-    markup and no token pricing: what a demo deployment charges for its drawings under real model ids."""
-    from imagegate.units import micros_to_decimal
-
-    packaged = json.loads((Path(__file__).parent / "catalog" / "prices.json").read_text())
-    price = micros_to_decimal(local_price_micros)
-    models = {}
-    for name, fields in packaged["models"].items():
-        if name.startswith("_"):
-            continue
-        per_image = {
-            quality: {size: price for size in sizes if not size.startswith("_")}
-            for quality, sizes in fields["per_image"].items()
-            if not quality.startswith("_")
-        }
-        # None removes the packaged field: the flat price is the whole charge.
-        models[name] = {
-            "per_image": per_image,
-            "markup_percent": "0",
-            "token_rates": None,
-            "image_output_tokens": None,
-        }
-    return json.dumps({"markup_percent": "0", "models": models})

@@ -30,6 +30,10 @@ COUNTERS = frozenset(
         "StripeSignatureFailures",
         "TopupsUnapplied",
         "TopupMicroUSD",
+        # The catalog: an override refused (catalog/sources.py), and routes near or past their upstream
+        # model's shutdown that still served traffic (the sweeper).
+        "CatalogRefused",
+        "RoutesNearShutdown",
     }
 )
 

@@ -12,8 +12,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,10 @@ from aws_lambda_powertools.logging import Logger
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.contracts import Contract, estimate_usage
-from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote, build_catalog, load_prices
+from imagegate.catalog.lifecycle import WARNING_DAYS
+from imagegate.catalog.loader import Catalog
+from imagegate.catalog.prices import PARTIAL_IMAGE_TOKENS, PriceBook, Quote
+from imagegate.catalog.sources import CatalogSource, fetch_override
 from imagegate.config import Settings
 from imagegate.errors import APIError, ProviderError, invalid
 from imagegate.inputs.references import Resolver, fetch_image
@@ -93,14 +97,32 @@ class Service:
         self.deps = deps or Deps(aws)
         # The metrics' service dimension is the logger's service: both share the request's one log line.
         self.metrics = Metrics(settings.metrics, service=logger.service, clock=clock)
+        self._router: Router | None = None
+        self._router_catalog: Catalog | None = None
 
     @cached_property
+    def catalog_source(self) -> CatalogSource:
+        """The packaged catalog and the operator's override, refreshed from S3 or SSM (catalog/sources.py)."""
+        return CatalogSource(
+            self.settings,
+            lambda source: fetch_override(self.aws, source),
+            self.logger,
+            lambda: self.metrics.record(model="catalog", provider="none", CatalogRefused=1),
+        )
+
+    @property
+    def models(self) -> Catalog:
+        """The catalog in force: contracts, prices, routes, aliases and lifecycle dates."""
+        return self.catalog_source.current()
+
+    @property
     def prices(self) -> PriceBook:
-        return load_prices(self.settings)
+        return self.models.prices
 
-    @cached_property
-    def catalog(self) -> dict[str, Contract]:
-        return build_catalog(self.prices)
+    @property
+    def catalog(self) -> Mapping[str, Contract]:
+        """Every contract by public id, aliases included, with its prices."""
+        return self.models.contracts
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -150,15 +172,30 @@ class Service:
             self.aws.s3, self.settings.bucket, self.settings.output_prefix, self.settings.url_ttl_seconds
         )
 
-    @cached_property
+    @property
     def router(self) -> Router:
-        """Routes and credentials, read once per container on the first request (never at import)."""
-        from imagegate.catalog.credentials import load_credentials
-        from imagegate.providers.routing import credential_names, load_routes
+        """Routes and credentials, read on the first request (never at import) and again when the catalog
+        changes (an override refreshed from S3 or SSM)."""
+        catalog = self.models
+        if self._router is None or (self._router_catalog is not catalog and self._router_catalog is not None):
+            self._router = self._build_router(catalog)
+            self._router_catalog = catalog
+        return self._router
 
-        routes = load_routes(self.settings, self.catalog)
+    @router.setter
+    def router(self, router: Router) -> None:
+        """A router of the caller's (tests): kept whatever the catalog does."""
+        self._router, self._router_catalog = router, None
+
+    def _build_router(self, catalog: Catalog) -> Router:
+        from imagegate.catalog.credentials import load_credentials
+        from imagegate.providers.routing import credential_names
+
+        routes = dict(catalog.routes)
         credentials = load_credentials(self.settings, self.aws, names=credential_names(routes))
-        router = Router(self.settings, routes, credentials, self.deps, self.logger)
+        router = Router(
+            self.settings, routes, credentials, self.deps, self.logger, catalog=catalog, now=self.clock
+        )
         if router.local_only:
             self.logger.info("provider local serves every model: no upstream credentials are configured")
         else:
@@ -229,6 +266,36 @@ class Service:
         _check_response_fits(job, self.settings.max_response_bytes)
         return routes
 
+    def list_models(self) -> dict[str, Any]:
+        """`GET /v1/models`: what this deployment can serve today, aliases as models, in OpenAI's shape."""
+        found = (self.model_object(model_id) for model_id in self.catalog)
+        return {"object": "list", "data": [model for model in found if model is not None]}
+
+    def model_object(self, model_id: str) -> dict[str, Any] | None:
+        """`GET /v1/models/{id}`: OpenAI's model object, with `shutdown_date` when the day is known after
+        which nothing serves it, and under `imagegate` the endpoints it serves and why others are not
+        (a retired upstream's variations). None when this deployment serves none of its endpoints."""
+        contract = self.catalog.get(model_id)
+        if contract is None:
+            return None
+        router = self.router
+        offer = router.offer(contract)
+        endpoints = [endpoint for endpoint, routes in offer.items() if not isinstance(routes, str)]
+        if not endpoints:
+            return None
+        model: dict[str, Any] = {
+            "id": model_id,
+            "object": "model",
+            "created": contract.created,
+            "owned_by": contract.owned_by,
+        }
+        status = self.models.status(model_id, router.today(), router.reachable(contract.id))
+        if status.shutdown_date is not None:
+            model["shutdown_date"] = status.shutdown_date.isoformat()
+        unavailable = {endpoint: why for endpoint, why in offer.items() if isinstance(why, str)}
+        model["imagegate"] = {"endpoints": endpoints, **({"unavailable": unavailable} if unavailable else {})}
+        return model
+
     def balance(self, account: Account, days: int) -> dict[str, Any]:
         """`GET /v1/balance`: the account's balance and its usage per day and model, newest day first."""
         from imagegate.money.ledger import group_usage, usage
@@ -280,6 +347,40 @@ class Service:
             "charged_micros": sum(c for _, c in closed),
             "refunded_micros": sum(r.amount - c for r, c in closed),
         }
+
+    def route_warnings(self, today: date) -> dict[str, int]:
+        """Routes near their upstream model's end: every route of a model that served traffic since
+        yesterday (UTC) and is within `WARNING_DAYS` of its `shutdown_at`, or past it, gets a warning log
+        line and the `RoutesNearShutdown` metric (an alarm in template.yaml). The routes are the catalog's,
+        as `imagegate models` shows them, so the sweeper needs no upstream credentials."""
+        from imagegate.money.ledger import usage
+
+        catalog = self.models
+        lifecycles = catalog.lifecycles
+        rows = usage(self.aws.dynamodb, self.settings.table, days=2, today=today)
+        served = sorted({self.catalog[r.model].id for r in rows if r.requests and r.model in self.catalog})
+        warned = 0
+        for model_id in served:
+            routes = [*catalog.plan(model_id, today).routes, *catalog.routes[model_id]]
+            for spec in {(r.provider, r.model): r for r in routes}.values():
+                days = lifecycles.days_left(spec, today)
+                if days is None or days > WARNING_DAYS:
+                    continue
+                lifecycle = lifecycles.of(spec)
+                self.logger.warning(
+                    "route near shutdown",
+                    extra={
+                        "model": model_id,
+                        "provider": spec.provider,
+                        "upstream_model": spec.model,
+                        "shutdown_at": str(lifecycle.shutdown_at) if lifecycle else None,
+                        "days_left": days,
+                        "successor": lifecycle.successor if lifecycle else None,
+                    },
+                )
+                self.metrics.record(model=model_id, provider=spec.provider, RoutesNearShutdown=1)
+                warned += 1
+        return {"routes_near_shutdown": warned}
 
     def _serve(
         self,
@@ -555,7 +656,7 @@ class Service:
             )
         if job.contract.reports_usage:
             body["usage"] = result.usage or estimate_usage(
-                job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+                job.contract, job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
             )
         fmt, headers = job.response_format, {}
         if fmt == "b64_json":
@@ -706,7 +807,9 @@ class _StreamRun:
 
 def _estimated_usage(job: ImageJob, partials: int) -> dict[str, Any]:
     """`estimate_usage`, with the output tokens OpenAI adds for each partial image."""
-    usage = estimate_usage(job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size)
+    usage = estimate_usage(
+        job.contract, job.prompt, [(i.width, i.height) for i in job.images], job.quality, job.size
+    )
     extra = partials * PARTIAL_IMAGE_TOKENS
     usage["output_tokens"] += extra
     usage["total_tokens"] += extra

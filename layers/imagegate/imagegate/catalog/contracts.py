@@ -1,8 +1,8 @@
 """Model contracts: what each public model id accepts, and what an image costs.
 
 A contract is the promise made to clients (endpoints, sizes, qualities, n, prompt length, input image rules,
-price), independent of which upstream serves it. Everything here is pure data and pure functions; the
-prices themselves are data too (prices.json, read by pricing.py) and are attached by `build_catalog`.
+price), independent of which upstream serves it. The contracts themselves are data (`catalog.json`, read by
+`catalog/loader.py`, which attaches each one's prices); here are their shape and the pure functions on it.
 """
 
 from __future__ import annotations
@@ -24,19 +24,6 @@ MB = 1024 * 1024
 GPT_SIZES = ("1024x1024", "1536x1024", "1024x1536")
 DALLE2_SIZES = ("256x256", "512x512", "1024x1024")
 DALLE3_SIZES = ("1024x1024", "1792x1024", "1024x1792")
-GPT_QUALITIES = ("low", "medium", "high", "auto")
-# Gemini 3 image models' 1K output for each aspect ratio the gemini provider asks for (1:1, 2:3, 3:2, 3:4,
-# 4:3, 4:5, 5:4, 9:16, 16:9, 21:9), from Google's image-generation guide: served at its native size.
-GEMINI_SIZES = (
-    "1024x1024", "848x1264", "1264x848", "896x1200", "1200x896",
-    "928x1152", "1152x928", "768x1376", "1376x768", "1584x672",
-)  # fmt: skip
-# One size for each aspect ratio Stable Image Core takes (1:1, 2:3, 3:2, 4:5, 5:4, 9:16, 16:9, 9:21, 21:9):
-# Stability's one-megapixel sizes (SDXL, SD3); images.fit brings Core's output to them.
-STABILITY_SIZES = (
-    "1024x1024", "832x1216", "1216x832", "896x1088", "1088x896",
-    "768x1344", "1344x768", "640x1536", "1536x640",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,131 +62,20 @@ class Contract:
     reports_usage: bool = False
     # What `quality=auto` resolves to; priced and rendered as that quality.
     auto_quality: str = "medium"
-    # The price book's entry for this model (pricing.ModelPrice), attached by build_catalog.
+    # The price book's entry for this model (rates.ModelPrice), attached by the catalog's loader.
     pricing: ModelPrice | None = None
+    # For GET /v1/models: who makes the model, and when it was released (unix seconds; 0: unknown).
+    owned_by: str = "imagegate"
+    created: int = 0
 
     def serves(self, endpoint: Endpoint) -> bool:
         return endpoint in self.endpoints
 
 
-def _gpt(
-    model_id: str,
-    *,
-    endpoints: frozenset[Endpoint] = frozenset({"generations", "edits"}),
-    input_fidelity: bool = True,
-    **kw: object,
-) -> Contract:
-    return Contract(
-        id=model_id,
-        endpoints=endpoints,
-        sizes=(*GPT_SIZES, "auto"),
-        qualities=GPT_QUALITIES,
-        prompt_max=32000,
-        default_size="auto",
-        gpt_params=True,
-        input_fidelity=input_fidelity,
-        reports_usage=True,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-OPENAI_CONTRACTS: tuple[Contract, ...] = (
-    Contract(
-        id="dall-e-2",
-        endpoints=ALL_ENDPOINTS,
-        sizes=DALLE2_SIZES,
-        qualities=("standard", "auto"),
-        default_quality="standard",
-        auto_quality="standard",
-        prompt_max=1000,
-        default_response_format="url",
-        max_input_images=1,
-        input_formats=("PNG",),
-        max_input_bytes=4 * MB,
-        square_png_input=True,
-    ),
-    Contract(
-        id="dall-e-3",
-        endpoints=frozenset({"generations"}),
-        sizes=DALLE3_SIZES,
-        qualities=("standard", "hd", "auto"),
-        default_quality="standard",
-        auto_quality="standard",
-        styles=("vivid", "natural"),
-        n_max=1,
-        prompt_max=4000,
-        default_response_format="url",
-        revised_prompt=True,
-    ),
-    _gpt("gpt-image-1"),
-    _gpt("gpt-image-1-mini", input_fidelity=False),
-    _gpt("gpt-image-1.5"),
-    _gpt("chatgpt-image-latest"),
-    *(
-        _gpt(model_id, free_form=FreeFormSizes(), transparent_background=False)
-        for model_id in ("gpt-image-2", "gpt-image-2-2026-04-21")
-    ),
-)
-
-
-def _own_price(
-    model_id: str, *, endpoints: frozenset[Endpoint], sizes: tuple[str, ...], **kw: object
-) -> Contract:
-    """A non-OpenAI upstream's model under its own id, sold at that upstream's per-image price: one
-    quality (`auto` is `standard`), n up to 4 (each image is its own upstream call, inside the 24 s budget),
-    base64 by default, and no GPT-image parameters."""
-    return Contract(
-        id=model_id,
-        endpoints=endpoints,
-        sizes=(*sizes, "auto"),
-        qualities=("standard", "auto"),
-        default_quality="standard",
-        auto_quality="standard",
-        n_max=4,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-# Each input image is sent again with every image of a request, and billed each time, so the input count
-# (with the prompt length) bounds what a request costs upstream: prices.json prices that bound in.
-UPSTREAM_CONTRACTS: tuple[Contract, ...] = (
-    *(
-        _own_price(
-            model_id,
-            endpoints=ALL_ENDPOINTS,
-            sizes=GEMINI_SIZES,
-            prompt_max=4000,
-            max_input_images=4,
-            max_input_bytes=7 * MB,  # Gemini's limit for one inline file
-        )
-        for model_id in ("gemini-3.1-flash-image", "gemini-3-pro-image")
-    ),
-    _own_price(
-        "stability.stable-image-core-v1:1",
-        endpoints=frozenset({"generations"}),
-        sizes=STABILITY_SIZES,
-        prompt_max=10000,  # Stable Image Core's documented prompt limit
-    ),
-)
-
 LOCAL_MODEL = "imagegate-local"
+# The model of a generation, edit or variation that names none (OpenAI's old default, now served by its
+# successor: see the catalog's lifecycle).
 DEFAULT_MODEL = "dall-e-2"
-
-
-# The built-in renderer's own model id: every endpoint, free-form sizes, one flat price per image.
-LOCAL_CONTRACT = Contract(
-    id=LOCAL_MODEL,
-    endpoints=ALL_ENDPOINTS,
-    sizes=(*DALLE2_SIZES[:2], *GPT_SIZES, *DALLE3_SIZES[1:], "auto"),
-    free_form=FreeFormSizes(multiple_of=16, max_edge=2048, min_pixels=64 * 64, max_pixels=2048 * 2048),
-    qualities=GPT_QUALITIES,
-    default_size="auto",
-    prompt_max=32000,
-    gpt_params=True,
-    reports_usage=True,
-)
-
-CONTRACTS: tuple[Contract, ...] = (*OPENAI_CONTRACTS, *UPSTREAM_CONTRACTS, LOCAL_CONTRACT)
 
 
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", re.ASCII)
@@ -239,21 +115,30 @@ def price_per_image(contract: Contract, quality: str, size: str) -> int:
     """Micro-USD for one image of a resolved (never `auto`) quality and size, markup included."""
     parsed = parse_size(size)
     if contract.pricing is None or parsed is None:
-        raise ValueError(f"no price for {contract.id} at {size!r}: contracts are priced by build_catalog")
+        raise ValueError(
+            f"no price for {contract.id} at {size!r}: contracts are priced by the catalog loader"
+        )
     return contract.pricing.per_image(quality, *parsed)
 
 
-def estimate_usage(prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str) -> dict:
+def estimate_usage(
+    contract: Contract, prompt: str, input_pixels: list[tuple[int, int]], quality: str, size: str
+) -> dict:
     """OpenAI-shaped token usage for a GPT-image response the upstream did not report itself.
 
-    Text tokens are estimated at four characters a token; image tokens follow OpenAI's published
-    output-token table for 1024x1024 (272 / 1056 / 4160 for low / medium / high), scaled by area.
+    Text tokens are estimated at four characters a token; output image tokens are the contract's own table
+    where its prices have one (gpt-image-2 and later, with xhigh and max), else OpenAI's published table for
+    the gpt-image-1 family at 1024x1024 (272 / 1056 / 4160 for low / medium / high), scaled by area.
     """
     text_tokens = max(1, math.ceil(len(prompt) / 4))
     image_tokens = sum(math.ceil(w * h / (512 * 512)) * 85 + 85 for w, h in input_pixels)
-    per_megapixel = {"low": 272, "medium": 1056, "high": 4160}[quality]
     w, h = parse_size(size) or (1024, 1024)
-    output_tokens = math.ceil(per_megapixel * w * h / (1024 * 1024))
+    tokens = contract.pricing.tokens if contract.pricing is not None else None
+    if tokens is not None and any(q == quality for q, _ in tokens.output_tokens):
+        output_tokens = tokens.image_output_tokens(quality, w, h)
+    else:
+        per_megapixel = {"low": 272, "medium": 1056, "high": 4160}.get(quality, 4160)
+        output_tokens = math.ceil(per_megapixel * w * h / (1024 * 1024))
     return {
         "input_tokens": text_tokens + image_tokens,
         "output_tokens": output_tokens,

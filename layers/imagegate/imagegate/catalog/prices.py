@@ -1,9 +1,9 @@
 """Prices as data: what an image costs, what a request reserves, and what it is finally charged.
 
-Every price lives in `prices.json` (package data) as an exact USD string; the operator's `Settings.prices`
-(IMAGEGATE_PRICES: JSON text or a file path) is merged over it, model by model (a field given replaces that
-field, null removes it), and the result is validated against the catalog's contracts at startup, so a typo
-fails loudly instead of mispricing. Once loaded, every amount is integer micro-USD. Markups
+Every price lives in the catalog document (`catalog.json`, each model's price fields) as an exact USD string;
+an operator's override is merged over it, model by model (a field given replaces that field, null removes
+it), and the result is validated against the model's contract when the catalog loads (`loader.py`), so a
+typo fails loudly instead of mispricing. Once loaded, every amount is integer micro-USD. Markups
 (`markup_percent`, global and per model) are applied once, with an integer ceiling, so the operator never
 sells below cost. imagegate-local's flat price comes from IMAGEGATE_LOCAL_PRICE_USD, with no markup.
 
@@ -14,31 +14,20 @@ usage the upstream reports; `PriceBook.quote` and `PriceBook.charge` give the fo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from imagegate.catalog.contracts import (
-    CONTRACTS,
-    LOCAL_CONTRACT,
-    LOCAL_MODEL,
-    Contract,
-    parse_size,
-    upstream_quality,
-)
+from imagegate.catalog.contracts import Contract, Endpoint, FreeFormSizes, parse_size, upstream_quality
 from imagegate.catalog.rates import BASE_SIZE, ModelPrice, TokenPricing, ceil_div
-from imagegate.config import Settings, load_document
 from imagegate.units import usd_to_micros
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-PRICES_PATH = Path(__file__).with_name("prices.json")
 PER_MILLION = 1_000_000  # token rates are micro-USD per 1M tokens
 
 # OpenAI's input-image token formula: fit the image within a 2048 px square, shrink it so its shortest side
@@ -54,8 +43,8 @@ FRAMING_TOKENS = 32
 # OpenAI bills each streamed partial image as this many more image output tokens.
 PARTIAL_IMAGE_TOKENS = 100
 
-_TOP_FIELDS = frozenset({"markup_percent", "models"})
-_MODEL_FIELDS = frozenset(
+# A catalog entry's price fields (catalog.json; the loader reads the rest of the entry).
+PRICE_FIELDS = frozenset(
     {"per_image", "token_rates", "image_output_tokens", "markup_percent", "always_high_fidelity"}
 )
 _RATES = ("text_input", "image_input", "image_output")
@@ -119,6 +108,9 @@ class Quote:
 @dataclass(frozen=True)
 class PriceBook:
     models: Mapping[str, ModelPrice]
+    # `covers` answers, by contract, endpoint, upstream model and route options: asked on every request
+    # served by a successor, and the same for as long as the book lives.
+    _covered: dict[tuple[str, str, str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, model_id: str) -> ModelPrice:
         price = self.models.get(model_id)
@@ -199,6 +191,85 @@ class PriceBook:
         amount = max(floor, quote.price.marked_up(max(costs), PER_MILLION)) if costs else floor
         return min(amount, quote.reserve)
 
+    def covers(
+        self, contract: Contract, endpoint: Endpoint, model_id: str, options: Mapping[str, Any]
+    ) -> bool:
+        """Whether `contract`, sold at its own price on `endpoint`, covers the upstream model `model_id` (a
+        successor serving it): for the dearest request of each quality and size it allows, what the request
+        reserves is at least the upstream's bill for it. An upstream model without prices is never covered:
+        its cost is unknown."""
+        key = (contract.id, endpoint, model_id, repr(sorted(options.items())))
+        if key not in self._covered:
+            self._covered[key] = self._covers(contract, endpoint, model_id, options)
+        return self._covered[key]
+
+    def _covers(
+        self, contract: Contract, endpoint: Endpoint, model_id: str, options: Mapping[str, Any]
+    ) -> bool:
+        upstream = self.models.get(model_id)
+        if upstream is None or contract.id not in self.models:
+            return False
+        for job in worst_jobs(contract, endpoint):
+            reserve = self.quote(job, [(model_id, options)]).reserve
+            quality = upstream_quality(job.quality, options)
+            if upstream.tokens is not None:
+                cost = ceil_div(_worst_case_cost(job, upstream.tokens, quality), PER_MILLION)
+            else:
+                qualities = {q for q, _ in upstream.per_image_micros}
+                chosen = [quality] if quality in qualities else sorted(qualities)
+                cost = job.n * max(upstream.per_image(q, job.width, job.height) for q in chosen)
+            if reserve < cost:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class _Box:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class _WorstJob:
+    """The dearest request a contract allows at one quality and size (a `Priced`): the most images, the
+    longest prompt in 4-byte characters, the most inputs at the largest side with a mask, high fidelity."""
+
+    contract: Contract
+    quality: str
+    width: int
+    height: int
+    n: int
+    prompt: str
+    images: tuple[_Box, ...]
+    mask: _Box | None
+    input_fidelity: str | None
+    partial_images: int = 0
+
+
+def worst_jobs(contract: Contract, endpoint: Endpoint) -> list[_WorstJob]:
+    sizes = [parse_size(s) for s in contract.sizes if s != "auto"]
+    if contract.free_form is not None:
+        sizes.append(_largest(contract.free_form))
+    qualities = [q for q in contract.qualities if q != "auto"]
+    side = 1024 if contract.square_png_input else IMAGE_BOX_PX
+    count = {"generations": 0, "edits": contract.max_input_images, "variations": 1}[endpoint]
+    images = (_Box(side, side),) * count
+    prompt = "" if endpoint == "variations" else "\U0001f600" * contract.prompt_max
+    fidelity = "high" if contract.input_fidelity and endpoint == "edits" else None
+    mask = _Box(side, side) if endpoint == "edits" else None
+    return [
+        _WorstJob(contract, q, w, h, contract.n_max, prompt, images, mask, fidelity)
+        for q in qualities
+        for w, h in (s for s in sizes if s)
+    ]
+
+
+def _largest(bounds: FreeFormSizes) -> tuple[int, int]:
+    """The free-form size of the most pixels: the longest edge, and as tall as the pixel bound allows."""
+    m = bounds.multiple_of
+    height = min(bounds.max_edge, bounds.max_pixels // bounds.max_edge) // m * m
+    return bounds.max_edge, height
+
 
 def input_image_tokens(width: int, height: int) -> int:
     """An upper bound on the input tokens of one image at low fidelity (see IMAGE_* above)."""
@@ -263,58 +334,14 @@ def _token_count(value: object) -> int:
 # --- loading -----------------------------------------------------------------------------------------------
 
 
-def load_prices(settings: Settings) -> PriceBook:
-    """The packaged prices with the operator's overrides merged in, checked against every contract.
-
-    Raises ValueError naming the model and field on an unknown model or field, a price that is not an exact,
-    non-negative USD string, a quality without its 1024x1024 price, or a contract size/quality left unpriced.
-    """
-    defaults = json.loads(PRICES_PATH.read_text())
-    override = load_document(settings.prices, PRICES_PATH) if settings.prices.strip() else {}
-    document = _merge(defaults, override)
-    markup = _percent("prices: markup_percent", document.get("markup_percent", "0"))
-    models = {name: _model_price(name, fields, markup) for name, fields in document["models"].items()}
-    models[LOCAL_MODEL] = _local_price(settings.local_price_micros)
-    for contract in CONTRACTS:
-        _check_covers(contract, models.get(contract.id))
-    return PriceBook(models)
-
-
-def _merge(defaults: dict[str, Any], override: Any) -> dict[str, Any]:
-    if not isinstance(override, dict):
-        raise ValueError("prices: the override must be a JSON object")
-    _check_fields("prices", override, _TOP_FIELDS)
-    models = {name: dict(fields) for name, fields in defaults["models"].items() if not name.startswith("_")}
-    given = override.get("models") or {}
-    if not isinstance(given, dict):
-        raise ValueError("prices: 'models' must be an object of model id -> fields")
-    for name, fields in given.items():
-        if name.startswith("_"):
-            continue
-        if name == LOCAL_MODEL:
-            raise ValueError(
-                f"prices: {LOCAL_MODEL} is priced by IMAGEGATE_LOCAL_PRICE_USD, not by the price book"
-            )
-        if name not in models:
-            raise ValueError(f"prices: unknown model '{name}' (priced models: {', '.join(sorted(models))})")
-        if not isinstance(fields, dict):
-            raise ValueError(f"prices: {name} must be an object of fields")
-        merged = {**models[name], **fields}
-        models[name] = {field: value for field, value in merged.items() if value is not None}
-    markup = override.get("markup_percent")
-    if markup is None:
-        markup = defaults.get("markup_percent", "0")
-    return {"markup_percent": markup, "models": models}
-
-
-def _model_price(name: str, fields: dict[str, Any], markup: Fraction) -> ModelPrice:
+def model_price(name: str, fields: dict[str, Any], markup: Fraction) -> ModelPrice:
     where = f"prices: {name}"
-    _check_fields(where, fields, _MODEL_FIELDS)
+    check_fields(where, fields, PRICE_FIELDS)
     if "per_image" not in fields:
         raise ValueError(f"{where}: 'per_image' is required")
     per_image = _table(f"{where}.per_image", fields["per_image"], _usd)
     if "markup_percent" in fields:
-        markup = _percent(f"{where}.markup_percent", fields["markup_percent"])
+        markup = percent(f"{where}.markup_percent", fields["markup_percent"])
     tokens = None
     if "token_rates" in fields:
         tokens = _token_pricing(where, fields, {quality for quality, _ in per_image})
@@ -325,7 +352,7 @@ def _token_pricing(where: str, fields: dict[str, Any], qualities: set[str]) -> T
     rates = fields["token_rates"]
     if not isinstance(rates, dict):
         raise ValueError(f"{where}.token_rates must be an object of USD per 1M tokens")
-    _check_fields(f"{where}.token_rates", rates, frozenset(_RATES + _OPTIONAL_RATES))
+    check_fields(f"{where}.token_rates", rates, frozenset(_RATES + _OPTIONAL_RATES))
     missing = [name for name in _RATES if name not in rates]
     if missing:
         raise ValueError(f"{where}.token_rates: missing {', '.join(missing)}")
@@ -349,14 +376,15 @@ def _token_pricing(where: str, fields: dict[str, Any], qualities: set[str]) -> T
     )
 
 
-def _local_price(micros: int) -> ModelPrice:
+def local_price(contract: Contract, micros: int) -> ModelPrice:
+    """The built-in renderer's flat price (IMAGEGATE_LOCAL_PRICE_USD) at every quality and size."""
     if micros < 0:
         raise ValueError("IMAGEGATE_LOCAL_PRICE_USD must not be negative")
-    qualities = [q for q in LOCAL_CONTRACT.qualities if q != "auto"]
-    return ModelPrice(LOCAL_MODEL, {(q, BASE_SIZE): micros for q in qualities}, by_area=False)
+    qualities = [q for q in contract.qualities if q != "auto"]
+    return ModelPrice(contract.id, {(q, BASE_SIZE): micros for q in qualities}, by_area=False)
 
 
-def _check_covers(contract: Contract, price: ModelPrice | None) -> None:
+def check_covers(contract: Contract, price: ModelPrice | None) -> None:
     """Every quality and fixed size a contract serves has a price, and the table names nothing else."""
     where = f"prices: {contract.id}"
     if price is None:
@@ -411,7 +439,7 @@ def _tokens(where: str, value: Any) -> int:
     return value
 
 
-def _percent(where: str, value: Any) -> Fraction:
+def percent(where: str, value: Any) -> Fraction:
     try:
         percent = Decimal(value) if isinstance(value, str) else None
     except InvalidOperation:
@@ -423,14 +451,9 @@ def _percent(where: str, value: Any) -> Fraction:
     return Fraction(percent)
 
 
-def _check_fields(where: str, value: dict[str, Any], allowed: frozenset[str]) -> None:
+def check_fields(where: str, value: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(name for name in value if name not in allowed and not name.startswith("_"))
     if unknown:
         raise ValueError(
             f"{where}: unknown field {', '.join(unknown)} (fields: {', '.join(sorted(allowed))})"
         )
-
-
-def build_catalog(prices: PriceBook) -> dict[str, Contract]:
-    """Every contract by model id, with its prices (`load_prices(settings)`) attached."""
-    return {c.id: replace(c, pricing=prices.model(c.id)) for c in CONTRACTS}

@@ -49,22 +49,28 @@ ROUTES: dict[Endpoint, str] = {
     "variations": "/v1/images/variations",
 }
 BALANCE_ROUTE = "/v1/balance"
+MODELS_ROUTE = "/v1/models"
+# AIGNE Hub's clients post generations here (the seed's path); the same route answers.
+AIGNE_GENERATIONS_ROUTE = "/api/images/generations"
 UPLOADS_ROUTE = "/v1/images/uploads"
 JOBS_ROUTE = "/v1/images/jobs"
 # What one Lambda function (or the dev server) may serve: `account` is the key holder's own endpoints and
 # the console (selfserve.py), `stripe_webhook` Stripe's signed events.
-Route = Endpoint | Literal["balance", "uploads", "jobs", "account", "stripe_webhook"]
+Route = Endpoint | Literal["balance", "uploads", "jobs", "models", "account", "stripe_webhook"]
 PATHS: dict[Route, str] = {
     **ROUTES,
     "balance": BALANCE_ROUTE,
     "uploads": UPLOADS_ROUTE,
     "jobs": JOBS_ROUTE,
+    "models": MODELS_ROUTE,
     "account": selfserve.SUBSCRIPTION_ROUTE,
     "stripe_webhook": selfserve.STRIPE_WEBHOOK_ROUTE,
 }
 METHODS = {
     **dict.fromkeys(ROUTES.values(), "POST"),
+    AIGNE_GENERATIONS_ROUTE: "POST",
     BALANCE_ROUTE: "GET",
+    MODELS_ROUTE: "GET",
     UPLOADS_ROUTE: "POST",
     JOBS_ROUTE: "GET",
     **selfserve.ACCOUNT_ROUTES,
@@ -125,6 +131,7 @@ def create_app(
         # The body is read in the route, after the key is checked (a dependency): a request without a
         # valid key is a 401 whatever its body, as OpenAI answers.
         @app.post(ROUTES["generations"])
+        @app.post(AIGNE_GENERATIONS_ROUTE)
         async def generations(request: Request, acct: AccountDep) -> Response:
             document = await read_json(request)
 
@@ -156,6 +163,24 @@ def create_app(
             acct: AccountDep, days: Annotated[int, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
         ) -> JSONResponse:
             return JSONResponse(service.balance(acct, days))
+
+    if "models" in endpoints:
+        # A key is needed (the SDKs send one) and nothing is charged: listing models is free.
+        @app.get(MODELS_ROUTE)
+        def list_models(acct: AccountDep) -> JSONResponse:
+            return JSONResponse(service.list_models())
+
+        @app.get(MODELS_ROUTE + "/{model_id:path}")
+        def get_model(acct: AccountDep, model_id: str) -> JSONResponse:
+            model = service.model_object(model_id)
+            if model is None:
+                raise APIError(
+                    404,
+                    f"The model '{model_id}' does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+            return JSONResponse(model)
 
     if "jobs" in endpoints and jobs is not None:
         _add_job_routes(app, jobs, AccountDep)

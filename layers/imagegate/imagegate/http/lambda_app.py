@@ -23,6 +23,7 @@ from aws_lambda_powertools.logging import Logger
 from mangum import Mangum
 
 from imagegate.aws import AWSClients
+from imagegate.catalog.lifecycle import day_of
 from imagegate.config import Settings
 from imagegate.errors import APIError
 from imagegate.http.api import Route, create_app
@@ -222,10 +223,8 @@ def prime(route: Route, adapter: Any, service: Service) -> None:
     """Everything a first request would build that is the same in every environment of this version."""
     from imagegate.http.api import METHODS, PATHS
     from imagegate.http.pretraffic import unauthenticated_event
-    from imagegate.providers.routing import load_routes
 
-    _ = service.prices, service.catalog
-    routes = load_routes(service.settings, service.catalog)
+    routes = service.models.routes
     for provider in sorted({spec.provider for specs in routes.values() for spec in specs}):
         importlib.import_module(f"imagegate.providers.{provider}")
     # One request through the whole app (routing, the key dependency, error rendering, the response), refused
@@ -252,8 +251,9 @@ class _SnapshotContext:
 
 
 def sweep_handler() -> Any:
-    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, and
-    fails and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep)."""
+    """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, fails
+    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), and once a day warns
+    of routes near their upstream model's shutdown (Service.route_warnings)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
@@ -261,7 +261,10 @@ def sweep_handler() -> Any:
     jobs = build_jobs(service)
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
-        result = service.sweep() | jobs.sweep()
+        if event.get("check") == "routes":  # the daily schedule's input (template.yaml)
+            result = service.route_warnings(day_of(service.clock()))
+        else:
+            result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)
         return result
 

@@ -28,7 +28,7 @@ from imagegate.catalog.contracts import (
 from imagegate.inputs.images import MAX_REQUEST_PIXELS, InputImage, Source, Upload, inspect
 from imagegate.inputs.request import ImageJob
 
-Quality = Literal["standard", "hd", "low", "medium", "high", "auto"]
+Quality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"]
 
 
 class ImageParams(BaseModel):
@@ -128,8 +128,9 @@ def _encodable(text: str) -> bool:
     return True
 
 
-# OpenAI's default for the JSON form of edits, which takes GPT image models only (DALL-E edits are multipart).
-JSON_EDIT_MODEL = "gpt-image-1.5"
+# The JSON form of edits takes GPT image models only (DALL-E edits are multipart). OpenAI's spec defaults it
+# to gpt-image-1.5, shut down on 2026-12-01: its successor (catalog.json, upstreams) is the default here.
+JSON_EDIT_MODEL = "gpt-image-2"
 
 
 def json_edit_params(params: ImageParams, catalog: dict[str, Contract]) -> ImageParams:

@@ -41,10 +41,30 @@ def post(
 
     `label` names the upstream in messages; `secret` (its key) is scrubbed from any upstream text we quote.
     """
+    return json_of(
+        send(client, "POST", url, label=label, timeout_s=timeout_s, secret=secret, **kwargs), label
+    )
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    label: str,
+    timeout_s: float,
+    secret: str = "",
+    **kwargs: Any,
+) -> httpx.Response:
+    """One request with the route's timeout: a 2xx answer, or a `ProviderError` for anything else."""
     with _transport_errors(label, timeout_s):
-        response = client.post(url, timeout=timeout_s, **kwargs)
+        response = client.request(method, url, timeout=timeout_s, **kwargs)
     if not response.is_success:
         raise error_for(response, label, secret)
+    return response
+
+
+def json_of(response: httpx.Response, label: str) -> Any:
     try:
         return response.json()
     except ValueError as exc:

@@ -188,15 +188,21 @@ class OpenAIProvider:
 
     def _request(self, path: str, fields: dict[str, Any], files: list[FilePart] | None) -> dict[str, Any]:
         """The arguments of a call to /images/{path}, for `post` and `stream_events`."""
-        key = self.upstream.api_key
         return {
-            "url": f"{self.base_url}/images/{path}",
+            "url": self._url(path),
             "label": self.name,
             "timeout_s": self.upstream.timeout_s,
-            "secret": key,
-            "headers": {"Authorization": f"Bearer {key}"} if key else {},
+            "secret": self.upstream.api_key,
+            "headers": self._auth(),
             **_payload(fields, files),
         }
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/images/{path}"
+
+    def _auth(self) -> dict[str, str]:
+        key = self.upstream.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _call(
         self, job: ImageJob, path: str, fields: dict[str, Any], files: list[FilePart] | None

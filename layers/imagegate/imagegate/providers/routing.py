@@ -1,9 +1,12 @@
 """Which upstream serves a job: route tables, availability, retries, fallover and the time budget.
 
-A public model id maps to an ordered list of routes (`routes.json`, overridable per model by the operator).
-The router tries the available routes in order: up to three attempts each for retryable failures
-(exponential backoff with full jitter, or the upstream's Retry-After), then the next route for failures
-worth falling over on, all within `Settings.upstream_budget_seconds`.
+A public model id maps to an ordered list of routes (the catalog's, overridable per model by the operator).
+Routes to an upstream model past its shutdown date are never tried: when every one of a model's routes is,
+their successors serve it where its price covers them (`catalog/lifecycle.py`), else the request is refused
+with a 400 naming the replacement, before anything is reserved. The router tries the live routes in order:
+up to three attempts each for retryable failures (exponential backoff with full jitter, or the upstream's
+Retry-After), then the next route for failures worth falling over on, all within
+`Settings.upstream_budget_seconds`.
 
 Providers read their per-call timeout from `Upstream.timeout_s`, so a provider is built (once per container)
 for each whole number of seconds an attempt may take: min(route timeout, whole seconds left of the budget).
@@ -15,19 +18,30 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
-import pkgutil
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from imagegate.catalog.contracts import LOCAL_MODEL
-from imagegate.config import load_document
+from imagegate.catalog.contracts import Contract, Endpoint
+from imagegate.catalog.lifecycle import Lifecycles, Plan, day_of, plan
+from imagegate.catalog.loader import Catalog, load_catalog
+from imagegate.catalog.routes import LOCAL_ROUTE, RouteSpec
 from imagegate.errors import APIError, ProviderError
-from imagegate.providers import Deps, Provider, ProviderResult, StreamItem, Upstream, operation, run, stream
+from imagegate.providers import (
+    Deps,
+    Operation,
+    Provider,
+    ProviderResult,
+    StreamItem,
+    Upstream,
+    operation,
+    run,
+    stream,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.logging import Logger
@@ -35,39 +49,12 @@ if TYPE_CHECKING:
     from imagegate.config import Settings
     from imagegate.inputs.request import ImageJob
 
-ROUTES_PATH = Path(__file__).parents[1] / "catalog" / "routes.json"
-# The provider modules beside this router (private helpers start with "_"): adding a module adds a provider.
-PROVIDERS = tuple(
-    sorted(
-        m.name
-        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-        if not m.name.startswith("_") and m.name != __name__.rpartition(".")[2]
-    )
-)
 MAX_ATTEMPTS_PER_ROUTE = 3
 # An attempt is not started with less time than this left: it could not finish.
 MIN_ATTEMPT_SECONDS = 1.0
-DEFAULT_TIMEOUT_SECONDS = 15.0
-MAX_TIMEOUT_SECONDS = 300.0
 
 Factory = Callable[[Upstream, Deps], Provider]
 Outcome = Literal["ok", "retry", "fallover", "error"]
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    """One entry of a model's route list, as configured: the credential is a name, resolved by the router."""
-
-    provider: str
-    model: str
-    credential: str = ""
-    timeout_s: float = DEFAULT_TIMEOUT_SECONDS
-    base_url: str = ""
-    region: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-LOCAL_ROUTE = RouteSpec(provider="local", model=LOCAL_MODEL)
 
 
 @dataclass(frozen=True)
@@ -89,102 +76,33 @@ class Served:
     attempts: list[Attempt]
 
 
-def load_routes(settings: Settings, catalog_ids: Iterable[str]) -> dict[str, list[RouteSpec]]:
-    """The packaged route table with the operator's `Settings.routes` lists laid over it, validated: a
-    mistake is a ValueError at startup naming the model, the route and the field, not a misrouted request."""
-    ids = frozenset(catalog_ids)
-    routes = _parse(_read("", "the packaged routes.json"), ids, "the packaged routes.json")
-    if settings.routes.strip():
-        routes.update(_parse(_read(settings.routes, "IMAGEGATE_ROUTES"), ids, "IMAGEGATE_ROUTES"))
-    return routes
+def load_routes(settings: Settings, catalog_ids: Iterable[str] = ()) -> dict[str, list[RouteSpec]]:
+    """The catalog's routes with the operator's overrides laid over them (`catalog/loader.py`)."""
+    return dict(load_catalog(settings).routes)
 
 
 def credential_names(routes: Mapping[str, list[RouteSpec]]) -> set[str]:
     """Every credential name the routes refer to: what to look up in the environment."""
-    return {spec.credential for specs in routes.values() for spec in specs if spec.credential}
+    return {
+        name
+        for specs in routes.values()
+        for spec in specs
+        for name in (spec.credential, spec.base_url_credential)
+        if name
+    }
 
 
-def _read(source: str, label: str) -> Any:
-    try:
-        return load_document(source, ROUTES_PATH)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{label} could not be read as JSON: {exc}") from exc
-
-
-def _parse(document: Any, catalog_ids: frozenset[str], source: str) -> dict[str, list[RouteSpec]]:
-    if not isinstance(document, dict) or not isinstance(document.get("routes"), dict):
-        raise ValueError(f'{source} must be a JSON object {{"routes": {{"<model id>": [route, ...]}}}}.')
-    extra = sorted(k for k in document if k != "routes" and not k.startswith("_"))
-    if extra:
-        raise ValueError(f"{source}: unknown top-level key(s) {', '.join(extra)}; only 'routes' is read.")
-    table = {}
-    for model_id, entries in document["routes"].items():
-        if model_id.startswith("_"):
-            continue
-        where = f"{source}: model '{model_id}'"
-        if model_id not in catalog_ids:
-            raise ValueError(f"{where} is not a model of this deployment ({', '.join(sorted(catalog_ids))}).")
-        if not isinstance(entries, list):
-            raise ValueError(f"{where} must map to a list of routes.")
-        table[model_id] = [_route(entry, f"{where} route {i}") for i, entry in enumerate(entries, 1)]
-    return table
-
-
-_STRINGS = ("provider", "model", "credential", "base_url", "region")
-_FIELDS = frozenset({*_STRINGS, "timeout_s", "options"})
-
-
-def _route(entry: Any, where: str) -> RouteSpec:
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be a JSON object.")
-    given = {k: v for k, v in entry.items() if not k.startswith("_")}
-    unknown = sorted(given.keys() - _FIELDS)
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(_FIELDS))})."
-        )
-    for name in _STRINGS:
-        if not isinstance(given.get(name, ""), str):
-            raise ValueError(f"{where}: '{name}' must be a string.")
-    provider = given.get("provider", "")
-    if provider not in PROVIDERS:
-        raise ValueError(f"{where}: 'provider' must be one of {', '.join(PROVIDERS)}, not {provider!r}.")
-    model = given.get("model") or (LOCAL_MODEL if provider == "local" else "")
-    if not model:
-        raise ValueError(f"{where}: 'model' (the upstream's model id) is required for {provider}.")
-    credential = given.get("credential", "")
-    if provider in ("openai", "gemini") and not credential:
-        raise ValueError(
-            f"{where}: 'credential' (the name of the upstream key, e.g. OPENAI_API_KEY) is required."
-        )
-    if provider in ("bedrock", "local") and credential:
-        raise ValueError(f"{where}: {provider} takes no 'credential' (Bedrock signs with the role).")
-    base_url = given.get("base_url", "")
-    if provider == "openai_compatible" and not base_url:
-        raise ValueError(f"{where}: 'base_url' is required for openai_compatible.")
-    if base_url and not base_url.startswith(("https://", "http://")):
-        raise ValueError(f"{where}: 'base_url' must be an http(s) URL.")
-    timeout = given.get("timeout_s", DEFAULT_TIMEOUT_SECONDS)
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout <= MAX_TIMEOUT_SECONDS
-    ):
-        raise ValueError(
-            f"{where}: 'timeout_s' must be a number of seconds above 0, at most {MAX_TIMEOUT_SECONDS:g}."
-        )
-    options = given.get("options", {})
-    if not isinstance(options, dict):
-        raise ValueError(f"{where}: 'options' must be a JSON object.")
-    return RouteSpec(
-        provider=provider,
-        model=model,
-        credential=credential,
-        timeout_s=float(timeout),
-        base_url=base_url,
-        region=given.get("region", ""),
-        options=options,
+def retired_message(model_id: str, chosen: Plan) -> str:
+    """A 400's message for a model whose every route is past its date: what went when, and the replacement
+    (the first live successor, which its price does not cover, or none)."""
+    gone = ", ".join(sorted({f"{s.retired.model} on {s.shutdown_at}" for s in chosen.successions}))
+    replacement = next((s.successor.model for s in chosen.successions if s.successor is not None), None)
+    advice = (
+        f" Use '{replacement}' instead: this model's price does not cover it."
+        if replacement
+        else " It has no live successor."
     )
+    return f"The model '{model_id}' has been retired: its upstream model shut down ({gone}).{advice}"
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -253,9 +171,13 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         factories: Mapping[str, Factory] | None = None,
+        catalog: Catalog | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """`factories` maps provider names to `create` functions; by default each provider module is
-        imported on first use, so a deployment loads only the upstream code its routes need."""
+        imported on first use, so a deployment loads only the upstream code its routes need. `catalog`
+        gives the upstream models' lifecycle dates and the prices that decide whether a successor may
+        serve, read on the wall clock `now` (the service's); without it no route is dated."""
         self._settings = settings
         self._routes = routes
         self._credentials = dict(credentials)
@@ -264,7 +186,10 @@ class Router:
         self._clock = clock
         self._sleep = sleep
         self._factories = factories
-        self._providers: dict[tuple[str, int, float], Provider] = {}
+        self._providers: dict[tuple[str, int, str, float], Provider] = {}
+        self._catalog = catalog
+        self._now = now
+        self._lifecycles = catalog.lifecycles if catalog is not None else Lifecycles({})
         # Local stands in for every model only where settings allow it (a laptop, tests, a demo stack): a
         # deployed stack with no upstream serves imagegate-local alone, and real ids are model_not_available.
         self._local_only = settings.local_serves_all and not any(
@@ -339,7 +264,14 @@ class Router:
         raise last
 
     def _candidates(self, job: ImageJob) -> list[tuple[int, RouteSpec]]:
-        model_id = job.contract.id
+        return self.routes_for(job.contract, job.endpoint, operation(job))
+
+    def routes_for(
+        self, contract: Contract, endpoint: Endpoint, wanted: Operation
+    ) -> list[tuple[int, RouteSpec]]:
+        """The routes (with their index in the model's table) that serve `wanted` on `endpoint` today; a 400
+        saying why when there are none."""
+        model_id = contract.id
         table = [LOCAL_ROUTE] if self._local_only else self._routes.get(model_id, [])
         available = [(i, spec) for i, spec in enumerate(table) if self._available(spec)]
         if not available:
@@ -350,38 +282,91 @@ class Router:
                 param="model",
                 code="model_not_available",
             )
-        wanted = operation(job)
+        routes = self._plan(contract, endpoint, available)
         serving = [
             (i, spec)
-            for i, spec in available
+            for i, spec in routes
             if self._provider(model_id, i, spec, spec.timeout_s).supports(wanted)
         ]
         if not serving:
             raise APIError(
                 400,
-                f"The model '{model_id}' cannot serve /images/{job.endpoint} on this deployment: none of its "
-                "configured upstreams supports it.",
+                f"The model '{model_id}' cannot serve /images/{endpoint} on this deployment: none of its "
+                f"configured upstreams supports it{self._why_not(endpoint, [s for _, s in available])}.",
                 param="model",
                 code="model_not_available",
             )
         return serving
+
+    def offer(self, contract: Contract) -> dict[Endpoint, list[RouteSpec] | str]:
+        """What this deployment can do with a model today: per endpoint of its contract, the routes that
+        serve it, or why none does (GET /v1/models, `imagegate models`)."""
+        wanted: dict[Endpoint, Operation] = {"generations": "generate", "edits": "edit", "variations": "vary"}
+        offer: dict[Endpoint, list[RouteSpec] | str] = {}
+        for endpoint in sorted(contract.endpoints):
+            try:
+                offer[endpoint] = [spec for _, spec in self.routes_for(contract, endpoint, wanted[endpoint])]
+            except APIError as exc:
+                offer[endpoint] = exc.message
+        return offer
+
+    def _plan(
+        self, contract: Contract, endpoint: Endpoint, available: list[tuple[int, RouteSpec]]
+    ) -> list[tuple[int, RouteSpec]]:
+        """The available routes that may serve a contract's endpoint today: the live ones, else the
+        successors its price covers; a 400 `model_not_found` naming the replacement when there are none."""
+        index = {id(spec): i for i, spec in available}
+
+        def covered(spec: RouteSpec) -> bool:
+            prices = self._catalog.prices if self._catalog is not None else None
+            return prices is None or prices.covers(contract, endpoint, spec.model, spec.options)
+
+        chosen = plan([spec for _, spec in available], self._lifecycles, self.today(), covered)
+        if not chosen.routes:
+            raise APIError(400, retired_message(contract.id, chosen), param="model", code="model_not_found")
+        origin = {
+            id(s.successor): index[id(s.retired)] for s in chosen.successions if s.successor is not None
+        }
+        return [(index.get(id(spec), origin.get(id(spec), 0)), spec) for spec in chosen.routes]
+
+    def reachable(self, model_id: str) -> list[RouteSpec]:
+        """A model's routes that this deployment is configured for (credentials, region), dated or not."""
+        table = [LOCAL_ROUTE] if self._local_only else self._routes.get(model_id, [])
+        return [spec for spec in table if self._available(spec)]
+
+    def today(self) -> date:
+        """The UTC day on the service's clock: the day lifecycle dates are compared with."""
+        return day_of(self._now())
+
+    def _why_not(self, endpoint: Endpoint, available: list[RouteSpec]) -> str:
+        """Where the routes in use are successors: which upstream model went, and which does not offer it."""
+        chosen = plan(available, self._lifecycles, self.today())
+        for succession in chosen.successions:
+            if succession.successor is not None:
+                return (
+                    f": its upstream model {succession.retired.model} shut down on {succession.shutdown_at}, "
+                    f"and its successor {succession.successor.model} has no {endpoint} endpoint"
+                )
+        return ""
 
     def _available(self, spec: RouteSpec) -> bool:
         if spec.provider == "local":
             return True
         if spec.provider == "bedrock":
             return bool(spec.region or self._settings.bedrock_region)
+        if spec.base_url_credential and not self._credentials.get(spec.base_url_credential):
+            return False
         # A keyless route (an openai_compatible server on a private network) is available as configured.
         return not spec.credential or bool(self._credentials.get(spec.credential))
 
     def _provider(self, model_id: str, index: int, spec: RouteSpec, timeout_s: float) -> Provider:
-        key = (model_id, index, timeout_s)
+        key = (model_id, index, spec.model, timeout_s)
         provider = self._providers.get(key)
         if provider is None:
             upstream = Upstream(
                 provider=spec.provider,
                 model=spec.model,
-                base_url=spec.base_url,
+                base_url=spec.base_url or self._credentials.get(spec.base_url_credential, ""),
                 api_key=self._credentials.get(spec.credential, "") if spec.credential else "",
                 region=spec.region or (self._settings.bedrock_region if spec.provider == "bedrock" else ""),
                 timeout_s=timeout_s,
