@@ -13,7 +13,7 @@ from PIL import Image
 from imagegate.errors import APIError, ProviderError
 from imagegate.http.lambda_app import batch_handler
 from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
-from imagegate.jobs.lifecycle import Jobs, lease_s, start_deadline_s
+from imagegate.jobs.lifecycle import Jobs
 from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
 
@@ -322,7 +322,7 @@ def test_a_list_signs_url_results_but_reads_no_b64_images_back(svc, jobs, funded
 
 def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc, jobs, funded, clock):
     job = submitted(jobs, svc, funded)
-    clock.now += start_deadline_s(settings.worker_timeout_seconds) - 1
+    clock.now += settings.deadlines.job_start_s - 1
     assert svc.sweep()["closed"] == 0  # the request sweeper leaves a job's reservation to the job
     assert jobs.sweep() == {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
@@ -331,7 +331,7 @@ def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc,
 
 def test_a_job_never_started_expires_and_is_refunded_once(aws, settings, svc, jobs, funded, clock, finished):
     job = submitted(jobs, svc, funded)
-    clock.now += start_deadline_s(settings.worker_timeout_seconds) + 1
+    clock.now += settings.deadlines.job_start_s + 1
     assert jobs.sweep()["jobs_expired"] == 1
     assert jobs.sweep()["jobs_expired"] == 0
     late = jobs.run(funded.account_id, job["id"])  # the message, out of the dead-letter queue by hand
@@ -360,7 +360,7 @@ def test_a_job_whose_worker_died_is_failed_and_refunded_once_after_its_lease(
 ):
     job = killed_mid_run(jobs, svc, funded, monkeypatch)
     assert jobs.get(funded.account_id, job["id"])["status"] == "in_progress"
-    clock.now += lease_s(settings.worker_timeout_seconds) - 1
+    clock.now += settings.deadlines.job_lease_s - 1
     assert jobs.sweep()["jobs_lost"] == 0
     assert jobs.run(funded.account_id, job["id"])["status"] == "in_progress"  # a duplicate delivery
     clock.now += 2
@@ -377,7 +377,7 @@ def test_a_redelivered_message_after_the_lease_fails_the_dead_run_once(
     aws, settings, svc, jobs, funded, clock, monkeypatch
 ):
     job = killed_mid_run(jobs, svc, funded, monkeypatch)
-    clock.now += lease_s(settings.worker_timeout_seconds) + 1
+    clock.now += settings.deadlines.job_lease_s + 1
     assert jobs.run(funded.account_id, job["id"])["error"]["code"] == "worker_lost"
     assert jobs.sweep()["jobs_lost"] == 0
     assert balance(svc, funded) == 1_000_000
@@ -462,7 +462,7 @@ def test_a_job_whose_inputs_are_gone_fails_at_once_and_is_refunded(aws, settings
 
 
 def test_a_queued_job_holds_its_concurrency_slot_until_it_ends(svc, jobs, accounts, clock):
-    # A sync request's slot lapses after SLOT_SECONDS; a job waits and runs far longer than that, and must
+    # A sync request's slot lapses after Deadlines.request_slot_s; a job waits and runs far longer than that, and must
     # keep counting against max_concurrent all the while (a key could otherwise queue without bound).
     account_id = accounts.create_account(1_000_000)
     key = accounts.create_key(account_id, max_concurrent=1)

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger
 from imagegate.money.billing import Billing
-from imagegate.money.ratelimit import SLOT_SECONDS, Limits, duration
+from imagegate.money.ratelimit import Limits, duration
 
 from .conftest import Clock, OneRequestAtATime
 
@@ -126,7 +127,7 @@ def test_a_killed_requests_slot_expires(aws, settings, accounts, funded, clock):
     _, api_key = funded
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)  # never settled: its Lambda died
     assert refused(billing, auth(accounts, api_key)).status == 429
-    clock.now += SLOT_SECONDS + 1
+    clock.now += Deadlines().request_slot_s + 1
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
     item = aws.dynamodb.get_item(
         TableName=settings.table, Key={"pk": {"S": auth(accounts, api_key).key_pk}, "sk": {"S": "KEY"}}

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagegate.aws import AWSClients, endpoints_from_env
-from imagegate.config import Settings
+from imagegate.config import MAX_INTEGRATION_TIMEOUT_SECONDS, Deadlines, Settings
 from imagegate.inputs.outbound import Outbound, OutboundError
 from imagegate.jobs.webhooks import Endpoint, Webhooks
 from imagegate.money import ledger
@@ -32,7 +32,9 @@ from imagegate.money.accounts import Accounts, KeyInfo, NotFound
 from imagegate.money.billing import Billing
 from imagegate.units import micros_to_decimal, micros_to_usd, usd_to_micros
 
-MIN_SWEEP_AGE_S = 60
+# A synchronous request's slot at the longest integration timeout the template allows: a younger
+# reservation may belong to a request still running, whatever the stack's timeout.
+MIN_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).request_slot_s
 
 DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
 CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
@@ -272,9 +274,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--older-than",
         type=_sweep_age,
-        default=ledger.STALE_AFTER_S,
+        default=Deadlines().stale_reservation_s,
         metavar="SECONDS",
-        help=f"only reservations at least this old (default {ledger.STALE_AFTER_S})",
+        help=f"only reservations at least this old (default {Deadlines().stale_reservation_s})",
     )
     return parser
 
@@ -330,7 +332,8 @@ def _signed_amount(value: str) -> int:
 
 @_parsed
 def _sweep_age(value: str) -> int:
-    """A request may run for up to 29 s on Lambda: sweeping younger reservations would refund live ones."""
+    """A request may run for up to the integration timeout: sweeping younger reservations would refund live
+    ones."""
     seconds = _whole(value)
     if seconds < MIN_SWEEP_AGE_S:
         raise ValueError(f"must be at least {MIN_SWEEP_AGE_S} seconds, so running requests are never swept")

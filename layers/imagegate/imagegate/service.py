@@ -30,8 +30,8 @@ from imagegate.inputs.uploads import Uploads
 from imagegate.metrics import Metrics
 from imagegate.money.accounts import Account, Accounts
 from imagegate.money.billing import Billing, Reservation
-from imagegate.money.idempotency import Idempotency, fingerprint
-from imagegate.money.ratelimit import SLOT_SECONDS, Limits
+from imagegate.money.idempotency import Idempotency, fingerprint, key_hash
+from imagegate.money.ratelimit import Limits
 from imagegate.providers import Deps, PartialImage, ProviderResult
 from imagegate.providers.routing import Router, RouteSpec, Served, Streamed
 from imagegate.storage import Storage
@@ -119,7 +119,9 @@ class Service:
 
     @cached_property
     def idempotency(self) -> Idempotency:
-        return Idempotency(self.aws.dynamodb, self.settings.table)
+        return Idempotency(
+            self.aws.dynamodb, self.settings.table, self.clock, lock_s=self.settings.deadlines.request_lock_s
+        )
 
     @cached_property
     def storage(self) -> Storage:
@@ -235,7 +237,7 @@ class Service:
 
     def sweep(self) -> dict[str, int]:
         """The scheduled sweeper: close, once each, reservations a killed request left open."""
-        closed = self.billing.sweep(log=self.logger)
+        closed = self.billing.sweep(older_than_s=self.settings.deadlines.stale_reservation_s, log=self.logger)
         for r, charged in closed:
             self.logger.warning(
                 "stale reservation closed",
@@ -266,7 +268,8 @@ class Service:
         routes: list[RouteSpec],
         idempotency_key: str | None,
     ) -> ImageResponse:
-        admission = self.reserve(account, job, request_id, routes)
+        details = None if idempotency_key is None else {"idempotency": key_hash(idempotency_key)}
+        admission = self.reserve(account, job, request_id, routes, details)
         closing = Closing()
         if idempotency_key is not None:
             key = idempotency_key
@@ -300,11 +303,11 @@ class Service:
         request_id: str,
         routes: list[RouteSpec],
         details: dict[str, str] | None = None,
-        hold_s: int = SLOT_SECONDS,
+        hold_s: int | None = None,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
         here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id); `hold_s`:
-        how long its concurrency slots outlive it if it never settles."""
+        how long its concurrency slots outlive it if it never settles (default: a synchronous request's)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -314,7 +317,7 @@ class Service:
                 {"model": job.contract.id, "endpoint": job.endpoint, **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
-                hold_s=hold_s,
+                hold_s=hold_s or self.settings.deadlines.request_slot_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}

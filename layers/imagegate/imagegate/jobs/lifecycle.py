@@ -48,13 +48,12 @@ from dataclasses import asdict, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from imagegate.config import JOB_LEASE_GRACE_SECONDS, JOB_MAX_DELIVERIES, visibility_timeout
 from imagegate.errors import APIError
 from imagegate.inputs.images import InputImage
 from imagegate.inputs.request import ImageJob
 from imagegate.money.accounts import Account
 from imagegate.money.billing import Reservation
-from imagegate.money.idempotency import fingerprint
+from imagegate.money.idempotency import fingerprint, key_hash
 from imagegate.service import Admission, Closing
 from imagegate.storage import CONTENT_TYPES
 from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
@@ -73,17 +72,6 @@ Finished = Callable[[dict[str, Any]], None]
 
 def new_job_id(now: float) -> str:
     return f"imgjob_{int(now * 1000):012x}{secrets.token_hex(10)}"
-
-
-def start_deadline_s(worker_timeout_s: float) -> float:
-    """How long a job may stay queued: every delivery SQS gives its message (each hidden for the visibility
-    timeout) and one run. Past it the message is in the dead-letter queue or lost, and the job expires."""
-    return JOB_MAX_DELIVERIES * visibility_timeout(worker_timeout_s) + worker_timeout_s
-
-
-def lease_s(worker_timeout_s: float) -> float:
-    """How long after a run starts its worker is surely dead (Lambda stopped it at its timeout)."""
-    return worker_timeout_s + JOB_LEASE_GRACE_SECONDS
 
 
 class Jobs:
@@ -133,8 +121,13 @@ class Jobs:
             )
         routes = service.check(job)
         if idempotency_key is not None:
+            deadlines = self.settings.deadlines
             stored = service.idempotency.begin(
-                account.account_id, idempotency_key, f"async:{fingerprint(job, user)}", request_id
+                account.account_id,
+                idempotency_key,
+                f"async:{fingerprint(job, user)}",
+                request_id,
+                lock_s=deadlines.request_lock_s if source == "http" else deadlines.trigger_lock_s,
             )
             if stored is not None:
                 return self.get(account.account_id, stored["job_id"])
@@ -143,11 +136,12 @@ class Jobs:
         try:
             # The slots are held while the job may still be queued or running: a job counts against
             # max_concurrent until it ends, and the settle that ends it (or the sweeper's) gives them back.
-            hold = int(
-                start_deadline_s(self.settings.worker_timeout_seconds)
-                + lease_s(self.settings.worker_timeout_seconds)
+            details = {"job": job_id}
+            if idempotency_key is not None:
+                details["idempotency"] = key_hash(idempotency_key)
+            admission = service.reserve(
+                account, job, request_id, routes, details, hold_s=self.settings.deadlines.job_slot_s
             )
-            admission = service.reserve(account, job, request_id, routes, {"job": job_id}, hold_s=hold)
         except BaseException:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)
@@ -258,11 +252,11 @@ class Jobs:
         item = self._read(account_id, job_id)
         status = item["status"]["S"]
         now = self._clock()
-        timeout = self.settings.worker_timeout_seconds
-        if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+        deadlines = self.settings.deadlines
+        if status == "queued" and now > int(item["created_at"]["N"]) + deadlines.job_start_s:
             self._close(item, "queued", "failed", _expired_error())
             return self.get(account_id, job_id)
-        if status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+        if status == "in_progress" and now > int(item["started_at"]["N"]) + deadlines.job_lease_s:
             self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
             return self.get(account_id, job_id)
         if status != "queued":
@@ -435,23 +429,23 @@ class Jobs:
         """Fail and refund, once each, jobs whose worker died mid-run and jobs that were never started
         (their message went to the dead-letter queue). Jobs still waiting in the queue, or running within
         their worker's timeout, are left alone: their reservations are not stale, only long."""
-        timeout = self.settings.worker_timeout_seconds
+        deadlines = self.settings.deadlines
         now = self._clock()
         closed = expired = lost = 0
-        for r, job_id in self.service.billing.open_jobs(older_than_s=lease_s(timeout)):
+        for r, job_id in self.service.billing.open_jobs(older_than_s=deadlines.job_lease_s):
             try:
                 item = self._db.get_item(
                     TableName=self._table, Key=job_key(r.account_id, job_id), ConsistentRead=True
                 ).get("Item")
                 if item is None:
                     # The submit died between its reservation and its job item, and could not refund.
-                    if now > r.created_at + start_deadline_s(timeout):
+                    if now > r.created_at + deadlines.job_start_s:
                         closed += self.service.billing.settle(r, 0, provider="sweep")
                     continue
                 status = item["status"]["S"]
-                if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+                if status == "queued" and now > int(item["created_at"]["N"]) + deadlines.job_start_s:
                     expired += self._close(item, "queued", "failed", _expired_error())
-                elif status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+                elif status == "in_progress" and now > int(item["started_at"]["N"]) + deadlines.job_lease_s:
                     lost += self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
             except Exception:
                 self.service.logger.exception("job sweep failed for one job", extra={"job_id": job_id})

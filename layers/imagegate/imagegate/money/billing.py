@@ -27,6 +27,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import Account, NotFound
@@ -110,7 +111,7 @@ class Billing:
         *,
         images: int = 1,
         upper_bound: bool = False,
-        hold_s: int = ratelimit.SLOT_SECONDS,
+        hold_s: int = Deadlines().request_slot_s,
     ) -> Reservation:
         """Debit `amount` micro-USD and take the rate limits for `images` images, in one transaction.
 
@@ -234,7 +235,7 @@ class Billing:
             refused = ratelimit.refusal(what, state, self._key_limits, images, now, slot=False)
             if refused is not None:
                 raise refused
-            take = ratelimit.take("k", state, self._key_limits, "", images, now, slot=False)
+            take = ratelimit.take("k", state, self._key_limits, "", images, now, slot=False, hold_s=0)
             try:
                 self._db.update_item(**take.update(self._table, item_key(account.key_pk, "KEY"))["Update"])
                 return
@@ -436,7 +437,11 @@ class Billing:
         return [r for r, _ in self._open(older_than_s, account_id)]
 
     def sweep(
-        self, *, older_than_s: float = ledger.STALE_AFTER_S, account_id: str | None = None, log: Any = None
+        self,
+        *,
+        older_than_s: float = Deadlines().stale_reservation_s,
+        account_id: str | None = None,
+        log: Any = None,
     ) -> list[tuple[Reservation, int]]:
         """Close reservations a killed request left open, each exactly once whatever runs at the same time:
         refunded, or charged what a request that could not settle said it delivered. One failing reservation

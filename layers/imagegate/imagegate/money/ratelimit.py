@@ -15,8 +15,9 @@ the item, and the transaction is built again from what it showed. (A `tat` up to
 the second form too, so that racing requests do not keep guessing wrong: see SLACK_MS.)
 
 Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
-`size(slots) < max` and removed by the settle transaction. A slot's expiry outlives the function timeout, so
-the slot of a killed Lambda is pruned (on condition that it is still expired) when it is in the way.
+`size(slots) < max` and removed by the settle transaction. A slot's expiry (`hold_s`, config.Deadlines)
+outlives the function timeout, and a job's outlives its time queued and running, so the slot of a killed
+Lambda is pruned (on condition that it is still expired) when it is in the way.
 
 Every refusal is a 429 in OpenAI's shape (type "requests", code "rate_limit_exceeded") with `retry-after` and
 OpenAI's `x-ratelimit-*` headers; admitted requests carry the same headers. A request for more images than
@@ -34,9 +35,6 @@ from imagegate.errors import APIError
 IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10
 WINDOW_MS = 60_000
-# Longer than any synchronous request can run (the function timeout): only a dead request's slot expires.
-# A job holds its slot longer, until it surely ended (`hold_s`: jobs.py), since it runs long after its submit.
-SLOT_SECONDS = 120
 # When a slot frees is unknowable; in-flight requests finish within seconds, so ask for a short wait.
 SLOT_RETRY_SECONDS = 1
 # A bucket whose `tat` lies less than this in the past is updated as if it were now (`tat = tat + cost`):
@@ -139,7 +137,7 @@ def take(
     *,
     slot: bool = True,
     raced: bool = False,
-    hold_s: int = SLOT_SECONDS,
+    hold_s: int,
 ) -> Fragment:
     """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
     placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
@@ -205,7 +203,7 @@ def release(scope: str, request_id: str) -> Fragment:
     return Fragment(remove=[f"slots.#{scope}_done"], names={f"#{scope}_done": request_id})
 
 
-def admitted(state: State, default: Limits, images: int, now: float, hold_s: int = SLOT_SECONDS) -> State:
+def admitted(state: State, default: Limits, images: int, now: float, hold_s: int) -> State:
     """The state just after `take` succeeded on `state` (for the response's headers)."""
     limits = state.limits(default)
     now_ms = int(now * 1000)
