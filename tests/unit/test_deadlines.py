@@ -156,7 +156,7 @@ def test_reconcile_sees_one_key_charged_twice(aws, settings, accounts, funded):
     svc = service(aws, settings, clock, 300)
     svc.idempotency = Idempotency(aws.dynamodb, settings.table, clock=clock, lock_s=60)  # the old lock
     price = svc.prices.quote(generation(svc)).reserve
-    first, retry = run_with_a_retry_70s_in(svc, accounts, funded, clock, "one-key")
+    _, retry = run_with_a_retry_70s_in(svc, accounts, funded, clock, "one-key")
     assert retry.body["data"]  # ran again
     assert accounts.balance(funded[0]) == 10_000_000 - 2 * price
     result = ledger.reconcile(aws.dynamodb, settings.table, funded[0], clock=clock)

@@ -15,8 +15,8 @@ The service calls `begin` after validation. On success the record is completed i
 transaction (`completion`), so a request that was charged can always be replayed, never run again; on a
 failure before any image exists, `release` lets a retry run again. Once images exist the key is never
 released. A Lambda killed mid-request does neither: its in-progress record stops blocking the key when its
-lock runs out (`lock_s`: config.Deadlines, longer than the holder's function can run), and a request may then take the key over; the dead request's reservation is
-closed by the sweeper.
+lock runs out (`lock_s`: config.Deadlines, longer than the holder's function can run), and a request may
+then take the key over; the dead request's reservation is closed by the sweeper.
 """
 
 from __future__ import annotations
