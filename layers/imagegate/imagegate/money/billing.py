@@ -181,12 +181,14 @@ class Billing:
                 raise ratelimit.busy(f"account {account.account_id}") from exc
             if failed is None:
                 headers = ratelimit.headers(
-                    ratelimit.admitted(key_state, self._key_limits, images, now, hold_s),
+                    ratelimit.admitted(
+                        key_state, self._key_limits, request_id, images, now, hold_s, raced=key_raced
+                    ),
                     self._key_limits,
                     now,
                 )
                 self._accounts[account.account_id] = ratelimit.admitted(
-                    account_state, self._account_limits, images, now, hold_s
+                    account_state, self._account_limits, request_id, images, now, hold_s, raced=account_raced
                 )
                 return Reservation(
                     account.account_id,
