@@ -10,13 +10,14 @@ Images per minute is a token bucket of `limit` images that refills at `limit` a 
 n images n * T, and it is admitted when max(tat, now) + cost <= now + limit * T: a full bucket holds
 exactly `limit` images whether or not `limit` divides a minute, and refills no faster than `limit` a
 minute. Unlike a fixed minute window, no boundary admits twice the limit at once: any span of w ms admits
-at most limit + w / T images. Since `tat` only ever grows, any value once seen is a lower bound of the stored one: with
-one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one in the future it is
-`SET tat = tat + cost` on condition `tat <= now + 60000 - cost`. A wrong guess fails the condition, returns
-the item, and the transaction is built again from what it showed. (A `tat` up to SLACK_MS in the past takes
-the second form too, so that racing requests do not keep guessing wrong: see SLACK_MS; and so does one up
-to RACE_SLACK_MS in the past just written by a racing request, `raced`.) Whatever this container caches of
-an item after a success (`admitted`) stays a lower bound of what it wrote.
+at most limit + w / T images. Since `tat` only ever grows, any value once seen is a lower bound of the
+stored one: with one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one
+in the future it is `SET tat = tat + cost` on condition `tat <= now + limit * T - cost`. A wrong guess
+fails the condition, returns the item, and the transaction is built again from what it showed. (A `tat`
+up to SLACK_MS in the past takes the second form too, so that racing requests do not keep guessing wrong:
+see SLACK_MS; and so does one up to RACE_SLACK_MS in the past just written by a racing request, `raced`.)
+Whatever this container caches of an item after a success (`admitted`) stays a lower bound of what it
+wrote.
 
 Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
 `size(slots) < max` and removed by the settle transaction. A slot's expiry (`hold_s`, config.Deadlines)
