@@ -412,11 +412,20 @@ class Billing:
                 },
             )
 
-    def precheck(self, account: Account, images: int) -> None:
-        """The 429 `reserve` would answer from the key as it was just authenticated, with no call: for work
-        that costs before the reservation, such as fetching a JSON edit's images. The reservation still
-        decides (and, as there, the container's memory of the account is a guess that may not refuse)."""
+    def precheck(self, account: Account, images: int, *, balance: int | None = None) -> None:
+        """The 429 `reserve` would answer from the key as it was just authenticated, with no call, and the
+        402 of an account whose `balance` (when given) pays for nothing: for work that costs before the
+        reservation, such as fetching a JSON edit's images. The reservation still decides (and, as there,
+        the container's memory of the account is a guess that may not refuse)."""
         self._refuse_if_limited(account, account.limiter, None, images, self._clock())
+        if balance is not None and balance <= 0:
+            raise APIError(
+                402,
+                f"Insufficient balance: the account's balance is {micros_to_usd(balance)}. Add credit and "
+                "try again; nothing was fetched.",
+                type="insufficient_quota",
+                code="insufficient_balance",
+            )
 
     def _refuse_if_limited(
         self, account: Account, key_state: State, account_state: State | None, images: int, now: float
