@@ -572,9 +572,11 @@ class Service:
 
 class _StreamRun:
     """A streamed request once its upstream has answered: its events as they come, and its settlement,
-    exactly once. Its price: the final image as `handle` charges it, plus each partial image sent
-    (`PriceBook.charge`); an upstream failure refunds it all; a client that goes away is charged the partial
-    images sent so far, or all of it once the final image was made (it is settled before it is sent)."""
+    exactly once. Its price: the final image as `handle` charges it, plus each partial image written
+    (`PriceBook.charge`). One rule on every other path (an upstream failure, a final image too large to
+    send, a client that goes away): the partial images written so far are charged, nothing else. A partial
+    counts as written once the HTTP layer comes back for the next event (it asks only after its write
+    succeeded); the completed image is settled before it is sent."""
 
     def __init__(
         self,
@@ -602,6 +604,7 @@ class _StreamRun:
             )
 
     def abandon(self) -> None:
+        """Settle for the partial images written, and nothing else (a no-op once settled)."""
         self.settle(self.service.prices.charge(self.admission.quote, 0, 1, None, self.partials))
 
     def events(self) -> Generator[dict[str, Any], None, None]:
@@ -618,25 +621,27 @@ class _StreamRun:
                         if 2 * len(b64) > room:
                             continue
                         room -= len(b64)
-                        self.partials += 1
                         created = int(service.clock())
                         yield image_event(
-                            job, "partial_image", b64, created, partial_image_index=self.partials - 1
+                            job, "partial_image", b64, created, partial_image_index=self.partials
                         )
+                        self.partials += 1  # asked for the next event: this one was written
                         continue
                     yield self._completed(item, room)
                     return
             raise ProviderError("The upstream returned no images.")
         except ProviderError as exc:
             error = service._upstream_error(job, exc, self.streamed.provider, self.log)
-            self.settle(0)
+            if exc.code == "upstream_timeout":
+                self.settle(0)  # past the budget, a buffering gateway already answered 504: nothing arrived
+            self.abandon()
             yield error_event(error)
         except APIError as exc:
-            self.settle(0)
+            self.abandon()
             yield error_event(exc)
         except Exception:
             service.logger.exception("stream failed", extra=self.log)
-            self.settle(0)
+            self.abandon()
             yield error_event(INTERNAL_ERROR)
         finally:
             self.abandon()  # a no-op unless the client went away first
@@ -663,7 +668,7 @@ class _StreamRun:
                 400,
                 f"The image came to {len(b64)} bytes of base64, more than this deployment's response limit "
                 "leaves for it. Stream with fewer partial_images, a smaller size, or output_format=jpeg or "
-                "webp, or do not stream. Nothing was charged.",
+                "webp, or do not stream. Only the partial images sent were charged.",
                 param="partial_images" if self.partials else "stream",
                 code="response_too_large",
             )
