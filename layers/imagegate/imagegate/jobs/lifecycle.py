@@ -184,7 +184,9 @@ class Jobs:
                 )
             except Exception as exc:
                 service.logger.exception("job not queued; refunded", extra={"job_id": job_id})
-                self._close(item, "queued", "failed", _queue_error())
+                # Not announced: the submitter hears the 503 itself, and retries (an SQS redelivery, a
+                # client's retry) submit anew; a task answered now would be answered again by that retry.
+                self._close(item, "queued", "failed", _queue_error(), announce=False)
                 if idempotency_key is not None:
                     service.idempotency.forget(account.account_id, idempotency_key, request_id)
                 raise _queue_error() from exc
@@ -460,12 +462,15 @@ class Jobs:
         to_status: str,
         error: BaseException | None,
         run: str = "",
+        *,
+        announce: bool = True,
     ) -> bool:
         """Move a job that never delivered to a final state and refund its reservation, in one transaction;
-        False when the job had moved on meanwhile (its new state owns the money)."""
+        False when the job had moved on meanwhile (its new state owns the money). `announce`: tell the
+        `on_finished` callbacks."""
         guard = self._move(item, from_status, None, error, run, to_status)
         settled = self.service.billing.settle(_reservation(item), 0, provider="none", guard=guard)
-        if settled:
+        if settled and announce:
             self._finished(*_ids(item))
         return settled
 
