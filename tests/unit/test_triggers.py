@@ -469,3 +469,27 @@ def test_a_task_whose_job_cannot_be_queued_is_answered_once(
     assert body["error"]["code"] == "queue_unavailable"
     assert len(sfn.sent) == 1
     assert accounts.balance(account_id) == 1_000_000
+
+
+def test_an_input_s3_refuses_with_403_is_the_documented_400(svc, triggers, accounts, account_id, monkeypatch):
+    """Issue 20, item 11: a role without s3:ListBucket gets 403 for a missing key; the manifest and input
+    reader let it escape as a 500."""
+    from botocore.exceptions import ClientError
+
+    real = svc.aws.s3
+
+    class NoListBucket:
+        def get_object(self, **kwargs):
+            try:
+                return real.get_object(**kwargs)
+            except real.exceptions.NoSuchKey:
+                raise ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject") from None
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(type(svc.aws), "s3", property(lambda self: NoListBucket()))
+    inputs = [{"key": f"inputs/{account_id}/never-uploaded.png"}]
+    body = triggers.invoke(request(account_id, "variations", request={}, inputs=inputs), "inv-403")
+    assert (body["error"]["code"], body["error"]["param"]) == ("input_not_found", "inputs")
+    assert accounts.balance(account_id) == 1_000_000

@@ -62,7 +62,7 @@ METHODS = {
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IDEMPOTENCY_HEADER = "idempotency-key"
-_IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
+_IMAGE_PART = re.compile(r"image(\[\d*\])?")  # fullmatch
 MAX_FORM_FILES = 17  # 16 images and a mask
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at most 128 KB of UTF-8
@@ -170,7 +170,7 @@ def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
 
 
 # ASCII digits only (`str.isdigit` admits '²', which int() refuses), and no more than a gateway allows anyway.
-_WAIT = re.compile(r"^[0-9]{1,6}$")
+_WAIT = re.compile(r"[0-9]{1,6}")  # fullmatch
 
 
 def _preferences(values: list[str]) -> tuple[bool, int | None]:
@@ -183,7 +183,7 @@ def _preferences(values: list[str]) -> tuple[bool, int | None]:
             name, rest = name.strip().lower(), rest.strip().strip('"')
             if name == "respond-async":
                 asynchronous = True
-            elif name == "wait" and _WAIT.match(rest):
+            elif name == "wait" and _WAIT.fullmatch(rest):
                 wait = int(rest)
     return asynchronous, wait
 
@@ -403,7 +403,7 @@ class _Form:
             raise _malformed("a part has no name in its Content-Disposition header")
         self._name = options[b"name"].decode("utf-8", "replace")
         has_filename = b"filename" in options
-        if _IMAGE_PART.match(self._name) or self._name == "mask":
+        if _IMAGE_PART.fullmatch(self._name) or self._name == "mask":
             self._kind = "mask" if self._name == "mask" else "image"
         elif has_filename:
             self._kind = "stray"

@@ -61,7 +61,7 @@ from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
 if TYPE_CHECKING:
     from imagegate.service import Service
 
-JOB_ID = re.compile(r"^imgjob_[0-9a-f]{32}$")
+JOB_ID = re.compile(r"imgjob_[0-9a-f]{32}")  # fullmatch: "$" would also match before a "\n"
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
@@ -352,7 +352,7 @@ class Jobs:
         self, account_id: str, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None
     ) -> dict[str, Any]:
         """An account's jobs, newest first, in OpenAI's list shape; `after`: the previous page's last id."""
-        if after is not None and not JOB_ID.match(after):
+        if after is not None and not JOB_ID.fullmatch(after):
             raise APIError(
                 400,
                 f"Invalid 'after': '{after}' is not an image job id.",
@@ -572,7 +572,7 @@ class Jobs:
 
     def _read(self, account_id: str, job_id: str) -> dict[str, Any]:
         item = None
-        if JOB_ID.match(job_id):
+        if JOB_ID.fullmatch(job_id):
             item = self._db.get_item(
                 TableName=self._table, Key=job_key(account_id, job_id), ConsistentRead=True
             ).get("Item")
