@@ -569,3 +569,31 @@ def test_a_job_s_stored_state_reads_back_as_boto3_would_without_importing_it():
         "ratio": 0.5,
         "history": [{"status": 500, "at": 1_796_000_000}, "timeout"],
     }
+
+
+def expire_outputs(aws, settings):
+    """What the outputs' lifecycle rule does after OutputRetentionDays."""
+    listing = aws.s3.list_objects_v2(Bucket=settings.bucket, Prefix="outputs/").get("Contents", [])
+    for obj in listing:
+        aws.s3.delete_object(Bucket=settings.bucket, Key=obj["Key"])
+    assert listing
+
+
+def test_a_b64_job_whose_images_expired_is_410_output_expired(aws, settings, svc, jobs, funded):
+    """Issue 20, item 12: GET /v1/images/jobs/{id} of a b64_json job answered 500 once its outputs expired."""
+    job = jobs.submit(funded, gen(svc, response_format="b64_json"), request_id="req_b64")
+    jobs.run(funded.account_id, job["id"])
+    expire_outputs(aws, settings)
+    with pytest.raises(APIError) as gone:
+        jobs.get(funded.account_id, job["id"])
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+def test_a_b64_replay_whose_images_expired_is_410_output_expired(aws, settings, svc, funded):
+    """Issue 20, item 12: an Idempotency-Key replay of a b64_json answer answered 500 once its outputs
+    expired."""
+    svc.handle(funded, gen(svc, response_format="b64_json"), "b64-key")
+    expire_outputs(aws, settings)
+    with pytest.raises(APIError) as gone:
+        svc.handle(funded, gen(svc, response_format="b64_json"), "b64-key")
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")

@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.contracts import Contract, estimate_usage
@@ -34,7 +35,7 @@ from imagegate.money.idempotency import Idempotency, fingerprint, key_hash
 from imagegate.money.ratelimit import Limits
 from imagegate.providers import Deps, PartialImage, ProviderResult
 from imagegate.providers.routing import Router, RouteSpec, Served, Streamed
-from imagegate.storage import Storage
+from imagegate.storage import Storage, missing
 from imagegate.streaming import EventStream, error_event, image_event
 from imagegate.units import micros_to_decimal
 
@@ -552,7 +553,8 @@ class Service:
 
     def render(self, record: dict[str, Any]) -> dict[str, Any]:
         """An ImagesResponse from a stored record (S3 keys, never image bytes): its URLs while they have
-        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3."""
+        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3, a 410 `output_expired`
+        once the outputs' lifecycle deleted them."""
         extra = record["extra"]
         if record["format"] == "url":
             signed_at = record.get("signed_at")
@@ -563,10 +565,21 @@ class Service:
             urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
             data = [{"url": url, **extra} for url in urls]
         else:
-            data = [
-                {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
-                for key in record["keys"]
-            ]
+            try:
+                data = [
+                    {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
+                    for key in record["keys"]
+                ]
+            except ClientError as exc:
+                if not missing(exc):
+                    raise
+                raise APIError(
+                    410,
+                    "This result's images have expired: outputs are kept for "
+                    f"{self.settings.job_retention_days} day(s) and cannot be returned again. Run the "
+                    "request again (with a new Idempotency-Key) for new images.",
+                    code="output_expired",
+                ) from None
         return _with_data(record["body"], data)
 
 
