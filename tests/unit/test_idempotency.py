@@ -89,7 +89,7 @@ def test_same_key_for_a_different_request_is_400(idem, completed):
         400,
         "invalid_request_error",
         "idempotency_key_reused",
-        None,
+        "Idempotency-Key",  # issue 20, item 13: it was None
     )
     assert err.message == (
         "This Idempotency-Key was already used for a different request (other parameters or images). "
@@ -105,7 +105,7 @@ def test_a_retry_while_the_first_request_runs_is_409(idem, clock):
         409,
         "invalid_request_error",
         "idempotency_key_in_use",
-        None,
+        "Idempotency-Key",
     )
     assert "the original request is still running" in err.message
     assert err.headers == {"retry-after": "5"}

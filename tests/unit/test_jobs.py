@@ -597,3 +597,19 @@ def test_a_b64_replay_whose_images_expired_is_410_output_expired(aws, settings, 
     with pytest.raises(APIError) as gone:
         svc.handle(funded, gen(svc, response_format="b64_json"), "b64-key")
     assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+@pytest.mark.parametrize("limit", ["1_0", "10.0", "-1"])
+def test_a_list_limit_that_is_not_digits_is_400_invalid_type(svc, jobs, funded, limit):
+    """Issue 20, item 13: `limit=1_0` was accepted."""
+    from starlette.testclient import TestClient
+
+    from imagegate.http.api import create_app
+
+    key = svc.accounts.create_key(funded.account_id)
+    with TestClient(create_app(svc, jobs=jobs), raise_server_exceptions=False) as client:
+        response = client.get(
+            "/v1/images/jobs", params={"limit": limit}, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("limit", "invalid_type")

@@ -16,7 +16,8 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic_core import PydanticCustomError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,6 +63,28 @@ METHODS = {
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def _digits(value: Any) -> Any:
+    """A query integer is ASCII digits only: pydantic's lax int takes '1_0' and '90.0' too."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_parsing", "Input should be a whole number written in digits")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_digits)]
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The `Idempotency-Key` header: one at most (two would leave which one counts to chance)."""
+    keys = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if len(keys) > 1:
+        raise errors.invalid(
+            "Send one 'Idempotency-Key' header, not several.", "Idempotency-Key", "duplicate_parameter"
+        )
+    return keys[0] if keys else None
+
+
 _IMAGE_PART = re.compile(r"image(\[\d*\])?")  # fullmatch
 MAX_FORM_FILES = 17  # 16 images and a mask
 MAX_FORM_FIELDS = 64
@@ -101,7 +124,7 @@ def create_app(
         (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins). A request run now
         answers its result, which the route renders (`_rendered`) once the job and its inputs are gone."""
         request_id = request_id_of(request)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
+        key = _idempotency_key(request)
         if job.stream:
             return EventStreamResponse(service.stream(acct, job, key, request_id=request_id))
         asynchronous, wait = _preferences(request.headers.getlist("prefer"))
@@ -142,7 +165,7 @@ def create_app(
 
         @app.get(BALANCE_ROUTE)
         def balance(
-            acct: AccountDep, days: Annotated[int, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
+            acct: AccountDep, days: Annotated[QueryInt, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
         ) -> JSONResponse:
             return JSONResponse(service.balance(acct, days))
 
@@ -155,7 +178,7 @@ def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
     @app.get(JOBS_ROUTE)
     def list_jobs(
         acct: account_dep,  # type: ignore[valid-type]
-        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+        limit: Annotated[QueryInt, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
         after: str | None = None,
     ) -> JSONResponse:
         return JSONResponse(jobs.list(acct.account_id, limit, after))

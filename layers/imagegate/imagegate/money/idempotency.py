@@ -130,6 +130,7 @@ class Idempotency:
                 400,
                 "This Idempotency-Key was already used for a different request (other parameters or "
                 "images). Use a new key for a new request.",
+                param="Idempotency-Key",
                 code="idempotency_key_reused",
             )
         if held["state"]["S"] == "completed":
@@ -139,6 +140,7 @@ class Idempotency:
             409,
             "A request with this Idempotency-Key is in progress: the original request is still running. "
             f"Retry shortly (in {wait}s) to get its result.",
+            param="Idempotency-Key",
             code="idempotency_key_in_use",
             headers={"retry-after": str(wait)},
         )
