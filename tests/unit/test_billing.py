@@ -504,10 +504,10 @@ def test_one_failing_reservation_does_not_stop_the_sweep(aws, settings, accounts
             self._client = client
             self.exceptions = client.exceptions
 
-        def transact_write_items(self, TransactItems):
+        def transact_write_items(self, TransactItems, **kwargs):
             if f"ACCOUNT#{first.account_id}" in repr(TransactItems) and broken:
                 raise ClientError({"Error": {"Code": "ValidationException"}}, "TransactWriteItems")
-            return self._client.transact_write_items(TransactItems=TransactItems)
+            return self._client.transact_write_items(TransactItems=TransactItems, **kwargs)
 
         def __getattr__(self, name):
             return getattr(self._client, name)
@@ -529,3 +529,46 @@ def test_one_failing_reservation_does_not_stop_the_sweep(aws, settings, accounts
     assert errors == [stuck.request_id]
     assert accounts.balance(second.account_id) == 100_000
     assert accounts.balance(first.account_id) == 95_000  # left for the next sweep
+
+
+class LostResponses:
+    """The DynamoDB client, losing the response of the next `times` TransactWriteItems after they commit,
+    and keeping DynamoDB's documented ClientRequestToken rule: the same token with the same parameters
+    within 10 minutes answers success without writing again (another parameter set is refused)."""
+
+    def __init__(self, client, times):
+        self._client = client
+        self.exceptions = client.exceptions
+        self.times = times
+        self.committed = {}
+
+    def transact_write_items(self, **kwargs):
+        from botocore.exceptions import EndpointConnectionError
+
+        token = kwargs.get("ClientRequestToken")
+        if token is not None and token in self.committed:
+            assert self.committed[token] == kwargs, "IdempotentParameterMismatchException"
+            return {}
+        answer = self._client.transact_write_items(**kwargs)
+        if token is not None:
+            self.committed[token] = kwargs
+        if self.times:
+            self.times -= 1
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+        return answer
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_settle_committed_behind_a_lost_response_is_found_settled(aws, settings, accounts):
+    """Issue 20, item 8: with no ClientRequestToken, the retry of a settle that committed behind a lost
+    response failed its condition and reported "not settled": charged, but never announced."""
+    account = holder(accounts, 100_000)
+    lossy = LostResponses(aws.dynamodb, times=0)
+    billing = Billing(lossy, settings.table, sleep=lambda s: None)
+    reservation = billing.reserve(account, request_id(), 40_000, {"model": "dall-e-2"})
+    lossy.times = 1
+    assert billing.settle(reservation, 30_000, images=1) is True
+    assert accounts.balance(account.account_id) == 100_000 - 30_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok

@@ -39,6 +39,7 @@ from imagegate.table import (
     item_key,
     query,
     read_balance,
+    request_token,
     transact,
     transact_or_reasons,
 )
@@ -276,15 +277,21 @@ class Billing:
         refund = r.amount - charged
         give_up = self._clock() + deadline_s
         attempt = 0
+        # Built once and sent unchanged with one ClientRequestToken until its shape changes: a settle that
+        # committed behind a lost response is then found committed by its retry, not "already settled".
+        now = self._clock()
+        shape: tuple[bool, bool] | None = None
         while True:
-            now = self._clock()
-            actions = self._settle_actions(r, charged, refund, images, provider, now)
-            if guard is not None:
-                actions.append(guard)
-            if completion is not None:
-                actions.append(completion)
+            if shape != (guard is not None, completion is not None):
+                shape = (guard is not None, completion is not None)
+                actions = self._settle_actions(r, charged, refund, images, provider, now)
+                if guard is not None:
+                    actions.append(guard)
+                if completion is not None:
+                    actions.append(completion)
+                token = request_token(r.request_id, "settle", str(shape))
             try:
-                failed = transact_or_reasons(self._db, actions, self._sleep)
+                failed = transact_or_reasons(self._db, actions, self._sleep, token)
             except (ClientError, BotoCoreError) as exc:
                 if isinstance(exc, ClientError) and _code(exc) not in BUSY_CODES:
                     raise
