@@ -10,6 +10,7 @@ containers and the lag the module allows a racing or nearly-current `tat` (SLACK
 
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shims import mocked_aws
@@ -31,19 +32,15 @@ STEP = st.one_of(
     st.tuples(st.just("limits"), st.sampled_from(["key", "account"]), LIMIT),
 )
 
-_AWS = {}
 
-
-def aws():
+@pytest.fixture(scope="module")
+def store():
     """One moto AWS and table for every example (each example has its own account and key)."""
-    if not _AWS:
-        mock = mocked_aws()
-        mock.__enter__()
+    with mocked_aws():
         clients = AWSClients(Settings(region="us-east-1"))
         table = Settings(table=f"prop-{uuid.uuid4().hex[:12]}", bucket=f"prop-{uuid.uuid4().hex[:12]}")
         provision(clients, table)
-        _AWS.update(clients=clients, table=table.table, mock=mock)
-    return _AWS["clients"], _AWS["table"]
+        yield clients, table.table
 
 
 class Clock:
@@ -83,8 +80,8 @@ def check(admissions, stretches):
     account_limit=LIMIT,
     steps=st.lists(STEP, min_size=1, max_size=40),
 )
-def test_no_window_admits_more_than_the_bucket_allows(skews, key_limit, account_limit, steps):
-    clients, table = aws()
+def test_no_window_admits_more_than_the_bucket_allows(store, skews, key_limit, account_limit, steps):
+    clients, table = store
     accounts = Accounts(clients.dynamodb, table)
     account_id = accounts.create_account(10**12)
     api_key = accounts.create_key(account_id, images_per_minute=key_limit)
