@@ -613,3 +613,25 @@ def test_a_list_limit_that_is_not_digits_is_400_invalid_type(svc, jobs, funded, 
         )
     assert response.status_code == 400, response.text
     assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("limit", "invalid_type")
+
+
+def test_async_answers_carry_the_rate_limit_and_replay_headers(svc, jobs, funded):
+    """Issue 20, item 13: async answers lacked x-ratelimit-* and idempotent-replayed."""
+    from starlette.testclient import TestClient
+
+    from imagegate.http.api import create_app
+
+    headers = {
+        "Authorization": f"Bearer {svc.accounts.create_key(funded.account_id)}",
+        "Prefer": "respond-async",
+        "Idempotency-Key": "async-headers",
+    }
+    body = {"prompt": "a red fox", "model": "dall-e-2", "size": "256x256"}
+    with TestClient(create_app(svc, jobs=jobs), raise_server_exceptions=False) as client:
+        first = client.post("/v1/images/generations", headers=headers, json=body)
+        again = client.post("/v1/images/generations", headers=headers, json=body)
+    assert first.status_code == again.status_code == 202
+    assert first.headers["x-ratelimit-limit-images"] == str(svc.settings.images_per_minute)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]

@@ -224,7 +224,10 @@ def _job_answer(
 ) -> JSONResponse:
     """202 with the job, or, when the client would wait (`wait=N`, capped under the gateway's budget) and
     the job ends in time, the answer the synchronous path would have given."""
-    obj = jobs.submit(acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key)
+    answer: dict[str, str] = {}
+    obj = jobs.submit(
+        acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key, answer=answer
+    )
     applied = ["respond-async"]
     if wait is not None:
         # The budget runs from the request's arrival: the submit (fetching inputs, writing them to S3) spent
@@ -235,13 +238,15 @@ def _job_answer(
         applied.append(f"wait={waited}")
         obj = jobs.wait(acct.account_id, obj["id"], waited)
         if obj["status"] == "succeeded":
-            return JSONResponse(obj["result"], headers={"preference-applied": f"wait={waited}"})
+            return JSONResponse(obj["result"], headers={**answer, "preference-applied": f"wait={waited}"})
         failure = jobs.failure(acct.account_id, obj["id"]) if obj["status"] == "failed" else None
         if failure is not None:
             raise failure
     location = _public_path(request, f"{JOBS_ROUTE}/{obj['id']}")
     return JSONResponse(
-        obj, status_code=202, headers={"location": location, "preference-applied": ", ".join(applied)}
+        obj,
+        status_code=202,
+        headers={**answer, "location": location, "preference-applied": ", ".join(applied)},
     )
 
 

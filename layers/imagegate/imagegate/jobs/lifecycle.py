@@ -108,10 +108,13 @@ class Jobs:
         task_token: str | None = None,
         enqueue: bool = True,
         idempotency_key: str | None = None,
+        answer: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Check, reserve and queue a job; its job object (queued). Refused exactly as the synchronous
         path refuses (400, 402, 429), nothing written then. `enqueue=False`: the caller runs it itself
-        (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job."""
+        (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job. `answer`,
+        when given, receives the response headers a synchronous answer would carry (`x-ratelimit-*`,
+        `idempotent-replayed`)."""
         service = self.service
         if enqueue and not self.settings.jobs_queue_url:
             raise APIError(
@@ -130,6 +133,8 @@ class Jobs:
                 lock_s=deadlines.request_lock_s if source == "http" else deadlines.trigger_lock_s,
             )
             if stored is not None:
+                if answer is not None:
+                    answer["idempotent-replayed"] = "true"
                 return self.get(account.account_id, stored["job_id"])
         now = self._clock()
         job_id = new_job_id(now)
@@ -146,6 +151,8 @@ class Jobs:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)
             raise
+        if answer is not None:
+            answer.update(admission.reservation.headers)
         item = self._new_item(account, job, job_id, request_id, admission.reservation, now)
         item.update(_optional(source=source, client_reference_id=client_reference_id, task_token=task_token))
         written: list[str] = []
