@@ -11,9 +11,11 @@ refund of the same request is a no-op, and a settled request is always replayabl
   ACCOUNT#<account_id> / REQUEST#<request_id> -> state (reserved|settled|refunded), reserved, charged,
       refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes holding a slot: "k",
       "a"), provider, created_at, settled_at; while reserved open_shard + open_since (the sparse OPEN_INDEX
-      the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); intended_charge when a
-      settle could not be written and the sweeper must charge instead of refunding; job (the job id) when
+      the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); job (the job id) when
       the request is an image job's, whose reservation jobs.py closes, not `sweep`.
+  INTENDED#<account_id> / REQUEST#<request_id> -> intended_charge, intended_images, provider, expires_at:
+      what a request whose settle could not be written delivered, so the sweeper charges instead of
+      refunding. Off the account's partition: the heat that failed the settle is usually there.
 """
 
 from __future__ import annotations
@@ -269,8 +271,9 @@ class Billing:
         state move, so a job and its money always move together); False, and nothing changes, when its
         condition fails. A `completion` whose condition fails is dropped instead.
 
-        Throttling and transport errors are retried until `deadline_s`; then the intended charge is left on
-        the request for the sweeper (which then charges it instead of refunding) and the error is raised.
+        Throttling and transport errors are retried until `deadline_s`; then the intended charge is left,
+        off the account's partition, for the sweeper (which then charges it instead of refunding) and the
+        error is raised.
         """
         r = reservation
         charged = max(0, min(charged, r.amount))
@@ -402,22 +405,31 @@ class Billing:
         return actions
 
     def _leave_intended_charge(self, r: Reservation, charged: int, images: int, provider: str) -> None:
-        """Best effort, after a settle failed for good: so the sweeper charges what was delivered."""
+        """Best effort, after a settle failed for good: so the sweeper charges what was delivered. Written
+        off the account's partition (INTENDED#<account_id>), whose heat is what usually failed the settle."""
         # Failing too, it leaves the reservation to be refunded; the caller has logged the intended charge.
         with contextlib.suppress(ClientError, BotoCoreError):
-            self._db.update_item(
+            self._db.put_item(
                 TableName=self._table,
-                Key=item_key(account_pk(r.account_id), f"{ledger.REQUEST}{r.request_id}"),
-                UpdateExpression="SET intended_charge = :c, intended_images = :i, provider = :p",
-                ConditionExpression="#s = :reserved",
-                ExpressionAttributeNames={"#s": "state"},
-                ExpressionAttributeValues={
-                    ":c": {"N": str(charged)},
-                    ":i": {"N": str(images)},
-                    ":p": {"S": provider or "-"},
-                    ":reserved": {"S": "reserved"},
+                Item={
+                    **_intended_key(r.account_id, r.request_id),
+                    "intended_charge": {"N": str(charged)},
+                    "intended_images": {"N": str(images)},
+                    "provider": {"S": provider or "-"},
+                    "expires_at": {"N": str(int(self._clock()) + REQUEST_RETENTION_DAYS * 86400)},
                 },
             )
+
+    def _intended(self, r: Reservation, item: dict[str, Any]) -> tuple[int, int]:
+        """The (charge, images) a request that could not settle said it delivered, or (0, 0)."""
+        found = item if "intended_charge" in item else None  # written on the request by earlier versions
+        if found is None:
+            found = self._db.get_item(
+                TableName=self._table, Key=_intended_key(r.account_id, r.request_id), ConsistentRead=True
+            ).get("Item")
+        if found is None:
+            return 0, 0
+        return int(found["intended_charge"]["N"]), int(found["intended_images"]["N"])
 
     def precheck(self, account: Account, images: int, *, balance: int | None = None) -> None:
         """The 429 `reserve` would answer from the key as it was just authenticated, with no call, and the
@@ -468,9 +480,8 @@ class Billing:
         for r, item in self._open(older_than_s, account_id):
             if "job" in item:
                 continue  # closed with its job, on the job's own clock (jobs.py, Jobs.sweep)
-            charged = int(item["intended_charge"]["N"]) if "intended_charge" in item else 0
-            images = int(item["intended_images"]["N"]) if "intended_images" in item else 0
             try:
+                charged, images = self._intended(r, item)
                 if self.settle(r, charged, images=images, provider="" if charged else "sweep"):
                     closed.append((r, charged))
             except Exception:
@@ -567,6 +578,10 @@ def _insufficient(amount: int, balance: int, upper_bound: bool) -> APIError:
         type="insufficient_quota",
         code="insufficient_balance",
     )
+
+
+def _intended_key(account_id: str, request_id: str) -> dict[str, dict[str, str]]:
+    return item_key(f"INTENDED#{account_id}", f"{ledger.REQUEST}{request_id}")
 
 
 def _open_shard(request_id: str) -> str:
