@@ -635,3 +635,22 @@ def test_async_answers_carry_the_rate_limit_and_replay_headers(svc, jobs, funded
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
+
+
+def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, funded, clock):
+    """Issue 20, items 12 and 13: a webhook's delivery schedule kept the job item about 29 h and moved the
+    `expires_at` it reported, while its outputs lived 24 h; past them a url job still listed dead URLs."""
+    job = jobs.submit(funded, gen(svc), request_id="req_exp")
+    done = jobs.run(funded.account_id, job["id"])
+    item_key = {"pk": {"S": f"ACCOUNT#{funded.account_id}"}, "sk": {"S": f"JOB#{job['id']}"}}
+    svc.aws.dynamodb.update_item(  # what webhooks.job_finished does to keep the item for its deliveries
+        TableName=svc.settings.table,
+        Key=item_key,
+        UpdateExpression="SET expires_at = :keep",
+        ExpressionAttributeValues={":keep": {"N": str(int(clock.now) + 29 * 3600)}},
+    )
+    assert jobs.get(funded.account_id, job["id"])["expires_at"] == job["expires_at"] == done["expires_at"]
+    clock.now = job["expires_at"]
+    with pytest.raises(APIError) as gone:
+        jobs.get(funded.account_id, job["id"])
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")

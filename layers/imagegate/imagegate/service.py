@@ -573,14 +573,18 @@ class Service:
             except ClientError as exc:
                 if not missing(exc):
                     raise
-                raise APIError(
-                    410,
-                    "This result's images have expired: outputs are kept for "
-                    f"{self.settings.job_retention_days} day(s) and cannot be returned again. Run the "
-                    "request again (with a new Idempotency-Key) for new images.",
-                    code="output_expired",
-                ) from None
+                raise self.output_expired() from None
         return _with_data(record["body"], data)
+
+    def output_expired(self) -> APIError:
+        """410: a stored result whose images the outputs' lifecycle deleted."""
+        return APIError(
+            410,
+            "This result's images have expired: outputs are kept for "
+            f"{self.settings.job_retention_days} day(s) and cannot be returned again. Run the request again "
+            "(with a new Idempotency-Key) for new images.",
+            code="output_expired",
+        )
 
 
 class _StreamRun:

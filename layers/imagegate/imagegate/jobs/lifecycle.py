@@ -561,7 +561,11 @@ class Jobs:
         }
 
     def _object(self, item: dict[str, Any], result: Any = ...) -> dict[str, Any]:
+        # One expiry, the outputs': the item itself may be kept longer (a webhook's delivery schedule).
+        expires_at = int(item["created_at"]["N"]) + self.settings.job_retention_days * 86400
         if result is ...:
+            if "result" in item and self._clock() >= expires_at:
+                raise self.service.output_expired()
             result = self.service.render(json.loads(item["result"]["S"])) if "result" in item else None
         return {
             "id": _ids(item)[1],
@@ -571,7 +575,7 @@ class Jobs:
             "model": item["model"]["S"],
             "created_at": int(item["created_at"]["N"]),
             "completed_at": int(item["completed_at"]["N"]) if "completed_at" in item else None,
-            "expires_at": int(item["expires_at"]["N"]),
+            "expires_at": expires_at,
             "result": result,
             "error": json.loads(item["error"]["S"]) if "error" in item else None,
             "webhook": _plain(item["webhook"]) if "webhook" in item else None,
