@@ -1,9 +1,12 @@
 """Test-only adapters shared by the suites (on sys.path through pytest's `pythonpath`)."""
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
+from botocore.client import BaseClient
 from moto import mock_aws
 
 from imagegate.money.accounts import Account
@@ -19,8 +22,62 @@ def mocked_aws() -> Iterator[None]:
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.delenv("AWS_ENDPOINT_URL", raising=False)
         mp.delenv("AWS_PROFILE", raising=False)
+        mp.setattr(BaseClient, "_make_api_call", _checked_api_call)
         with mock_aws():
             yield
+
+
+# --- DynamoDB's expression rules, which moto does not all enforce -------------------------------------------
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.ExpressionAttributeNames.html
+# and ...ExpressionAttributeValues.html: a placeholder is # or : followed by one or more alphanumeric
+# characters or underscores; every name and value given must be used by an expression of the call, and
+# every placeholder used must be given; an attribute name is never empty (ValidationException: "empty
+# attribute name"); a number is never empty.
+_EXPRESSIONS = (
+    "KeyConditionExpression",
+    "FilterExpression",
+    "UpdateExpression",
+    "ConditionExpression",
+    "ProjectionExpression",
+)
+_PLACEHOLDER = re.compile(r"([#:][A-Za-z0-9_]+)")
+_original_api_call = BaseClient._make_api_call
+
+
+def expression_problems(params: dict[str, Any]) -> list[str]:
+    """What DynamoDB would refuse in one request's (or one transaction action's) expressions."""
+    names = params.get("ExpressionAttributeNames") or {}
+    values = params.get("ExpressionAttributeValues") or {}
+    used = {p for e in _EXPRESSIONS for p in _PLACEHOLDER.findall(params.get(e) or "")}
+    problems = []
+    for placeholder, name in names.items():
+        if not re.fullmatch(r"#[A-Za-z0-9_]+", placeholder):
+            problems.append(f"malformed name placeholder {placeholder!r}")
+        if not isinstance(name, str) or not name:
+            problems.append(f"empty attribute name for {placeholder}")
+    for placeholder, value in values.items():
+        if not re.fullmatch(r":[A-Za-z0-9_]+", placeholder):
+            problems.append(f"malformed value placeholder {placeholder!r}")
+        if "N" in value and not str(value["N"]).strip():
+            problems.append(f"empty number for {placeholder}")
+    problems += [f"unused {p}" for p in sorted((names.keys() | values.keys()) - used)]
+    problems += [f"undefined {p}" for p in sorted(used - names.keys() - values.keys())]
+    if "ExpressionAttributeNames" in params and not names:
+        problems.append("empty ExpressionAttributeNames")
+    if "ExpressionAttributeValues" in params and not values:
+        problems.append("empty ExpressionAttributeValues")
+    return problems
+
+
+def _checked_api_call(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+    if self.meta.service_model.service_name == "dynamodb":
+        requests = [params]
+        if operation == "TransactWriteItems":
+            requests = [next(iter(a.values())) for a in params.get("TransactItems", [])]
+        for request in requests:
+            problems = expression_problems(request)
+            assert not problems, f"DynamoDB would refuse {operation}: {problems} in {request}"
+    return _original_api_call(self, operation, params)
 
 
 class ByAccount:

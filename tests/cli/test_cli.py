@@ -710,7 +710,7 @@ def test_dates_are_utc(table, capsys):
 
 
 def test_sweep_refuses_an_age_that_could_catch_running_requests(table, capsys):
-    assert "must be at least 60 seconds" in usage_error(capsys, "sweep", "--older-than", "30")
+    assert "must be at least 330 seconds" in usage_error(capsys, "sweep", "--older-than", "30")
 
 
 # --- bounds on what an operator types (issue 8, item 13) ---------------------------------------------------

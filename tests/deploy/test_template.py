@@ -11,10 +11,10 @@ from imagegate.config import (
     COLD_START_ALLOWANCE_SECONDS,
     FINISH_ALLOWANCE_SECONDS,
     JOB_MAX_DELIVERIES,
+    Deadlines,
     Settings,
     visibility_timeout,
 )
-from imagegate.jobs.lifecycle import start_deadline_s
 from imagegate.jobs.webhooks import ATTEMPT_TIMEOUT_S, DELAYS_S, MAX_ATTEMPTS, MAX_RECEIVES, MAX_VISIBILITY_S
 
 from .cfn import ROOT, Stack, actions, functions, statements, template
@@ -207,7 +207,7 @@ def test_the_worker_timeout_drives_the_worker_its_budget_and_the_queue():
         total = COLD_START_ALLOWANCE_SECONDS + settings.upstream_budget_seconds + FINISH_ALLOWANCE_SECONDS
         assert total <= int(seconds)
         # Every message is delivered, or in the dead-letter queue, before the queue would drop it.
-        assert start_deadline_s(int(seconds)) < queue["MessageRetentionPeriod"]
+        assert Deadlines(worker_s=int(seconds)).job_start_s < queue["MessageRetentionPeriod"]
     alarm = resources_["JobsDeadLetterAlarm"]["Properties"]
     assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}
 

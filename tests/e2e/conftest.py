@@ -27,6 +27,8 @@ from imagegate.config import Settings
 from imagegate.http.api import create_app
 from imagegate.local.devserver import dynoxide_binary, provision, start_dynoxide
 from imagegate.local.fake_stripe import FakeStripe
+from imagegate.money import ledger
+from imagegate.money.accounts import Accounts
 from imagegate.providers import Deps
 from imagegate.service import Service
 
@@ -153,11 +155,22 @@ def start_stack(aws_env, moto_endpoint, dynamodb_endpoints):
         service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps, clock)
         base_url, stop = _serve(create_app(service))
         stops.append(stop)
-        return Stack(config, aws, service, base_url)
+        stacks.append(Stack(config, aws, service, base_url))
+        return stacks[-1]
 
+    stacks: list[Stack] = []
     yield start
     for stop in stops:
         stop()
+    # `imagegate reconcile --all` on every stack the session used (issue 20): after every end-to-end run,
+    # each account's balance, requests, jobs, Idempotency-Keys and usage agree.
+    problems = {
+        account.account_id: result.problems
+        for stack in stacks
+        for account in Accounts(stack.aws.dynamodb, stack.settings.table).list_accounts()
+        if not (result := ledger.reconcile(stack.aws.dynamodb, stack.settings.table, account.account_id)).ok
+    }
+    assert problems == {}
 
 
 @pytest.fixture(scope="session")

@@ -504,10 +504,10 @@ def test_one_failing_reservation_does_not_stop_the_sweep(aws, settings, accounts
             self._client = client
             self.exceptions = client.exceptions
 
-        def transact_write_items(self, TransactItems):
+        def transact_write_items(self, TransactItems, **kwargs):
             if f"ACCOUNT#{first.account_id}" in repr(TransactItems) and broken:
                 raise ClientError({"Error": {"Code": "ValidationException"}}, "TransactWriteItems")
-            return self._client.transact_write_items(TransactItems=TransactItems)
+            return self._client.transact_write_items(TransactItems=TransactItems, **kwargs)
 
         def __getattr__(self, name):
             return getattr(self._client, name)
@@ -581,3 +581,94 @@ def test_rotating_a_budgeted_key_keeps_what_is_left_of_the_budget(accounts, bill
     billing.settle(billing.reserve(account, request_id(), 30_000, {"model": "dall-e-2"}), 30_000)
     rotated = accounts.rotate_key(key_id_for(key))
     assert accounts.authenticate(f"Bearer {rotated}").budget == 20_000
+
+
+class LostResponses:
+    """The DynamoDB client, losing the response of the next `times` TransactWriteItems after they commit,
+    and keeping DynamoDB's documented ClientRequestToken rule: the same token with the same parameters
+    within 10 minutes answers success without writing again (another parameter set is refused)."""
+
+    def __init__(self, client, times):
+        self._client = client
+        self.exceptions = client.exceptions
+        self.times = times
+        self.committed = {}
+
+    def transact_write_items(self, **kwargs):
+        from botocore.exceptions import EndpointConnectionError
+
+        token = kwargs.get("ClientRequestToken")
+        if token is not None and token in self.committed:
+            assert self.committed[token] == kwargs, "IdempotentParameterMismatchException"
+            return {}
+        answer = self._client.transact_write_items(**kwargs)
+        if token is not None:
+            self.committed[token] = kwargs
+        if self.times:
+            self.times -= 1
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+        return answer
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_settle_committed_behind_a_lost_response_is_found_settled(aws, settings, accounts):
+    """Issue 20, item 8: with no ClientRequestToken, the retry of a settle that committed behind a lost
+    response failed its condition and reported "not settled": charged, but never announced."""
+    account = holder(accounts, 100_000)
+    lossy = LostResponses(aws.dynamodb, times=0)
+    billing = Billing(lossy, settings.table, sleep=lambda s: None)
+    reservation = billing.reserve(account, request_id(), 40_000, {"model": "dall-e-2"})
+    lossy.times = 1
+    assert billing.settle(reservation, 30_000, images=1) is True
+    assert accounts.balance(account.account_id) == 100_000 - 30_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
+
+
+class HotAccountPartition:
+    """The DynamoDB client, throttling every write to an account's partition (ACCOUNT#...), as DynamoDB
+    does when one tenant's items are too hot; other partitions take writes."""
+
+    def __init__(self, client):
+        self._client = client
+        self.exceptions = client.exceptions
+        self.hot = False
+
+    def _throttle(self, name, kwargs):
+        if self.hot and '"ACCOUNT#' in json.dumps(kwargs):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "hot"}}, name)
+
+    def transact_write_items(self, **kwargs):
+        self._throttle("TransactWriteItems", kwargs)
+        return self._client.transact_write_items(**kwargs)
+
+    def update_item(self, **kwargs):
+        self._throttle("UpdateItem", kwargs)
+        return self._client.update_item(**kwargs)
+
+    def put_item(self, **kwargs):
+        self._throttle("PutItem", kwargs)
+        return self._client.put_item(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_an_intended_charge_survives_the_heat_that_failed_its_settle(aws, settings, accounts):
+    """Issue 20, item 6: the intended charge was written to the same hot partition; failing too, the
+    sweeper refunded a request that had answered 200 with its images."""
+    clock = Clock()
+    account = holder(accounts, 100_000)
+    hot = HotAccountPartition(aws.dynamodb)
+    billing = Billing(hot, settings.table, clock, sleep=lambda s: setattr(clock, "now", clock.now + s + 1))
+    reservation = billing.reserve(account, request_id(), 40_000, {"model": "dall-e-2"})
+    hot.hot = True
+    with pytest.raises(ClientError):
+        billing.settle(reservation, 30_000, images=2, provider="openai")
+    hot.hot = False
+    clock.now += 3600
+    [(swept, charged)] = billing.sweep(older_than_s=900)
+    assert (swept.request_id, charged) == (reservation.request_id, 30_000)
+    assert accounts.balance(account.account_id) == 100_000 - 30_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id, clock=clock).ok

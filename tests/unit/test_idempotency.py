@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money.idempotency import Idempotency, fingerprint
 
@@ -17,6 +18,7 @@ from .conftest import Clock, OneRequestAtATime, half_mask, image_bytes, upload
 START = 1_700_000_000
 ACCOUNT = "acct_a"
 RID = "req_first"
+LOCK = Deadlines().request_lock_s  # the default integration timeout's
 RESPONSE = {"created": START, "data": [{"url": "outputs/acct_a/req_1/0.png"}], "size": "1024x1024"}
 
 
@@ -57,7 +59,7 @@ def test_first_use_runs_and_a_completed_key_replays(aws, settings, idem, clock):
         "state": {"S": "in_progress"},
         "fingerprint": {"S": "fp"},
         "created_at": {"N": str(START)},
-        "locked_until": {"N": str(START + 60)},
+        "locked_until": {"N": str(START + LOCK)},
         "expires_at": {"N": str(START + 86400)},
     }
 
@@ -87,7 +89,7 @@ def test_same_key_for_a_different_request_is_400(idem, completed):
         400,
         "invalid_request_error",
         "idempotency_key_reused",
-        None,
+        "Idempotency-Key",  # issue 20, item 13: it was None
     )
     assert err.message == (
         "This Idempotency-Key was already used for a different request (other parameters or images). "
@@ -103,22 +105,25 @@ def test_a_retry_while_the_first_request_runs_is_409(idem, clock):
         409,
         "invalid_request_error",
         "idempotency_key_in_use",
-        None,
+        "Idempotency-Key",
     )
     assert "the original request is still running" in err.message
     assert err.headers == {"retry-after": "5"}
-    clock.now = START + 57.5  # the lock has 2.5 s to run
+    clock.now = START + LOCK - 2.5  # the lock has 2.5 s to run
     assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_second").headers == {"retry-after": "3"}
 
 
 def test_an_expired_lock_lets_a_retry_take_over(aws, settings, idem, clock):
     idem.begin(ACCOUNT, "key-1", "fp", RID)  # this request's Lambda is killed: no complete, no release
-    clock.now = START + 59
+    clock.now = START + LOCK - 1
     assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_second").status == 409
-    clock.now = START + 60
+    clock.now = START + LOCK
     assert idem.begin(ACCOUNT, "key-1", "fp", "req_second") is None
     item = record(aws, settings, "key-1")
-    assert (item["created_at"], item["locked_until"]) == ({"N": str(START + 60)}, {"N": str(START + 120)})
+    assert (item["created_at"], item["locked_until"]) == (
+        {"N": str(START + LOCK)},
+        {"N": str(START + 2 * LOCK)},
+    )
     assert item["request_id"] == {"S": "req_second"}
     assert error(idem.begin, ACCOUNT, "key-1", "fp", "req_third").status == 409  # the new holder's lock
     # The dead request's completion can no longer land on the record it lost.
@@ -129,7 +134,7 @@ def test_an_expired_lock_lets_a_retry_take_over(aws, settings, idem, clock):
 
 def test_an_abandoned_key_is_free_for_any_request(idem, clock):
     idem.begin(ACCOUNT, "key-1", "fp", RID)
-    clock.now = START + 60
+    clock.now = START + LOCK
     assert idem.begin(ACCOUNT, "key-1", "other-fp", RID) is None
 
 

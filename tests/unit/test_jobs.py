@@ -13,7 +13,7 @@ from PIL import Image
 from imagegate.errors import APIError, ProviderError
 from imagegate.http.lambda_app import batch_handler
 from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
-from imagegate.jobs.lifecycle import Jobs, lease_s, start_deadline_s
+from imagegate.jobs.lifecycle import Jobs
 from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
 
@@ -322,7 +322,7 @@ def test_a_list_signs_url_results_but_reads_no_b64_images_back(svc, jobs, funded
 
 def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc, jobs, funded, clock):
     job = submitted(jobs, svc, funded)
-    clock.now += start_deadline_s(settings.worker_timeout_seconds) - 1
+    clock.now += settings.deadlines.job_start_s - 1
     assert svc.sweep()["closed"] == 0  # the request sweeper leaves a job's reservation to the job
     assert jobs.sweep() == {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
@@ -331,7 +331,7 @@ def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc,
 
 def test_a_job_never_started_expires_and_is_refunded_once(aws, settings, svc, jobs, funded, clock, finished):
     job = submitted(jobs, svc, funded)
-    clock.now += start_deadline_s(settings.worker_timeout_seconds) + 1
+    clock.now += settings.deadlines.job_start_s + 1
     assert jobs.sweep()["jobs_expired"] == 1
     assert jobs.sweep()["jobs_expired"] == 0
     late = jobs.run(funded.account_id, job["id"])  # the message, out of the dead-letter queue by hand
@@ -360,7 +360,7 @@ def test_a_job_whose_worker_died_is_failed_and_refunded_once_after_its_lease(
 ):
     job = killed_mid_run(jobs, svc, funded, monkeypatch)
     assert jobs.get(funded.account_id, job["id"])["status"] == "in_progress"
-    clock.now += lease_s(settings.worker_timeout_seconds) - 1
+    clock.now += settings.deadlines.job_lease_s - 1
     assert jobs.sweep()["jobs_lost"] == 0
     assert jobs.run(funded.account_id, job["id"])["status"] == "in_progress"  # a duplicate delivery
     clock.now += 2
@@ -377,7 +377,7 @@ def test_a_redelivered_message_after_the_lease_fails_the_dead_run_once(
     aws, settings, svc, jobs, funded, clock, monkeypatch
 ):
     job = killed_mid_run(jobs, svc, funded, monkeypatch)
-    clock.now += lease_s(settings.worker_timeout_seconds) + 1
+    clock.now += settings.deadlines.job_lease_s + 1
     assert jobs.run(funded.account_id, job["id"])["error"]["code"] == "worker_lost"
     assert jobs.sweep()["jobs_lost"] == 0
     assert balance(svc, funded) == 1_000_000
@@ -462,8 +462,9 @@ def test_a_job_whose_inputs_are_gone_fails_at_once_and_is_refunded(aws, settings
 
 
 def test_a_queued_job_holds_its_concurrency_slot_until_it_ends(svc, jobs, accounts, clock):
-    # A sync request's slot lapses after SLOT_SECONDS; a job waits and runs far longer than that, and must
-    # keep counting against max_concurrent all the while (a key could otherwise queue without bound).
+    # A sync request's slot lapses after Deadlines.request_slot_s; a job waits and runs far longer than
+    # that, and must keep counting against max_concurrent all the while (a key could otherwise queue
+    # without bound).
     account_id = accounts.create_account(1_000_000)
     key = accounts.create_key(account_id, max_concurrent=1)
     first = jobs.submit(accounts.authenticate(f"Bearer {key}"), gen(svc), request_id=new_request_id())
@@ -568,3 +569,88 @@ def test_a_job_s_stored_state_reads_back_as_boto3_would_without_importing_it():
         "ratio": 0.5,
         "history": [{"status": 500, "at": 1_796_000_000}, "timeout"],
     }
+
+
+def expire_outputs(aws, settings):
+    """What the outputs' lifecycle rule does after OutputRetentionDays."""
+    listing = aws.s3.list_objects_v2(Bucket=settings.bucket, Prefix="outputs/").get("Contents", [])
+    for obj in listing:
+        aws.s3.delete_object(Bucket=settings.bucket, Key=obj["Key"])
+    assert listing
+
+
+def test_a_b64_job_whose_images_expired_is_410_output_expired(aws, settings, svc, jobs, funded):
+    """Issue 20, item 12: GET /v1/images/jobs/{id} of a b64_json job answered 500 once its outputs expired."""
+    job = jobs.submit(funded, gen(svc, response_format="b64_json"), request_id="req_b64")
+    jobs.run(funded.account_id, job["id"])
+    expire_outputs(aws, settings)
+    with pytest.raises(APIError) as gone:
+        jobs.get(funded.account_id, job["id"])
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+def test_a_b64_replay_whose_images_expired_is_410_output_expired(aws, settings, svc, funded):
+    """Issue 20, item 12: an Idempotency-Key replay of a b64_json answer answered 500 once its outputs
+    expired."""
+    svc.handle(funded, gen(svc, response_format="b64_json"), "b64-key")
+    expire_outputs(aws, settings)
+    with pytest.raises(APIError) as gone:
+        svc.handle(funded, gen(svc, response_format="b64_json"), "b64-key")
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+@pytest.mark.parametrize("limit", ["1_0", "10.0", "-1"])
+def test_a_list_limit_that_is_not_digits_is_400_invalid_type(svc, jobs, funded, limit):
+    """Issue 20, item 13: `limit=1_0` was accepted."""
+    from starlette.testclient import TestClient
+
+    from imagegate.http.api import create_app
+
+    key = svc.accounts.create_key(funded.account_id)
+    with TestClient(create_app(svc, jobs=jobs), raise_server_exceptions=False) as client:
+        response = client.get(
+            "/v1/images/jobs", params={"limit": limit}, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("limit", "invalid_type")
+
+
+def test_async_answers_carry_the_rate_limit_and_replay_headers(svc, jobs, funded):
+    """Issue 20, item 13: async answers lacked x-ratelimit-* and idempotent-replayed."""
+    from starlette.testclient import TestClient
+
+    from imagegate.http.api import create_app
+
+    headers = {
+        "Authorization": f"Bearer {svc.accounts.create_key(funded.account_id)}",
+        "Prefer": "respond-async",
+        "Idempotency-Key": "async-headers",
+    }
+    body = {"prompt": "a red fox", "model": "dall-e-2", "size": "256x256"}
+    with TestClient(create_app(svc, jobs=jobs), raise_server_exceptions=False) as client:
+        first = client.post("/v1/images/generations", headers=headers, json=body)
+        again = client.post("/v1/images/generations", headers=headers, json=body)
+    assert first.status_code == again.status_code == 202
+    assert first.headers["x-ratelimit-limit-images"] == str(svc.settings.images_per_minute)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, funded, clock):
+    """Issue 20, items 12 and 13: a webhook's delivery schedule kept the job item about 29 h and moved the
+    `expires_at` it reported, while its outputs lived 24 h; past them a url job still listed dead URLs."""
+    job = jobs.submit(funded, gen(svc), request_id="req_exp")
+    done = jobs.run(funded.account_id, job["id"])
+    item_key = {"pk": {"S": f"ACCOUNT#{funded.account_id}"}, "sk": {"S": f"JOB#{job['id']}"}}
+    svc.aws.dynamodb.update_item(  # what webhooks.job_finished does to keep the item for its deliveries
+        TableName=svc.settings.table,
+        Key=item_key,
+        UpdateExpression="SET expires_at = :keep",
+        ExpressionAttributeValues={":keep": {"N": str(int(clock.now) + 29 * 3600)}},
+    )
+    assert jobs.get(funded.account_id, job["id"])["expires_at"] == job["expires_at"] == done["expires_at"]
+    clock.now = job["expires_at"]
+    with pytest.raises(APIError) as gone:
+        jobs.get(funded.account_id, job["id"])
+    assert (gone.value.status, gone.value.code) == (410, "output_expired")

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger
 from imagegate.money.billing import Billing
-from imagegate.money.ratelimit import SLOT_SECONDS, Limits, duration
+from imagegate.money.ratelimit import Limits, duration
 
 from .conftest import Clock, OneRequestAtATime
 
@@ -126,7 +127,7 @@ def test_a_killed_requests_slot_expires(aws, settings, accounts, funded, clock):
     _, api_key = funded
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)  # never settled: its Lambda died
     assert refused(billing, auth(accounts, api_key)).status == 429
-    clock.now += SLOT_SECONDS + 1
+    clock.now += Deadlines().request_slot_s + 1
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
     item = aws.dynamodb.get_item(
         TableName=settings.table, Key={"pk": {"S": auth(accounts, api_key).key_pk}, "sk": {"S": "KEY"}}
@@ -235,3 +236,68 @@ def test_a_burst_under_generous_limits_is_never_turned_away(aws, settings, accou
     billing = make(aws, settings, Ticking(), key=Limits(10_000, 100), account=Limits(600, 50), client=client)
     statuses = race(billing, accounts, funded[1], 40)
     assert statuses == [200] * 40
+
+
+# --- issue 20: items 1, 9 and 10 --------------------------------------------------------------------------
+
+
+def test_an_accounts_own_limit_holds_after_an_idle_spell(aws, settings, accounts, funded, clock):
+    """Item 1: an account limited to 5/min admitted 20 of 20 an hour after its last request, from one warm
+    container and from 20 cold ones: a learned hour-old `tat` was built on as if a racer had just written it,
+    and the container then cached now + cost, above what it wrote."""
+    account_id, api_key = funded
+    accounts.set_account_limits(account_id, images_per_minute=5)
+    make(aws, settings, clock, key=UNLIMITED, account=Limits(600, 0)).reserve(
+        auth(accounts, api_key), rid(), 1_000, DETAILS
+    )
+    clock.now += 3600
+    for containers in ("warm", "cold"):
+        warm = make(aws, settings, clock, key=UNLIMITED, account=Limits(600, 0))
+        admitted = 0
+        for _ in range(20):
+            billing = warm if containers == "warm" else make(aws, settings, clock, UNLIMITED, Limits(600, 0))
+            try:
+                billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
+                admitted += 1
+            except APIError as exc:
+                assert exc.status == 429
+        assert admitted == 5, containers
+        clock.now += 3600
+
+
+def test_a_limit_that_does_not_divide_a_minute_admits_all_of_it(aws, settings, accounts, funded, clock):
+    """Item 10: 7/min admitted 6 from a full bucket (7 x ceil(60000/7) ms is just over a minute)."""
+    for limit in (7, 11, 13):
+        billing = make(aws, settings, clock, key=Limits(limit, 0))
+        account_id = accounts.create_account(10_000_000)
+        account = auth(accounts, accounts.create_key(account_id))
+        for i in range(limit):
+            headers = billing.reserve(account, rid(), 1, DETAILS).headers
+            assert headers["x-ratelimit-remaining-images"] == str(limit - i - 1)
+        assert refused(billing, account).status == 429
+        first = make(aws, settings, clock, key=Limits(limit, 0))  # a fresh bucket takes the whole burst
+        account = auth(accounts, accounts.create_key(account_id))
+        first.reserve(account, rid(), limit, DETAILS, images=limit)
+
+
+def test_no_request_sends_an_empty_attribute_name(aws, settings, accounts, funded, clock):
+    """Item 9: `admitted` cached this request's slot under "", and once it expired the next reserve sent
+    ExpressionAttributeNames {"#a_x0": ""}, which DynamoDB refuses (tests/shims.py checks every call)."""
+    billing = make(aws, settings, clock, key=UNLIMITED, account=Limits(0, 5))
+    _, api_key = funded
+    billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)  # never settled
+    clock.now += Deadlines().request_slot_s + 1
+    billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
+    assert "" not in billing._accounts[funded[0]].slots
+
+
+def test_the_expression_check_refuses_what_dynamodb_refuses():
+    from shims import expression_problems
+
+    assert expression_problems(
+        {"UpdateExpression": "REMOVE slots.#a_x0", "ExpressionAttributeNames": {"#a_x0": ""}}
+    ) == ["empty attribute name for #a_x0"]
+    assert expression_problems(
+        {"ConditionExpression": "a = :a", "ExpressionAttributeValues": {":a": {"N": "1"}, ":b": {"N": "2"}}}
+    ) == ["unused :b"]
+    assert expression_problems({"ConditionExpression": "#s = :a"}) == ["undefined #s", "undefined :a"]

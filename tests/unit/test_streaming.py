@@ -265,11 +265,14 @@ def test_the_wire_format_is_openais(aws, settings):
 
 
 def test_a_stream_abandoned_after_a_partial_is_charged_that_partial_once(aws, settings, accounts, funded):
+    """Issue 20, item 5: the counter moved before the write, so one partial delivered cost two."""
     provider = Scripted()
     svc = make_service(aws, settings, provider)
     stream = svc.stream(accounts.authenticate(f"Bearer {funded[1]}"), streamed_job(svc, partial_images=3))
-    first = next(iter(stream))
+    events = iter(stream)
+    first = next(events)
     assert first["partial_image_index"] == 0
+    assert next(events)["partial_image_index"] == 1  # the first was written; the second's write fails
     stream.close()
     stream.close()  # the HTTP layer may close it again: still one settlement
 
@@ -288,9 +291,10 @@ def test_a_stream_abandoned_before_its_first_event_is_refunded(aws, settings, ac
     assert reconciled(aws, settings, funded)
 
 
-def test_an_upstream_failure_mid_stream_ends_it_with_an_error_event_and_refunds(
+def test_an_upstream_failure_mid_stream_ends_it_with_an_error_event_and_charges_the_partials_sent(
     aws, settings, accounts, funded
 ):
+    """Issue 20, item 5: one rule on every path, the partial images written are charged."""
     failure = ProviderError("The upstream image service (local) failed.", code="upstream_error", retry=True)
     svc = make_service(aws, settings, Scripted(fail_at=1, error=failure))
     stream = svc.stream(accounts.authenticate(f"Bearer {funded[1]}"), streamed_job(svc, partial_images=2))
@@ -303,7 +307,7 @@ def test_an_upstream_failure_mid_stream_ends_it_with_an_error_event_and_refunds(
         "param": None,
         "code": "upstream_error",
     }
-    assert charged(accounts, funded) == 0
+    assert charged(accounts, funded) == PARTIAL
     assert reconciled(aws, settings, funded)
 
 
@@ -379,4 +383,28 @@ def test_a_final_image_past_the_response_limit_ends_with_an_error_and_a_refund(
     assert [e["type"] for e in events] == ["error"]
     assert (events[0]["error"]["code"], events[0]["error"]["param"]) == ("response_too_large", "stream")
     assert charged(accounts, funded) == 0
+    assert reconciled(aws, settings, funded)
+
+
+def test_partials_sent_before_a_final_image_too_large_are_charged(
+    aws, settings, accounts, funded, monkeypatch
+):
+    """Issue 20, item 5: two partials delivered, then a final image too large for the response: the
+    partials were refunded with the rest (0 µ$ for two delivered partials)."""
+    from imagegate.service import _StreamRun
+
+    completed = _StreamRun._completed
+    # The final image no longer fits once the partials took their room.
+    monkeypatch.setattr(_StreamRun, "_completed", lambda run, result, room: completed(run, result, 0))
+    svc = make_service(aws, settings, Scripted())
+    stream = svc.stream(accounts.authenticate(f"Bearer {funded[1]}"), streamed_job(svc, partial_images=2))
+    events = list(stream)
+    stream.close()
+    assert [e["type"] for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "error",
+    ]
+    assert events[-1]["error"]["code"] == "response_too_large"
+    assert charged(accounts, funded) == 2 * PARTIAL
     assert reconciled(aws, settings, funded)

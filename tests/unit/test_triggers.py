@@ -431,3 +431,65 @@ def test_a_refused_task_fails_at_once(sfn, triggers, accounts):
 def test_a_task_that_is_gone_is_not_an_error(sfn, answers):
     sfn.add_client_error("send_task_success", "TaskTimedOut")
     answers.answer_task(TOKEN, {"status": "succeeded", "id": "imgjob_x"})  # logged, not raised
+
+
+class DownQueue:
+    def send_message(self, **kwargs):
+        raise ConnectionError("SQS unreachable")
+
+
+def test_a_queue_refusal_leaves_the_task_to_the_redelivery_one_job_one_answer(
+    aws, svc, queue, sfn, triggers, accounts, account_id, monkeypatch
+):
+    """Issue 20, item 4: the refused send failed the task, SQS redelivered the message (503 is retryable),
+    and a second job ran, was charged 16,000 µ$, and had its SendTaskSuccess refused."""
+    event = sqs_event(request(account_id, task_token=TOKEN), ids=["m-1"])
+    with monkeypatch.context() as down:
+        down.setattr(type(svc.aws), "sqs", property(lambda self: DownQueue()))
+        assert triggers.batch(event, None) == {"batchItemFailures": [{"itemIdentifier": "m-1"}]}
+    assert sfn.sent == []  # nobody told yet: the redelivery will be
+    assert triggers.batch(event, None) == {"batchItemFailures": []}
+    sfn.add_response("send_task_success", {}, {"taskToken": TOKEN, "output": ANY})
+    [done] = run_queued(aws, queue, triggers.jobs)
+    assert done["status"] == "succeeded"
+    assert [list(sent) for sent in sfn.sent] == [["taskToken", "output"]]
+    assert accounts.balance(account_id) == 1_000_000 - PRICE
+    assert ledger.reconcile(aws.dynamodb, svc.settings.table, account_id).ok
+
+
+def test_a_task_whose_job_cannot_be_queued_is_answered_once(
+    svc, sfn, triggers, accounts, account_id, monkeypatch
+):
+    """Issue 20, item 4: a task-token invocation whose job could not be queued answered its task twice."""
+    sfn.add_response(
+        "send_task_failure", {}, {"taskToken": TOKEN, "error": "queue_unavailable", "cause": ANY}
+    )
+    monkeypatch.setattr(type(svc.aws), "sqs", property(lambda self: DownQueue()))
+    body = triggers.invoke(request(account_id, task_token=TOKEN), "inv-down")
+    assert body["error"]["code"] == "queue_unavailable"
+    assert len(sfn.sent) == 1
+    assert accounts.balance(account_id) == 1_000_000
+
+
+def test_an_input_s3_refuses_with_403_is_the_documented_400(svc, triggers, accounts, account_id, monkeypatch):
+    """Issue 20, item 11: a role without s3:ListBucket gets 403 for a missing key; the manifest and input
+    reader let it escape as a 500."""
+    from botocore.exceptions import ClientError
+
+    real = svc.aws.s3
+
+    class NoListBucket:
+        def get_object(self, **kwargs):
+            try:
+                return real.get_object(**kwargs)
+            except real.exceptions.NoSuchKey:
+                raise ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject") from None
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(type(svc.aws), "s3", property(lambda self: NoListBucket()))
+    inputs = [{"key": f"inputs/{account_id}/never-uploaded.png"}]
+    body = triggers.invoke(request(account_id, "variations", request={}, inputs=inputs), "inv-403")
+    assert (body["error"]["code"], body["error"]["param"]) == ("input_not_found", "inputs")
+    assert accounts.balance(account_id) == 1_000_000

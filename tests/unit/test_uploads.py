@@ -125,7 +125,10 @@ def test_a_file_is_read_back_only_by_its_account(svc, customer):
     assert other.value.message.replace(file_id, "ID") == never.value.message.replace("file-" + "0" * 32, "ID")
 
 
-@pytest.mark.parametrize("file_id", ["file-abc", "../outputs/x", "file-" + "0" * 32 + "/../x", ""])
+@pytest.mark.parametrize(
+    "file_id",
+    ["file-abc", "../outputs/x", "file-" + "0" * 32 + "/../x", "", "file-" + "0" * 32 + "\n"],  # issue 20, 11
+)
 def test_a_malformed_file_id_is_refused_before_s3_is_asked(svc, file_id):
     with pytest.raises(APIError) as exc:
         svc.uploads.read("acct_1", file_id, "mask.file_id")
@@ -352,3 +355,34 @@ def test_a_json_edit_by_reference_runs_as_a_job_with_its_mask_kept_as_the_mask(a
     assert out.getpixel((900, 512)) == original  # kept: the mask reached the worker as the mask
     assert out.getpixel((100, 512)) != original
     assert svc.accounts.balance(account_id) == 1_000_000 - GPT_IMAGE_15_LOW_SQUARE  # charged once, exactly
+
+
+class NoListBucket:
+    """S3 as a role without s3:ListBucket sees it (the functions' role): a missing key is 403 AccessDenied."""
+
+    def __init__(self, s3):
+        self._s3 = s3
+
+    def get_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._s3.get_object(**kwargs)
+        except self._s3.exceptions.NoSuchKey:
+            raise ClientError(
+                {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObject"
+            ) from None
+
+    def __getattr__(self, name):
+        return getattr(self._s3, name)
+
+
+def test_an_unknown_file_id_is_the_documented_400_where_s3_answers_403(client, svc, customer):
+    """Issue 20, item 11: on AWS a missing key under uploads/ is a 403 (no s3:ListBucket), which escaped
+    as a 500 for every unknown, expired or other account's file id."""
+    svc.uploads._s3 = NoListBucket(svc.aws.s3)
+    response = edit(client, customer[1], [{"file_id": "file-" + "0" * 32}])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("images[0].file_id", "file_not_found")
+    assert svc.accounts.balance(customer[0]) == 1_000_000

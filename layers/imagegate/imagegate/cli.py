@@ -28,7 +28,7 @@ from imagegate.aws import AWSClients, endpoints_from_env
 from imagegate.catalog.lifecycle import Lifecycle
 from imagegate.catalog.loader import Catalog, is_static, load_catalog, validate_document
 from imagegate.catalog.sources import fetch_override
-from imagegate.config import CATALOG_TTL_SECONDS, Settings
+from imagegate.config import CATALOG_TTL_SECONDS, MAX_INTEGRATION_TIMEOUT_SECONDS, Deadlines, Settings
 from imagegate.inputs.outbound import Outbound, OutboundError
 from imagegate.jobs.webhooks import Endpoint, Webhooks
 from imagegate.money import ledger
@@ -39,7 +39,9 @@ from imagegate.units import micros_to_decimal, micros_to_usd, usd_to_micros
 if TYPE_CHECKING:
     from imagegate.money.topups import Topups
 
-MIN_SWEEP_AGE_S = 60
+# A synchronous request's slot at the longest integration timeout the template allows: a younger
+# reservation may belong to a request still running, whatever the stack's timeout.
+MIN_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).request_slot_s
 
 DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
 CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
@@ -329,9 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--older-than",
         type=_sweep_age,
-        default=ledger.STALE_AFTER_S,
+        default=Deadlines().stale_reservation_s,
         metavar="SECONDS",
-        help=f"only reservations at least this old (default {ledger.STALE_AFTER_S})",
+        help=f"only reservations at least this old (default {Deadlines().stale_reservation_s})",
     )
     return parser
 
@@ -394,7 +396,8 @@ def _signed_amount(value: str) -> int:
 
 @_parsed
 def _sweep_age(value: str) -> int:
-    """A request may run for up to 29 s on Lambda: sweeping younger reservations would refund live ones."""
+    """A request may run for up to the integration timeout: sweeping younger reservations would refund live
+    ones."""
     seconds = _whole(value)
     if seconds < MIN_SWEEP_AGE_S:
         raise ValueError(f"must be at least {MIN_SWEEP_AGE_S} seconds, so running requests are never swept")

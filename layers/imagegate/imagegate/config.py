@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,6 +29,8 @@ MAX_RESPONSE_BYTES = LAMBDA_PAYLOAD_BYTES - EVENT_ENVELOPE_BYTES
 # own work outside the upstream calls (authenticate, reserve, store the images, settle) needs some too. The
 # upstream budget is what is left, so that a charged request is answered before the gateway gives up.
 DEFAULT_INTEGRATION_TIMEOUT_SECONDS = 29.0
+# The longest IntegrationTimeoutSeconds the template allows (tests/deploy checks the two agree).
+MAX_INTEGRATION_TIMEOUT_SECONDS = 300.0
 # A function's imports with the layer's bytecode took 2.3-2.8 s on a busy 2-core x86_64 machine
 # (docs/development.md); Lambda's own start-up comes on top, a few hundred milliseconds.
 COLD_START_ALLOWANCE_SECONDS = 3.0
@@ -53,6 +56,14 @@ MAX_VISIBILITY_TIMEOUT_SECONDS = 43_200
 JOB_MAX_DELIVERIES = 3
 # A running job is declared dead (failed and refunded) this long after its worker's timeout ran out.
 JOB_LEASE_GRACE_SECONDS = 60.0
+# What a lock or slot keeps beyond the longest its holder can run: clocks of two containers may disagree by
+# a few seconds, and a settle retried through throttling ends a little after the upstream's last byte.
+HOLD_MARGIN_SECONDS = 30
+# The requests queue's function (template: RequestsFunction) submits jobs under an Idempotency-Key too.
+REQUESTS_FUNCTION_TIMEOUT_SECONDS = 60
+# The sweeper never looks at a synchronous reservation younger than this, whatever the timeouts: a settle
+# that could not be written leaves its intended charge for it, and an operator reads the backlog.
+MIN_STALE_RESERVATION_SECONDS = 900
 
 
 def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
@@ -68,6 +79,66 @@ def upstream_budget(integration_timeout_seconds: float, requested: float | None 
 def visibility_timeout(worker_timeout_seconds: float) -> int:
     """The jobs queue's visibility timeout for a worker timeout: six times it, capped at SQS's 12 hours."""
     return min(MAX_VISIBILITY_TIMEOUT_SECONDS, int(VISIBILITY_TIMEOUT_FACTOR * worker_timeout_seconds))
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Every lock, slot, lease and sweeper threshold, derived in this one place from the configured function
+    timeouts (docs/timeouts.md has the table). Each outlives the longest its holder can run, so that only
+    a holder Lambda stopped can lose it, and the sweeper closes only what no running function can close.
+
+    `sync_s`: the image functions' timeout (the template's IntegrationTimeoutSeconds: the gateway's and the
+    functions' timeout); `worker_s`: the worker's (WorkerTimeout).
+    """
+
+    sync_s: float = DEFAULT_INTEGRATION_TIMEOUT_SECONDS
+    worker_s: float = DEFAULT_WORKER_TIMEOUT_SECONDS
+
+    @property
+    def request_lock_s(self) -> int:
+        """An Idempotency-Key's lock while its request runs: a retry before it is a 409, never a rerun."""
+        return math.ceil(self.sync_s) + HOLD_MARGIN_SECONDS
+
+    @property
+    def trigger_lock_s(self) -> int:
+        """The same lock for a job submitted by an AWS entry point (the requests queue's function, or a
+        direct invocation running its job in the worker's time)."""
+        return (
+            math.ceil(max(self.sync_s, self.worker_s, REQUESTS_FUNCTION_TIMEOUT_SECONDS))
+            + HOLD_MARGIN_SECONDS
+        )
+
+    @property
+    def request_slot_s(self) -> int:
+        """A synchronous request's concurrency slot, given back by its settle; only a stopped one expires."""
+        return math.ceil(self.sync_s) + HOLD_MARGIN_SECONDS
+
+    @property
+    def visibility_s(self) -> int:
+        """The jobs queue's visibility timeout."""
+        return visibility_timeout(self.worker_s)
+
+    @property
+    def job_start_s(self) -> float:
+        """How long a job may stay queued: every delivery SQS gives its message (each hidden for the
+        visibility timeout) and one run. Past it the message is in the dead-letter queue or lost."""
+        return JOB_MAX_DELIVERIES * self.visibility_s + self.worker_s
+
+    @property
+    def job_lease_s(self) -> float:
+        """How long after a run starts its worker is surely dead (Lambda stopped it at its timeout)."""
+        return self.worker_s + JOB_LEASE_GRACE_SECONDS
+
+    @property
+    def job_slot_s(self) -> int:
+        """A job's concurrency slot: held while it may still be queued or running."""
+        return int(self.job_start_s + self.job_lease_s)
+
+    @property
+    def stale_reservation_s(self) -> int:
+        """When the sweeper refunds a synchronous request's reservation: once its slot and its key's lock
+        ran out, so that no function still running can settle it."""
+        return max(MIN_STALE_RESERVATION_SECONDS, self.request_slot_s + HOLD_MARGIN_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -129,6 +200,10 @@ class Settings:
     # and another Stripe API to talk to instead of Stripe's (make serve's fake; empty: Stripe's own).
     topups: str = ""
     stripe_api_base: str = ""
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines(self.integration_timeout_seconds, self.worker_timeout_seconds)
 
     def for_worker(self) -> Settings:
         """The settings a job runs under: the upstream budget of the worker's timeout, not the gateway's."""

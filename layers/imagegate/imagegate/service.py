@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.contracts import Contract, estimate_usage
@@ -34,11 +35,11 @@ from imagegate.inputs.uploads import Uploads
 from imagegate.metrics import Metrics
 from imagegate.money.accounts import Account, Accounts
 from imagegate.money.billing import Billing, Reservation
-from imagegate.money.idempotency import Idempotency, fingerprint
-from imagegate.money.ratelimit import SLOT_SECONDS, Limits
+from imagegate.money.idempotency import Idempotency, fingerprint, key_hash
+from imagegate.money.ratelimit import Limits
 from imagegate.providers import Deps, PartialImage, ProviderResult
 from imagegate.providers.routing import Router, RouteSpec, Served, Streamed
-from imagegate.storage import Storage
+from imagegate.storage import Storage, missing
 from imagegate.streaming import EventStream, error_event, image_event
 from imagegate.units import micros_to_decimal
 
@@ -164,7 +165,9 @@ class Service:
 
     @cached_property
     def idempotency(self) -> Idempotency:
-        return Idempotency(self.aws.dynamodb, self.settings.table)
+        return Idempotency(
+            self.aws.dynamodb, self.settings.table, self.clock, lock_s=self.settings.deadlines.request_lock_s
+        )
 
     @cached_property
     def storage(self) -> Storage:
@@ -325,7 +328,7 @@ class Service:
 
     def sweep(self) -> dict[str, int]:
         """The scheduled sweeper: close, once each, reservations a killed request left open."""
-        closed = self.billing.sweep(log=self.logger)
+        closed = self.billing.sweep(older_than_s=self.settings.deadlines.stale_reservation_s, log=self.logger)
         for r, charged in closed:
             self.logger.warning(
                 "stale reservation closed",
@@ -390,7 +393,8 @@ class Service:
         routes: list[RouteSpec],
         idempotency_key: str | None,
     ) -> ImageResponse:
-        admission = self.reserve(account, job, request_id, routes)
+        details = None if idempotency_key is None else {"idempotency": key_hash(idempotency_key)}
+        admission = self.reserve(account, job, request_id, routes, details)
         closing = Closing()
         if idempotency_key is not None:
             key = idempotency_key
@@ -424,11 +428,11 @@ class Service:
         request_id: str,
         routes: list[RouteSpec],
         details: dict[str, str] | None = None,
-        hold_s: int = SLOT_SECONDS,
+        hold_s: int | None = None,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
         here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id); `hold_s`:
-        how long its concurrency slots outlive it if it never settles."""
+        how long its concurrency slots outlive it if it never settles (default: a synchronous request's)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -438,7 +442,7 @@ class Service:
                 {**_request_details(job), **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
-                hold_s=hold_s,
+                hold_s=hold_s or self.settings.deadlines.request_slot_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
@@ -685,7 +689,8 @@ class Service:
 
     def render(self, record: dict[str, Any]) -> dict[str, Any]:
         """An ImagesResponse from a stored record (S3 keys, never image bytes): its URLs while they have
-        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3."""
+        REUSE_URL_MARGIN_S left to live, else signed now; b64_json read back from S3, a 410 `output_expired`
+        once the outputs' lifecycle deleted them."""
         extra = record["extra"]
         if record["format"] == "url":
             signed_at = record.get("signed_at")
@@ -696,18 +701,35 @@ class Service:
             urls = record["urls"] if fresh else [self.storage.presign(key) for key in record["keys"]]
             data = [{"url": url, **extra} for url in urls]
         else:
-            data = [
-                {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
-                for key in record["keys"]
-            ]
+            try:
+                data = [
+                    {"b64_json": base64.b64encode(self.storage.get(key)).decode(), **extra}
+                    for key in record["keys"]
+                ]
+            except ClientError as exc:
+                if not missing(exc):
+                    raise
+                raise self.output_expired() from None
         return _with_data(record["body"], data)
+
+    def output_expired(self) -> APIError:
+        """410: a stored result whose images the outputs' lifecycle deleted."""
+        return APIError(
+            410,
+            "This result's images have expired: outputs are kept for "
+            f"{self.settings.job_retention_days} day(s) and cannot be returned again. Run the request again "
+            "(with a new Idempotency-Key) for new images.",
+            code="output_expired",
+        )
 
 
 class _StreamRun:
     """A streamed request once its upstream has answered: its events as they come, and its settlement,
-    exactly once. Its price: the final image as `handle` charges it, plus each partial image sent
-    (`PriceBook.charge`); an upstream failure refunds it all; a client that goes away is charged the partial
-    images sent so far, or all of it once the final image was made (it is settled before it is sent)."""
+    exactly once. Its price: the final image as `handle` charges it, plus each partial image written
+    (`PriceBook.charge`). One rule on every other path (an upstream failure, a final image too large to
+    send, a client that goes away): the partial images written so far are charged, nothing else. A partial
+    counts as written once the HTTP layer comes back for the next event (it asks only after its write
+    succeeded); the completed image is settled before it is sent."""
 
     def __init__(
         self,
@@ -735,6 +757,7 @@ class _StreamRun:
             )
 
     def abandon(self) -> None:
+        """Settle for the partial images written, and nothing else (a no-op once settled)."""
         self.settle(self.service.prices.charge(self.admission.quote, 0, 1, None, self.partials))
 
     def events(self) -> Generator[dict[str, Any], None, None]:
@@ -751,25 +774,27 @@ class _StreamRun:
                         if 2 * len(b64) > room:
                             continue
                         room -= len(b64)
-                        self.partials += 1
                         created = int(service.clock())
                         yield image_event(
-                            job, "partial_image", b64, created, partial_image_index=self.partials - 1
+                            job, "partial_image", b64, created, partial_image_index=self.partials
                         )
+                        self.partials += 1  # asked for the next event: this one was written
                         continue
                     yield self._completed(item, room)
                     return
             raise ProviderError("The upstream returned no images.")
         except ProviderError as exc:
             error = service._upstream_error(job, exc, self.streamed.provider, self.log)
-            self.settle(0)
+            if exc.code == "upstream_timeout":
+                self.settle(0)  # past the budget, a buffering gateway already answered 504: nothing arrived
+            self.abandon()
             yield error_event(error)
         except APIError as exc:
-            self.settle(0)
+            self.abandon()
             yield error_event(exc)
         except Exception:
             service.logger.exception("stream failed", extra=self.log)
-            self.settle(0)
+            self.abandon()
             yield error_event(INTERNAL_ERROR)
         finally:
             self.abandon()  # a no-op unless the client went away first
@@ -796,7 +821,7 @@ class _StreamRun:
                 400,
                 f"The image came to {len(b64)} bytes of base64, more than this deployment's response limit "
                 "leaves for it. Stream with fewer partial_images, a smaller size, or output_format=jpeg or "
-                "webp, or do not stream. Nothing was charged.",
+                "webp, or do not stream. Only the partial images sent were charged.",
                 param="partial_images" if self.partials else "stream",
                 code="response_too_large",
             )

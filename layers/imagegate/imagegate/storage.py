@@ -51,3 +51,14 @@ class Storage:
     def get(self, key: str) -> bytes:
         """An object written earlier: an image to replay as b64_json, a job's input image."""
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+
+
+# S3's answers for an object that is not there for this caller: 404 when the role may list the bucket, and
+# 403 AccessDenied when it may not (the functions have no s3:ListBucket), so both mean "no such object".
+MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404", "AccessDenied", "403"})
+
+
+def missing(exc: Exception) -> bool:
+    """Whether an S3 error says the object is not there (or not this caller's to read)."""
+    response = getattr(exc, "response", None) or {}
+    return response.get("Error", {}).get("Code", "") in MISSING_CODES

@@ -11,8 +11,10 @@ This module is at the bottom: it imports nothing of imagegate, and every module 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,7 +57,7 @@ def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sle
 
 
 def transact_or_reasons(
-    dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep
+    dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep, token: str = ""
 ) -> dict[int, dict[str, Any] | None] | None:
     """Run a transaction; None when it commits, else {index: the item as it was (for actions that asked with
     ReturnValuesOnConditionCheckFailure=ALL_OLD and whose item exists), for every failed condition}.
@@ -63,11 +65,18 @@ def transact_or_reasons(
     DynamoDB cancels a transaction that races another one on the same item (TransactionConflict), which
     is routine when one account sends requests in parallel; botocore does not retry that, so we do, a few
     times, then raise.
+
+    `token` (default: a new one): the ClientRequestToken, which makes a retry of the same actions within
+    10 minutes idempotent: one whose first attempt committed behind a lost response succeeds instead of
+    failing its conditions (botocore's own retries resend it; so may the caller, with the same actions).
     """
     attempt = 0
+    token = token or uuid.uuid4().hex
     while True:
         try:
-            dynamodb.transact_write_items(TransactItems=actions)
+            dynamodb.transact_write_items(
+                TransactItems=actions, ClientRequestToken=_attempt_token(token, attempt)
+            )
             return None
         except dynamodb.exceptions.TransactionCanceledException as exc:
             reasons = exc.response.get("CancellationReasons", [])
@@ -83,6 +92,16 @@ def transact_or_reasons(
             ):
                 raise
             sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2**attempt))
+
+
+def request_token(*parts: str) -> str:
+    """A ClientRequestToken (at most 36 characters) for one logical transaction named by `parts`."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:36]
+
+
+def _attempt_token(token: str, attempt: int) -> str:
+    # A transaction cancelled for a conflict did not commit; its retry is a new request.
+    return token if attempt == 0 else request_token(token, str(attempt))
 
 
 def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:

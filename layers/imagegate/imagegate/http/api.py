@@ -16,7 +16,8 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic_core import PydanticCustomError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,7 +81,29 @@ METHODS = {
 MAX_USAGE_DAYS = 90
 # The client's retry key (Stripe's and OpenAI's SDK header name); validated by the idempotency store.
 IDEMPOTENCY_HEADER = "idempotency-key"
-_IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
+
+
+def _digits(value: Any) -> Any:
+    """A query integer is ASCII digits only: pydantic's lax int takes '1_0' and '90.0' too."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("int_parsing", "Input should be a whole number written in digits")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_digits)]
+
+
+def _idempotency_key(request: Request) -> str | None:
+    """The `Idempotency-Key` header: one at most (two would leave which one counts to chance)."""
+    keys = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if len(keys) > 1:
+        raise errors.invalid(
+            "Send one 'Idempotency-Key' header, not several.", "Idempotency-Key", "duplicate_parameter"
+        )
+    return keys[0] if keys else None
+
+
+_IMAGE_PART = re.compile(r"image(\[\d*\])?")  # fullmatch
 MAX_FORM_FILES = 17  # 16 images and a mask
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 1024 * 1024  # one text field: a 32,000-character prompt is at most 128 KB of UTF-8
@@ -118,7 +141,7 @@ def create_app(
         (`Prefer: respond-async`; a stream has no job form, so `stream=true` wins). A request run now
         answers its result, which the route renders (`_rendered`) once the job and its inputs are gone."""
         request_id = request_id_of(request)
-        key = request.headers.get(IDEMPOTENCY_HEADER)
+        key = _idempotency_key(request)
         if job.stream:
             return EventStreamResponse(service.stream(acct, job, key, request_id=request_id))
         asynchronous, wait = _preferences(request.headers.getlist("prefer"))
@@ -160,7 +183,7 @@ def create_app(
 
         @app.get(BALANCE_ROUTE)
         def balance(
-            acct: AccountDep, days: Annotated[int, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
+            acct: AccountDep, days: Annotated[QueryInt, Query(ge=1, le=MAX_USAGE_DAYS)] = 30
         ) -> JSONResponse:
             return JSONResponse(service.balance(acct, days))
 
@@ -196,7 +219,7 @@ def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
     @app.get(JOBS_ROUTE)
     def list_jobs(
         acct: account_dep,  # type: ignore[valid-type]
-        limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+        limit: Annotated[QueryInt, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
         after: str | None = None,
     ) -> JSONResponse:
         return JSONResponse(jobs.list(acct.account_id, limit, after))
@@ -211,7 +234,7 @@ def _add_job_routes(app: FastAPI, jobs: Jobs, account_dep: Any) -> None:
 
 
 # ASCII digits only (`str.isdigit` admits '²', which int() refuses), and no more than a gateway allows anyway.
-_WAIT = re.compile(r"^[0-9]{1,6}$")
+_WAIT = re.compile(r"[0-9]{1,6}")  # fullmatch
 
 
 def _preferences(values: list[str]) -> tuple[bool, int | None]:
@@ -224,7 +247,7 @@ def _preferences(values: list[str]) -> tuple[bool, int | None]:
             name, rest = name.strip().lower(), rest.strip().strip('"')
             if name == "respond-async":
                 asynchronous = True
-            elif name == "wait" and _WAIT.match(rest):
+            elif name == "wait" and _WAIT.fullmatch(rest):
                 wait = int(rest)
     return asynchronous, wait
 
@@ -242,7 +265,10 @@ def _job_answer(
 ) -> JSONResponse:
     """202 with the job, or, when the client would wait (`wait=N`, capped under the gateway's budget) and
     the job ends in time, the answer the synchronous path would have given."""
-    obj = jobs.submit(acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key)
+    answer: dict[str, str] = {}
+    obj = jobs.submit(
+        acct, job, request_id=request_id or new_request_id(), user=user, idempotency_key=key, answer=answer
+    )
     applied = ["respond-async"]
     if wait is not None:
         # The budget runs from the request's arrival: the submit (fetching inputs, writing them to S3) spent
@@ -253,13 +279,15 @@ def _job_answer(
         applied.append(f"wait={waited}")
         obj = jobs.wait(acct.account_id, obj["id"], waited)
         if obj["status"] == "succeeded":
-            return JSONResponse(obj["result"], headers={"preference-applied": f"wait={waited}"})
+            return JSONResponse(obj["result"], headers={**answer, "preference-applied": f"wait={waited}"})
         failure = jobs.failure(acct.account_id, obj["id"]) if obj["status"] == "failed" else None
         if failure is not None:
             raise failure
     location = public_path(request, f"{JOBS_ROUTE}/{obj['id']}")
     return JSONResponse(
-        obj, status_code=202, headers={"location": location, "preference-applied": ", ".join(applied)}
+        obj,
+        status_code=202,
+        headers={**answer, "location": location, "preference-applied": ", ".join(applied)},
     )
 
 
@@ -306,8 +334,10 @@ def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tup
     refs, mask_ref = references.parse(document)
     params = json_edit_params(_validated(ImageParams, document), service.catalog)
     # Fetching costs the deployment (and a URL's owner sees the traffic): a key its rate limit already
-    # refuses gets its 429 before anything is fetched, not after.
-    service.billing.precheck(acct, params.n or 1)
+    # refuses gets its 429, and an account with nothing to pay its 402, before anything is fetched.
+    fetches = any(r.kind == "image_url" and not r.value.startswith("data:") for r in [*refs, mask_ref] if r)
+    balance = service.accounts.balance(acct.account_id) if fetches else None
+    service.billing.precheck(acct, params.n or 1, balance=balance)
     images, mask = service.references(acct).inputs(refs, mask_ref)
     started = time.monotonic()
     job = resolve("edits", params, service.catalog, images, mask)
@@ -401,7 +431,7 @@ class _Form:
             raise _malformed("a part has no name in its Content-Disposition header")
         self._name = options[b"name"].decode("utf-8", "replace")
         has_filename = b"filename" in options
-        if _IMAGE_PART.match(self._name) or self._name == "mask":
+        if _IMAGE_PART.fullmatch(self._name) or self._name == "mask":
             self._kind = "mask" if self._name == "mask" else "image"
         elif has_filename:
             self._kind = "stray"

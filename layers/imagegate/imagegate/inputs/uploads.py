@@ -18,14 +18,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from imagegate import errors
+from imagegate.storage import missing
 
 PREFIX = "uploads"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # OpenAI's limit for one GPT-image input
 # How long the presigned POST is accepted. A URL signed with a Lambda role's temporary credentials dies
 # with them, which can come sooner (docs/inputs.md, "Large inputs and the JSON form of edits").
 UPLOAD_WINDOW_SECONDS = 3600
-FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
+FILE_ID = re.compile(r"file-[0-9a-f]{32}")  # whole strings only (fullmatch): "$" also matches before "\n"
 
 
 class Uploads:
@@ -71,7 +74,7 @@ class Uploads:
     def read(self, account_id: str, file_id: str, param: str) -> bytes:
         """The bytes of one of the account's files, as one copy; a 400 naming `param` when the id is not
         the account's (malformed, never uploaded, expired, or another account's) or the file is too big."""
-        if not FILE_ID.match(file_id):
+        if not FILE_ID.fullmatch(file_id):
             raise errors.invalid(
                 f"Invalid '{param}': expected a file id from POST /v1/images/uploads ('file-' and 32 hex "
                 "digits).",
@@ -80,7 +83,9 @@ class Uploads:
             )
         try:
             obj = self._s3.get_object(Bucket=self._bucket, Key=self.key(account_id, file_id))
-        except self._s3.exceptions.NoSuchKey as exc:
+        except ClientError as exc:
+            if not missing(exc):
+                raise
             # The same answer for another account's id as for one never uploaded: nothing to learn from it.
             raise errors.invalid(
                 f"Invalid '{param}': no uploaded file '{file_id}' for this account (files expire; "

@@ -48,13 +48,12 @@ from dataclasses import asdict, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from imagegate.config import JOB_LEASE_GRACE_SECONDS, JOB_MAX_DELIVERIES, visibility_timeout
 from imagegate.errors import APIError
 from imagegate.inputs.images import InputImage
 from imagegate.inputs.request import ImageJob
 from imagegate.money.accounts import Account
 from imagegate.money.billing import Reservation
-from imagegate.money.idempotency import fingerprint
+from imagegate.money.idempotency import fingerprint, key_hash
 from imagegate.service import Admission, Closing
 from imagegate.storage import CONTENT_TYPES
 from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
@@ -62,7 +61,7 @@ from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
 if TYPE_CHECKING:
     from imagegate.service import Service
 
-JOB_ID = re.compile(r"^imgjob_[0-9a-f]{32}$")
+JOB_ID = re.compile(r"imgjob_[0-9a-f]{32}")  # fullmatch: "$" would also match before a "\n"
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
@@ -73,17 +72,6 @@ Finished = Callable[[dict[str, Any]], None]
 
 def new_job_id(now: float) -> str:
     return f"imgjob_{int(now * 1000):012x}{secrets.token_hex(10)}"
-
-
-def start_deadline_s(worker_timeout_s: float) -> float:
-    """How long a job may stay queued: every delivery SQS gives its message (each hidden for the visibility
-    timeout) and one run. Past it the message is in the dead-letter queue or lost, and the job expires."""
-    return JOB_MAX_DELIVERIES * visibility_timeout(worker_timeout_s) + worker_timeout_s
-
-
-def lease_s(worker_timeout_s: float) -> float:
-    """How long after a run starts its worker is surely dead (Lambda stopped it at its timeout)."""
-    return worker_timeout_s + JOB_LEASE_GRACE_SECONDS
 
 
 class Jobs:
@@ -120,10 +108,13 @@ class Jobs:
         task_token: str | None = None,
         enqueue: bool = True,
         idempotency_key: str | None = None,
+        answer: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Check, reserve and queue a job; its job object (queued). Refused exactly as the synchronous
         path refuses (400, 402, 429), nothing written then. `enqueue=False`: the caller runs it itself
-        (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job."""
+        (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job. `answer`,
+        when given, receives the response headers a synchronous answer would carry (`x-ratelimit-*`,
+        `idempotent-replayed`)."""
         service = self.service
         if enqueue and not self.settings.jobs_queue_url:
             raise APIError(
@@ -133,25 +124,35 @@ class Jobs:
             )
         routes = service.check(job)
         if idempotency_key is not None:
+            deadlines = self.settings.deadlines
             stored = service.idempotency.begin(
-                account.account_id, idempotency_key, f"async:{fingerprint(job, user)}", request_id
+                account.account_id,
+                idempotency_key,
+                f"async:{fingerprint(job, user)}",
+                request_id,
+                lock_s=deadlines.request_lock_s if source == "http" else deadlines.trigger_lock_s,
             )
             if stored is not None:
+                if answer is not None:
+                    answer["idempotent-replayed"] = "true"
                 return self.get(account.account_id, stored["job_id"])
         now = self._clock()
         job_id = new_job_id(now)
         try:
             # The slots are held while the job may still be queued or running: a job counts against
             # max_concurrent until it ends, and the settle that ends it (or the sweeper's) gives them back.
-            hold = int(
-                start_deadline_s(self.settings.worker_timeout_seconds)
-                + lease_s(self.settings.worker_timeout_seconds)
+            details = {"job": job_id}
+            if idempotency_key is not None:
+                details["idempotency"] = key_hash(idempotency_key)
+            admission = service.reserve(
+                account, job, request_id, routes, details, hold_s=self.settings.deadlines.job_slot_s
             )
-            admission = service.reserve(account, job, request_id, routes, {"job": job_id}, hold_s=hold)
         except BaseException:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)
             raise
+        if answer is not None:
+            answer.update(admission.reservation.headers)
         item = self._new_item(account, job, job_id, request_id, admission.reservation, now)
         item.update(_optional(source=source, client_reference_id=client_reference_id, task_token=task_token))
         written: list[str] = []
@@ -190,7 +191,9 @@ class Jobs:
                 )
             except Exception as exc:
                 service.logger.exception("job not queued; refunded", extra={"job_id": job_id})
-                self._close(item, "queued", "failed", _queue_error())
+                # Not announced: the submitter hears the 503 itself, and retries (an SQS redelivery, a
+                # client's retry) submit anew; a task answered now would be answered again by that retry.
+                self._close(item, "queued", "failed", _queue_error(), announce=False)
                 if idempotency_key is not None:
                     service.idempotency.forget(account.account_id, idempotency_key, request_id)
                 raise _queue_error() from exc
@@ -258,11 +261,11 @@ class Jobs:
         item = self._read(account_id, job_id)
         status = item["status"]["S"]
         now = self._clock()
-        timeout = self.settings.worker_timeout_seconds
-        if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+        deadlines = self.settings.deadlines
+        if status == "queued" and now > int(item["created_at"]["N"]) + deadlines.job_start_s:
             self._close(item, "queued", "failed", _expired_error())
             return self.get(account_id, job_id)
-        if status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+        if status == "in_progress" and now > int(item["started_at"]["N"]) + deadlines.job_lease_s:
             self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
             return self.get(account_id, job_id)
         if status != "queued":
@@ -356,7 +359,7 @@ class Jobs:
         self, account_id: str, limit: int = DEFAULT_LIST_LIMIT, after: str | None = None
     ) -> dict[str, Any]:
         """An account's jobs, newest first, in OpenAI's list shape; `after`: the previous page's last id."""
-        if after is not None and not JOB_ID.match(after):
+        if after is not None and not JOB_ID.fullmatch(after):
             raise APIError(
                 400,
                 f"Invalid 'after': '{after}' is not an image job id.",
@@ -435,23 +438,23 @@ class Jobs:
         """Fail and refund, once each, jobs whose worker died mid-run and jobs that were never started
         (their message went to the dead-letter queue). Jobs still waiting in the queue, or running within
         their worker's timeout, are left alone: their reservations are not stale, only long."""
-        timeout = self.settings.worker_timeout_seconds
+        deadlines = self.settings.deadlines
         now = self._clock()
         closed = expired = lost = 0
-        for r, job_id in self.service.billing.open_jobs(older_than_s=lease_s(timeout)):
+        for r, job_id in self.service.billing.open_jobs(older_than_s=deadlines.job_lease_s):
             try:
                 item = self._db.get_item(
                     TableName=self._table, Key=job_key(r.account_id, job_id), ConsistentRead=True
                 ).get("Item")
                 if item is None:
                     # The submit died between its reservation and its job item, and could not refund.
-                    if now > r.created_at + start_deadline_s(timeout):
+                    if now > r.created_at + deadlines.job_start_s:
                         closed += self.service.billing.settle(r, 0, provider="sweep")
                     continue
                 status = item["status"]["S"]
-                if status == "queued" and now > int(item["created_at"]["N"]) + start_deadline_s(timeout):
+                if status == "queued" and now > int(item["created_at"]["N"]) + deadlines.job_start_s:
                     expired += self._close(item, "queued", "failed", _expired_error())
-                elif status == "in_progress" and now > int(item["started_at"]["N"]) + lease_s(timeout):
+                elif status == "in_progress" and now > int(item["started_at"]["N"]) + deadlines.job_lease_s:
                     lost += self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
             except Exception:
                 self.service.logger.exception("job sweep failed for one job", extra={"job_id": job_id})
@@ -466,12 +469,15 @@ class Jobs:
         to_status: str,
         error: BaseException | None,
         run: str = "",
+        *,
+        announce: bool = True,
     ) -> bool:
         """Move a job that never delivered to a final state and refund its reservation, in one transaction;
-        False when the job had moved on meanwhile (its new state owns the money)."""
+        False when the job had moved on meanwhile (its new state owns the money). `announce`: tell the
+        `on_finished` callbacks."""
         guard = self._move(item, from_status, None, error, run, to_status)
         settled = self.service.billing.settle(_reservation(item), 0, provider="none", guard=guard)
-        if settled:
+        if settled and announce:
             self._finished(*_ids(item))
         return settled
 
@@ -555,7 +561,11 @@ class Jobs:
         }
 
     def _object(self, item: dict[str, Any], result: Any = ...) -> dict[str, Any]:
+        # One expiry, the outputs': the item itself may be kept longer (a webhook's delivery schedule).
+        expires_at = int(item["created_at"]["N"]) + self.settings.job_retention_days * 86400
         if result is ...:
+            if "result" in item and self._clock() >= expires_at:
+                raise self.service.output_expired()
             result = self.service.render(json.loads(item["result"]["S"])) if "result" in item else None
         return {
             "id": _ids(item)[1],
@@ -565,7 +575,7 @@ class Jobs:
             "model": item["model"]["S"],
             "created_at": int(item["created_at"]["N"]),
             "completed_at": int(item["completed_at"]["N"]) if "completed_at" in item else None,
-            "expires_at": int(item["expires_at"]["N"]),
+            "expires_at": expires_at,
             "result": result,
             "error": json.loads(item["error"]["S"]) if "error" in item else None,
             "webhook": _plain(item["webhook"]) if "webhook" in item else None,
@@ -573,7 +583,7 @@ class Jobs:
 
     def _read(self, account_id: str, job_id: str) -> dict[str, Any]:
         item = None
-        if JOB_ID.match(job_id):
+        if JOB_ID.fullmatch(job_id):
             item = self._db.get_item(
                 TableName=self._table, Key=job_key(account_id, job_id), ConsistentRead=True
             ).get("Item")

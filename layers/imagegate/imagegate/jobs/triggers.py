@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagegate import errors
@@ -40,6 +41,7 @@ from imagegate.errors import APIError
 from imagegate.inputs.images import Upload
 from imagegate.inputs.validation import GenerationRequest, ImageParams, check_unicode, resolve
 from imagegate.service import Service, new_request_id
+from imagegate.storage import missing
 
 if TYPE_CHECKING:
     from imagegate.jobs.lifecycle import Jobs
@@ -55,7 +57,7 @@ MAX_INPUTS = 17  # 16 images and a mask, as in a multipart body
 MAX_INPUT_BYTES = 50 * 1024 * 1024
 MAX_INPUTS_TOTAL_BYTES = 64 * 1024 * 1024
 # Manifest names keep to characters S3 never encodes in events, so a key reads the same everywhere.
-_MANIFEST = re.compile(r"^requests/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9._/-]{1,512}\.json)$")
+_MANIFEST = re.compile(r"requests/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9._/-]{1,512}\.json)")  # fullmatch
 # Step Functions' limits: a task token, and SendTaskFailure's error name and cause.
 MAX_TASK_TOKEN = 2048
 MAX_TASK_ERROR = 256
@@ -176,7 +178,7 @@ class Answers:
         token = _task_token(arrival.document)
         if token:
             self.fail_task(token, exc.body()["error"])
-        if _MANIFEST.match(arrival.manifest):
+        if _MANIFEST.fullmatch(arrival.manifest):
             self.put_json(manifest_result(arrival.manifest), exc.body())
 
     def put_json(self, key: str, body: dict[str, Any]) -> None:
@@ -357,7 +359,9 @@ class Triggers:
         s3 = self.service.aws.s3
         try:
             obj = s3.get_object(Bucket=self.service.settings.bucket, Key=key)
-        except s3.exceptions.NoSuchKey:
+        except ClientError as exc:
+            if not missing(exc):
+                raise
             raise errors.invalid(
                 f"Invalid '{param}': no object '{key}'.", "inputs", "input_not_found"
             ) from None
@@ -372,7 +376,7 @@ class Triggers:
 
     def _manifest(self, key: str) -> Any:
         """An S3 manifest's request shape."""
-        if not _MANIFEST.match(key):
+        if not _MANIFEST.fullmatch(key):
             raise errors.invalid(
                 f"A manifest is requests/<account_id>/<name>.json (letters, digits, . _ - /), not '{key}'.",
                 None,
@@ -393,7 +397,7 @@ def _public(detail: dict[str, Any]) -> dict[str, Any]:
 
 def _check_manifest_account(key: str, account_id: str) -> None:
     """A writer under requests/<account_id>/ charges that account only: IAM on the prefix is the grant."""
-    match = _MANIFEST.match(key)
+    match = _MANIFEST.fullmatch(key)
     if match is None or match.group(1) != account_id:
         raise APIError(
             403,

@@ -11,9 +11,11 @@ refund of the same request is a no-op, and a settled request is always replayabl
   ACCOUNT#<account_id> / REQUEST#<request_id> -> state (reserved|settled|refunded), reserved, charged,
       refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes holding a slot: "k",
       "a"), provider, created_at, settled_at; while reserved open_shard + open_since (the sparse OPEN_INDEX
-      the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); intended_charge when a
-      settle could not be written and the sweeper must charge instead of refunding; job (the job id) when
+      the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); job (the job id) when
       the request is an image job's, whose reservation jobs.py closes, not `sweep`.
+  INTENDED#<account_id> / REQUEST#<request_id> -> intended_charge, intended_images, provider, expires_at:
+      what a request whose settle could not be written delivered, so the sweeper charges instead of
+      refunding. Off the account's partition: the heat that failed the settle is usually there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import Account, NotFound
@@ -38,6 +41,7 @@ from imagegate.table import (
     item_key,
     query,
     read_balance,
+    request_token,
     transact,
     transact_or_reasons,
 )
@@ -111,7 +115,7 @@ class Billing:
         *,
         images: int = 1,
         upper_bound: bool = False,
-        hold_s: int = ratelimit.SLOT_SECONDS,
+        hold_s: int = Deadlines().request_slot_s,
     ) -> Reservation:
         """Debit `amount` micro-USD and take the rate limits for `images` images, in one transaction.
 
@@ -191,12 +195,14 @@ class Billing:
                 raise ratelimit.busy(f"account {account.account_id}") from exc
             if failed is None:
                 headers = ratelimit.headers(
-                    ratelimit.admitted(key_state, self._key_limits, images, now, hold_s),
+                    ratelimit.admitted(
+                        key_state, self._key_limits, request_id, images, now, hold_s, raced=key_raced
+                    ),
                     self._key_limits,
                     now,
                 )
                 self._accounts[account.account_id] = ratelimit.admitted(
-                    account_state, self._account_limits, images, now, hold_s
+                    account_state, self._account_limits, request_id, images, now, hold_s, raced=account_raced
                 )
                 return Reservation(
                     account.account_id,
@@ -251,7 +257,7 @@ class Billing:
             refused = ratelimit.refusal(what, state, self._key_limits, images, now, slot=False)
             if refused is not None:
                 raise refused
-            take = ratelimit.take("k", state, self._key_limits, "", images, now, slot=False)
+            take = ratelimit.take("k", state, self._key_limits, "", images, now, slot=False, hold_s=0)
             try:
                 self._db.update_item(**take.update(self._table, item_key(account.key_pk, "KEY"))["Update"])
                 return
@@ -283,23 +289,30 @@ class Billing:
         state move, so a job and its money always move together); False, and nothing changes, when its
         condition fails. A `completion` whose condition fails is dropped instead.
 
-        Throttling and transport errors are retried until `deadline_s`; then the intended charge is left on
-        the request for the sweeper (which then charges it instead of refunding) and the error is raised.
+        Throttling and transport errors are retried until `deadline_s`; then the intended charge is left,
+        off the account's partition, for the sweeper (which then charges it instead of refunding) and the
+        error is raised.
         """
         r = reservation
         charged = max(0, min(charged, r.amount))
         refund = r.amount - charged
         give_up = self._clock() + deadline_s
         attempt = 0
+        # Built once and sent unchanged with one ClientRequestToken until its shape changes: a settle that
+        # committed behind a lost response is then found committed by its retry, not "already settled".
+        now = self._clock()
+        shape: tuple[bool, bool] | None = None
         while True:
-            now = self._clock()
-            actions = self._settle_actions(r, charged, refund, images, provider, now, tokens)
-            if guard is not None:
-                actions.append(guard)
-            if completion is not None:
-                actions.append(completion)
+            if shape != (guard is not None, completion is not None):
+                shape = (guard is not None, completion is not None)
+                actions = self._settle_actions(r, charged, refund, images, provider, now, tokens)
+                if guard is not None:
+                    actions.append(guard)
+                if completion is not None:
+                    actions.append(completion)
+                token = request_token(r.request_id, "settle", str(shape))
             try:
-                failed = transact_or_reasons(self._db, actions, self._sleep)
+                failed = transact_or_reasons(self._db, actions, self._sleep, token)
             except (ClientError, BotoCoreError) as exc:
                 if isinstance(exc, ClientError) and _code(exc) not in BUSY_CODES:
                     raise
@@ -425,28 +438,46 @@ class Billing:
         return actions
 
     def _leave_intended_charge(self, r: Reservation, charged: int, images: int, provider: str) -> None:
-        """Best effort, after a settle failed for good: so the sweeper charges what was delivered."""
+        """Best effort, after a settle failed for good: so the sweeper charges what was delivered. Written
+        off the account's partition (INTENDED#<account_id>), whose heat is what usually failed the settle."""
         # Failing too, it leaves the reservation to be refunded; the caller has logged the intended charge.
         with contextlib.suppress(ClientError, BotoCoreError):
-            self._db.update_item(
+            self._db.put_item(
                 TableName=self._table,
-                Key=item_key(account_pk(r.account_id), f"{ledger.REQUEST}{r.request_id}"),
-                UpdateExpression="SET intended_charge = :c, intended_images = :i, provider = :p",
-                ConditionExpression="#s = :reserved",
-                ExpressionAttributeNames={"#s": "state"},
-                ExpressionAttributeValues={
-                    ":c": {"N": str(charged)},
-                    ":i": {"N": str(images)},
-                    ":p": {"S": provider or "-"},
-                    ":reserved": {"S": "reserved"},
+                Item={
+                    **_intended_key(r.account_id, r.request_id),
+                    "intended_charge": {"N": str(charged)},
+                    "intended_images": {"N": str(images)},
+                    "provider": {"S": provider or "-"},
+                    "expires_at": {"N": str(int(self._clock()) + REQUEST_RETENTION_DAYS * 86400)},
                 },
             )
 
-    def precheck(self, account: Account, images: int) -> None:
-        """The 429 `reserve` would answer from the key as it was just authenticated, with no call: for work
-        that costs before the reservation, such as fetching a JSON edit's images. The reservation still
-        decides (and, as there, the container's memory of the account is a guess that may not refuse)."""
+    def _intended(self, r: Reservation, item: dict[str, Any]) -> tuple[int, int]:
+        """The (charge, images) a request that could not settle said it delivered, or (0, 0)."""
+        found = item if "intended_charge" in item else None  # written on the request by earlier versions
+        if found is None:
+            found = self._db.get_item(
+                TableName=self._table, Key=_intended_key(r.account_id, r.request_id), ConsistentRead=True
+            ).get("Item")
+        if found is None:
+            return 0, 0
+        return int(found["intended_charge"]["N"]), int(found["intended_images"]["N"])
+
+    def precheck(self, account: Account, images: int, *, balance: int | None = None) -> None:
+        """The 429 `reserve` would answer from the key as it was just authenticated, with no call, and the
+        402 of an account whose `balance` (when given) pays for nothing: for work that costs before the
+        reservation, such as fetching a JSON edit's images. The reservation still decides (and, as there,
+        the container's memory of the account is a guess that may not refuse)."""
         self._refuse_if_limited(account, account.limiter, None, images, self._clock())
+        if balance is not None and balance <= 0:
+            raise APIError(
+                402,
+                f"Insufficient balance: the account's balance is {micros_to_usd(balance)}. Add credit and "
+                "try again; nothing was fetched.",
+                type="insufficient_quota",
+                code="insufficient_balance",
+            )
 
     def _refuse_if_limited(
         self, account: Account, key_state: State, account_state: State | None, images: int, now: float
@@ -469,7 +500,11 @@ class Billing:
         return [r for r, _ in self._open(older_than_s, account_id)]
 
     def sweep(
-        self, *, older_than_s: float = ledger.STALE_AFTER_S, account_id: str | None = None, log: Any = None
+        self,
+        *,
+        older_than_s: float = Deadlines().stale_reservation_s,
+        account_id: str | None = None,
+        log: Any = None,
     ) -> list[tuple[Reservation, int]]:
         """Close reservations a killed request left open, each exactly once whatever runs at the same time:
         refunded, or charged what a request that could not settle said it delivered. One failing reservation
@@ -478,9 +513,8 @@ class Billing:
         for r, item in self._open(older_than_s, account_id):
             if "job" in item:
                 continue  # closed with its job, on the job's own clock (jobs.py, Jobs.sweep)
-            charged = int(item["intended_charge"]["N"]) if "intended_charge" in item else 0
-            images = int(item["intended_images"]["N"]) if "intended_images" in item else 0
             try:
+                charged, images = self._intended(r, item)
                 if self.settle(r, charged, images=images, provider="" if charged else "sweep"):
                     closed.append((r, charged))
             except Exception:
@@ -587,6 +621,10 @@ def _over_budget(account: Account, amount: int, left: int) -> APIError:
         type="insufficient_quota",
         code="key_budget_exceeded",
     )
+
+
+def _intended_key(account_id: str, request_id: str) -> dict[str, dict[str, str]]:
+    return item_key(f"INTENDED#{account_id}", f"{ledger.REQUEST}{request_id}")
 
 
 def _open_shard(request_id: str) -> str:

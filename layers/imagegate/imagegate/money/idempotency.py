@@ -15,8 +15,8 @@ The service calls `begin` after validation. On success the record is completed i
 transaction (`completion`), so a request that was charged can always be replayed, never run again; on a
 failure before any image exists, `release` lets a retry run again. Once images exist the key is never
 released. A Lambda killed mid-request does neither: its in-progress record stops blocking the key when its
-lock runs out (LOCK_SECONDS), and a request may then take the key over; the dead request's reservation is
-closed by the sweeper.
+lock runs out (`lock_s`: config.Deadlines, longer than the holder's function can run), and a request may
+then take the key over; the dead request's reservation is closed by the sweeper.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from imagegate.config import Deadlines
 from imagegate.errors import APIError, invalid
 from imagegate.table import item_key
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from imagegate.inputs.request import ImageJob
 
 TTL_SECONDS = 24 * 60 * 60
-# Longer than the 29 s function timeout, so a record whose lock ran out belongs to a request that is gone.
-LOCK_SECONDS = 60
 MAX_KEY_LENGTH = 255
 # The response is stored in an item (400 KB at most); it holds S3 keys and metadata, never image bytes.
 MAX_RESPONSE_BYTES = 300_000
@@ -79,17 +78,27 @@ def fingerprint(job: ImageJob, user: str | None = None) -> str:
 
 class Idempotency:
     def __init__(
-        self, dynamodb: Any, table: str, clock: Any = time.time, ttl_seconds: int = TTL_SECONDS
+        self,
+        dynamodb: Any,
+        table: str,
+        clock: Any = time.time,
+        ttl_seconds: int = TTL_SECONDS,
+        *,
+        lock_s: int = Deadlines().request_lock_s,
     ) -> None:
         self._db = dynamodb
         self._table = table
         self._clock = clock
         self._ttl = ttl_seconds
+        self._lock_s = lock_s
 
-    def begin(self, account_id: str, key: str, fingerprint: str, request_id: str) -> dict | None:
+    def begin(
+        self, account_id: str, key: str, fingerprint: str, request_id: str, *, lock_s: int | None = None
+    ) -> dict | None:
         """Claim `key` for a request: None when it is this request's to run (an in-progress record is now
         written), the stored response when an identical request already completed. 400 when the key was
-        used for a different request, 409 while the first request is still running."""
+        used for a different request, 409 while the first request is still running. `lock_s`: how long the
+        claim blocks others (default: the synchronous request's lock), longer than its holder can run."""
         validate_key(key)
         now = self._clock()
         try:
@@ -101,7 +110,7 @@ class Idempotency:
                     "fingerprint": {"S": fingerprint},
                     "request_id": {"S": request_id},
                     "created_at": {"N": str(int(now))},
-                    "locked_until": {"N": str(int(now) + LOCK_SECONDS)},
+                    "locked_until": {"N": str(int(now) + (lock_s or self._lock_s))},
                     "expires_at": {"N": str(int(now) + self._ttl)},
                 },
                 # TTL deletes lazily: a record past expires_at is as good as gone.
@@ -121,6 +130,7 @@ class Idempotency:
                 400,
                 "This Idempotency-Key was already used for a different request (other parameters or "
                 "images). Use a new key for a new request.",
+                param="Idempotency-Key",
                 code="idempotency_key_reused",
             )
         if held["state"]["S"] == "completed":
@@ -130,6 +140,7 @@ class Idempotency:
             409,
             "A request with this Idempotency-Key is in progress: the original request is still running. "
             f"Retry shortly (in {wait}s) to get its result.",
+            param="Idempotency-Key",
             code="idempotency_key_in_use",
             headers={"retry-after": str(wait)},
         )
@@ -204,8 +215,18 @@ class Idempotency:
         return True
 
 
+def key_hash(key: str) -> str:
+    """What a request's billing record keeps of its Idempotency-Key (`idempotency`), for reconcile."""
+    return _sha256(key.encode())
+
+
+def record_key(account_id: str, hashed: str) -> dict[str, dict[str, str]]:
+    """The record of a key, from its hash."""
+    return item_key(f"IDEMPOTENCY#{account_id}#{hashed}", "IDEMPOTENCY")
+
+
 def _item_key(account_id: str, key: str) -> dict[str, dict[str, str]]:
-    return item_key(f"IDEMPOTENCY#{account_id}#{_sha256(key.encode())}", "IDEMPOTENCY")
+    return record_key(account_id, key_hash(key))
 
 
 def _sha256(data: bytes) -> str:

@@ -32,11 +32,12 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from imagegate.table import account_pk, item_key, query
+from imagegate.config import Deadlines
+from imagegate.table import JOB_PREFIX, account_pk, item_key, query
 from imagegate.units import micros_to_usd
 
 LEDGER = "LEDGER#"
@@ -48,8 +49,6 @@ MAX_USAGE_DAYS = 366
 # accounts.ACCOUNT_INDEX: the partition listing every account. The ledger sits below accounts.py (which
 # imports it), so it names the partition itself; a test keeps the two names equal.
 ACCOUNT_INDEX = "ACCOUNTS"
-# Longer than any request can run (Lambda's 15-minute ceiling): a reservation this old was abandoned.
-STALE_AFTER_S = 900
 KINDS = ("reserve", "settle", "credit", "adjust", "topup", "reversal")
 RECONCILE_ATTEMPTS = 3
 
@@ -165,7 +164,7 @@ def reconcile(
     table: str,
     account_id: str,
     *,
-    stale_after_s: float = STALE_AFTER_S,
+    stale_after_s: float = Deadlines().stale_reservation_s,
     clock: Callable[[], float] = time.time,
 ) -> Reconciliation:
     """Check one account: balance == sum of its ledger; every finished request reserved == charged + refunded
@@ -186,6 +185,14 @@ def reconcile(
             )
         )
         result = _check(account_id, items, clock() - stale_after_s)
+        requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
+        problems = [
+            *_job_problems(items, requests),
+            *_idempotency_problems(dynamodb, table, account_id, requests),
+            *_usage_problems(dynamodb, table, account_id, items, clock()),
+        ]
+        if problems:
+            result = replace(result, ok=False, problems=[*result.problems, *problems])
         if result.ok:
             break
     return result
@@ -359,6 +366,86 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
         stale=[r for r in in_flight if r.created_at < stale_before and r.request_id not in jobs],
         problems=problems,
     )
+
+
+def _job_problems(items: list[dict[str, Any]], requests: dict[str, dict[str, Any]]) -> list[str]:
+    """Every final job against its request: succeeded <=> charged, failed or cancelled <=> refunded."""
+    problems = []
+    for item in items:
+        if not item["sk"]["S"].startswith(JOB_PREFIX) or "request_id" not in item:
+            continue
+        job_id, status = item["sk"]["S"].removeprefix(JOB_PREFIX), _str(item, "status")
+        request = requests.get(_str(item, "request_id"))
+        if request is None:
+            problems.append(f"job {job_id} ({status}) has no request record")
+            continue
+        state = request["state"]["S"]
+        if status in ("queued", "in_progress"):
+            if state != "reserved":
+                problems.append(f"job {job_id} is {status} but its request is already {state}")
+        elif (status == "succeeded") != (state == "settled" and _int(request, "charged") > 0):
+            problems.append(
+                f"job {job_id} {status}, but its request is {state} with a charge of "
+                f"{micros_to_usd(_int(request, 'charged'))}"
+            )
+    return problems
+
+
+def _idempotency_problems(
+    dynamodb: Any, table: str, account_id: str, requests: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Every Idempotency-Key that charged: exactly one charged request, the one its record names."""
+    from imagegate.money.idempotency import record_key
+
+    charged: dict[str, list[str]] = defaultdict(list)
+    for request_id, item in requests.items():
+        if "idempotency" in item and _int(item, "charged") > 0:
+            charged[item["idempotency"]["S"]].append(request_id)
+    problems = []
+    for hashed, ids in sorted(charged.items()):
+        if len(ids) > 1:
+            problems.append(f"one Idempotency-Key charged {len(ids)} requests: {', '.join(sorted(ids))}")
+            continue
+        record = dynamodb.get_item(TableName=table, Key=record_key(account_id, hashed), ConsistentRead=True)
+        record = record.get("Item")
+        if record is not None and _str(record, "request_id") != ids[0]:
+            problems.append(
+                f"{ids[0]} was charged under an Idempotency-Key whose record names "
+                f"{_str(record, 'request_id')}: a retry would run again"
+            )
+    return problems
+
+
+def _usage_problems(
+    dynamodb: Any, table: str, account_id: str, items: list[dict[str, Any]], now: float
+) -> list[str]:
+    """The usage counters of each day still kept against the settle entries of that day: requests, charged
+    and refunded."""
+    first = datetime.fromtimestamp(now, UTC).date() - timedelta(days=USAGE_TTL_DAYS - 1)
+    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for e in (_entry(i) for i in items if i["sk"]["S"].startswith(LEDGER)):
+        day = datetime.fromtimestamp(e.at_ms / 1000, UTC).date()
+        if e.kind == "settle" and day >= first:
+            counts = expected[day.isoformat()]
+            counts[0] += 1
+            counts[1] += e.charged or 0
+            counts[2] += e.amount
+    counted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for row in _account_usage(dynamodb, table, account_id, first.isoformat(), "9999-12-31"):
+        counts = counted[row.day]
+        counts[0] += row.requests
+        counts[1] += row.charged
+        counts[2] += row.refunded
+    problems = []
+    for day in sorted(expected.keys() | counted.keys()):
+        if expected[day] != counted[day]:
+            (n, c, r), (un, uc, ur) = expected[day], counted[day]
+            problems.append(
+                f"usage of {day} counts {un} requests, charged {micros_to_usd(uc)}, refunded "
+                f"{micros_to_usd(ur)}; the ledger settled {n}, charged {micros_to_usd(c)}, refunded "
+                f"{micros_to_usd(r)}"
+            )
+    return problems
 
 
 def _closed_and_expired(entries: list[LedgerEntry]) -> bool:

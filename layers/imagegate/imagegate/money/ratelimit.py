@@ -6,17 +6,23 @@ State lives on items a request touches anyway, so limiting costs no extra call:
   ACCOUNT#<id> / ACCOUNT   -> tat, slots (+ the account's overrides), next to the balance
 
 Images per minute is a token bucket of `limit` images that refills at `limit` a minute, kept as GCRA: `tat`
-(epoch ms) is when the bucket will be full again. A request for n images costs n * 60000/limit ms and is
-admitted when max(tat, now) + cost <= now + 60000. Unlike a fixed minute window, no boundary admits twice
-the limit at once. Since `tat` only ever grows, any value once seen is a lower bound of the stored one: with
-one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one in the future it is
-`SET tat = tat + cost` on condition `tat <= now + 60000 - cost`. A wrong guess fails the condition, returns
-the item, and the transaction is built again from what it showed. (A `tat` up to SLACK_MS in the past takes
-the second form too, so that racing requests do not keep guessing wrong: see SLACK_MS.)
+(epoch ms) is when the bucket will be full again. One image costs T = ceil(60000/limit) ms, a request for
+n images n * T, and it is admitted when max(tat, now) + cost <= now + limit * T: a full bucket holds
+exactly `limit` images whether or not `limit` divides a minute, and refills no faster than `limit` a
+minute. Unlike a fixed minute window, no boundary admits twice the limit at once: any span of w ms admits
+at most limit + w / T images. Since `tat` only ever grows, any value once seen is a lower bound of the
+stored one: with one in the past the update is `SET tat = now + cost` on condition `tat <= now`; with one
+in the future it is `SET tat = tat + cost` on condition `tat <= now + limit * T - cost`. A wrong guess
+fails the condition, returns the item, and the transaction is built again from what it showed. (A `tat`
+up to SLACK_MS in the past takes the second form too, so that racing requests do not keep guessing wrong:
+see SLACK_MS; and so does one up to RACE_SLACK_MS in the past just written by a racing request, `raced`.)
+Whatever this container caches of an item after a success (`admitted`) stays a lower bound of what it
+wrote.
 
 Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
-`size(slots) < max` and removed by the settle transaction. A slot's expiry outlives the function timeout, so
-the slot of a killed Lambda is pruned (on condition that it is still expired) when it is in the way.
+`size(slots) < max` and removed by the settle transaction. A slot's expiry (`hold_s`, config.Deadlines)
+outlives the function timeout, and a job's outlives its time queued and running, so the slot of a killed
+Lambda is pruned (on condition that it is still expired) when it is in the way.
 
 Every refusal is a 429 in OpenAI's shape (type "requests", code "rate_limit_exceeded") with `retry-after` and
 OpenAI's `x-ratelimit-*` headers; admitted requests carry the same headers. A request for more images than
@@ -34,15 +40,15 @@ from imagegate.errors import APIError
 IMAGES_PER_MINUTE = 50
 MAX_CONCURRENT = 10
 WINDOW_MS = 60_000
-# Longer than any synchronous request can run (the function timeout): only a dead request's slot expires.
-# A job holds its slot longer, until it surely ended (`hold_s`: jobs.py), since it runs long after its submit.
-SLOT_SECONDS = 120
 # When a slot frees is unknowable; in-flight requests finish within seconds, so ask for a short wait.
 SLOT_RETRY_SECONDS = 1
 # A bucket whose `tat` lies less than this in the past is updated as if it were now (`tat = tat + cost`):
 # exact GCRA would move it to now first, but then every request racing a busy key would have to guess the
 # instant of its neighbour's write, and keep failing. The price is at most this much refill admitted early.
 SLACK_MS = 1_000
+# A `tat` a racing request just wrote may lie this far behind this container's clock (the writer's clock ran
+# behind): still `tat = tat + cost`. An older one is an idle bucket, whatever raced: it restarts from now.
+RACE_SLACK_MS = 5_000
 LIMITS = ("images_per_minute", "max_concurrent")
 
 
@@ -125,8 +131,22 @@ class Fragment:
 
 
 def cost_ms(images: int, limit: int) -> int:
-    """How far n images move the bucket's `tat`; rounded up, so the limit is never exceeded."""
-    return -(-images * WINDOW_MS // limit)
+    """How far n images move the bucket's `tat`: n times one image's share of a minute, rounded up, so the
+    limit is never exceeded."""
+    return images * -(-WINDOW_MS // limit)
+
+
+def burst_ms(limit: int) -> int:
+    """How far ahead of now `tat` may go: a full bucket's `limit` images (a minute, or just over it when
+    `limit` does not divide 60,000 ms)."""
+    return cost_ms(limit, limit)
+
+
+def incremental(state: State, now_ms: int, raced: bool) -> bool:
+    """Whether `take` updates the bucket as `tat = tat + cost` (else `tat = now + cost`): a `tat` ahead of
+    now or just behind it, or one a racing request just wrote (`raced`) a little further behind. A `tat`
+    from an idle spell is never built on, raced or not: that would admit a whole idle spell's refill."""
+    return state.tat > now_ms - (RACE_SLACK_MS if raced else SLACK_MS)
 
 
 def take(
@@ -139,7 +159,7 @@ def take(
     *,
     slot: bool = True,
     raced: bool = False,
-    hold_s: int = SLOT_SECONDS,
+    hold_s: int,
 ) -> Fragment:
     """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
     placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
@@ -163,15 +183,16 @@ def take(
             frag.values[placeholder] = _n(value)
     if limits.images_per_minute:
         cost = cost_ms(images, limits.images_per_minute)
-        if cost > WINDOW_MS:
+        burst = burst_ms(limits.images_per_minute)
+        if cost > burst:
             # More than a whole minute's images can never pass: a condition no existing item meets.
             frag.conditions.append("attribute_not_exists(pk)")
-        if state.tat > now_ms - SLACK_MS or (raced and state.tat):
+        if incremental(state, now_ms, raced):
             frag.set.append(f"tat = tat + :{scope}_cost")
             frag.conditions.append(f"tat BETWEEN :{scope}_floor AND :{scope}_room")
             frag.values[f":{scope}_cost"] = _n(cost)
             frag.values[f":{scope}_floor"] = _n(min(state.tat, now_ms - SLACK_MS))
-            frag.values[f":{scope}_room"] = _n(now_ms + WINDOW_MS - cost)
+            frag.values[f":{scope}_room"] = _n(now_ms + burst - cost)
         else:
             frag.set.append(f"tat = :{scope}_tat")
             frag.conditions.append(f"attribute_not_exists(tat) OR tat <= :{scope}_now")
@@ -205,15 +226,28 @@ def release(scope: str, request_id: str) -> Fragment:
     return Fragment(remove=[f"slots.#{scope}_done"], names={f"#{scope}_done": request_id})
 
 
-def admitted(state: State, default: Limits, images: int, now: float, hold_s: int = SLOT_SECONDS) -> State:
-    """The state just after `take` succeeded on `state` (for the response's headers)."""
+def admitted(
+    state: State,
+    default: Limits,
+    request_id: str,
+    images: int,
+    now: float,
+    hold_s: int,
+    *,
+    raced: bool = False,
+) -> State:
+    """The state just after `take(..., raced=raced)` succeeded on `state` (for the response's headers, and
+    the container's memory of the item): what that update wrote, or a lower bound of it, never more."""
     limits = state.limits(default)
     now_ms = int(now * 1000)
     tat = state.tat
     if limits.images_per_minute:
-        tat = (tat if tat > now_ms - SLACK_MS else now_ms) + cost_ms(images, limits.images_per_minute)
+        start = tat if incremental(state, now_ms, raced) else now_ms
+        tat = start + cost_ms(images, limits.images_per_minute)
     live = {rid: at for rid, at in (state.slots or {}).items() if at > now}
-    return replace(state, tat=tat, slots={**live, "": int(now) + hold_s})
+    if limits.max_concurrent:
+        live[request_id] = int(now) + hold_s
+    return replace(state, tat=tat, slots=live)
 
 
 def refusal(
@@ -237,7 +271,12 @@ def refusal(
                 code="rate_limit_exceeded",
                 headers={"x-should-retry": "false", **headers(state, default, now)},
             )
-        wait_ms = max(state.tat, now_ms) + cost_ms(images, limits.images_per_minute) - now_ms - WINDOW_MS
+        wait_ms = (
+            max(state.tat, now_ms)
+            + cost_ms(images, limits.images_per_minute)
+            - now_ms
+            - burst_ms(limits.images_per_minute)
+        )
         if wait_ms > 0:
             return _refused(
                 f"images per minute on {what}: Limit {limits.images_per_minute}, "
@@ -263,7 +302,7 @@ def busy(what: str) -> APIError:
 
 def remaining_images(state: State, limits: Limits, now_ms: int) -> int:
     backlog = max(state.tat - now_ms, 0)
-    return max(0, (WINDOW_MS - backlog) * limits.images_per_minute // WINDOW_MS)
+    return max(0, (burst_ms(limits.images_per_minute) - backlog) // cost_ms(1, limits.images_per_minute))
 
 
 def headers(state: State, default: Limits, now: float) -> dict[str, str]:
