@@ -32,9 +32,9 @@ def test_readme_python_example_runs_unchanged(stack, new_user, monkeypatch, tmp_
     assert out[-1] == "2 variations"
     with Image.open(tmp_path / "lighthouse.png") as img:
         assert img.size == (1024, 1024)
-    # dall-e-2 512x512, gpt-image-1.5 low 1024x1024, the edit at quality auto (medium) 1024x1024, and two
+    # dall-e-2 512x512, gpt-image-2 low 1024x1024, the edit at quality auto (medium) 1024x1024, and two
     # dall-e-2 256x256 variations, at the published per-image prices.
-    assert before - user.balance() == 18_000 + 9_000 + 34_000 + 2 * 16_000
+    assert before - user.balance() == 18_000 + 6_000 + 53_000 + 2 * 16_000
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -86,4 +86,4 @@ def test_readme_upload_example_runs_with_the_client_from_above(stack, new_user, 
 
     assert len(scope["edited"].data) == 1
     assert stack.objects_under(f"uploads/{user.account_id}/") == [scope["upload"]["upload_fields"]["key"]]
-    assert before - user.balance() == 34_000  # gpt-image-1.5, quality auto (medium), auto size: square
+    assert before - user.balance() == 53_000  # gpt-image-2, quality auto (medium), auto size: square
