@@ -46,7 +46,7 @@ def svc(aws, settings, queue, clock):
 
 @pytest.fixture
 def jobs(svc, finished):
-    return Jobs(svc, [finished.append], sleep=lambda s: None)
+    return Jobs(svc, {"test": finished.append}, sleep=lambda s: None)
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_a_failing_notification_neither_fails_the_job_nor_repeats_it(svc, funded
         calls.append(detail["id"])
         raise RuntimeError("EventBridge is down")
 
-    jobs = Jobs(svc, [broken, calls.append])
+    jobs = Jobs(svc, {"broken": broken, "calls": calls.append})
     job = submitted(jobs, svc, funded)
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
     jobs.run(funded.account_id, job["id"])
@@ -324,7 +324,13 @@ def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc,
     job = submitted(jobs, svc, funded)
     clock.now += settings.deadlines.job_start_s - 1
     assert svc.sweep()["closed"] == 0  # the request sweeper leaves a job's reservation to the job
-    assert jobs.sweep() == {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
+    assert jobs.sweep() == {
+        "jobs_expired": 0,
+        "jobs_lost": 0,
+        "jobs_orphaned": 0,
+        "announcements_retried": 0,
+        "announcements_still_owed": 0,
+    }
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
     assert balance(svc, funded) == 1_000_000 - PRICE
 

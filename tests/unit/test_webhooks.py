@@ -325,7 +325,9 @@ def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, se
     logger = Logger(service="test", level="CRITICAL")
     svc = Service(replace(settings, jobs_queue_url=jobs_queue), aws, logger, clock=clock)
     hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
-    jobs = Jobs(svc, [hooks.job_finished, JobEvents(aws, "default")], sleep=lambda s: None)
+    jobs = Jobs(
+        svc, {"webhook": hooks.job_finished, "event": JobEvents(aws, "default")}, sleep=lambda s: None
+    )
     account_id = svc.accounts.create_account(1_000_000)
     account = svc.accounts.authenticate(f"Bearer {svc.accounts.create_key(account_id)}")
     request = GenerationRequest(prompt="a red fox", model="dall-e-2", size="256x256")

@@ -5,7 +5,8 @@ Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module d
   ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
   ACCOUNT#<id> / JOB#<job id>                         jobs.py (webhook delivery state: webhooks.py)
-The sparse index OPEN_INDEX holds only reservations still open (billing.py), for the sweeper.
+The sparse index OPEN_INDEX holds only reservations still open (billing.py) and jobs whose announcements
+are still owed (jobs/lifecycle.py, on shards of their own), for the sweeper.
 This module is at the bottom: it imports nothing of imagegate, and every module above builds on it.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 # the whole deployment's requests do not write one index partition.
 OPEN_INDEX = "open"
 OPEN_SHARDS = 8
+# The OPEN_INDEX shards of jobs that still owe announcements (the reservations' are OPEN#<n>).
+ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
