@@ -16,6 +16,7 @@ from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
 from imagegate.jobs.lifecycle import Jobs
 from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
+from imagegate.table import job_key
 
 from .conftest import Clock, half_mask, upload
 
@@ -660,3 +661,91 @@ def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, 
     with pytest.raises(APIError) as gone:
         jobs.get(funded.account_id, job["id"])
     assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+def owed(aws, settings, account, job_id):
+    item = aws.dynamodb.get_item(
+        TableName=settings.table, Key=job_key(account.account_id, job_id), ConsistentRead=True
+    )["Item"]
+    return set(item.get("announce", {}).get("SS", ()))
+
+
+def reconciled_at(aws, settings, account, now):
+    return ledger.reconcile(aws.dynamodb, settings.table, account.account_id, clock=lambda: now).problems
+
+
+class Killed(BaseException):
+    """Lambda stopping the function (a timeout, out of memory): nothing after it runs."""
+
+
+def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(aws, settings, svc, funded, queue, clock):
+    sent, tries = [], []
+
+    def events(detail):  # EventBridge down for the first call
+        tries.append(detail["id"])
+        if len(tries) == 1:
+            raise RuntimeError("EventBridge is down")
+        sent.append(detail["id"])
+
+    jobs = Jobs(svc, {"event": events, "answer": sent.append}, sleep=lambda s: None)
+    job = submitted(jobs, svc, funded)
+    finished_at = clock.now
+    assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
+    assert owed(aws, settings, funded, job["id"]) == {"event"}  # the answer went out and is marked done
+    deadlines = settings.deadlines
+    # Owed, but within its deadline: reconcile is clean; past it, it is not.
+    assert reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s - 1) == []
+    [problem] = reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s + 1)
+    assert f"job {job['id']} still owes its announcements (event)" in problem
+
+    clock.now = finished_at + deadlines.announce_grace_s - 1  # its worker may still be sending it
+    assert jobs.sweep()["announcements_retried"] == 0 and len(tries) == 1
+    clock.now = finished_at + deadlines.announce_grace_s + 1
+    swept = jobs.sweep()
+    assert (swept["announcements_retried"], swept["announcements_still_owed"]) == (1, 0)
+    assert len(tries) == 2 and len(sent) == 2  # the event once more; the answer (done) not again
+    assert owed(aws, settings, funded, job["id"]) == set()
+    assert jobs.sweep()["announcements_retried"] == 0  # out of the sweeper's index
+    assert reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s + 1) == []
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_function_killed_after_the_commit_leaves_every_announcement_to_the_sweeper(
+    aws, settings, svc, funded, queue, clock
+):
+    """The state the code before the outbox left: the job succeeded and was charged, its callbacks never
+    ran. Reconcile now sees it, and the sweeper (a new container) sends them."""
+    told = []
+
+    def killed(detail):
+        raise Killed
+
+    dying = Jobs(svc, {"answer": killed, "event": told.append}, sleep=lambda s: None)
+    job = submitted(dying, svc, funded)
+    finished_at = clock.now
+    with pytest.raises(Killed):
+        dying.run(funded.account_id, job["id"])
+    assert told == [] and owed(aws, settings, funded, job["id"]) == {"answer", "event"}
+    late = finished_at + settings.deadlines.announce_by_s + 1
+    [problem] = reconciled_at(aws, settings, funded, late)
+    assert "still owes its announcements (answer, event)" in problem
+
+    clock.now = finished_at + settings.deadlines.announce_grace_s + 1
+    sweeper = Jobs(svc, {"answer": told.append, "event": told.append}, sleep=lambda s: None)
+    assert sweeper.sweep()["announcements_retried"] == 1
+    assert [d["id"] for d in told] == [job["id"]] * 2 and told[0]["status"] == "succeeded"
+    assert reconciled_at(aws, settings, funded, late) == []
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_cancelled_job_is_announced_and_leaves_the_outbox(
+    aws, settings, svc, jobs, funded, queue, finished
+):
+    job = submitted(jobs, svc, funded)
+    assert jobs.cancel(funded.account_id, job["id"])["status"] == "cancelled"
+    assert [f["status"] for f in finished] == ["cancelled"] and owed(
+        aws, settings, funded, job["id"]
+    ) == set()
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
+    assert not {"announce", "announce_by", "open_shard", "open_since"} & item.keys()
+    reconciled(aws, settings, funded)

@@ -367,3 +367,22 @@ def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(
             "1",
         )
         assert state(aws, settings)["attempts"] == "1"
+
+
+def test_a_delivery_the_queue_refused_is_queued_when_the_job_outbox_retries_it(
+    aws, settings, hooks, queue, clock
+):
+    job_item(aws, settings)
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    refused = Webhooks(aws, settings.table, queue_url=f"{queue}-gone", clock=clock)
+    with pytest.raises(Exception):
+        refused.job_finished(detail())
+    assert fields(aws, settings, "state", "last_error") == ["failed", "queue_unavailable"]
+    hooks.job_finished(detail())  # the sweeper's retry (jobs/lifecycle.py)
+    (message,) = queued(aws, queue)
+    assert message["job_id"] == JOB and fields(aws, settings, "state", "attempts") == ["pending", "0"]
+    hooks.job_finished(detail())  # once queued, never twice
+    counts = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+    assert (
+        int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"]) == 1
+    )
