@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
 from localservers import local_outbound, serve
 from standardwebhooks import Webhook
 
@@ -375,7 +376,7 @@ def test_a_delivery_the_queue_refused_is_queued_when_the_job_outbox_retries_it(
     job_item(aws, settings)
     hooks.set(ACCOUNT, "https://hooks.example.com/")
     refused = Webhooks(aws, settings.table, queue_url=f"{queue}-gone", clock=clock)
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError):  # the queue is not there
         refused.job_finished(detail())
     assert fields(aws, settings, "state", "last_error") == ["failed", "queue_unavailable"]
     hooks.job_finished(detail())  # the sweeper's retry (jobs/lifecycle.py)

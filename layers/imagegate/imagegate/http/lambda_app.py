@@ -253,7 +253,8 @@ class _SnapshotContext:
 
 def sweep_handler() -> Any:
     """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, fails
-    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), and once a day warns
+    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), sends the
+    announcements finished jobs still owe (Jobs.announce_owed), and once a day warns
     of routes near their upstream model's shutdown (Service.route_warnings)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
