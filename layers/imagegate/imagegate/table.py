@@ -23,7 +23,8 @@ from typing import Any
 # the whole deployment's requests do not write one index partition.
 OPEN_INDEX = "open"
 OPEN_SHARDS = 8
-# The OPEN_INDEX shards of jobs that still owe announcements (the reservations' are OPEN#<n>).
+# OPEN_INDEX's shards: OPEN#<n> of open reservations, ANNOUNCE#<n> of jobs that still owe announcements.
+OPEN_SHARD = "OPEN#"
 ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
 CONFLICT_ATTEMPTS = 6
@@ -51,6 +52,21 @@ def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def open_items(dynamodb: Any, table: str, shard_prefix: str, before: int) -> Iterator[dict[str, Any]]:
+    """The items of one kind in the sparse OPEN_INDEX (shards `<shard_prefix><n>`) open before `before`."""
+    for shard in range(OPEN_SHARDS):
+        yield from query(
+            dynamodb,
+            TableName=table,
+            IndexName=OPEN_INDEX,
+            KeyConditionExpression="open_shard = :shard AND open_since < :cutoff",
+            ExpressionAttributeValues={
+                ":shard": {"S": f"{shard_prefix}{shard}"},
+                ":cutoff": {"N": str(before)},
+            },
+        )
 
 
 def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:

@@ -68,11 +68,10 @@ from imagegate.storage import CONTENT_TYPES
 from imagegate.table import (
     ANNOUNCE_SHARD,
     JOB_PREFIX,
-    OPEN_INDEX,
     OPEN_SHARDS,
     account_pk,
     job_key,
-    query,
+    open_items,
     transact_or_reasons,
 )
 
@@ -485,19 +484,9 @@ class Jobs:
         function that committed them is over); mark done those that now succeed."""
         cutoff = int(self._clock()) - self.settings.deadlines.announce_grace_s
         retried = left = 0
-        for shard in range(OPEN_SHARDS):
-            for item in query(
-                self._db,
-                TableName=self._table,
-                IndexName=OPEN_INDEX,
-                KeyConditionExpression="open_shard = :shard AND open_since < :cutoff",
-                ExpressionAttributeValues={
-                    ":shard": {"S": f"{ANNOUNCE_SHARD}{shard}"},
-                    ":cutoff": {"N": str(cutoff)},
-                },
-            ):
-                retried += 1
-                left += not self._finished(*_ids(item))
+        for item in open_items(self._db, self._table, ANNOUNCE_SHARD, cutoff):
+            retried += 1
+            left += not self._finished(*_ids(item))
         return {"announcements_retried": retried, "announcements_still_owed": left}
 
     # --- state moves ---------------------------------------------------------------------------------
