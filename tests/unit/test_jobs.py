@@ -174,6 +174,7 @@ def test_a_submit_whose_message_cannot_be_sent_is_refunded_and_says_so(
     assert (refused.value.status, refused.value.code) == (503, "queue_unavailable")
     [job] = jobs.list(funded.account_id)["data"]
     assert job["status"] == "failed" and job["error"]["code"] == "queue_unavailable"
+    assert finished == [] and owed(aws, settings, funded, job["id"]) == set()  # the submitter has the 503
     assert balance(svc, funded) == 1_000_000
     reconciled(aws, settings, funded)
 
