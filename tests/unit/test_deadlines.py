@@ -10,6 +10,9 @@ from aws_lambda_powertools.logging import Logger
 
 from imagegate.config import (
     MAX_INTEGRATION_TIMEOUT_SECONDS,
+    REQUESTS_FUNCTION_TIMEOUT_SECONDS,
+    SWEEP_FUNCTION_TIMEOUT_SECONDS,
+    SWEEP_INTERVAL_SECONDS,
     Deadlines,
     Settings,
     visibility_timeout,
@@ -62,6 +65,28 @@ def test_a_jobs_holds_outlive_its_queue_and_its_run(worker):
     assert d.job_start_s >= 3 * d.visibility_s + worker
     assert d.job_slot_s >= d.job_start_s + d.job_lease_s - 1
     assert d.trigger_lock_s > worker
+
+
+def test_the_sweepers_timeout_and_schedule_are_the_templates():
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=_Loader)
+    sweep = template["Resources"]["SweepFunction"]["Properties"]
+    assert sweep["Timeout"] == SWEEP_FUNCTION_TIMEOUT_SECONDS
+    assert sweep["Events"]["Every15Minutes"]["Properties"]["Schedule"] == "rate(15 minutes)"
+    assert SWEEP_INTERVAL_SECONDS == 15 * 60
+    requests = template["Resources"]["RequestsFunction"]["Properties"]
+    assert requests["Timeout"] == REQUESTS_FUNCTION_TIMEOUT_SECONDS
+
+
+@pytest.mark.parametrize("worker", WORKER)
+@pytest.mark.parametrize("sync", SYNC)
+def test_announcements_are_retried_only_once_their_sender_is_over(sync, worker):
+    """Every function that finishes a job (image, worker, requests, sweeper) is over before the sweeper
+    sends its announcements again; reconcile's deadline leaves two sweeps to do it."""
+    d = Deadlines(sync_s=sync, worker_s=worker)
+    assert d.announce_grace_s > max(
+        sync, worker, REQUESTS_FUNCTION_TIMEOUT_SECONDS, SWEEP_FUNCTION_TIMEOUT_SECONDS
+    )
+    assert d.announce_by_s >= d.announce_grace_s + 2 * SWEEP_INTERVAL_SECONDS
 
 
 def test_settings_from_the_environment_carry_their_deadlines():

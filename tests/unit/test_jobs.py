@@ -16,6 +16,7 @@ from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
 from imagegate.jobs.lifecycle import Jobs
 from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
+from imagegate.table import job_key
 
 from .conftest import Clock, half_mask, upload
 
@@ -46,7 +47,7 @@ def svc(aws, settings, queue, clock):
 
 @pytest.fixture
 def jobs(svc, finished):
-    return Jobs(svc, [finished.append], sleep=lambda s: None)
+    return Jobs(svc, {"test": finished.append}, sleep=lambda s: None)
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_a_failing_notification_neither_fails_the_job_nor_repeats_it(svc, funded
         calls.append(detail["id"])
         raise RuntimeError("EventBridge is down")
 
-    jobs = Jobs(svc, [broken, calls.append])
+    jobs = Jobs(svc, {"broken": broken, "calls": calls.append})
     job = submitted(jobs, svc, funded)
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
     jobs.run(funded.account_id, job["id"])
@@ -173,6 +174,7 @@ def test_a_submit_whose_message_cannot_be_sent_is_refunded_and_says_so(
     assert (refused.value.status, refused.value.code) == (503, "queue_unavailable")
     [job] = jobs.list(funded.account_id)["data"]
     assert job["status"] == "failed" and job["error"]["code"] == "queue_unavailable"
+    assert finished == [] and owed(aws, settings, funded, job["id"]) == set()  # the submitter has the 503
     assert balance(svc, funded) == 1_000_000
     reconciled(aws, settings, funded)
 
@@ -324,7 +326,13 @@ def test_a_queued_job_is_not_refunded_while_it_may_still_run(aws, settings, svc,
     job = submitted(jobs, svc, funded)
     clock.now += settings.deadlines.job_start_s - 1
     assert svc.sweep()["closed"] == 0  # the request sweeper leaves a job's reservation to the job
-    assert jobs.sweep() == {"jobs_expired": 0, "jobs_lost": 0, "jobs_orphaned": 0}
+    assert jobs.sweep() == {
+        "jobs_expired": 0,
+        "jobs_lost": 0,
+        "jobs_orphaned": 0,
+        "announcements_retried": 0,
+        "announcements_still_owed": 0,
+    }
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
     assert balance(svc, funded) == 1_000_000 - PRICE
 
@@ -654,3 +662,91 @@ def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, 
     with pytest.raises(APIError) as gone:
         jobs.get(funded.account_id, job["id"])
     assert (gone.value.status, gone.value.code) == (410, "output_expired")
+
+
+def owed(aws, settings, account, job_id):
+    item = aws.dynamodb.get_item(
+        TableName=settings.table, Key=job_key(account.account_id, job_id), ConsistentRead=True
+    )["Item"]
+    return set(item.get("announce", {}).get("SS", ()))
+
+
+def reconciled_at(aws, settings, account, now):
+    return ledger.reconcile(aws.dynamodb, settings.table, account.account_id, clock=lambda: now).problems
+
+
+class Killed(BaseException):
+    """Lambda stopping the function (a timeout, out of memory): nothing after it runs."""
+
+
+def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(aws, settings, svc, funded, queue, clock):
+    sent, tries = [], []
+
+    def events(detail):  # EventBridge down for the first call
+        tries.append(detail["id"])
+        if len(tries) == 1:
+            raise RuntimeError("EventBridge is down")
+        sent.append(detail["id"])
+
+    jobs = Jobs(svc, {"event": events, "answer": sent.append}, sleep=lambda s: None)
+    job = submitted(jobs, svc, funded)
+    finished_at = clock.now
+    assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
+    assert owed(aws, settings, funded, job["id"]) == {"event"}  # the answer went out and is marked done
+    deadlines = settings.deadlines
+    # Owed, but within its deadline: reconcile is clean; past it, it is not.
+    assert reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s - 1) == []
+    [problem] = reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s + 1)
+    assert f"job {job['id']} still owes its announcements (event)" in problem
+
+    clock.now = finished_at + deadlines.announce_grace_s - 1  # its worker may still be sending it
+    assert jobs.sweep()["announcements_retried"] == 0 and len(tries) == 1
+    clock.now = finished_at + deadlines.announce_grace_s + 1
+    swept = jobs.sweep()
+    assert (swept["announcements_retried"], swept["announcements_still_owed"]) == (1, 0)
+    assert len(tries) == 2 and len(sent) == 2  # the event once more; the answer (done) not again
+    assert owed(aws, settings, funded, job["id"]) == set()
+    assert jobs.sweep()["announcements_retried"] == 0  # out of the sweeper's index
+    assert reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s + 1) == []
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_function_killed_after_the_commit_leaves_every_announcement_to_the_sweeper(
+    aws, settings, svc, funded, queue, clock
+):
+    """The state the code before the outbox left: the job succeeded and was charged, its callbacks never
+    ran. Reconcile now sees it, and the sweeper (a new container) sends them."""
+    told = []
+
+    def killed(detail):
+        raise Killed
+
+    dying = Jobs(svc, {"answer": killed, "event": told.append}, sleep=lambda s: None)
+    job = submitted(dying, svc, funded)
+    finished_at = clock.now
+    with pytest.raises(Killed):
+        dying.run(funded.account_id, job["id"])
+    assert told == [] and owed(aws, settings, funded, job["id"]) == {"answer", "event"}
+    late = finished_at + settings.deadlines.announce_by_s + 1
+    [problem] = reconciled_at(aws, settings, funded, late)
+    assert "still owes its announcements (answer, event)" in problem
+
+    clock.now = finished_at + settings.deadlines.announce_grace_s + 1
+    sweeper = Jobs(svc, {"answer": told.append, "event": told.append}, sleep=lambda s: None)
+    assert sweeper.sweep()["announcements_retried"] == 1
+    assert [d["id"] for d in told] == [job["id"]] * 2 and told[0]["status"] == "succeeded"
+    assert reconciled_at(aws, settings, funded, late) == []
+    assert balance(svc, funded) == 1_000_000 - PRICE
+
+
+def test_a_cancelled_job_is_announced_and_leaves_the_outbox(
+    aws, settings, svc, jobs, funded, queue, finished
+):
+    job = submitted(jobs, svc, funded)
+    assert jobs.cancel(funded.account_id, job["id"])["status"] == "cancelled"
+    assert [f["status"] for f in finished] == ["cancelled"] and owed(
+        aws, settings, funded, job["id"]
+    ) == set()
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
+    assert not {"announce", "announce_by", "open_shard", "open_since"} & item.keys()
+    reconciled(aws, settings, funded)

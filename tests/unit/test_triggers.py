@@ -62,7 +62,7 @@ def answers(svc, sfn):
 
 @pytest.fixture
 def jobs(svc, answers):
-    return Jobs(svc, [answers], sleep=lambda s: None)
+    return Jobs(svc, {"answer": answers}, sleep=lambda s: None)
 
 
 @pytest.fixture

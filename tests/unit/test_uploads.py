@@ -330,7 +330,7 @@ def test_a_json_edit_by_reference_runs_as_a_job_with_its_mask_kept_as_the_mask(a
 
     queue = aws.sqs.create_queue(QueueName=settings.table)["QueueUrl"]
     svc = Service(replace(settings, jobs_queue_url=queue), aws, Logger(service="test", level="CRITICAL"))
-    jobs = Jobs(svc, [])
+    jobs = Jobs(svc)
     account_id, headers = customer
     original = (10, 200, 30, 255)
     image = stored(svc, account_id, image_bytes(64, 64, colour=original))

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from aws_lambda_powertools.logging import Logger
+from botocore.exceptions import ClientError
 from localservers import local_outbound, serve
 from standardwebhooks import Webhook
 
@@ -325,7 +326,9 @@ def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, se
     logger = Logger(service="test", level="CRITICAL")
     svc = Service(replace(settings, jobs_queue_url=jobs_queue), aws, logger, clock=clock)
     hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
-    jobs = Jobs(svc, [hooks.job_finished, JobEvents(aws, "default")], sleep=lambda s: None)
+    jobs = Jobs(
+        svc, {"webhook": hooks.job_finished, "event": JobEvents(aws, "default")}, sleep=lambda s: None
+    )
     account_id = svc.accounts.create_account(1_000_000)
     account = svc.accounts.authenticate(f"Bearer {svc.accounts.create_key(account_id)}")
     request = GenerationRequest(prompt="a red fox", model="dall-e-2", size="256x256")
@@ -365,3 +368,22 @@ def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(
             "1",
         )
         assert state(aws, settings)["attempts"] == "1"
+
+
+def test_a_delivery_the_queue_refused_is_queued_when_the_job_outbox_retries_it(
+    aws, settings, hooks, queue, clock
+):
+    job_item(aws, settings)
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    refused = Webhooks(aws, settings.table, queue_url=f"{queue}-gone", clock=clock)
+    with pytest.raises(ClientError):  # the queue is not there
+        refused.job_finished(detail())
+    assert fields(aws, settings, "state", "last_error") == ["failed", "queue_unavailable"]
+    hooks.job_finished(detail())  # the sweeper's retry (jobs/lifecycle.py)
+    (message,) = queued(aws, queue)
+    assert message["job_id"] == JOB and fields(aws, settings, "state", "attempts") == ["pending", "0"]
+    hooks.job_finished(detail())  # once queued, never twice
+    counts = aws.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+    assert (
+        int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"]) == 1
+    )

@@ -61,6 +61,9 @@ JOB_LEASE_GRACE_SECONDS = 60.0
 HOLD_MARGIN_SECONDS = 30
 # The requests queue's function (template: RequestsFunction) submits jobs under an Idempotency-Key too.
 REQUESTS_FUNCTION_TIMEOUT_SECONDS = 60
+# The scheduled sweeper (template: SweepFunction) fails jobs too, and announces what it failed.
+SWEEP_FUNCTION_TIMEOUT_SECONDS = 300
+SWEEP_INTERVAL_SECONDS = 900  # template: the sweeper's rate(15 minutes)
 # The sweeper never looks at a synchronous reservation younger than this, whatever the timeouts: a settle
 # that could not be written leaves its intended charge for it, and an operator reads the backlog.
 MIN_STALE_RESERVATION_SECONDS = 900
@@ -107,6 +110,30 @@ class Deadlines:
             math.ceil(max(self.sync_s, self.worker_s, REQUESTS_FUNCTION_TIMEOUT_SECONDS))
             + HOLD_MARGIN_SECONDS
         )
+
+    @property
+    def announce_grace_s(self) -> int:
+        """How long after a job's final move the function that committed it may still be sending its
+        announcements (any function that finishes jobs: image, worker, requests, sweeper). Past it the
+        sweeper sends what is still owed: nothing still running will."""
+        return (
+            math.ceil(
+                max(
+                    self.sync_s,
+                    self.worker_s,
+                    REQUESTS_FUNCTION_TIMEOUT_SECONDS,
+                    SWEEP_FUNCTION_TIMEOUT_SECONDS,
+                )
+            )
+            + HOLD_MARGIN_SECONDS
+        )
+
+    @property
+    def announce_by_s(self) -> int:
+        """The deadline of a job's announcements after its final move: the grace, then two sweeps (the first
+        sweep past the grace retries them; the second allows for one sweep that failed). `reconcile`
+        reports any announcement still owed past it."""
+        return self.announce_grace_s + 2 * SWEEP_INTERVAL_SECONDS
 
     @property
     def request_slot_s(self) -> int:

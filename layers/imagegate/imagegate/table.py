@@ -5,7 +5,8 @@ Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module d
   ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
   ACCOUNT#<id> / JOB#<job id>                         jobs.py (webhook delivery state: webhooks.py)
-The sparse index OPEN_INDEX holds only reservations still open (billing.py), for the sweeper.
+The sparse index OPEN_INDEX holds only reservations still open (billing.py) and jobs whose announcements
+are still owed (jobs/lifecycle.py, on shards of their own), for the sweeper.
 This module is at the bottom: it imports nothing of imagegate, and every module above builds on it.
 """
 
@@ -22,6 +23,9 @@ from typing import Any
 # the whole deployment's requests do not write one index partition.
 OPEN_INDEX = "open"
 OPEN_SHARDS = 8
+# OPEN_INDEX's shards: OPEN#<n> of open reservations, ANNOUNCE#<n> of jobs that still owe announcements.
+OPEN_SHARD = "OPEN#"
+ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
@@ -48,6 +52,21 @@ def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def open_items(dynamodb: Any, table: str, shard_prefix: str, before: int) -> Iterator[dict[str, Any]]:
+    """The items of one kind in the sparse OPEN_INDEX (shards `<shard_prefix><n>`) open before `before`."""
+    for shard in range(OPEN_SHARDS):
+        yield from query(
+            dynamodb,
+            TableName=table,
+            IndexName=OPEN_INDEX,
+            KeyConditionExpression="open_shard = :shard AND open_since < :cutoff",
+            ExpressionAttributeValues={
+                ":shard": {"S": f"{shard_prefix}{shard}"},
+                ":cutoff": {"N": str(before)},
+            },
+        )
 
 
 def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:

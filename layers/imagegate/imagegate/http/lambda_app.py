@@ -63,19 +63,20 @@ def build_jobs(service: Service) -> Jobs:
     return Jobs(service, job_hooks(service))
 
 
-def job_hooks(service: Service) -> list[Finished]:
-    """The callbacks told of every job that reaches succeeded, failed or cancelled, once each, with the
-    job's detail (jobs.py's docstring): the notifications (EventBridge, webhooks) and Step Functions task
-    answers plug in here. Each runs after the job's move committed; one that raises is only logged."""
+def job_hooks(service: Service) -> dict[str, Finished]:
+    """The callbacks told of every job that reaches succeeded, failed or cancelled, by the name its outbox
+    records (jobs/lifecycle.py), with the job's detail: Step Functions task answers and manifest results,
+    the EventBridge event, the webhook delivery. Each runs after the job's move committed; one that raises
+    stays owed, and the sweeper runs it again."""
     from imagegate.jobs.triggers import Answers
 
-    hooks: list[Finished] = [Answers(service.aws, service.settings, service.logger)]
+    hooks: dict[str, Finished] = {"answer": Answers(service.aws, service.settings, service.logger)}
     if service.settings.event_bus:
         from imagegate.jobs.notifications import JobEvents
 
-        hooks.append(JobEvents(service.aws, service.settings.event_bus))
+        hooks["event"] = JobEvents(service.aws, service.settings.event_bus)
     if service.settings.webhook_queue_url:
-        hooks.append(build_webhooks(service.aws, service.settings).job_finished)
+        hooks["webhook"] = build_webhooks(service.aws, service.settings).job_finished
     return hooks
 
 
@@ -252,7 +253,8 @@ class _SnapshotContext:
 
 def sweep_handler() -> Any:
     """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, fails
-    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), and once a day warns
+    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), sends the
+    announcements finished jobs still owe (Jobs.announce_owed), and once a day warns
     of routes near their upstream model's shutdown (Service.route_warnings)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")

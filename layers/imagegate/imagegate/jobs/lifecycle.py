@@ -22,12 +22,21 @@ Item (single table, table.job_key):
       (JSON: the response record: body, format, extra, S3 keys; never URLs or bytes), error (JSON: the OpenAI
       error object), error_status (its HTTP status), source, client_reference_id, task_token, and `webhook`,
       which webhooks.py writes and this module never does (it renders it as `"webhook"`).
+      The outbox, while announcements are owed: announce (SS: the names of the `on_finished` callbacks not
+      yet done), announce_by (its deadline, which `reconcile` checks), open_shard (ANNOUNCE#<n>) and
+      open_since (the final move's time), which put the job in the sparse OPEN_INDEX the sweeper reads.
 
 Job ids are `imgjob_` + 12 hex digits of the creation time in milliseconds + 20 random hex digits: they sort
 by time, so an account's jobs newest first are a Query on the `JOB#` prefix, backwards.
 
-The detail each `on_finished` callback gets, once per job reaching succeeded, failed or cancelled (after the
-move committed; a callback that raises is logged and changes nothing):
+Announcements are an outbox. The final move (the same transaction that settles the job's money) writes the
+names of the `on_finished` callbacks the job owes; each callback runs after the move committed, and those
+that returned are marked done in one conditional update. A callback that raised, or a function that died
+before or during them, leaves them owed: `sweep` runs them again once the committing function is surely
+over (Deadlines.announce_grace_s). So a callback may be told twice, and must be idempotent: events and
+webhooks carry the job id, a manifest result is overwritten, a task answered twice is refused by AWS.
+
+The detail each `on_finished` callback gets when a job reaches succeeded, failed or cancelled:
     {"id", "object": "image.job", "status", "endpoint", "model", "created_at", "completed_at",
      "expires_at", "error", "webhook",
      "result": null or the ImagesResponse with each `data` item's `url`/`b64_json` replaced by
@@ -43,7 +52,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -56,7 +65,15 @@ from imagegate.money.billing import Reservation
 from imagegate.money.idempotency import fingerprint, key_hash
 from imagegate.service import Admission, Closing
 from imagegate.storage import CONTENT_TYPES
-from imagegate.table import JOB_PREFIX, account_pk, job_key, transact_or_reasons
+from imagegate.table import (
+    ANNOUNCE_SHARD,
+    JOB_PREFIX,
+    OPEN_SHARDS,
+    account_pk,
+    job_key,
+    open_items,
+    transact_or_reasons,
+)
 
 if TYPE_CHECKING:
     from imagegate.service import Service
@@ -78,13 +95,15 @@ class Jobs:
     def __init__(
         self,
         service: Service,
-        on_finished: Sequence[Finished] = (),
+        on_finished: Mapping[str, Finished] | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`on_finished`: the callbacks told of every finished job, by name (the name is what the job's
+        outbox records as owed, so it must stay the same across deployments)."""
         self.service = service
         self.settings = service.settings
-        self.on_finished = tuple(on_finished)
+        self.on_finished = dict(on_finished or {})
         self._clock = service.clock
         self._sleep = sleep
         self._table = service.settings.table
@@ -458,7 +477,17 @@ class Jobs:
                     lost += self._close(item, "in_progress", "failed", _lost_error(), run=item["run"]["S"])
             except Exception:
                 self.service.logger.exception("job sweep failed for one job", extra={"job_id": job_id})
-        return {"jobs_expired": expired, "jobs_lost": lost, "jobs_orphaned": closed}
+        return {"jobs_expired": expired, "jobs_lost": lost, "jobs_orphaned": closed} | self.announce_owed()
+
+    def announce_owed(self) -> dict[str, int]:
+        """Run again the announcements still owed by jobs that finished longer ago than the grace (the
+        function that committed them is over); mark done those that now succeed."""
+        cutoff = int(self._clock()) - self.settings.deadlines.announce_grace_s
+        retried = left = 0
+        for item in open_items(self._db, self._table, ANNOUNCE_SHARD, cutoff):
+            retried += 1
+            left += not self._finished(*_ids(item))
+        return {"announcements_retried": retried, "announcements_still_owed": left}
 
     # --- state moves ---------------------------------------------------------------------------------
 
@@ -475,7 +504,7 @@ class Jobs:
         """Move a job that never delivered to a final state and refund its reservation, in one transaction;
         False when the job had moved on meanwhile (its new state owns the money). `announce`: tell the
         `on_finished` callbacks."""
-        guard = self._move(item, from_status, None, error, run, to_status)
+        guard = self._move(item, from_status, None, error, run, to_status, announce=announce)
         settled = self.service.billing.settle(_reservation(item), 0, provider="none", guard=guard)
         if settled and announce:
             self._finished(*_ids(item))
@@ -489,16 +518,26 @@ class Jobs:
         error: BaseException | None,
         run: str = "",
         to_status: str | None = None,
+        *,
+        announce: bool = True,
     ) -> dict[str, Any]:
-        """The job's conditional move out of `from_status` (and, from in_progress, out of this run only)."""
+        """The job's conditional move out of `from_status` (and, from in_progress, out of this run only) to
+        a final state; with `announce`, it records the announcements owed (the outbox) in the same write."""
         if to_status is None:
             to_status = "succeeded" if error is None else "failed"
+        now = int(self._clock())
         values: dict[str, Any] = {
             ":to": {"S": to_status},
             ":from": {"S": from_status},
-            ":now": {"N": str(int(self._clock()))},
+            ":now": {"N": str(now)},
         }
         sets = ["#s = :to", "completed_at = :now"]
+        if announce and self.on_finished:
+            job_id = _ids(item)[1]
+            values[":owed"] = {"SS": sorted(self.on_finished)}
+            values[":by"] = {"N": str(now + self.settings.deadlines.announce_by_s)}
+            values[":shard"] = {"S": f"{ANNOUNCE_SHARD}{sum(job_id.encode()) % OPEN_SHARDS}"}
+            sets += ["announce = :owed", "announce_by = :by", "open_shard = :shard", "open_since = :now"]
         if record is not None:
             kept = {k: record[k] for k in ("body", "format", "extra", "keys")}
             values[":result"] = {"S": json.dumps(kept, separators=(",", ":"))}
@@ -525,20 +564,52 @@ class Jobs:
             }
         }
 
-    def _finished(self, account_id: str, job_id: str) -> None:
-        """Tell every `on_finished` callback, once per job (only the move that committed calls this)."""
-        if not self.on_finished:
-            return
+    def _finished(self, account_id: str, job_id: str) -> bool:
+        """Tell the `on_finished` callbacks the job still owes (its outbox), and mark done those that
+        returned. True when nothing is owed any more. One that raises is logged and stays owed."""
         try:
-            detail = self.detail(self._read(account_id, job_id))
+            item = self._read(account_id, job_id)
+            owed = set(item.get("announce", {}).get("SS", ()))
+            if not owed:
+                return True
+            detail = self.detail(item)
         except Exception:
-            self.service.logger.exception("job detail unreadable; no notification", extra={"job_id": job_id})
-            return
-        for callback in self.on_finished:
+            self.service.logger.exception(
+                "job detail unreadable; announcements owed", extra={"job_id": job_id}
+            )
+            return False
+        done = owed - self.on_finished.keys()  # none here can send those: a callback no longer configured
+        for name in sorted(owed & self.on_finished.keys()):
             try:
-                callback(detail)
+                self.on_finished[name](detail)
+                done.add(name)
             except Exception:
-                self.service.logger.exception("job notification failed", extra={"job_id": job_id})
+                self.service.logger.exception(
+                    "job announcement failed; the sweeper retries it", extra={"job_id": job_id, "hook": name}
+                )
+        if done:
+            self._announced(account_id, job_id, done, everything=done == owed)
+        return done == owed
+
+    def _announced(self, account_id: str, job_id: str, done: set[str], *, everything: bool) -> None:
+        """Mark announcements done. All of them: the job leaves the outbox (and the sweeper's index)."""
+        if everything:
+            expression, values = "REMOVE announce, announce_by, open_shard, open_since", {}
+        else:
+            expression, values = "DELETE announce :done", {":done": {"SS": sorted(done)}}
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=job_key(account_id, job_id),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_exists(announce)",
+                **({"ExpressionAttributeValues": values} if values else {}),
+            )
+        except self._db.exceptions.ConditionalCheckFailedException:
+            pass  # another run (the sweeper, a redelivery) marked them done first
+        except Exception:
+            # Told, but not marked: the sweeper tells them again, which each callback takes as a duplicate.
+            self.service.logger.exception("job announcements not marked done", extra={"job_id": job_id})
 
     # --- rendering -----------------------------------------------------------------------------------
 

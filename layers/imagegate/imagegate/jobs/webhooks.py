@@ -50,6 +50,7 @@ ATTEMPT_TIMEOUT_S = 10.0  # one attempt's connect, send and wait for the answer'
 DELIVERY_WINDOW_S = sum(DELAYS_S) + MAX_ATTEMPTS * int(ATTEMPT_TIMEOUT_S) + 3600
 # SQS caps a message's visibility timeout at 12 hours per receive.
 MAX_VISIBILITY_S = 43_200
+QUEUE_UNAVAILABLE = "queue_unavailable"  # a delivery the queue refused: never attempted, queued again
 # Receives before the delivery queue's message goes to its dead-letter queue (template.yaml, maxReceiveCount):
 # every attempt, and room for receives that fail before an attempt (DynamoDB unavailable).
 MAX_RECEIVES = 2 * MAX_ATTEMPTS
@@ -167,10 +168,18 @@ class Webhooks:
                 TableName=self._table,
                 Key=job_key(account_id, job_id),
                 UpdateExpression="SET webhook = :state, expires_at = :keep",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(webhook)",
+                # Queued once only; but one the queue refused is queued again when the job's outbox
+                # (jobs/lifecycle.py) retries this callback.
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(webhook)"
+                    " OR (webhook.#state = :failed AND webhook.last_error = :unqueued))"
+                ),
+                ExpressionAttributeNames={"#state": "state"},
                 ExpressionAttributeValues={
                     ":state": _state("pending", 0, next_attempt_at=now),
                     ":keep": {"N": str(keep)},
+                    ":failed": {"S": "failed"},
+                    ":unqueued": {"S": QUEUE_UNAVAILABLE},
                 },
             )
         except self._aws.dynamodb.exceptions.ConditionalCheckFailedException:
@@ -185,7 +194,7 @@ class Webhooks:
             self._aws.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(message))
         except Exception:
             # Say so on the job rather than leave it pending with nothing queued.
-            self._record(account_id, job_id, 0, _state("failed", 0, last_error="queue_unavailable"))
+            self._record(account_id, job_id, 0, _state("failed", 0, last_error=QUEUE_UNAVAILABLE))
             raise
 
     def deliver(self, message: dict[str, Any]) -> float | None:

@@ -36,11 +36,11 @@ from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import Account, NotFound
 from imagegate.money.ratelimit import Fragment, Limits, State
 from imagegate.table import (
-    OPEN_INDEX,
+    OPEN_SHARD,
     OPEN_SHARDS,
     account_pk,
     item_key,
-    query,
+    open_items,
     read_balance,
     request_token,
     transact,
@@ -535,16 +535,9 @@ class Billing:
     def _open(self, older_than_s: float, account_id: str | None) -> list[tuple[Reservation, dict[str, Any]]]:
         cutoff = int(self._clock() - older_than_s)
         found = []
-        for shard in range(OPEN_SHARDS):
-            for item in query(
-                self._db,
-                TableName=self._table,
-                IndexName=OPEN_INDEX,
-                KeyConditionExpression="open_shard = :shard AND open_since < :cutoff",
-                ExpressionAttributeValues={":shard": {"S": f"OPEN#{shard}"}, ":cutoff": {"N": str(cutoff)}},
-            ):
-                if account_id is None or item["pk"]["S"] == account_pk(account_id):
-                    found.append(item)
+        for item in open_items(self._db, self._table, OPEN_SHARD, cutoff):
+            if account_id is None or item["pk"]["S"] == account_pk(account_id):
+                found.append(item)
         found.sort(key=lambda i: int(i["open_since"]["N"]))
         return [(_reservation(item), item) for item in found]
 
@@ -631,7 +624,7 @@ def _intended_key(account_id: str, request_id: str) -> dict[str, dict[str, str]]
 
 
 def _open_shard(request_id: str) -> str:
-    return f"OPEN#{sum(request_id.encode()) % OPEN_SHARDS}"
+    return f"{OPEN_SHARD}{sum(request_id.encode()) % OPEN_SHARDS}"
 
 
 def _reservation(item: dict[str, Any]) -> Reservation:

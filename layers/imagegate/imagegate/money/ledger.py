@@ -188,6 +188,7 @@ def reconcile(
         requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
         problems = [
             *_job_problems(items, requests),
+            *_announcement_problems(items, clock()),
             *_idempotency_problems(dynamodb, table, account_id, requests),
             *_usage_problems(dynamodb, table, account_id, items, clock()),
         ]
@@ -389,6 +390,17 @@ def _job_problems(items: list[dict[str, Any]], requests: dict[str, dict[str, Any
                 f"{micros_to_usd(_int(request, 'charged'))}"
             )
     return problems
+
+
+def _announcement_problems(items: list[dict[str, Any]], now: float) -> list[str]:
+    """No job's announcement (task answer, manifest result, event, webhook: its outbox, jobs/lifecycle.py)
+    still owed past its deadline."""
+    return [
+        f"job {item['sk']['S'].removeprefix(JOB_PREFIX)} still owes its announcements "
+        f"({', '.join(sorted(item['announce']['SS']))}), due by {_int(item, 'announce_by')}"
+        for item in items
+        if item["sk"]["S"].startswith(JOB_PREFIX) and "announce" in item and _int(item, "announce_by") < now
+    ]
 
 
 def _idempotency_problems(
