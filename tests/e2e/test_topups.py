@@ -250,3 +250,35 @@ def test_packs_and_recent_topups_are_readable_with_the_key(http, buyer, fake_str
     ]
     recent = http.get(f"{buyer.stack.base_url}/v1/billing/topups", headers=headers).json()
     assert [(t["kind"], t["amount_micros"]) for t in recent["data"]] == [("topup", 5_000_000)]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {},  # a Payment Link (or another product's Checkout) whose buyer typed the account's id
+        {"fee_cents": "0"},  # a session shaped like an older imagegate one, without the marker
+        {"imagegate": "1", "credit_cents": "100", "fee_cents": "0"},  # amount_total is not credit + fee
+    ],
+)
+def test_a_paid_session_imagegate_did_not_sell_credits_nothing_and_is_recorded_unapplied(
+    buyer, fake_stripe, metadata
+):
+    session = {
+        "id": "cs_foreign_" + str(len(fake_stripe.deliveries)),
+        "object": "checkout.session",
+        "mode": "payment",
+        "payment_status": "paid",
+        "amount_total": 50_000,
+        "currency": "usd",
+        "client_reference_id": buyer.account_id,
+        "metadata": metadata,
+        "payment_intent": "pi_foreign_" + str(len(fake_stripe.deliveries)),
+    }
+    event = fake_stripe.event("checkout.session.completed", session)
+    answer = fake_stripe.deliver(json.dumps(event))  # signed by the stripe library's own helper
+
+    assert (answer.status_code, answer.json()["outcome"]) == (200, "unapplied")
+    assert buyer.balance() == 1_000_000
+    [row] = [e for e in buyer.stack.service.topups.events() if e["id"] == event["id"]]
+    assert row["outcome"] == "unapplied" and row["reason"]
+    reconciled(buyer)

@@ -95,7 +95,7 @@ def test_the_session_names_the_account_pack_and_fee_and_charges_credit_plus_fee(
     params = session_params(purchase(CONFIG, {"pack": "small"}), "acct_1", "https://x/ok", "https://x/no")
     assert params["mode"] == "payment"
     assert params["client_reference_id"] == "acct_1"
-    assert params["metadata"] == {"pack": "small", "credit_cents": "1000", "fee_cents": "59"}
+    assert params["metadata"] == {"imagegate": "1", "pack": "small", "credit_cents": "1000", "fee_cents": "59"}
     assert sum(line["price_data"]["unit_amount"] for line in params["line_items"]) == 1059
 
 
@@ -107,7 +107,7 @@ def session_event(kind="checkout.session.completed", **fields):
         "amount_total": 1059,
         "currency": "usd",
         "client_reference_id": "acct_1",
-        "metadata": {"fee_cents": "59"},
+        "metadata": {"imagegate": "1", "credit_cents": "1000", "fee_cents": "59"},
         "payment_intent": "pi_1",
     } | fields
     return {"id": "evt_1", "type": kind, "data": {"object": session}}
@@ -131,7 +131,12 @@ def test_a_paid_session_credits_what_was_paid_less_the_fee():
         ({"client_reference_id": None}, "unapplied"),
         ({"amount_total": "1059"}, "unapplied"),
         ({"amount_total": 59}, "unapplied"),  # nothing left after the fee
-        ({"metadata": {"fee_cents": "-1"}}, "unapplied"),
+        ({"metadata": {"imagegate": "1", "credit_cents": "1000", "fee_cents": "-1"}}, "unapplied"),
+        # A session imagegate never created (a Payment Link naming an account), or one without its credit.
+        ({"metadata": {"fee_cents": "59"}}, "unapplied"),
+        ({"metadata": {}}, "unapplied"),
+        ({"metadata": {"imagegate": "1", "fee_cents": "59"}}, "unapplied"),
+        ({"amount_total": 2059}, "unapplied"),  # paid more than credit + fee: not what imagegate sold
     ],
 )
 def test_sessions_that_must_not_credit_do_not(fields, outcome):

@@ -6,8 +6,10 @@ so packs are sold in USD; Stripe counts cents, 10,000 micro-USD each.
 
 A key holder's `POST /v1/billing/checkout` creates a Checkout Session (mode=payment) whose
 `client_reference_id` is the account and whose metadata names the pack and the fee. Only the webhook
-credits, from the signed event's session: `amount_total` less the fee our server wrote into its metadata
-(the payer can change neither), in `currency`, to `client_reference_id`. Every correctly signed event is
+credits, from the signed event's session, and only a session imagegate created (metadata `imagegate: "1"`,
+which a Payment Link's buyer cannot set): the `credit_cents` our server wrote into its metadata, when
+`amount_total` is exactly that plus `fee_cents` (the payer can change neither), in `currency`, to
+`client_reference_id`. Every correctly signed event is
 answered 2xx, credited or not, so that Stripe stops retrying it; one that should have moved money and could
 not is recorded `unapplied` and counted (TopupsUnapplied, an alarm).
 
@@ -46,6 +48,7 @@ SIGNATURE_TOLERANCE_S = 300  # Stripe's default: an older signed event is refuse
 EVENTS_PK, SESSIONS_PK, PAYMENTS_PK = "STRIPE#EVENTS", "STRIPE#SESSIONS", "STRIPE#PAYMENTS"
 CREDIT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 REVERSAL_EVENTS = ("charge.refunded", "charge.dispute.created")
+SESSION_MARKER = "imagegate"  # metadata key of the sessions checkout() creates: the only ones that credit
 CREDENTIAL_NAMES = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
 REVERSAL_ATTEMPTS = 5  # a refund racing another event of the same payment re-reads it and tries again
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -204,6 +207,7 @@ def session_params(p: Purchase, account_id: str, success_url: str, cancel_url: s
         "client_reference_id": account_id,
         "line_items": lines,
         "metadata": {
+            SESSION_MARKER: "1",
             "pack": p.pack or "custom",
             "credit_cents": str(p.credit_cents),
             "fee_cents": str(p.fee_cents),
@@ -256,19 +260,24 @@ def effect_of(event: Mapping[str, Any], currency: str = CURRENCY) -> Effect:
             return Effect("ignored", session_id=session_id, reason=f"payment_status {status}")
         account = str(obj.get("client_reference_id") or "")
         paid, got = obj.get("amount_total"), str(obj.get("currency", "")).lower()
-        fee = str((obj.get("metadata") or {}).get("fee_cents", "0"))
+        metadata = obj.get("metadata") or {}
+        credit, fee = str(metadata.get("credit_cents", "")), str(metadata.get("fee_cents", ""))
         why = ""
-        if not account:
+        if metadata.get(SESSION_MARKER) != "1":
+            # A session imagegate did not create (a Payment Link, another product's Checkout): its
+            # client_reference_id may be whatever the buyer typed.
+            why = "not a session imagegate created"
+        elif not account:
             why = "the session names no client_reference_id"
         elif got != currency:
             why = f"paid in {got!r}, balances are {currency!r}"
-        elif isinstance(paid, bool) or not isinstance(paid, int) or not fee.isdigit():
-            why = "the session's amount_total or fee metadata is not a whole number of cents"
-        elif paid - int(fee) <= 0:
-            why = f"amount_total {paid} does not exceed the fee {fee}"
+        elif isinstance(paid, bool) or not isinstance(paid, int) or not credit.isdigit() or not fee.isdigit():
+            why = "the session's amount_total or credit and fee metadata is not a whole number of cents"
+        elif int(credit) <= 0 or paid != int(credit) + int(fee):
+            why = f"amount_total {paid} is not the credit {credit} plus the fee {fee}"
         if why:
             return Effect("unapplied", account, 0, session_id, intent, why)
-        return Effect("credit", account, (paid - int(fee)) * MICROS_PER_CENT, session_id, intent)
+        return Effect("credit", account, int(credit) * MICROS_PER_CENT, session_id, intent)
     if kind in REVERSAL_EVENTS:
         intent = _id(obj.get("payment_intent"))
         # A refund event carries the charge's cumulative amount refunded; a dispute, the amount disputed.
