@@ -162,7 +162,7 @@ def test_a_bad_budget_is_a_400(http, admin, budget):
 
 @pytest.fixture
 def limited_admin(new_user, stack):
-    """An account whose owner holds an unlimited admin key, and hands out an admin key of $1 at 1 image/min."""
+    """An account whose owner holds an unlimited admin key and hands out an admin key: $1, 1 image/min."""
     user = new_user(stack)
     owner = stack.service.accounts.create_key(user.account_id, label="owner", admin=True)
     limited = stack.service.accounts.create_key(

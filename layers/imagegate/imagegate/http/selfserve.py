@@ -226,7 +226,7 @@ def add_console_routes(app: FastAPI) -> None:
 
 def add_webhook_route(app: FastAPI, service: Service) -> None:
     """Stripe's webhook (function `stripe_webhook`): the raw body, verified before anything is parsed."""
-    from imagegate.money.topups import SignatureError
+    from imagegate.money.topups import RetryLater, SignatureError
 
     @app.post(STRIPE_WEBHOOK_ROUTE)
     async def stripe_webhook(request: Request) -> JSONResponse:
@@ -240,7 +240,18 @@ def add_webhook_route(app: FastAPI, service: Service) -> None:
                 service.logger.warning("stripe webhook refused", extra={"reason": str(exc)})
                 service.metrics.record(model="-", provider="stripe", StripeSignatureFailures=1)
                 raise APIError(400, f"Webhook refused: {exc}.", code="invalid_signature") from None
-            effect = service.topups.apply(event)
+            try:
+                effect = service.topups.apply(event)
+            except RetryLater as exc:
+                service.logger.info(
+                    "stripe event deferred", extra={"event_id": event.get("id"), "reason": str(exc)}
+                )
+                raise APIError(
+                    503,
+                    f"Not applied yet: {exc}; Stripe retries it.",
+                    type="server_error",
+                    code="retry_later",
+                ) from None
             log = {"event_id": event.get("id"), "type": event.get("type"), "outcome": effect.outcome}
             log |= {"account_id": effect.account_id, "amount_micros": effect.amount, "reason": effect.reason}
             if effect.outcome == "unapplied":
