@@ -208,3 +208,22 @@ def test_a_limited_admin_key_cannot_revoke_a_key_with_more_rights(http, limited_
     assert http.post(f"{base}/v1/keys/{small['key_id']}/revoke", json={}, headers=deputy).status_code == 200
     deputy_id = accounts.authenticate(deputy["authorization"]).key_id
     assert http.post(f"{base}/v1/keys/{deputy_id}/revoke", json={}, headers=owner).status_code == 200
+
+
+def test_the_csv_export_reads_more_requests_than_one_batch_holds(http, user):
+    """DynamoDB's BatchGetItem takes at most 100 keys: 150 requests are read in two batches, not a 500."""
+    billing, account = (
+        user.stack.service.billing,
+        user.stack.service.accounts.authenticate(f"Bearer {user.key}"),
+    )
+    for i in range(150):
+        held = billing.reserve(account, f"req_batch_{i:03d}", 1_000, {"model": "dall-e-2"}, images=0)
+        billing.settle(held, 1_000)
+    exported = http.get(
+        f"{user.stack.base_url}/v1/usage/requests?format=csv&limit=1000",
+        headers={"authorization": f"Bearer {user.key}"},
+    )
+    assert exported.status_code == 200, exported.text
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["request_id"] for r in rows] == [f"req_batch_{i:03d}" for i in reversed(range(150))]
+    assert {r["cost_usd"] for r in rows} == {"0.001000"}  # each row found its request record
