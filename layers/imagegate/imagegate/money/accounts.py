@@ -67,6 +67,7 @@ class Account:
     limiter: State = field(default_factory=State)
     admin: bool = False  # the key may list, create and revoke its own account's keys
     budget: int | None = None  # micro-USD the key may spend in all (None: the balance is the only limit)
+    spent: int = 0  # micro-USD of the budget spent or reserved, as authenticated (billing.precheck)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,13 @@ class Accounts:
         admin = item.get("admin", {}).get("BOOL", False)
         limiter = State.from_item(item)
         return Account(
-            item["account_id"]["S"], item["key_id"]["S"], key_pk, limiter, admin, _number(item, "budget")
+            item["account_id"]["S"],
+            item["key_id"]["S"],
+            key_pk,
+            limiter,
+            admin,
+            _number(item, "budget"),
+            _number(item, "spent") or 0,
         )
 
     def for_service(self, account_id: str) -> Account:
