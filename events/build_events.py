@@ -261,7 +261,7 @@ def stripe_delivery() -> httpx.Request:
         "amount_total": 2000,
         "currency": "usd",
         "client_reference_id": ACCOUNT,
-        "metadata": {"pack": "standard", "credit_cents": "2000", "fee_cents": "0"},
+        "metadata": {"imagegate": "1", "pack": "standard", "credit_cents": "2000", "fee_cents": "0"},
         "payment_intent": "pi_test_a1b2c3d4e5f6a7b8c9d0e1f2",
         "livemode": False,
     }

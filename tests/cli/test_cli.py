@@ -994,7 +994,7 @@ def test_billing_events_shows_what_each_event_did_per_account(capsys, table):
         "amount_total": 500,
         "currency": "usd",
         "client_reference_id": account_id,
-        "metadata": {"fee_cents": "0"},
+        "metadata": {"imagegate": "1", "credit_cents": "500", "fee_cents": "0"},
         "payment_intent": "pi_1",
     }
     topups.apply({"id": "evt_1", "type": "checkout.session.completed", "data": {"object": session}})

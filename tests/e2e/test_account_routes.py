@@ -158,3 +158,72 @@ def test_a_bad_budget_is_a_400(http, admin, budget):
     answer = http.post(f"{user.stack.base_url}/v1/keys", json={"budget_usd": budget}, headers=headers)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "budget_usd"
+
+
+@pytest.fixture
+def limited_admin(new_user, stack):
+    """An account whose owner holds an unlimited admin key and hands out an admin key: $1, 1 image/min."""
+    user = new_user(stack)
+    owner = stack.service.accounts.create_key(user.account_id, label="owner", admin=True)
+    limited = stack.service.accounts.create_key(
+        user.account_id, label="deputy", admin=True, images_per_minute=1, budget=1_000_000
+    )
+    return user, {"authorization": f"Bearer {owner}"}, {"authorization": f"Bearer {limited}"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"label": "x"}, "budget_usd"),  # no budget: the whole balance
+        ({"budget_usd": "1.01"}, "budget_usd"),
+        ({"budget_usd": "0.50", "images_per_minute": 5}, "images_per_minute"),
+    ],
+)
+def test_a_limited_admin_key_creates_no_key_beyond_its_own_limits(http, limited_admin, body, param):
+    user, _, headers = limited_admin
+    answer = http.post(f"{user.stack.base_url}/v1/keys", json=body, headers=headers)
+    assert answer.status_code in (400, 403), answer.text
+    assert answer.json()["error"]["param"] == param
+    assert len(user.stack.service.accounts.list_keys(user.account_id)) == 3  # user's own, owner, deputy
+
+
+def test_a_limited_admin_keys_new_key_inherits_its_rate_and_fits_its_budget(http, limited_admin):
+    user, _, headers = limited_admin
+    answer = http.post(f"{user.stack.base_url}/v1/keys", json={"budget_usd": "1"}, headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert (answer.json()["budget"], answer.json()["images_per_minute"]) == (1_000_000, 1)
+
+
+def test_a_limited_admin_key_cannot_revoke_a_key_with_more_rights(http, limited_admin):
+    user, owner, deputy = limited_admin
+    base, accounts = user.stack.base_url, user.stack.service.accounts
+    owner_id = accounts.authenticate(owner["authorization"]).key_id
+    plain_id = accounts.authenticate(f"Bearer {user.key}").key_id  # no budget, no per-key limit
+    for key_id in (owner_id, plain_id):
+        answer = http.post(f"{base}/v1/keys/{key_id}/revoke", json={}, headers=deputy)
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["code"] == "exceeds_own_rights"
+        assert accounts.get_key(key_id)["status"] == "active"
+    small = http.post(f"{base}/v1/keys", json={"budget_usd": "0.5"}, headers=deputy).json()
+    assert http.post(f"{base}/v1/keys/{small['key_id']}/revoke", json={}, headers=deputy).status_code == 200
+    deputy_id = accounts.authenticate(deputy["authorization"]).key_id
+    assert http.post(f"{base}/v1/keys/{deputy_id}/revoke", json={}, headers=owner).status_code == 200
+
+
+def test_the_csv_export_reads_more_requests_than_one_batch_holds(http, user):
+    """DynamoDB's BatchGetItem takes at most 100 keys: 150 requests are read in two batches, not a 500."""
+    billing, account = (
+        user.stack.service.billing,
+        user.stack.service.accounts.authenticate(f"Bearer {user.key}"),
+    )
+    for i in range(150):
+        held = billing.reserve(account, f"req_batch_{i:03d}", 1_000, {"model": "dall-e-2"}, images=0)
+        billing.settle(held, 1_000)
+    exported = http.get(
+        f"{user.stack.base_url}/v1/usage/requests?format=csv&limit=1000",
+        headers={"authorization": f"Bearer {user.key}"},
+    )
+    assert exported.status_code == 200, exported.text
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["request_id"] for r in rows] == [f"req_batch_{i:03d}" for i in reversed(range(150))]
+    assert {r["cost_usd"] for r in rows} == {"0.001000"}  # each row found its request record

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from imagegate.money import ledger
+from imagegate.money import ledger, topups
 
 PACK_MICROS = {"starter": 5_000_000, "standard": 20_000_000, "large": 100_000_000}
 
@@ -224,6 +224,7 @@ def test_a_refund_for_a_payment_never_credited_is_recorded_unapplied_with_a_2xx(
         "charge.refunded",
         {"id": "ch_x", "object": "charge", "amount_refunded": 500, "payment_intent": "pi_x"},
     )
+    event["created"] -= topups.EARLY_REVERSAL_RETRY_S  # old enough that its credit is not merely late
     answer = fake_stripe.deliver(json.dumps(event))
 
     assert answer.status_code == 200
@@ -250,3 +251,88 @@ def test_packs_and_recent_topups_are_readable_with_the_key(http, buyer, fake_str
     ]
     recent = http.get(f"{buyer.stack.base_url}/v1/billing/topups", headers=headers).json()
     assert [(t["kind"], t["amount_micros"]) for t in recent["data"]] == [("topup", 5_000_000)]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {},  # a Payment Link (or another product's Checkout) whose buyer typed the account's id
+        {"fee_cents": "0"},  # a session shaped like an older imagegate one, without the marker
+        {"imagegate": "1", "credit_cents": "100", "fee_cents": "0"},  # amount_total is not credit + fee
+    ],
+)
+def test_a_paid_session_imagegate_did_not_sell_credits_nothing_and_is_recorded_unapplied(
+    buyer, fake_stripe, metadata
+):
+    session = {
+        "id": "cs_foreign_" + str(len(fake_stripe.deliveries)),
+        "object": "checkout.session",
+        "mode": "payment",
+        "payment_status": "paid",
+        "amount_total": 50_000,
+        "currency": "usd",
+        "client_reference_id": buyer.account_id,
+        "metadata": metadata,
+        "payment_intent": "pi_foreign_" + str(len(fake_stripe.deliveries)),
+    }
+    event = fake_stripe.event("checkout.session.completed", session)
+    answer = fake_stripe.deliver(json.dumps(event))  # signed by the stripe library's own helper
+
+    assert (answer.status_code, answer.json()["outcome"]) == (200, "unapplied")
+    assert buyer.balance() == 1_000_000
+    [row] = [e for e in buyer.stack.service.topups.events() if e["id"] == event["id"]]
+    assert row["outcome"] == "unapplied" and row["reason"]
+    reconciled(buyer)
+
+
+def test_a_won_dispute_gives_the_money_back_once_whichever_events_say_so(http, buyer, fake_stripe):
+    session = paid_session(http, buyer, fake_stripe, "standard")
+    dispute = fake_stripe.dispute(session["payment_intent"])
+    assert buyer.balance() == 1_000_000
+
+    fake_stripe.send("charge.dispute.funds_reinstated", dict(dispute, status="won"))
+    assert buyer.balance() == 1_000_000 + PACK_MICROS["standard"]
+    fake_stripe.send("charge.dispute.closed", dict(dispute, status="won"))
+    assert fake_stripe.deliveries[-2:] == [
+        ("charge.dispute.funds_reinstated", 200),
+        ("charge.dispute.closed", 200),
+    ]
+    assert buyer.balance() == 1_000_000 + PACK_MICROS["standard"]
+    entries = ledger.entries(buyer.stack.aws.dynamodb, buyer.stack.settings.table, buyer.account_id)
+    assert sorted(e.amount for e in entries if e.kind == "reversal") == [-20_000_000, 20_000_000]
+    reconciled(buyer)
+
+
+def test_a_lost_dispute_keeps_its_debit(http, buyer, fake_stripe):
+    session = paid_session(http, buyer, fake_stripe, "starter")
+    dispute = fake_stripe.dispute(session["payment_intent"])
+    fake_stripe.send("charge.dispute.closed", dict(dispute, status="lost"))
+    assert buyer.balance() == 1_000_000
+    reconciled(buyer)
+
+
+def test_a_refund_before_its_credit_is_retried_by_stripe_and_then_taken_back(http, buyer, fake_stripe):
+    answer = checkout(http, buyer, {"pack": "starter"})
+    session = dict(fake_stripe.sessions[answer.json()["id"]])
+    session.update(payment_status="paid", status="complete", payment_intent="pi_early_" + session["id"])
+    refund = fake_stripe.event(
+        "charge.refunded",
+        {
+            "id": "ch_early",
+            "object": "charge",
+            "amount_refunded": 500,
+            "payment_intent": session["payment_intent"],
+        },
+    )
+    early = fake_stripe.deliver(json.dumps(refund))
+    assert early.status_code == 503, early.text  # not recorded: Stripe delivers it again
+    assert early.json()["error"]["code"] == "retry_later"
+    assert buyer.balance() == 1_000_000
+
+    credit = fake_stripe.deliver(json.dumps(fake_stripe.event("checkout.session.completed", session)))
+    assert credit.json()["outcome"] == "credit"
+    assert buyer.balance() == 1_000_000 + PACK_MICROS["starter"]
+    again = fake_stripe.deliver(json.dumps(refund))  # Stripe's retry of the same event
+    assert (again.status_code, again.json()["outcome"]) == (200, "reversal")
+    assert buyer.balance() == 1_000_000
+    reconciled(buyer)

@@ -95,7 +95,8 @@ def test_the_session_names_the_account_pack_and_fee_and_charges_credit_plus_fee(
     params = session_params(purchase(CONFIG, {"pack": "small"}), "acct_1", "https://x/ok", "https://x/no")
     assert params["mode"] == "payment"
     assert params["client_reference_id"] == "acct_1"
-    assert params["metadata"] == {"pack": "small", "credit_cents": "1000", "fee_cents": "59"}
+    metadata = {"imagegate": "1", "pack": "small", "credit_cents": "1000", "fee_cents": "59"}
+    assert params["metadata"] == metadata
     assert sum(line["price_data"]["unit_amount"] for line in params["line_items"]) == 1059
 
 
@@ -107,7 +108,7 @@ def session_event(kind="checkout.session.completed", **fields):
         "amount_total": 1059,
         "currency": "usd",
         "client_reference_id": "acct_1",
-        "metadata": {"fee_cents": "59"},
+        "metadata": {"imagegate": "1", "credit_cents": "1000", "fee_cents": "59"},
         "payment_intent": "pi_1",
     } | fields
     return {"id": "evt_1", "type": kind, "data": {"object": session}}
@@ -131,7 +132,12 @@ def test_a_paid_session_credits_what_was_paid_less_the_fee():
         ({"client_reference_id": None}, "unapplied"),
         ({"amount_total": "1059"}, "unapplied"),
         ({"amount_total": 59}, "unapplied"),  # nothing left after the fee
-        ({"metadata": {"fee_cents": "-1"}}, "unapplied"),
+        ({"metadata": {"imagegate": "1", "credit_cents": "1000", "fee_cents": "-1"}}, "unapplied"),
+        # A session imagegate never created (a Payment Link naming an account), or one without its credit.
+        ({"metadata": {"fee_cents": "59"}}, "unapplied"),
+        ({"metadata": {}}, "unapplied"),
+        ({"metadata": {"imagegate": "1", "fee_cents": "59"}}, "unapplied"),
+        ({"amount_total": 2059}, "unapplied"),  # paid more than credit + fee: not what imagegate sold
     ],
 )
 def test_sessions_that_must_not_credit_do_not(fields, outcome):
@@ -165,3 +171,29 @@ def test_reversals_take_back_the_new_part_only_and_never_more_than_was_credited(
     assert debit == 0
     disputed, debit = reversed_payment(paid, "charge.dispute.created", 10_590_000)
     assert (debit, disputed.reversed) == (10_000_000, 10_000_000)
+
+
+def test_a_won_dispute_gives_back_what_the_dispute_took_once_in_any_order():
+    paid = Payment("pi_1", "acct_1", credited=10_000_000)
+    disputed, debit = reversed_payment(paid, "charge.dispute.created", 10_590_000)
+    assert debit == 10_000_000
+    won, debit = reversed_payment(disputed, "charge.dispute.closed", 10_590_000)
+    assert (debit, won.reversed) == (-10_000_000, 0)
+    for kind in ("charge.dispute.funds_reinstated", "charge.dispute.created", "charge.dispute.closed"):
+        won, debit = reversed_payment(won, kind, 10_590_000)  # the other events of that dispute, late
+        assert debit == 0
+    # Won before the dispute's own event arrived: neither takes anything.
+    early, debit = reversed_payment(paid, "charge.dispute.funds_reinstated", 10_590_000)
+    assert debit == 0
+    assert reversed_payment(early, "charge.dispute.created", 10_590_000)[1] == 0
+    # A refund after a won dispute still takes back what it refunds.
+    assert reversed_payment(won, "charge.refunded", 3_000_000)[1] == 3_000_000
+
+
+def test_a_closed_dispute_reinstates_only_when_won():
+    closed = {"type": "charge.dispute.closed", "data": {"object": {"amount": 1059, "payment_intent": "pi_1"}}}
+    assert effect_of(closed).outcome == "ignored"
+    closed["data"]["object"]["status"] = "lost"
+    assert effect_of(closed).outcome == "ignored"
+    closed["data"]["object"]["status"] = "won"
+    assert (effect_of(closed).outcome, effect_of(closed).amount) == ("reversal", 10_590_000)

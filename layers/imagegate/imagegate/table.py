@@ -29,6 +29,7 @@ ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
+BATCH_GET_MAX = 100  # keys in one BatchGetItem: DynamoDB refuses more
 
 
 def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
@@ -67,6 +68,25 @@ def open_items(dynamodb: Any, table: str, shard_prefix: str, before: int) -> Ite
                 ":cutoff": {"N": str(before)},
             },
         )
+
+
+def batch_get(
+    dynamodb: Any, table: str, keys: list[dict[str, Any]], sleep: Any = time.sleep
+) -> Iterator[dict[str, Any]]:
+    """Every item of `keys` that exists (consistent reads), in BatchGetItem's chunks of at most
+    BATCH_GET_MAX keys, asking again for what DynamoDB leaves unprocessed (throttled) after a backoff."""
+    for start in range(0, len(keys), BATCH_GET_MAX):
+        request: dict[str, Any] = {
+            table: {"Keys": keys[start : start + BATCH_GET_MAX], "ConsistentRead": True}
+        }
+        attempt = 0
+        while request:
+            out = dynamodb.batch_get_item(RequestItems=request)
+            yield from out["Responses"].get(table, [])
+            request = out.get("UnprocessedKeys") or {}
+            attempt += 1
+            if request:
+                sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2 ** min(attempt, 8)))
 
 
 def transact(dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep) -> int | None:

@@ -334,7 +334,8 @@ def _json_edit(service: Service, acct: Account, document: dict[str, Any]) -> tup
     refs, mask_ref = references.parse(document)
     params = json_edit_params(_validated(ImageParams, document), service.catalog)
     # Fetching costs the deployment (and a URL's owner sees the traffic): a key its rate limit already
-    # refuses gets its 429, and an account with nothing to pay its 402, before anything is fetched.
+    # refuses gets its 429, and an account or a key's budget with nothing to pay its 402, before anything is
+    # fetched.
     fetches = any(r.kind == "image_url" and not r.value.startswith("data:") for r in [*refs, mask_ref] if r)
     balance = service.accounts.balance(acct.account_id) if fetches else None
     service.billing.precheck(acct, params.n or 1, balance=balance)

@@ -3,6 +3,7 @@ clients do, their request log, their keys (admin keys only), the price book; and
 shows all of it. Also Stripe's webhook, which credits the top-ups (its own function: no key, a signature).
 """
 
+import sys
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from imagegate import errors
 from imagegate.errors import APIError
 from imagegate.http.bodies import public_path, read_body, read_json
 from imagegate.money import statements
-from imagegate.money.accounts import Account, NotFound
+from imagegate.money.accounts import Account, KeyInfo, NotFound
 from imagegate.money.ledger import MAX_USAGE_DAYS
 from imagegate.service import Service
 from imagegate.units import micros_to_decimal, usd_to_micros
@@ -146,13 +147,28 @@ def add_account_routes(app: FastAPI, service: Service, account_dep: Any) -> None
         label, ipm = body.get("label", ""), body.get("images_per_minute")
         if not isinstance(label, str) or len(label) > 100:
             raise errors.invalid("'label' must be text of at most 100 characters.", "label")
-        ceiling = _account_ipm(service, acct.account_id)
+        own = service.accounts.get_key(acct.key_id)
+        ceiling = min(_account_ipm(service, acct.account_id), own["images_per_minute"] or sys.maxsize)
         if ipm is not None and (isinstance(ipm, bool) or not isinstance(ipm, int) or not 1 <= ipm <= ceiling):
             raise errors.invalid(
-                f"'images_per_minute' must be a whole number from 1 to the account's own limit, {ceiling}.",
+                f"'images_per_minute' must be a whole number from 1 to this key's and its account's limit, "
+                f"{ceiling}.",
                 "images_per_minute",
             )
+        # A key never hands out more than it holds: a rate-limited key's new keys inherit its limit,
+        # a budgeted key's new keys need a budget within what it has left.
+        ipm = ipm if ipm is not None else own["images_per_minute"]
         budget = _budget(body.get("budget_usd"))
+        left = _left(own)
+        if left is not None and (budget is None or budget > left):
+            raise APIError(
+                403,
+                f"This key has a budget: a key it creates needs 'budget_usd' of at most what it has left, "
+                f"{micros_to_decimal(max(left, 0))} USD.",
+                type="permission_error",
+                param="budget_usd",
+                code="exceeds_own_budget",
+            )
         key = await run_in_threadpool(
             service.accounts.create_key, acct.account_id, label, images_per_minute=ipm, budget=budget
         )
@@ -170,6 +186,15 @@ def add_account_routes(app: FastAPI, service: Service, account_dep: Any) -> None
             raise APIError(404, f"No key '{key_id}' in this account.", param="key_id", code="key_not_found")
         if key_id == acct.key_id:
             raise errors.invalid("A key cannot revoke itself here; use another admin key.", "key_id")
+        if not _covers(service.accounts.get_key(acct.key_id), key):
+            raise APIError(
+                403,
+                "This key cannot revoke a key with more rights than its own (no budget or a larger one left, "
+                "no images_per_minute limit or a higher one, or admin); use an admin key without limits.",
+                type="permission_error",
+                param="key_id",
+                code="exceeds_own_rights",
+            )
         service.accounts.revoke_key(key_id)
         return JSONResponse({**service.accounts.get_key(key_id)})
 
@@ -201,7 +226,7 @@ def add_console_routes(app: FastAPI) -> None:
 
 def add_webhook_route(app: FastAPI, service: Service) -> None:
     """Stripe's webhook (function `stripe_webhook`): the raw body, verified before anything is parsed."""
-    from imagegate.money.topups import SignatureError
+    from imagegate.money.topups import RetryLater, SignatureError
 
     @app.post(STRIPE_WEBHOOK_ROUTE)
     async def stripe_webhook(request: Request) -> JSONResponse:
@@ -215,7 +240,18 @@ def add_webhook_route(app: FastAPI, service: Service) -> None:
                 service.logger.warning("stripe webhook refused", extra={"reason": str(exc)})
                 service.metrics.record(model="-", provider="stripe", StripeSignatureFailures=1)
                 raise APIError(400, f"Webhook refused: {exc}.", code="invalid_signature") from None
-            effect = service.topups.apply(event)
+            try:
+                effect = service.topups.apply(event)
+            except RetryLater as exc:
+                service.logger.info(
+                    "stripe event deferred", extra={"event_id": event.get("id"), "reason": str(exc)}
+                )
+                raise APIError(
+                    503,
+                    f"Not applied yet: {exc}; Stripe retries it.",
+                    type="server_error",
+                    code="retry_later",
+                ) from None
             log = {"event_id": event.get("id"), "type": event.get("type"), "outcome": effect.outcome}
             log |= {"account_id": effect.account_id, "amount_micros": effect.amount, "reason": effect.reason}
             if effect.outcome == "unapplied":
@@ -253,6 +289,21 @@ def _admin(acct: Account) -> None:
             type="permission_error",
             code="not_admin_key",
         )
+
+
+def _left(key: KeyInfo) -> int | None:
+    """What a key may still spend, micro-USD; None: no budget of its own."""
+    return None if key["budget"] is None else key["budget"] - key["spent"]
+
+
+def _covers(caller: KeyInfo, target: KeyInfo) -> bool:
+    """Whether the caller's rights include the target's: its budget left, its rate limit, admin."""
+    mine, theirs = _left(caller), _left(target)
+    budget = mine is None or (theirs is not None and theirs <= mine)
+    ipm, their_ipm = caller["images_per_minute"], target["images_per_minute"]
+    rate = ipm is None or (their_ipm is not None and their_ipm <= ipm)
+    admin = caller["admin"] or not target["admin"]
+    return budget and rate and admin
 
 
 def _budget(value: Any) -> int | None:

@@ -16,7 +16,6 @@ Balances change only with a ledger entry in the same transaction (ledger.py); an
 from __future__ import annotations
 
 import hashlib
-import random
 import secrets
 import time
 import uuid
@@ -27,7 +26,7 @@ from typing import Any, TypedDict
 from imagegate.errors import APIError
 from imagegate.money import ledger
 from imagegate.money.ratelimit import State
-from imagegate.table import CONFLICT_BACKOFF_S, account_pk, item_key, query, read_balance, transact
+from imagegate.table import account_pk, batch_get, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
 ACTIVE, SUSPENDED = "active", "suspended"  # an account's status
@@ -68,6 +67,7 @@ class Account:
     limiter: State = field(default_factory=State)
     admin: bool = False  # the key may list, create and revoke its own account's keys
     budget: int | None = None  # micro-USD the key may spend in all (None: the balance is the only limit)
+    spent: int = 0  # micro-USD of the budget spent or reserved, as authenticated (billing.precheck)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,13 @@ class Accounts:
         admin = item.get("admin", {}).get("BOOL", False)
         limiter = State.from_item(item)
         return Account(
-            item["account_id"]["S"], item["key_id"]["S"], key_pk, limiter, admin, _number(item, "budget")
+            item["account_id"]["S"],
+            item["key_id"]["S"],
+            key_pk,
+            limiter,
+            admin,
+            _number(item, "budget"),
+            _number(item, "spent") or 0,
         )
 
     def for_service(self, account_id: str) -> Account:
@@ -211,23 +217,10 @@ class Accounts:
         """Every account with its balance: the index names them, one batched read fetches the balances."""
         ids = [item["sk"]["S"] for item in self._query(ACCOUNT_INDEX)]
         found: dict[str, AccountInfo] = {}
-        for start in range(0, len(ids), 100):  # BatchGetItem's limit
-            request: dict[str, Any] = {
-                self._table: {
-                    "Keys": [item_key(account_pk(i), "ACCOUNT") for i in ids[start : start + 100]],
-                    "ConsistentRead": True,
-                }
-            }
-            attempt = 0
-            while request:
-                out = self._db.batch_get_item(RequestItems=request)
-                for item in out["Responses"].get(self._table, []):
-                    account_id = item["pk"]["S"].removeprefix("ACCOUNT#")
-                    found[account_id] = _account_info(account_id, item)
-                request = out.get("UnprocessedKeys") or {}
-                attempt += 1
-                if request:  # throttled: DynamoDB returns the rest for us to ask again, a little later
-                    self._sleep(random.uniform(0, CONFLICT_BACKOFF_S * 2 ** min(attempt, 8)))
+        keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
+        for item in batch_get(self._db, self._table, keys, self._sleep):
+            account_id = item["pk"]["S"].removeprefix("ACCOUNT#")
+            found[account_id] = _account_info(account_id, item)
         return sorted(found.values(), key=lambda a: (a.created_at, a.account_id))
 
     def balance(self, account_id: str) -> int | None:

@@ -469,10 +469,19 @@ class Billing:
 
     def precheck(self, account: Account, images: int, *, balance: int | None = None) -> None:
         """The 429 `reserve` would answer from the key as it was just authenticated, with no call, and the
-        402 of an account whose `balance` (when given) pays for nothing: for work that costs before the
-        reservation, such as fetching a JSON edit's images. The reservation still decides (and, as there,
-        the container's memory of the account is a guess that may not refuse)."""
+        402 of an account whose `balance` (when given) pays for nothing, or of a key whose budget, as
+        authenticated, has nothing left: for work that costs before the reservation, such as fetching a JSON
+        edit's images. The reservation still decides (and, as there, the container's memory of the account is
+        a guess that may not refuse)."""
         self._refuse_if_limited(account, account.limiter, None, images, self._clock())
+        if account.budget is not None and account.budget - account.spent <= 0:
+            raise APIError(
+                402,
+                f"Key {account.key_id} has nothing left of its budget ({micros_to_usd(account.budget)}). "
+                "Ask the account's admin for a key with more budget; nothing was fetched.",
+                type="insufficient_quota",
+                code="key_budget_exceeded",
+            )
         if balance is not None and balance <= 0:
             raise APIError(
                 402,

@@ -11,8 +11,9 @@ ledger. Items (single table, `pk`/`sk`):
          credit   amount > 0; reason, actor
          adjust   amount of either sign (never taking the balance below zero); reason, actor
          topup    amount > 0, a Stripe payment's credit; reason, event_id, session_id, payment_intent
-         reversal amount < 0, a refund or dispute of a top-up; reason (refund|dispute), event_id,
-                  payment_intent. The only kind that may take a balance below zero (topups.py)
+         reversal amount < 0, a refund or dispute of a top-up, or > 0, a won dispute giving it back;
+                  reason (refund|dispute|dispute won), event_id, payment_intent. The only kind that may
+                  take a balance below zero (topups.py)
   USAGE#<account_id> / <yyyy-mm-dd UTC>#<key_id>#<model>
       -> account_id, key_id, model, requests, images, charged, refunded (ADDed by every settle),
          expires_at (TTL, USAGE_TTL_DAYS after the day)

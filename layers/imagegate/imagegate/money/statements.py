@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from imagegate.money.ledger import LEDGER, REQUEST, UsageRow
-from imagegate.table import account_pk, item_key
+from imagegate.table import account_pk, batch_get, item_key
 from imagegate.units import micros_to_decimal
 
 MICROS_PER_CENT = 10_000
@@ -126,16 +126,9 @@ def request_log(
 
 def _request_records(dynamodb: Any, table: str, pk: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    request: dict[str, Any] = (
-        {table: {"Keys": [item_key(pk, f"{REQUEST}{i}") for i in dict.fromkeys(ids)], "ConsistentRead": True}}
-        if ids
-        else {}
-    )
-    while request:
-        out = dynamodb.batch_get_item(RequestItems=request)
-        for item in out["Responses"].get(table, []):
-            found[item["sk"]["S"].removeprefix(REQUEST)] = item
-        request = out.get("UnprocessedKeys") or {}
+    keys = [item_key(pk, f"{REQUEST}{i}") for i in dict.fromkeys(ids)]
+    for item in batch_get(dynamodb, table, keys):
+        found[item["sk"]["S"].removeprefix(REQUEST)] = item
     return found
 
 

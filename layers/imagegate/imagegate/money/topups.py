@@ -6,8 +6,10 @@ so packs are sold in USD; Stripe counts cents, 10,000 micro-USD each.
 
 A key holder's `POST /v1/billing/checkout` creates a Checkout Session (mode=payment) whose
 `client_reference_id` is the account and whose metadata names the pack and the fee. Only the webhook
-credits, from the signed event's session: `amount_total` less the fee our server wrote into its metadata
-(the payer can change neither), in `currency`, to `client_reference_id`. Every correctly signed event is
+credits, from the signed event's session, and only a session imagegate created (metadata `imagegate: "1"`,
+which a Payment Link's buyer cannot set): the `credit_cents` our server wrote into its metadata, when
+`amount_total` is exactly that plus `fee_cents` (the payer can change neither), in `currency`, to
+`client_reference_id`. Every correctly signed event is
 answered 2xx, credited or not, so that Stripe stops retrying it; one that should have moved money and could
 not is recorded `unapplied` and counted (TopupsUnapplied, an alarm).
 
@@ -17,10 +19,14 @@ Items (single table, `pk`/`sk`):
                                            attribute_not_exists in the transaction that moves the money
   STRIPE#SESSIONS / <session id>        -> account_id, event_id: a session credits once, whichever of its
                                            events (completed, async_payment_succeeded) arrives first
-  STRIPE#PAYMENTS / <payment intent id> -> account_id, session_id, credited, refunded, disputed (micro-USD):
-                                           what refunds and disputes may take back
-Money moves as ledger entries (ledger.py): `topup` (+credited) and `reversal` (-refunded or disputed). A
-reversal may take a balance below zero; reserving then answers 402 until the account is topped up.
+  STRIPE#PAYMENTS / <payment intent id> -> account_id, session_id, credited, refunded, disputed, reinstated
+                                           (micro-USD): what refunds and disputes may take back, and what a
+                                           won dispute gave back
+Money moves as ledger entries (ledger.py): `topup` (+credited) and `reversal` (-refunded or disputed, or
++reinstated: a won dispute, `charge.dispute.closed` with status won or `charge.dispute.funds_reinstated`,
+once). A reversal may take a balance below zero; reserving then answers 402 until the account is topped up.
+A refund or dispute that arrives before its payment's credit is answered 503 while it is young
+(EARLY_REVERSAL_RETRY_S), so that Stripe delivers it again after the credit.
 """
 
 from __future__ import annotations
@@ -46,6 +52,13 @@ SIGNATURE_TOLERANCE_S = 300  # Stripe's default: an older signed event is refuse
 EVENTS_PK, SESSIONS_PK, PAYMENTS_PK = "STRIPE#EVENTS", "STRIPE#SESSIONS", "STRIPE#PAYMENTS"
 CREDIT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 REVERSAL_EVENTS = ("charge.refunded", "charge.dispute.created")
+# A dispute the seller won gives its amount back; Stripe may send either event, or both, in any order.
+REINSTATE_EVENTS = ("charge.dispute.closed", "charge.dispute.funds_reinstated")
+# A refund or dispute may arrive before its payment's credit: while it is younger than this, it is answered
+# 503 (and not recorded), so Stripe retries it after the credit; older, it is recorded `unapplied`.
+EARLY_REVERSAL_RETRY_S = 3600
+SESSION_MARKER = "imagegate"  # metadata key of the sessions checkout() creates: the only ones that credit
+REVERSAL_REASONS = {"charge.refunded": "refund", "charge.dispute.created": "dispute"}
 CREDENTIAL_NAMES = ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
 REVERSAL_ATTEMPTS = 5  # a refund racing another event of the same payment re-reads it and tries again
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -204,6 +217,7 @@ def session_params(p: Purchase, account_id: str, success_url: str, cancel_url: s
         "client_reference_id": account_id,
         "line_items": lines,
         "metadata": {
+            SESSION_MARKER: "1",
             "pack": p.pack or "custom",
             "credit_cents": str(p.credit_cents),
             "fee_cents": str(p.fee_cents),
@@ -256,20 +270,29 @@ def effect_of(event: Mapping[str, Any], currency: str = CURRENCY) -> Effect:
             return Effect("ignored", session_id=session_id, reason=f"payment_status {status}")
         account = str(obj.get("client_reference_id") or "")
         paid, got = obj.get("amount_total"), str(obj.get("currency", "")).lower()
-        fee = str((obj.get("metadata") or {}).get("fee_cents", "0"))
+        metadata = obj.get("metadata") or {}
+        credit, fee = str(metadata.get("credit_cents", "")), str(metadata.get("fee_cents", ""))
         why = ""
-        if not account:
+        if metadata.get(SESSION_MARKER) != "1":
+            # A session imagegate did not create (a Payment Link, another product's Checkout): its
+            # client_reference_id may be whatever the buyer typed.
+            why = "not a session imagegate created"
+        elif not account:
             why = "the session names no client_reference_id"
         elif got != currency:
             why = f"paid in {got!r}, balances are {currency!r}"
-        elif isinstance(paid, bool) or not isinstance(paid, int) or not fee.isdigit():
-            why = "the session's amount_total or fee metadata is not a whole number of cents"
-        elif paid - int(fee) <= 0:
-            why = f"amount_total {paid} does not exceed the fee {fee}"
+        elif isinstance(paid, bool) or not isinstance(paid, int) or not credit.isdigit() or not fee.isdigit():
+            why = "the session's amount_total or credit and fee metadata is not a whole number of cents"
+        elif int(credit) <= 0 or paid != int(credit) + int(fee):
+            why = f"amount_total {paid} is not the credit {credit} plus the fee {fee}"
         if why:
             return Effect("unapplied", account, 0, session_id, intent, why)
-        return Effect("credit", account, (paid - int(fee)) * MICROS_PER_CENT, session_id, intent)
-    if kind in REVERSAL_EVENTS:
+        return Effect("credit", account, int(credit) * MICROS_PER_CENT, session_id, intent)
+    if kind == "charge.dispute.closed" and obj.get("status") != "won":  # lost: the dispute's debit stands
+        return Effect(
+            "ignored", payment_intent=_id(obj.get("payment_intent")), reason=f"dispute {obj.get('status')}"
+        )
+    if kind in REVERSAL_EVENTS + REINSTATE_EVENTS:
         intent = _id(obj.get("payment_intent"))
         # A refund event carries the charge's cumulative amount refunded; a dispute, the amount disputed.
         cents = obj.get("amount_refunded") if kind == "charge.refunded" else obj.get("amount")
@@ -290,17 +313,28 @@ class Payment:
     credited: int
     refunded: int = 0
     disputed: int = 0
+    reinstated: int = 0  # of the disputed amount, what a won dispute gave back
 
     @property
     def reversed(self) -> int:
-        return min(self.credited, self.refunded + self.disputed)
+        return min(self.credited, self.refunded + self.disputed - self.reinstated)
 
 
 def reversed_payment(payment: Payment, kind: str, amount: int) -> tuple[Payment, int]:
     """The payment after a refund or dispute event, and what to debit now: refunds and disputes together
-    never take back more than the payment credited, and a repeated figure takes nothing more."""
+    never take back more than the payment credited, and a repeated figure takes nothing more. A won dispute
+    (a negative debit) gives its amount back once, whichever of its events comes first, even before the
+    dispute's own `charge.dispute.created`."""
     if kind == "charge.refunded":
         after = Payment(**{**payment.__dict__, "refunded": max(payment.refunded, amount)})
+    elif kind in REINSTATE_EVENTS:
+        after = Payment(
+            **{
+                **payment.__dict__,
+                "disputed": max(payment.disputed, amount),
+                "reinstated": max(payment.reinstated, amount),
+            }
+        )
     else:
         after = Payment(**{**payment.__dict__, "disputed": max(payment.disputed, amount)})
     return after, after.reversed - payment.reversed
@@ -320,6 +354,11 @@ def _cents_usd(cents: int) -> str:
 
 class SignatureError(ValueError):
     """A webhook whose Stripe-Signature does not verify (missing, forged, too old), or not an event."""
+
+
+class RetryLater(Exception):
+    """A verified event that cannot be applied yet (a refund ahead of its payment's credit): answer 5xx
+    without recording it, so that Stripe delivers it again."""
 
 
 @dataclass
@@ -403,7 +442,9 @@ class Topups:
         if effect.outcome == "credit":
             return self._credit(event_id, kind, effect)
         if effect.outcome == "reversal":
-            return self._reverse(event_id, kind, effect)
+            created = event.get("created")
+            young = isinstance(created, int) and self.clock() - created < EARLY_REVERSAL_RETRY_S
+            return self._reverse(event_id, kind, effect, retry=young)
         return self._record(event_id, kind, effect)
 
     def _event_put(self, event_id: str, kind: str, effect: Effect, amount: int) -> dict[str, Any]:
@@ -480,6 +521,7 @@ class Topups:
                             "credited": {"N": str(effect.amount)},
                             "refunded": {"N": "0"},
                             "disputed": {"N": "0"},
+                            "reinstated": {"N": "0"},
                         },
                         "ConditionExpression": "attribute_not_exists(pk)",
                     }
@@ -493,19 +535,24 @@ class Topups:
         reason = "no such account" if 2 in failed else "the payment was credited by another session"
         return self._record(event_id, kind, _unapplied(effect, reason))
 
-    def _reverse(self, event_id: str, kind: str, effect: Effect) -> Effect:
+    def _reverse(self, event_id: str, kind: str, effect: Effect, retry: bool = False) -> Effect:
         for _ in range(REVERSAL_ATTEMPTS):
             item = self.dynamodb.get_item(
                 TableName=self.table, Key=item_key(PAYMENTS_PK, effect.payment_intent), ConsistentRead=True
             ).get("Item")
             if item is None:
-                # A refund for a payment we never credited (another product's, or ahead of its session's
-                # event): recorded and alarmed for the operator, never guessed at.
+                # Ahead of its session's event (Stripe does not order deliveries): Stripe retries it. Still
+                # none after EARLY_REVERSAL_RETRY_S (another product's payment): recorded and alarmed for
+                # the operator, never guessed at. A retry, unlike a pending reversal, leaves no state to
+                # keep consistent: the credit and then the reversal each apply as they always do.
+                if retry:
+                    raise RetryLater("no credited payment for it yet")
                 return self._record(event_id, kind, _unapplied(effect, "no credited payment for it"))
             payment = Payment(
                 effect.payment_intent,
                 item["account_id"]["S"],
                 *(int(item[n]["N"]) for n in ("credited", "refunded", "disputed")),
+                int(item.get("reinstated", {"N": "0"})["N"]),
             )
             after, debit = reversed_payment(payment, kind, effect.amount)
             done = Effect(
@@ -517,13 +564,16 @@ class Topups:
                     "Update": {
                         "TableName": self.table,
                         "Key": item_key(PAYMENTS_PK, effect.payment_intent),
-                        "UpdateExpression": "SET refunded = :r, disputed = :d",
-                        "ConditionExpression": "refunded = :r0 AND disputed = :d0",
+                        "UpdateExpression": "SET refunded = :r, disputed = :d, reinstated = :i",
+                        "ConditionExpression": "refunded = :r0 AND disputed = :d0 AND "
+                        "(reinstated = :i0 OR attribute_not_exists(reinstated))",
                         "ExpressionAttributeValues": {
                             ":r": {"N": str(after.refunded)},
                             ":d": {"N": str(after.disputed)},
+                            ":i": {"N": str(after.reinstated)},
                             ":r0": {"N": str(payment.refunded)},
                             ":d0": {"N": str(payment.disputed)},
+                            ":i0": {"N": str(payment.reinstated)},
                         },
                     }
                 },
@@ -546,7 +596,7 @@ class Topups:
                         -debit,
                         lambda now=now: now,
                         table=self.table,
-                        reason="refund" if kind == "charge.refunded" else "dispute",
+                        reason=REVERSAL_REASONS.get(kind, "dispute won"),
                         event_id=event_id,
                         payment_intent=effect.payment_intent,
                     ),
