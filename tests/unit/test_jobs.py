@@ -637,6 +637,8 @@ def test_async_answers_carry_the_rate_limit_and_replay_headers(svc, jobs, funded
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
+    # Not run yet: the provider of the first route the router would try (here, the only one).
+    assert first.headers["x-imagegate-provider"] == again.headers["x-imagegate-provider"] == "local"
 
 
 def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, funded, clock):
@@ -696,7 +698,9 @@ def test_a_short_prompt_keeps_its_spec_on_the_item(aws, settings, svc, jobs, fun
 def test_a_stored_spec_changed_after_the_submit_fails_the_job_and_refunds_it(
     aws, settings, svc, jobs, funded
 ):
-    job = jobs.submit(funded, gen(svc, prompt="🦊" * 4000, model="gpt-image-1", size="1024x1024"), request_id="req_t")
+    job = jobs.submit(
+        funded, gen(svc, prompt="🦊" * 4000, model="gpt-image-1", size="1024x1024"), request_id="req_t"
+    )
     key = f"inputs/{funded.account_id}/{job['id']}/spec.json"
     spec = json.loads(aws.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
     # The account's own roles may write under inputs/<account_id>/ (manifests): a bigger order, same price.
@@ -705,3 +709,17 @@ def test_a_stored_spec_changed_after_the_submit_fails_the_job_and_refunds_it(
     assert done["status"] == "failed" and done["error"]["code"] == "internal_error"
     assert balance(svc, funded) == 1_000_000
     reconciled(aws, settings, funded)
+
+
+def test_a_job_answer_names_the_provider_of_the_first_route_it_will_try(svc, jobs, funded, monkeypatch):
+    """Issue 20, item 13: async answers lacked x-imagegate-provider (not run yet: the router's first)."""
+    check = svc.check
+
+    def routes(job):
+        local = check(job)[0]
+        return [replace(local, provider="openai"), local]
+
+    monkeypatch.setattr(svc, "check", routes)
+    answer = {}
+    jobs.submit(funded, gen(svc), request_id="req_p", answer=answer)
+    assert answer["x-imagegate-provider"] == "openai"

@@ -120,7 +120,7 @@ class Jobs:
         path refuses (400, 402, 429), nothing written then. `enqueue=False`: the caller runs it itself
         (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job. `answer`,
         when given, receives the response headers a synchronous answer would carry (`x-ratelimit-*`,
-        `idempotent-replayed`)."""
+        `idempotent-replayed`, `x-imagegate-provider`)."""
         service = self.service
         if enqueue and not self.settings.jobs_queue_url:
             raise APIError(
@@ -129,6 +129,10 @@ class Jobs:
                 code="async_not_available",
             )
         routes = service.check(job)
+        if answer is not None:
+            # Not run yet: the provider the router tries first (a fallover at run time may serve the job from
+            # the next route; its billing record says which did).
+            answer["x-imagegate-provider"] = routes[0].provider
         if idempotency_key is not None:
             deadlines = self.settings.deadlines
             stored = service.idempotency.begin(
