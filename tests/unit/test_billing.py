@@ -626,6 +626,20 @@ def test_a_settle_committed_behind_a_lost_response_is_found_settled(aws, setting
     assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
 
 
+def test_a_second_settle_of_a_settled_request_is_refused_not_an_idempotency_mismatch(aws, settings, accounts):
+    """Two settles of one request (a worker's charge, then a cancel or a sweep) within DynamoDB's 10-minute
+    token window: a token derived from the request alone came back with other actions, which DynamoDB
+    refuses with IdempotentParameterMismatch (an error, not "already settled")."""
+    account = holder(accounts, 100_000)
+    strict = LostResponses(aws.dynamodb, times=0)
+    billing = Billing(strict, settings.table, sleep=lambda s: None)
+    reservation = billing.reserve(account, request_id(), 40_000, {"model": "dall-e-2"})
+    assert billing.settle(reservation, 30_000, images=1) is True
+    assert billing.settle(reservation, 0) is False
+    assert accounts.balance(account.account_id) == 100_000 - 30_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
+
+
 def topup_events(account_id):
     session = {
         "id": "cs_lost",

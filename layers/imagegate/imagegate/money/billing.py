@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -310,7 +311,9 @@ class Billing:
                     actions.append(guard)
                 if completion is not None:
                     actions.append(completion)
-                token = request_token(r.request_id, "settle", str(shape))
+                # A token of this call's own: DynamoDB refuses (IdempotentParameterMismatch) a token reused
+                # with other actions within 10 minutes, as another settle of the same request would send.
+                token = request_token(r.request_id, "settle", str(shape), uuid.uuid4().hex)
             try:
                 failed = transact_or_reasons(self._db, actions, self._sleep, token)
             except (ClientError, BotoCoreError) as exc:
