@@ -323,14 +323,11 @@ class Webhooks:
         }
         return self.outbound.post(endpoint.url, body.encode(), headers, timeout=ATTEMPT_TIMEOUT_S)
 
-    def _context(self, account_id: str) -> dict[str, str]:
-        return {CONTEXT_KEY: account_id}
-
     def _seal(self, account_id: str, secret: str) -> bytes:
         if not self.key_id:
             raise NoKey("no KMS key to seal webhook secrets with (IMAGEGATE_WEBHOOK_KEY_ID)")
         return self._aws.client("kms").encrypt(
-            KeyId=self.key_id, Plaintext=secret.encode(), EncryptionContext=self._context(account_id)
+            KeyId=self.key_id, Plaintext=secret.encode(), EncryptionContext={CONTEXT_KEY: account_id}
         )["CiphertextBlob"]
 
     def _secret(self, endpoint: Endpoint) -> str:
@@ -343,7 +340,7 @@ class Webhooks:
         plain: bytes = self._aws.client("kms").decrypt(
             KeyId=self.key_id,
             CiphertextBlob=endpoint.sealed,
-            EncryptionContext=self._context(endpoint.account_id),
+            EncryptionContext={CONTEXT_KEY: endpoint.account_id},
         )["Plaintext"]
         return plain.decode()
 
