@@ -64,6 +64,8 @@ def table(monkeypatch):
     monkeypatch.setenv("IMAGEGATE_TABLE", "cli-table")
     monkeypatch.setenv("LOGNAME", "operator")  # the ledger's actor: cli:<login name>
     with mock_aws():
+        key = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+        monkeypatch.setenv("IMAGEGATE_WEBHOOK_KEY_ID", key)
         settings = Settings.from_env()
         provision(AWSClients(settings), settings)
         yield Table(boto3.client("dynamodb", region_name="us-east-1"), "cli-table")
@@ -930,7 +932,8 @@ def test_webhooks_set_show_test_remove(table, capsys):
         assert secret.startswith("whsec_") and "shown once" in out
 
         code, out, _ = run(capsys, "webhooks", "show", account_id)
-        assert code == 0 and url in out and secret not in out
+        assert code == 0 and url in out and secret not in out and "encrypted (KMS)" in out
+        assert run(capsys, "webhooks", "seal", account_id)[1].endswith("was already encrypted\n")
 
         code = main(["webhooks", "test", account_id], outbound=outbound)
         out, _ = capsys.readouterr()

@@ -222,6 +222,7 @@ def test_every_function_that_finishes_jobs_publishes_them_and_only_the_delivery_
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "sqs:ChangeMessageVisibility",
+        "kms:Decrypt",  # webhook secrets, and only those
     }
     assert "sqs:ChangeMessageVisibility" not in set().union(*(actions(f) for f in finishing))
 
@@ -587,3 +588,42 @@ def test_the_models_function_reads_keys_and_credentials_and_writes_nothing():
     allowed = actions("ModelsFunction", Stack(UpstreamCredentialsSecretArn="arn:aws:secretsmanager:x"))
     assert allowed == {"dynamodb:GetItem", "secretsmanager:GetSecretValue"}
     assert actions("ModelsFunction", Stack()) == {"dynamodb:GetItem"}
+
+
+# --- webhook secrets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stack",
+    [
+        Stack(),
+        Stack(WebhookSecretsKmsKeyArn=f"arn:aws:kms:us-east-1:123456789012:key/{'1234abcd-' * 3}12345678"),
+    ],
+    ids=["own key", "operator's key"],
+)
+def test_only_the_webhook_delivery_function_may_decrypt_webhook_secrets(stack):
+    key = stack.resolve(functions()["WebhooksFunction"]["Properties"]["Environment"]["Variables"])[
+        "IMAGEGATE_WEBHOOK_KEY_ID"
+    ]
+    assert key == stack.resolve(template()["Outputs"]["WebhookSecretsKeyArn"]["Value"])
+
+    def grants(function: str) -> set[str]:
+        found = set()
+        for s in statements(function, stack):
+            action = s.get("Action", [])
+            listed = {action} if isinstance(action, str) else set(action)
+            on = stack.resolve(s.get("Resource"))
+            kms = any(a.startswith("kms:") for a in listed)
+            if s.get("Effect") == "Allow" and on in (key, "*") and kms:
+                found |= listed
+        return found
+
+    decrypting = {name for name in functions() if "kms:Decrypt" in grants(name)}
+    assert decrypting == {"WebhooksFunction"}
+    assert grants("WebhooksFunction") == {"kms:Decrypt"}  # it cannot make or re-encrypt secrets either
+    [opening] = [s for s in statements("WebhooksFunction", stack) if s.get("Sid") == "OpenWebhookSecrets"]
+    assert opening["Condition"] == {
+        "ForAnyValue:StringEquals": {"kms:EncryptionContextKeys": "imagegate:account_id"}
+    }
+    for owner, statement in iam_statements(template()):  # no other identity policy names the key either
+        assert "WebhookSecretsKey" not in json.dumps(statement) or owner == "WebhooksFunction"

@@ -640,6 +640,74 @@ def test_a_second_settle_of_a_settled_request_is_refused_not_an_idempotency_mism
     assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
 
 
+def topup_events(account_id):
+    session = {
+        "id": "cs_lost",
+        "mode": "payment",
+        "payment_status": "paid",
+        "amount_total": 1059,
+        "currency": "usd",
+        "client_reference_id": account_id,
+        "metadata": {"imagegate": "1", "credit_cents": "1000", "fee_cents": "59"},  # a session we created
+        "payment_intent": "pi_lost",
+    }
+    paid = {"id": "evt_paid", "type": "checkout.session.completed", "data": {"object": session}}
+
+    def refunded(event_id, cents):  # Stripe's amount_refunded: the payment's refunds so far, in cents
+        charge = {"amount_refunded": cents, "payment_intent": "pi_lost"}
+        return {"id": event_id, "type": "charge.refunded", "data": {"object": charge}}
+
+    return paid, refunded
+
+
+def test_a_topup_credit_committed_behind_a_lost_response_is_found_credited(aws, settings, accounts):
+    """Issue 20, item 8: top-ups sent their transactions under a new token each time; one that committed
+    behind a lost response was refused as a duplicate of itself."""
+    from imagegate.money.topups import Topups, load_config
+
+    account_id = accounts.create_account(0)
+    lossy = LostResponses(aws.dynamodb, times=1)
+    topups = Topups(lossy, settings.table, load_config(""), dict, sleep=lambda s: None)
+    paid, _ = topup_events(account_id)
+    effect = topups.apply(paid)
+    assert (effect.outcome, effect.amount) == ("credit", 10_000_000)
+    assert accounts.balance(account_id) == 10_000_000
+    assert topups.apply(paid).outcome == "duplicate"  # Stripe's redelivery credits nothing more
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+
+
+def test_a_reversal_rebuilt_after_a_race_is_sent_under_its_own_token(aws, settings, accounts):
+    """The reversal loop re-reads the payment and builds other actions when another event moved it: those
+    go under another token (DynamoDB refuses a token reused with other parameters), and a lost response of
+    the rebuilt one is found committed."""
+    from imagegate.money.topups import Topups, load_config
+
+    account_id = accounts.create_account(0)
+    paid, refunded = topup_events(account_id)
+    direct = Topups(aws.dynamodb, settings.table, load_config(""), dict)
+    direct.apply(paid)
+
+    class Raced(LostResponses):
+        def __init__(self, client, times):
+            super().__init__(client, times)
+            self.sent = []
+
+        def transact_write_items(self, **kwargs):
+            if not self.sent:  # another refund of the payment lands between the read and this write
+                direct.apply(refunded("evt_first", 100))
+            self.sent.append(kwargs["ClientRequestToken"])
+            return super().transact_write_items(**kwargs)
+
+    lossy = Raced(aws.dynamodb, times=1)  # the rebuilt reversal commits, and its response is lost
+    topups = Topups(lossy, settings.table, load_config(""), dict, sleep=lambda s: None)
+    effect = topups.apply(refunded("evt_second", 300))
+    assert (effect.outcome, effect.amount) == ("reversal", -2_000_000)  # the new part only
+    raced, rebuilt, retried = lossy.sent
+    assert raced != rebuilt == retried  # two parameter sets, two tokens; the retry resends its own
+    assert accounts.balance(account_id) == 10_000_000 - 3_000_000
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id).ok
+
+
 class HotAccountPartition:
     """The DynamoDB client, throttling every write to an account's partition (ACCOUNT#...), as DynamoDB
     does when one tenant's items are too hot; other partitions take writes."""

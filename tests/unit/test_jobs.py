@@ -19,6 +19,7 @@ from imagegate.service import Service, new_request_id
 from imagegate.table import job_key
 
 from .conftest import Clock, half_mask, upload
+from .test_write_units import capacity
 
 PRICE = 16_000  # dall-e-2 256x256
 
@@ -643,6 +644,8 @@ def test_async_answers_carry_the_rate_limit_and_replay_headers(svc, jobs, funded
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first.json()["id"]
+    # Not run yet: the provider of the first route the router would try (here, the only one).
+    assert first.headers["x-imagegate-provider"] == again.headers["x-imagegate-provider"] == "local"
 
 
 def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, funded, clock):
@@ -750,3 +753,68 @@ def test_a_cancelled_job_is_announced_and_leaves_the_outbox(
     item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
     assert not {"announce", "announce_by", "open_shard", "open_since"} & item.keys()
     reconciled(aws, settings, funded)
+
+
+def test_a_32000_emoji_prompt_stays_off_the_account_partition_and_runs_in_full(
+    aws, settings, svc, jobs, funded, monkeypatch
+):
+    prompt = "🦊" * 32_000
+    seen = []
+    execute = svc.execute
+
+    def spy(account, job, *args, **kwargs):
+        seen.append(job.prompt)
+        return execute(account, job, *args, **kwargs)
+
+    monkeypatch.setattr(svc, "execute", spy)
+    job = jobs.submit(
+        funded, gen(svc, prompt=prompt, model="gpt-image-1", size="1024x1024"), request_id="req_e"
+    )
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
+    assert capacity.item_size(item) < 10_000 and "spec" not in item
+    key = f"inputs/{funded.account_id}/{job['id']}/spec.json"
+    assert item["spec_key"] == {"S": key}
+    assert json.loads(aws.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())["prompt"] == prompt
+
+    done = jobs.run(funded.account_id, job["id"])
+    assert done["status"] == "succeeded" and seen == [prompt]
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
+    assert capacity.item_size(item) < 10_000
+    reconciled(aws, settings, funded)
+
+
+def test_a_short_prompt_keeps_its_spec_on_the_item(aws, settings, svc, jobs, funded):
+    job = jobs.submit(funded, gen(svc), request_id="req_s")
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=job_key(funded.account_id, job["id"]))["Item"]
+    assert json.loads(item["spec"]["S"])["prompt"] == "a red fox" and "spec_key" not in item
+    assert "Contents" not in aws.s3.list_objects_v2(Bucket=settings.bucket)
+
+
+def test_a_stored_spec_changed_after_the_submit_fails_the_job_and_refunds_it(
+    aws, settings, svc, jobs, funded
+):
+    job = jobs.submit(
+        funded, gen(svc, prompt="🦊" * 4000, model="gpt-image-1", size="1024x1024"), request_id="req_t"
+    )
+    key = f"inputs/{funded.account_id}/{job['id']}/spec.json"
+    spec = json.loads(aws.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+    # The account's own roles may write under inputs/<account_id>/ (manifests): a bigger order, same price.
+    aws.s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps({**spec, "n": 10}).encode())
+    done = jobs.run(funded.account_id, job["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "internal_error"
+    assert balance(svc, funded) == 1_000_000
+    reconciled(aws, settings, funded)
+
+
+def test_a_job_answer_names_the_provider_of_the_first_route_it_will_try(svc, jobs, funded, monkeypatch):
+    """Issue 20, item 13: async answers lacked x-imagegate-provider (not run yet: the router's first)."""
+    check = svc.check
+
+    def routes(job):
+        local = check(job)[0]
+        return [replace(local, provider="openai"), local]
+
+    monkeypatch.setattr(svc, "check", routes)
+    answer = {}
+    jobs.submit(funded, gen(svc), request_id="req_p", answer=answer)
+    assert answer["x-imagegate-provider"] == "openai"

@@ -2,6 +2,7 @@
 signatures the Standard Webhooks library verifies, the retry schedule on an injected clock, the final
 failed state, the SSRF check at every attempt, and the EventBridge event a rule receives."""
 
+import base64
 import json
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from imagegate.inputs.outbound import OutboundError
 from imagegate.inputs.validation import GenerationRequest, resolve
 from imagegate.jobs.lifecycle import Jobs
 from imagegate.jobs.notifications import JobEvents
-from imagegate.jobs.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, RetryLater, Webhooks
+from imagegate.jobs.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, NoKey, RetryLater, Webhooks
 from imagegate.service import Service
 from imagegate.table import job_key
 
@@ -38,9 +39,14 @@ def clock():
 
 
 @pytest.fixture
-def hooks(aws, settings, queue, clock):
+def key(aws):
+    return aws.client("kms").create_key()["KeyMetadata"]["Arn"]
+
+
+@pytest.fixture
+def hooks(aws, settings, queue, clock, key):
     outbound = local_outbound({"hooks.example.com": "93.184.215.14"})
-    return Webhooks(aws, settings.table, queue_url=queue, outbound=outbound, clock=clock)
+    return Webhooks(aws, settings.table, queue_url=queue, key_id=key, outbound=outbound, clock=clock)
 
 
 def job_item(aws, settings, status="succeeded"):
@@ -105,7 +111,7 @@ def test_set_stores_a_new_whsec_secret_each_time_and_get_show_it_to_the_signer_o
     assert first.startswith("whsec_") and second.startswith("whsec_") and first != second
     Webhook(second)  # the library accepts it as a signing secret
     endpoint = hooks.get(ACCOUNT)
-    assert (endpoint.url, endpoint.secret) == ("https://hooks.example.com/v2", second)
+    assert endpoint.url == "https://hooks.example.com/v2" and endpoint.is_sealed
     assert second not in repr(endpoint)
     assert hooks.remove(ACCOUNT) is True
     assert hooks.get(ACCOUNT) is None
@@ -142,6 +148,73 @@ def test_the_test_event_is_signed_so_that_the_library_verifies_it(hooks):
     assert payload["type"] == "webhook.test" and payload["data"] == {"account_id": ACCOUNT}
     with pytest.raises(Exception, match="No matching signature"):
         Webhook(hooks.set(ACCOUNT, server.url("/hook"))).verify(seen.body, seen.headers)  # another secret
+
+
+def endpoint_item(aws, settings, account_id=ACCOUNT):
+    return aws.dynamodb.get_item(
+        TableName=settings.table, Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "WEBHOOK"}}
+    )["Item"]
+
+
+def test_the_stored_endpoint_holds_no_plaintext_secret_and_deliveries_still_verify(aws, settings, hooks):
+    job_item(aws, settings)
+    with serve(answering(200)) as server:
+        secret = hooks.set(ACCOUNT, server.url("/hook"))
+        item = endpoint_item(aws, settings)
+        assert "secret" not in item and set(item) == {"pk", "sk", "url", "sealed_secret", "created_at"}
+        raw = json.dumps(item, default=lambda b: base64.b64encode(b).decode())
+        assert secret not in raw and secret.removeprefix("whsec_") not in raw
+        hooks.job_finished(detail())
+        (message,) = queued(aws, hooks.queue_url)
+        assert hooks.deliver(message) is None
+    (seen,) = server.requests
+    assert Webhook(secret).verify(seen.body, seen.headers)["type"] == "image.job.succeeded"
+
+
+def test_a_sealed_secret_opens_only_for_its_own_account(aws, settings, hooks):
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    # A ciphertext copied onto another account's endpoint does not decrypt: the context names the account.
+    aws.dynamodb.put_item(
+        TableName=settings.table,
+        Item={**endpoint_item(aws, settings), "pk": {"S": "ACCOUNT#acct_other"}},
+    )
+    with pytest.raises(ClientError) as refused:
+        hooks.test("acct_other")
+    assert refused.value.response["Error"]["Code"] == "InvalidCiphertextException"
+
+
+def test_without_a_key_no_secret_is_stored(aws, settings):
+    hooks = Webhooks(aws, settings.table, outbound=local_outbound({"hooks.example.com": "93.184.215.14"}))
+    with pytest.raises(NoKey):
+        hooks.set(ACCOUNT, "https://hooks.example.com/")
+    assert hooks.get(ACCOUNT) is None
+
+
+def test_a_plaintext_secret_of_an_earlier_version_still_signs_and_seal_encrypts_it_unchanged(
+    aws, settings, hooks
+):
+    legacy = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    with serve(answering(204)) as server:
+        aws.dynamodb.put_item(
+            TableName=settings.table,
+            Item={
+                "pk": {"S": f"ACCOUNT#{ACCOUNT}"},
+                "sk": {"S": "WEBHOOK"},
+                "url": {"S": server.url("/hook")},
+                "secret": {"S": legacy},
+                "created_at": {"N": "1763700000"},
+            },
+        )
+        assert hooks.get(ACCOUNT).is_sealed is False
+        assert hooks.test(ACCOUNT) == 204
+        assert hooks.seal(ACCOUNT) is True
+        assert hooks.seal(ACCOUNT) is False  # nothing left in plaintext
+        item = endpoint_item(aws, settings)
+        assert "secret" not in item and "sealed_secret" in item
+        assert hooks.test(ACCOUNT) == 204
+    first, second = server.requests
+    for seen in (first, second):
+        assert Webhook(legacy).verify(seen.body, seen.headers)["type"] == "webhook.test"
 
 
 def test_test_without_an_endpoint(hooks):
@@ -242,12 +315,12 @@ def test_a_delivery_that_recovers_is_delivered(aws, settings, hooks, queue, cloc
     assert fields(aws, settings, "state", "attempts", "last_status") == ["delivered", "3", "201"]
 
 
-def test_the_url_is_checked_again_at_every_attempt_and_a_refusal_is_retried(aws, settings, queue, clock):
+def test_the_url_is_checked_again_at_every_attempt_and_a_refusal_is_retried(aws, settings, queue, clock, key):
     job_item(aws, settings)
     with serve(answering(200)) as server:
         url = server.url("/hook", scheme="https")  # loopback: allowed by the test policy only
-        Webhooks(aws, settings.table, outbound=local_outbound()).set(ACCOUNT, url)
-        strict = Webhooks(aws, settings.table, queue_url=queue, clock=clock)  # production's policy
+        Webhooks(aws, settings.table, key_id=key, outbound=local_outbound()).set(ACCOUNT, url)
+        strict = Webhooks(aws, settings.table, queue_url=queue, key_id=key, clock=clock)  # production's
         strict.job_finished(detail())
         (message,) = queued(aws, queue)
         assert strict.deliver(message) == DELAYS_S[0]
@@ -320,12 +393,12 @@ def test_each_finished_job_is_one_event_on_the_bus_without_the_task_token(aws, s
 # --- with the job system --------------------------------------------------------------------------------
 
 
-def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, settings, queue, clock):
+def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, settings, queue, clock, key):
     target = event_rule(aws, settings)
     jobs_queue = aws.sqs.create_queue(QueueName=f"{settings.table}-jobs")["QueueUrl"]
     logger = Logger(service="test", level="CRITICAL")
     svc = Service(replace(settings, jobs_queue_url=jobs_queue), aws, logger, clock=clock)
-    hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
+    hooks = Webhooks(aws, settings.table, queue_url=queue, key_id=key, outbound=local_outbound(), clock=clock)
     jobs = Jobs(
         svc, {"webhook": hooks.job_finished, "event": JobEvents(aws, "default")}, sleep=lambda s: None
     )
@@ -351,10 +424,12 @@ def test_a_real_job_reports_its_webhook_delivery_and_publishes_its_event(aws, se
 
 def test_make_serve_delivers_from_its_local_queue_through_the_functions_handler(aws, settings, clock):
     from imagegate.http.lambda_app import sqs_batch
-    from imagegate.local.devserver import LocalWorker, provision_webhook_queue
+    from imagegate.local.devserver import LocalWorker, provision_webhook_key, provision_webhook_queue
 
     queue = provision_webhook_queue(aws, f"{settings.table}-deliveries")
-    hooks = Webhooks(aws, settings.table, queue_url=queue, outbound=local_outbound(), clock=clock)
+    key = provision_webhook_key(aws, f"alias/{settings.table}")
+    assert provision_webhook_key(aws, f"alias/{settings.table}") == key  # one key across restarts
+    hooks = Webhooks(aws, settings.table, queue_url=queue, key_id=key, outbound=local_outbound(), clock=clock)
     job_item(aws, settings)
     with serve(answering(500, 200)) as server:
         hooks.set(ACCOUNT, server.url("/hook"))

@@ -30,7 +30,7 @@ from imagegate.catalog.loader import Catalog, is_static, load_catalog, validate_
 from imagegate.catalog.sources import fetch_override
 from imagegate.config import CATALOG_TTL_SECONDS, MAX_INTEGRATION_TIMEOUT_SECONDS, Deadlines, Settings
 from imagegate.inputs.outbound import Outbound, OutboundError
-from imagegate.jobs.webhooks import Endpoint, Webhooks
+from imagegate.jobs.webhooks import Endpoint, NoKey, Webhooks
 from imagegate.money import ledger
 from imagegate.money.accounts import Accounts, KeyInfo, NotFound
 from imagegate.money.billing import Billing
@@ -80,6 +80,7 @@ class Admin:
     actor: str
     aws: Any = None  # AWSClients (webhooks); `dynamodb` is its client
     outbound: Outbound | None = None  # how webhook URLs are checked and called (tests: local servers)
+    webhook_key: str = ""  # the KMS key that seals webhook secrets
 
     @cached_property
     def accounts(self) -> Accounts:
@@ -91,7 +92,7 @@ class Admin:
 
     @cached_property
     def webhooks(self) -> Webhooks:
-        return Webhooks(self.aws, self.table, outbound=self.outbound)
+        return Webhooks(self.aws, self.table, key_id=self.webhook_key, outbound=self.outbound)
 
 
 def main(argv: list[str] | None = None, outbound: Outbound | None = None) -> int:
@@ -101,8 +102,10 @@ def main(argv: list[str] | None = None, outbound: Outbound | None = None) -> int
         if getattr(args, "tableless", False):  # the catalog's commands: no table, AWS only if they need it
             return args.run(Admin(None, "", "", aws, outbound), args)
         admin = Admin(aws.dynamodb, _table(args), args.actor or _login(), aws, outbound)
+        if args.group == "webhooks":
+            admin.webhook_key = _webhook_key(args)
         return args.run(admin, args)
-    except (CLIError, NotFound, ValueError) as exc:  # an operator's mistake, said in their terms
+    except (CLIError, NotFound, ValueError, NoKey) as exc:  # an operator's mistake, said in their terms
         print(f"imagegate: {exc}", file=sys.stderr)
         return 1
     except (BotoCoreError, ClientError) as exc:  # AWS's answer: say what failed, without a traceback
@@ -277,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
         ("show", _webhooks_show, "the endpoint's URL and when it was set (never its secret)"),
         ("remove", _webhooks_remove, "remove the endpoint; pending deliveries then fail"),
         ("test", _webhooks_test, "send a signed webhook.test event now and print the endpoint's answer"),
+        ("seal", _webhooks_seal, "encrypt a secret an earlier version stored in plaintext (unchanged)"),
     ):
         _command(webhooks, f"webhooks {name}", run, help).add_argument("account_id")
 
@@ -461,12 +465,22 @@ def _table(args: argparse.Namespace) -> str:
     if args.table:
         return args.table
     if args.stack:
-        stacks = _clients(args).client("cloudformation").describe_stacks(StackName=args.stack)["Stacks"]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
-        if "TableName" not in outputs:
-            raise CLIError(f"stack {args.stack} has no TableName output; is it an imagegate stack?")
-        return outputs["TableName"]
+        return _stack_output(args, "TableName")
     return Settings.from_env().table
+
+
+def _webhook_key(args: argparse.Namespace) -> str:
+    if args.stack:
+        return _stack_output(args, "WebhookSecretsKeyArn")
+    return Settings.from_env().webhook_key_id
+
+
+def _stack_output(args: argparse.Namespace, name: str) -> str:
+    stacks = _clients(args).client("cloudformation").describe_stacks(StackName=args.stack)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    if name not in outputs:
+        raise CLIError(f"stack {args.stack} has no {name} output; is it an imagegate stack of this version?")
+    return outputs[name]
 
 
 def _login() -> str:
@@ -815,7 +829,18 @@ def _webhooks_set(admin: Admin, args: argparse.Namespace) -> int:
 
 def _webhooks_show(admin: Admin, args: argparse.Namespace) -> int:
     endpoint = _endpoint(admin, args.account_id)
-    _print_fields({"account": endpoint.account_id, "url": endpoint.url, "set": _when(endpoint.created_at)})
+    secret = "encrypted (KMS)" if endpoint.is_sealed else "stored in plaintext: run `webhooks seal`"
+    fields = {"url": endpoint.url, "set": _when(endpoint.created_at), "secret": secret}
+    _print_fields({"account": endpoint.account_id, **fields})
+    return 0
+
+
+def _webhooks_seal(admin: Admin, args: argparse.Namespace) -> int:
+    _endpoint(admin, args.account_id)
+    if admin.webhooks.seal(args.account_id):
+        print(f"the webhook secret of account {args.account_id} is now encrypted (unchanged for receivers)")
+    else:
+        print(f"the webhook secret of account {args.account_id} was already encrypted")
     return 0
 
 

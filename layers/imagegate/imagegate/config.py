@@ -223,6 +223,8 @@ class Settings:
     # for accounts with a webhook endpoint, through this delivery queue (empty: no webhook deliveries).
     event_bus: str = ""
     webhook_queue_url: str = ""
+    # The KMS key that seals webhook signing secrets (webhooks.py): the stack's own, or the operator's.
+    webhook_key_id: str = ""
     # Top-ups (money/topups.py): the operator's packs, JSON text or a path (empty: the packaged defaults),
     # and another Stripe API to talk to instead of Stripe's (make serve's fake; empty: Stripe's own).
     topups: str = ""
@@ -286,6 +288,7 @@ class Settings:
             job_retention_days=int(env.get("IMAGEGATE_JOB_RETENTION_DAYS", cls.job_retention_days)),
             event_bus=env.get("IMAGEGATE_EVENT_BUS", ""),
             webhook_queue_url=env.get("IMAGEGATE_WEBHOOK_QUEUE_URL", ""),
+            webhook_key_id=env.get("IMAGEGATE_WEBHOOK_KEY_ID", ""),
             topups=env.get("IMAGEGATE_TOPUPS", ""),
             stripe_api_base=env.get("IMAGEGATE_STRIPE_API_BASE", ""),
         )

@@ -84,7 +84,7 @@ def build_webhooks(aws: AWSClients, settings: Settings) -> Webhooks:
     """Webhook endpoints and deliveries (webhooks.py) on the deployment's table and delivery queue."""
     from imagegate.jobs.webhooks import Webhooks
 
-    return Webhooks(aws, settings.table, queue_url=settings.webhook_queue_url)
+    return Webhooks(aws, settings.table, queue_url=settings.webhook_queue_url, key_id=settings.webhook_key_id)
 
 
 def webhook_handler() -> Any:

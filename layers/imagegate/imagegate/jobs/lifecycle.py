@@ -17,8 +17,10 @@ A redelivered or duplicated message finds the job no longer queued and changes n
 Item (single table, table.job_key):
   ACCOUNT#<account_id> / JOB#<job_id> -> status, endpoint, model, request_id, created_at, started_at,
       completed_at, expires_at (TTL: created_at + job_retention_days, the outputs' lifecycle), spec (JSON: the
-      resolved ImageJob without its images), inputs (JSON: the input images' S3 keys under `inputs/` and their
-      headers), reservation (JSON: what settling needs), run (the token of the run that took it), result
+      resolved ImageJob without its images) or, when that is larger than SPEC_INLINE_MAX_BYTES, spec_key (the
+      S3 key of that JSON, beside the input images under `inputs/`) and spec_sha256 (its digest), inputs
+      (JSON: the input images' S3 keys under `inputs/` and their headers), reservation (JSON: what settling
+      needs), run (the token of the run that took it), result
       (JSON: the response record: body, format, extra, S3 keys; never URLs or bytes), error (JSON: the OpenAI
       error object), error_status (its HTTP status), source, client_reference_id, task_token, and `webhook`,
       which webhooks.py writes and this module never does (it renders it as `"webhook"`).
@@ -47,6 +49,7 @@ The detail each `on_finished` callback gets when a job reaches succeeded, failed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -81,6 +84,9 @@ if TYPE_CHECKING:
 JOB_ID = re.compile(r"imgjob_[0-9a-f]{32}")  # fullmatch: "$" would also match before a "\n"
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_LIST_LIMIT = 20
+# A job's spec up to this size (its JSON, in bytes) stays on the item; a larger one goes to S3. A prompt of
+# 8 KB is 8 write units on each of the job's ~4 writes; 32,000 characters may be ~380 KB escaped.
+SPEC_INLINE_MAX_BYTES = 8 * 1024
 MAX_LIST_LIMIT = 100
 # How often `wait` reads the job while a client waits for it (`Prefer: wait=N`).
 POLL_SECONDS = (0.1, 0.25, 0.5, 1.0)
@@ -133,7 +139,7 @@ class Jobs:
         path refuses (400, 402, 429), nothing written then. `enqueue=False`: the caller runs it itself
         (`run`: a direct invocation). `idempotency_key`: a retried submit gets the first one's job. `answer`,
         when given, receives the response headers a synchronous answer would carry (`x-ratelimit-*`,
-        `idempotent-replayed`)."""
+        `idempotent-replayed`, `x-imagegate-provider`)."""
         service = self.service
         if enqueue and not self.settings.jobs_queue_url:
             raise APIError(
@@ -142,6 +148,10 @@ class Jobs:
                 code="async_not_available",
             )
         routes = service.check(job)
+        if answer is not None:
+            # Not run yet: the provider the router tries first (a fallover at run time may serve the job from
+            # the next route; its billing record says which did).
+            answer["x-imagegate-provider"] = routes[0].provider
         if idempotency_key is not None:
             deadlines = self.settings.deadlines
             stored = service.idempotency.begin(
@@ -176,6 +186,7 @@ class Jobs:
         item.update(_optional(source=source, client_reference_id=client_reference_id, task_token=task_token))
         written: list[str] = []
         try:
+            self._offload_spec(item, account.account_id, job_id, written)
             item["inputs"] = {"S": json.dumps(self._put_inputs(account.account_id, job_id, job, written))}
             put = {
                 "Put": {
@@ -249,6 +260,21 @@ class Jobs:
             "spec": {"S": json.dumps(spec)},
             "reservation": {"S": json.dumps(reservation)},
         }
+
+    def _offload_spec(self, item: dict[str, Any], account_id: str, job_id: str, written: list[str]) -> None:
+        """Move a large spec (a long prompt) to S3, keeping its key: the job item lives on the account's
+        partition, where every write of a 385 KB item (32,000 emoji, JSON-escaped) cost ~400 write units."""
+        spec = item["spec"]["S"]
+        if len(spec.encode()) <= SPEC_INLINE_MAX_BYTES:
+            return
+        key = f"{self.settings.input_prefix}/{account_id}/{job_id}/spec.json"
+        self.service.storage.put(key, spec.encode(), "application/json")
+        written.append(key)
+        del item["spec"]
+        # The digest: an account's own roles may write under its inputs/ prefix (manifests), and a spec
+        # changed after its price was reserved must not run.
+        item["spec_key"] = {"S": key}
+        item["spec_sha256"] = {"S": hashlib.sha256(spec.encode()).hexdigest()}
 
     def _put_inputs(self, account_id: str, job_id: str, job: ImageJob, written: list[str]) -> list[dict]:
         """Each input image (and the mask) as an S3 object under the inputs prefix (a short lifecycle): the
@@ -343,7 +369,7 @@ class Jobs:
             self._finished(account_id, job_id)
 
     def _rebuild(self, item: dict[str, Any]) -> ImageJob:
-        spec = json.loads(item["spec"]["S"])
+        spec = json.loads(self._spec(item))
         contract = self.service.catalog.get(spec.pop("model"))
         if contract is None:
             raise APIError(
@@ -366,6 +392,14 @@ class Jobs:
         # `mask`, or `mask.file_id` / `mask.image_url` for a JSON edit's reference.
         mask = inputs.pop() if inputs and inputs[-1].param.partition(".")[0] == "mask" else None
         return ImageJob(**spec, contract=contract, images=tuple(inputs), mask=mask)
+
+    def _spec(self, item: dict[str, Any]) -> str | bytes:
+        if "spec_key" not in item:
+            return str(item["spec"]["S"])
+        spec = self.service.storage.get(item["spec_key"]["S"])
+        if hashlib.sha256(spec).hexdigest() != item["spec_sha256"]["S"]:
+            raise ValueError("the job's stored spec was changed after its submit")
+        return spec
 
     # --- reading -------------------------------------------------------------------------------------
 

@@ -1,9 +1,15 @@
 """Webhooks: one endpoint per account, told of each finished job by a signed POST, retried for about a day.
 
-Endpoints. The operator sets them (`imagegate webhooks set|show|remove|test`):
-    ACCOUNT#<account_id> / WEBHOOK -> url, secret ("whsec_" + base64 of 32 random bytes), created_at
-The secret is shown once, when set; setting the URL again makes a new one. The URL is checked when set and
-again at every attempt (outbound.py: https, public addresses only, pinned, no redirects, short timeouts).
+Endpoints. The operator sets them (`imagegate webhooks set|show|remove|test|seal`):
+    ACCOUNT#<account_id> / WEBHOOK -> url, sealed_secret, created_at
+The secret ("whsec_" + base64 of 32 random bytes) is shown once, when set; setting the URL again makes a new
+one. It is stored only as a KMS ciphertext (`sealed_secret`, KMS Encrypt under the stack's webhook key, with
+the encryption context {"imagegate:account_id": <id>}: a ciphertext copied to another account's item does not
+decrypt). Only the delivery function (and the operator) may decrypt it; whatever else reads the endpoint sees
+that it exists, never the secret. An endpoint set by an earlier version holds it in plaintext (`secret`): it
+is still read and signed with, and `seal` (or the next `set`) replaces it with a ciphertext.
+The URL is checked when set and again at every attempt (outbound.py: https, public addresses only, pinned,
+no redirects, short timeouts).
 
 Deliveries follow Standard Webhooks (https://www.standardwebhooks.com), signed by the `standardwebhooks`
 library: headers `webhook-id` (msg_<job id>, the same on every retry, so receivers can drop duplicates),
@@ -75,6 +81,8 @@ JOB_FIELDS = (
     "client_reference_id",
 )
 ENDPOINT_SK = "WEBHOOK"
+# The encryption context a sealed secret is bound to (KMS authenticates it; CloudTrail logs it).
+CONTEXT_KEY = "imagegate:account_id"
 
 log = logging.getLogger("imagegate")
 
@@ -83,12 +91,22 @@ class NoEndpoint(LookupError):
     pass
 
 
+class NoKey(RuntimeError):
+    """No KMS key is configured to seal webhook secrets with (IMAGEGATE_WEBHOOK_KEY_ID)."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     account_id: str
     url: str
     created_at: int
-    secret: str = field(repr=False)
+    # The KMS ciphertext of the signing secret, or (an endpoint set by an earlier version) the plaintext.
+    sealed: bytes | None = field(default=None, repr=False)
+    plaintext: str | None = field(default=None, repr=False)
+
+    @property
+    def is_sealed(self) -> bool:
+        return self.sealed is not None
 
 
 class Webhooks:
@@ -101,11 +119,14 @@ class Webhooks:
         table: str,
         *,
         queue_url: str = "",
+        key_id: str = "",
         outbound: Outbound | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`key_id`: the KMS key that seals secrets (its ARN, id or alias); needed to set and to sign."""
         self._aws = aws
         self._table = table
+        self.key_id = key_id
         self.queue_url = queue_url
         self.outbound = outbound or Outbound()
         self._clock = clock
@@ -117,12 +138,13 @@ class Webhooks:
         An `OutboundError` when the URL is not https to a public address."""
         self.outbound.check(url)
         secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+        # A put replaces the whole item: an earlier version's plaintext `secret` goes with it.
         self._aws.dynamodb.put_item(
             TableName=self._table,
             Item={
                 **self._endpoint_key(account_id),
                 "url": {"S": url},
-                "secret": {"S": secret},
+                "sealed_secret": {"B": self._seal(account_id, secret)},
                 "created_at": {"N": str(int(self._clock()))},
             },
         )
@@ -134,7 +156,34 @@ class Webhooks:
         ).get("Item")
         if item is None:
             return None
-        return Endpoint(account_id, item["url"]["S"], int(item["created_at"]["N"]), item["secret"]["S"])
+        return Endpoint(
+            account_id,
+            item["url"]["S"],
+            int(item["created_at"]["N"]),
+            sealed=item["sealed_secret"]["B"] if "sealed_secret" in item else None,
+            plaintext=item["secret"]["S"] if "secret" in item else None,
+        )
+
+    def seal(self, account_id: str) -> bool:
+        """Replace an endpoint's plaintext secret (an earlier version's) by its ciphertext, keeping the
+        secret itself, so receivers verify as before; False when there is nothing in plaintext to seal."""
+        endpoint = self.get(account_id)
+        if endpoint is None or endpoint.plaintext is None:
+            return False
+        try:
+            self._aws.dynamodb.update_item(
+                TableName=self._table,
+                Key=self._endpoint_key(account_id),
+                UpdateExpression="SET sealed_secret = :sealed REMOVE secret",
+                ConditionExpression="secret = :plain",  # not a secret set anew meanwhile
+                ExpressionAttributeValues={
+                    ":sealed": {"B": self._seal(account_id, endpoint.plaintext)},
+                    ":plain": {"S": endpoint.plaintext},
+                },
+            )
+        except self._aws.dynamodb.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def remove(self, account_id: str) -> bool:
         """Forget the endpoint (pending deliveries then fail at their next attempt); False if none."""
@@ -279,9 +328,30 @@ class Webhooks:
             "content-type": "application/json",
             "webhook-id": message_id,
             "webhook-timestamp": str(int(sent.timestamp())),
-            "webhook-signature": Webhook(endpoint.secret).sign(message_id, sent, body),
+            "webhook-signature": Webhook(self._secret(endpoint)).sign(message_id, sent, body),
         }
         return self.outbound.post(endpoint.url, body.encode(), headers, timeout=ATTEMPT_TIMEOUT_S)
+
+    def _seal(self, account_id: str, secret: str) -> bytes:
+        if not self.key_id:
+            raise NoKey("no KMS key to seal webhook secrets with (IMAGEGATE_WEBHOOK_KEY_ID)")
+        return self._aws.client("kms").encrypt(
+            KeyId=self.key_id, Plaintext=secret.encode(), EncryptionContext={CONTEXT_KEY: account_id}
+        )["CiphertextBlob"]
+
+    def _secret(self, endpoint: Endpoint) -> str:
+        """The signing secret: decrypted (kms:Decrypt, the delivery function's alone), or an earlier
+        version's plaintext."""
+        if endpoint.sealed is None:
+            return endpoint.plaintext or ""
+        if not self.key_id:
+            raise NoKey("no KMS key to open webhook secrets with (IMAGEGATE_WEBHOOK_KEY_ID)")
+        plain: bytes = self._aws.client("kms").decrypt(
+            KeyId=self.key_id,
+            CiphertextBlob=endpoint.sealed,
+            EncryptionContext={CONTEXT_KEY: endpoint.account_id},
+        )["Plaintext"]
+        return plain.decode()
 
     def _record(self, account_id: str, job_id: str, done: int, state: dict[str, Any]) -> bool:
         """Write the delivery's state if it is still pending after `done` attempts."""

@@ -273,6 +273,20 @@ def provision_webhook_queue(aws: AWSClients, name: str = WEBHOOK_QUEUE) -> str:
     return provision_queue(aws, name, visibility_s=WEBHOOK_VISIBILITY_S, max_receives=MAX_RECEIVES)
 
 
+WEBHOOK_KEY_ALIAS = "alias/imagegate-webhooks"
+
+
+def provision_webhook_key(aws: AWSClients, alias: str = WEBHOOK_KEY_ALIAS) -> str:
+    """The KMS key that seals webhook secrets (template.yaml: WebhookSecretsKey), made once; its ARN."""
+    kms = aws.client("kms")
+    try:
+        return str(kms.describe_key(KeyId=alias)["KeyMetadata"]["Arn"])
+    except kms.exceptions.NotFoundException:
+        arn = kms.create_key(Description="imagegate webhook secrets (make serve)")["KeyMetadata"]["Arn"]
+        kms.create_alias(AliasName=alias, TargetKeyId=arn)
+        return str(arn)
+
+
 # botocore's events after a message is sent through a client: the queue holds it by then.
 SENT_EVENTS = ("after-call.sqs.SendMessage", "after-call.sqs.SendMessageBatch")
 
@@ -530,6 +544,8 @@ def main() -> None:
         settings = replace(settings, jobs_queue_url=provision_jobs_queue(aws, settings))
     if not settings.webhook_queue_url:
         settings = replace(settings, webhook_queue_url=provision_webhook_queue(aws))
+    if not settings.webhook_key_id:
+        settings = replace(settings, webhook_key_id=provision_webhook_key(aws))
     # moto serves EventBridge's default bus: finished jobs' events go through the deployed code path.
     settings = replace(settings, event_bus=settings.event_bus or "default")
     stripe = fake_stripe(os.environ, port)
@@ -545,7 +561,10 @@ def main() -> None:
         service.accounts, dev_key(os.environ, state_dir), settings_balance(os.environ), admin=True
     )
     make_state_dir(state_dir)
-    (state_dir / "aws-env").write_text(aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV), os.environ))
+    (state_dir / "aws-env").write_text(
+        aws_env(endpoint, os.environ.get(DYNAMODB_ENDPOINT_ENV), os.environ)
+        + f"export IMAGEGATE_WEBHOOK_KEY_ID={settings.webhook_key_id}\n"
+    )
     account = service.accounts.authenticate(f"Bearer {key}")
     balance = micros_to_usd(service.accounts.balance(account.account_id) or 0)
     router = service.router

@@ -31,6 +31,7 @@ A refund or dispute that arrives before its payment's credit is answered 503 whi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -39,9 +40,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from imagegate import errors
 from imagegate.money import ledger
-from imagegate.table import account_pk, item_key, query, transact_or_reasons
+from imagegate.money.billing import BUSY_CODES
+from imagegate.table import account_pk, item_key, query, request_token, transact_or_reasons
 from imagegate.units import micros_to_decimal, usd_to_micros
 
 CURRENCY = "usd"
@@ -49,6 +53,9 @@ MICROS_PER_CENT = 10_000
 # The API version these shapes were tested with (the stripe library's own pin when it was added).
 STRIPE_API_VERSION = "2026-10-28.endive"
 SIGNATURE_TOLERANCE_S = 300  # Stripe's default: an older signed event is refused as a replay
+# Sends of one credit or reversal through lost responses and throttling before the event is answered 500
+# (Stripe then redelivers it).
+TRANSACT_ATTEMPTS = 4
 EVENTS_PK, SESSIONS_PK, PAYMENTS_PK = "STRIPE#EVENTS", "STRIPE#SESSIONS", "STRIPE#PAYMENTS"
 CREDIT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 REVERSAL_EVENTS = ("charge.refunded", "charge.dispute.created")
@@ -373,6 +380,7 @@ class Topups:
     credentials: Callable[[], Mapping[str, str]]
     api_base: str = ""
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
     _client: Any = field(default=None, init=False, repr=False)
 
     def checkout(self, account_id: str, body: Mapping[str, Any], return_url: str) -> dict[str, str]:
@@ -527,7 +535,7 @@ class Topups:
                     }
                 }
             )
-        failed = transact_or_reasons(self.dynamodb, actions)
+        failed = self._transact(actions, event_id, "credit")
         if failed is None:
             return effect
         if 0 in failed or 1 in failed:  # this event, or another event of the same session, credited it
@@ -601,7 +609,7 @@ class Topups:
                         payment_intent=effect.payment_intent,
                     ),
                 ]
-            failed = transact_or_reasons(self.dynamodb, actions)
+            failed = self._transact(actions, event_id, "reversal")
             if failed is None:
                 return done
             if 0 in failed:
@@ -610,6 +618,24 @@ class Topups:
                 return self._record(event_id, kind, _unapplied(done, "no such account"))
             # 1: another event of this payment moved it meanwhile; read it again
         return self._record(event_id, kind, _unapplied(effect, "the payment kept changing"))
+
+    def _transact(self, actions: list[dict[str, Any]], *name: str) -> dict[int, Any] | None:
+        """A transaction that moves money, sent unchanged under one ClientRequestToken until it answers: one
+        that committed behind a lost response is then found committed, not refused as a duplicate. The token
+        names the parameter set (a reversal re-read after a race builds other actions, so another token):
+        DynamoDB refuses one token with other parameters."""
+        digest = hashlib.sha256(json.dumps(actions, sort_keys=True).encode()).hexdigest()
+        token = request_token("topups", *name, digest)
+        attempt = 1
+        while True:
+            try:
+                return transact_or_reasons(self.dynamodb, actions, self.sleep, token)
+            except (ClientError, BotoCoreError) as exc:
+                busy = isinstance(exc, BotoCoreError) or exc.response["Error"]["Code"] in BUSY_CODES
+                if not busy or attempt == TRANSACT_ATTEMPTS:
+                    raise
+                self.sleep(0.05 * 2**attempt)
+                attempt += 1
 
     def events(self, account_id: str | None = None) -> list[dict[str, Any]]:
         """Every recorded event (one account's), newest first: what arrived and what it did."""
