@@ -21,10 +21,11 @@ side. `options.region` "eu" or "us" uses BFL's regional endpoint instead of the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from imagegate.catalog.routes import check_options
 from imagegate.errors import ProviderError
 from imagegate.inputs.images import fit
 from imagegate.providers import Deps, Operation, ProviderResult, Upstream, content_policy, gather
@@ -44,16 +45,6 @@ BFL_DOMAIN = "bfl.ai"
 MAX_SAMPLE_BYTES = 32 * 1024 * 1024
 
 
-def check_options(options: Mapping[str, Any]) -> None:
-    """A ValueError naming the first bad option, so a catalog with it is refused when it loads."""
-    region = options.get("region", "global")
-    if region not in ENDPOINTS:
-        raise ValueError(f"options.region must be one of {', '.join(ENDPOINTS)}, not {region!r}")
-    poll = options.get("poll_seconds", DEFAULT_POLL_SECONDS)
-    if isinstance(poll, bool) or not isinstance(poll, int | float) or not 0 < poll <= 60:
-        raise ValueError(f"options.poll_seconds must be a number of seconds in (0, 60], not {poll!r}")
-
-
 class BFLProvider:
     name = "bfl"
 
@@ -65,7 +56,7 @@ class BFLProvider:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        check_options(upstream.options)
+        check_options(self.name, upstream.options, f"bfl route for {upstream.model}")
         self.upstream = upstream
         self.client = client
         self.outbound = outbound
