@@ -1035,6 +1035,11 @@ def test_catalog_validate_says_what_a_document_adds_or_what_is_wrong(table, caps
     bad.write_text(json.dumps({"models": {"gpt-image-2": {"n_max": 11}}}))
     code, out, err = run(capsys, "catalog", "validate", str(bad))
     assert (code, out) == (1, "") and "gpt-image-2" in err and "n_max" in err
+    route = {"provider": "bfl", "model": "flux-2-pro", "credential": "BFL_API_KEY"}
+    route["options"] = {"region": "zz"}
+    bad.write_text(json.dumps({"models": {"flux-2-pro": {"routes": [route]}}}))
+    code, out, err = run(capsys, "catalog", "validate", str(bad))
+    assert (code, out) == (1, "") and "flux-2-pro" in err and "options.region" in err
 
 
 def test_catalog_push_validates_then_uploads_to_s3_or_ssm(table, capsys, tmp_path, monkeypatch):

@@ -161,6 +161,37 @@ def test_the_stripe_webhook_writes_only_credits_and_reads_only_the_stripe_secret
     assert Stack(TopupPacks='{"packs": []}').environment()["IMAGEGATE_TOPUPS"] == '{"packs": []}'
 
 
+def test_a_separate_stripe_secret_is_readable_by_the_account_and_webhook_functions_only():
+    upstreams = "arn:aws:secretsmanager:us-east-1:123456789012:secret:imagegate/upstreams-AbCdEf"
+    stripe = "arn:aws:secretsmanager:us-east-1:123456789012:secret:imagegate/stripe-GhIjKl"
+    kms = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    stack = Stack(
+        UpstreamCredentialsSecretArn=upstreams,
+        StripeCredentialsSecretArn=stripe,
+        UpstreamCredentialsKmsKeyArn=kms,
+    )
+    assert stack.environment()["IMAGEGATE_STRIPE_SECRET_ARN"] == stripe
+
+    def secrets(function):
+        return {
+            stack.resolve(s["Resource"])
+            for s in statements(function, stack)
+            if "secretsmanager:GetSecretValue" in s["Action"]
+        }
+
+    readers = {name for name in functions() if stripe in secrets(name)}
+    assert readers == {"AccountFunction", "StripeWebhookFunction"}
+    # Those two read no upstream key; every function that did still does, and nothing else.
+    assert secrets("AccountFunction") == secrets("StripeWebhookFunction") == {stripe}
+    assert secrets("GenerationsFunction") == secrets("WorkerFunction") == {upstreams}
+    assert "dynamodb:GetItem" in actions("AccountFunction", stack)  # API keys are still looked up
+    # Without it, today's single secret: the Stripe functions read the upstream secret, which holds the keys.
+    single = Stack(UpstreamCredentialsSecretArn=upstreams)
+    policies = single.resolve(functions()["AccountFunction"]["Properties"]["Policies"])
+    assert "CredentialsPolicy" in policies and "StripeCredentialsPolicy" not in policies
+    assert "secretsmanager:GetSecretValue" in actions("StripeWebhookFunction", single)
+
+
 def test_signature_failures_and_unapplied_credits_raise_alarms():
     expressions = {
         name: str(r["Properties"].get("Metrics"))

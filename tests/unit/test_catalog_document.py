@@ -1,20 +1,25 @@
 """The catalog document: its loader, operator overrides with `like`, aliases, dates, the runtime source
 (S3/SSM, cached, refusing a bad document) and the example of docs/catalog.md."""
 
+import importlib
 import io
 import json
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 from aws_lambda_powertools.logging import Logger
 
 from imagegate.catalog.contracts import price_per_image
 from imagegate.catalog.loader import load_catalog, validate_document
+from imagegate.catalog.routes import check_options
 from imagegate.catalog.sources import CatalogSource
 from imagegate.config import CATALOG_TTL_SECONDS, Settings
 from imagegate.errors import APIError
+from imagegate.inputs.outbound import Outbound
 from imagegate.inputs.validation import ImageParams, resolve
+from imagegate.providers import Deps, Upstream
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "catalog.md"
 
@@ -118,6 +123,52 @@ def test_a_bad_override_is_refused_naming_the_problem(override, problem):
         validate_document(override)
 
 
+def flux_route(**options):
+    route = {"provider": "bfl", "model": "flux-2-pro", "credential": "BFL_API_KEY", "options": options}
+    return {"models": {"flux-2-pro": {"routes": [route]}}}
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        (flux_route(region="zz"), "'options.region' must be one of 'global', 'eu', 'us', not 'zz'"),
+        (flux_route(poll_seconds="abc"), "'options.poll_seconds' must be a number"),
+        (flux_route(poll_seconds=0), "'options.poll_seconds' must be a number"),
+        (
+            {"models": {"dall-e-3": {"routes": [{"provider": "openai", "model": "dall-e-3",
+             "credential": "OPENAI_API_KEY", "options": {"dialect": "dalle"}}]}}},
+            "'options.dialect' must be one of 'gpt-image', 'dall-e'",
+        ),
+        (
+            {"models": {"dall-e-3": {"routes": [{"provider": "bedrock", "model": "amazon.nova-canvas-v1:0",
+             "options": {"cfg_scale": "high"}}]}}},
+            "'options.cfg_scale' must be a number",
+        ),
+    ],
+)  # fmt: skip
+def test_a_route_with_options_its_provider_would_refuse_is_refused_when_the_catalog_loads(override, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)) as info:
+        validate_document(override)
+    assert "flux-2-pro" in str(info.value) or "dall-e-3" in str(info.value)
+
+
+def test_every_packaged_route_builds_its_provider():
+    """The packaged routes' options pass the loader's check, and each provider builds from them."""
+    catalog = load_catalog(Settings())
+    deps = Deps(aws=None, http_client=httpx.Client(), outbound_client=Outbound())
+    built = 0
+    for model_id, specs in catalog.routes.items():
+        for spec in specs:
+            check_options(spec.provider, spec.options, model_id)
+            upstream = Upstream(
+                spec.provider, spec.model, spec.base_url or "https://upstream.example", "key", "us-east-1",
+                spec.timeout_s, spec.options,
+            )  # fmt: skip
+            importlib.import_module(f"imagegate.providers.{spec.provider}").create(upstream, deps)
+            built += 1
+    assert built >= len(catalog.models)
+
+
 class Clock:
     def __init__(self):
         self.now = 1000.0
@@ -157,6 +208,23 @@ def test_a_remote_override_is_cached_refreshed_and_a_bad_one_refused_keeping_the
     assert "unknown model 'gpt-image-9'" in lines[1]["reason"] and lines[1]["level"] == "ERROR"
     clock.now += CATALOG_TTL_SECONDS
     assert "imagen-4" in source.current().contracts and "imagen-3" not in source.current().contracts
+
+
+def test_a_remote_override_with_bad_route_options_is_refused_and_the_last_good_serves(log_stream):
+    documents = [json.dumps({"aliases": {"flux": "flux-2-pro"}}), json.dumps(flux_route(region="zz"))]
+    refused, clock = [], Clock()
+    source = CatalogSource(
+        Settings(catalog="s3://ops/catalog.json"),
+        lambda _: documents.pop(0),
+        Logger(service="catalog-bad-options", stream=log_stream),
+        lambda: refused.append(1),
+        clock,
+    )
+    first = source.current()
+    clock.now += CATALOG_TTL_SECONDS
+    assert source.current() is first and refused == [1]
+    [line] = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert "options.region" in line["reason"] and "flux-2-pro" in line["reason"]
 
 
 def test_with_no_good_remote_override_the_packaged_catalog_serves(log_stream):

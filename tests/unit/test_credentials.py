@@ -131,3 +131,24 @@ def test_a_missing_secret_or_parameter_is_a_clear_error(aws_clients):
 def test_two_stores_at_once_are_refused(aws_clients):
     with pytest.raises(CredentialsError, match="not both"):
         load_credentials(Settings(upstream_secret_arn="a", upstream_ssm_parameter="b"), aws_clients, env=ENV)
+
+
+def test_the_stripe_keys_come_from_their_own_secret_when_one_is_configured(aws_clients):
+    from aws_lambda_powertools.logging import Logger
+
+    from imagegate.service import Service
+
+    stripe = {"STRIPE_SECRET_KEY": "sk_test_own", "STRIPE_WEBHOOK_SECRET": "whsec_own", "OTHER": "x"}
+    upstreams = secret(aws_clients, SecretString=json.dumps({**STORED, "STRIPE_SECRET_KEY": "sk_test_old"}))
+    own = secret(aws_clients, SecretString=json.dumps(stripe))
+
+    def keys(**settings):
+        service = Service(Settings(upstream_secret_arn=upstreams, **settings), aws_clients, Logger("stripe"))
+        return service.topups.credentials()
+
+    assert keys(stripe_secret_arn=own) == {
+        "STRIPE_SECRET_KEY": "sk_test_own",
+        "STRIPE_WEBHOOK_SECRET": "whsec_own",
+    }
+    assert keys() == {"STRIPE_SECRET_KEY": "sk_test_old"}  # none of its own: the upstream secret, as before
+    assert Settings.from_env({"IMAGEGATE_STRIPE_SECRET_ARN": own}).stripe_secret_arn == own

@@ -814,3 +814,33 @@ def test_variations_on_openai_routes_say_they_have_no_upstream(router, job, upst
     assert info.value.code == "model_not_available"
     assert "dall-e-2 shut down on 2026-05-12" in info.value.message
     assert "gpt-image-2 has no variations endpoint" in info.value.message
+
+
+def test_a_route_whose_provider_will_not_build_is_unavailable_logged_once_not_a_500(
+    router, job, upstreams, log_stream
+):
+    """What the loader cannot know (a Bedrock family's options, say) fails the route, not the model."""
+
+    def refuse(upstream, deps):
+        raise ValueError(f"bedrock route for {upstream.model}: unknown option(s) ['steps']")
+
+    routes = {
+        "gpt-image-1.5": [
+            RouteSpec("bedrock", "stability.sd3-5-large-v1:0", region="us-west-2", options={"steps": 4}),
+            RouteSpec("openai", "gpt-image-1.5", "OPENAI_API_KEY"),
+        ]
+    }
+    r = router(OPENAI, routes=routes, factories={**upstreams.factories(), "bedrock": refuse})
+    model = job(prompt="a fox", model="gpt-image-1.5").contract
+    assert r.offer(model)["generations"] == [routes["gpt-image-1.5"][1]]
+    for n in range(2):
+        served = r.run(job(prompt="a fox", model="gpt-image-1.5"), f"req_{n}")
+        assert (served.provider, served.model) == ("openai", "gpt-image-1.5")
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    broken = [line for line in lines if line["message"].startswith("route unavailable")]
+    assert len(broken) == 1 and broken[0]["provider"] == "bedrock" and "steps" in broken[0]["reason"]
+    only = {"gpt-image-1.5": routes["gpt-image-1.5"][:1]}
+    r = router(OPENAI, routes=only, factories={**upstreams.factories(), "bedrock": refuse})
+    with pytest.raises(APIError) as info:
+        r.run(job(prompt="a fox", model="gpt-image-1.5"), "req_x")
+    assert (info.value.status, info.value.code) == (400, "model_not_available")

@@ -183,6 +183,9 @@ class Settings:
     # credential name -> value; locally, environment variables of the same names.
     upstream_secret_arn: str = ""
     upstream_ssm_parameter: str = ""
+    # The Stripe keys' own secret (same JSON shape), so that functions calling upstreams cannot read them;
+    # empty: they sit with the upstream credentials.
+    stripe_secret_arn: str = ""
     # Bedrock routes are live only when a region is given (Bedrock authenticates with the Lambda role).
     bedrock_region: str = ""
     # The operator's catalog override (catalog/loader.py): JSON text, a file path, s3://bucket/key or
@@ -259,6 +262,7 @@ class Settings:
             max_response_bytes=int(env.get("IMAGEGATE_MAX_RESPONSE_BYTES", cls.max_response_bytes)),
             upstream_secret_arn=env.get("IMAGEGATE_UPSTREAM_SECRET_ARN", ""),
             upstream_ssm_parameter=env.get("IMAGEGATE_UPSTREAM_SSM_PARAMETER", ""),
+            stripe_secret_arn=env.get("IMAGEGATE_STRIPE_SECRET_ARN", ""),
             bedrock_region=env.get("IMAGEGATE_BEDROCK_REGION", ""),
             catalog=env.get("IMAGEGATE_CATALOG", ""),
             catalog_ttl_seconds=float(env.get("IMAGEGATE_CATALOG_TTL_SECONDS") or CATALOG_TTL_SECONDS),

@@ -143,15 +143,23 @@ class Service:
 
     @cached_property
     def topups(self) -> Topups:
-        """Stripe top-ups; the Stripe keys are read from the credential store on first use, once."""
-        from imagegate.catalog.credentials import load_credentials
+        """Stripe top-ups; the Stripe keys are read on first use, once: from their own secret when one is
+        configured (then the functions that call upstreams need no grant to it), else from the upstream
+        credential store."""
+        from imagegate.catalog.credentials import load_credentials, read_secret
         from imagegate.money.topups import CREDENTIAL_NAMES, Topups, load_config
 
         credentials: dict[str, str] = {}
 
         def read() -> dict[str, str]:
             if not credentials:
-                credentials.update(load_credentials(self.settings, self.aws, names=CREDENTIAL_NAMES))
+                arn = self.settings.stripe_secret_arn
+                found = (
+                    read_secret(self.aws, arn)
+                    if arn
+                    else load_credentials(self.settings, self.aws, names=CREDENTIAL_NAMES)
+                )
+                credentials.update({name: found[name] for name in CREDENTIAL_NAMES if name in found})
             return credentials
 
         return Topups(

@@ -5,11 +5,13 @@ import json
 
 import httpx
 import pytest
+from localservers import local_outbound, serve
 
 from imagegate.errors import ProviderError
+from imagegate.inputs.outbound import Outbound
 from imagegate.providers import Upstream, run
 from imagegate.providers.azure_openai import create as azure
-from imagegate.providers.bfl import BFLProvider
+from imagegate.providers.bfl import MAX_SAMPLE_BYTES, BFLProvider
 from imagegate.providers.bfl import create as bfl
 
 from .test_http import SECRET, FakeUpstream, opened, png_b64
@@ -71,37 +73,48 @@ class Ticks:
         self.now += seconds
 
 
-SAMPLE = "https://delivery-eu1.bfl.ai/results/abc/sample.jpeg?se=2026-12-06T08%3A10%3A00Z&sig=x"
+DELIVERY = "delivery-eu1.bfl.ai"
+SAMPLE_PATH = "/results/abc/sample.jpeg?se=2026-12-06T08%3A10%3A00Z&sig=x"
 
 
-def bfl_upstream(fake, ticks, timeout_s=20.0, **options):
+def jpeg_bytes(width, height):
+    return base64.b64decode(png_b64(width, height, fmt="JPEG"))
+
+
+@pytest.fixture
+def sample():
+    """BFL's delivery host: a real server on 127.0.0.1 that the test resolver names delivery-eu1.bfl.ai."""
+    body = {"bytes": jpeg_bytes(1024, 1024)}
+    with serve(lambda seen: (200, {"content-type": "image/jpeg"}, body["bytes"])) as server:
+        server.body = body
+        server.sample_url = server.url(SAMPLE_PATH, host=DELIVERY)
+        server.outbound = local_outbound({DELIVERY: "127.0.0.1"})
+        yield server
+
+
+def bfl_upstream(fake, ticks, sample, timeout_s=20.0, **options):
     upstream = Upstream("bfl", model="flux-2-pro", api_key=SECRET, timeout_s=timeout_s, options=options)
-    return BFLProvider(upstream, fake.deps().http, clock=ticks, sleep=ticks.sleep)
+    return BFLProvider(upstream, fake.deps().http, sample.outbound, clock=ticks, sleep=ticks.sleep)
 
 
-def task():
-    return httpx.Response(200, json={"id": "t1", "polling_url": "https://api.eu.bfl.ai/v1/get_result?id=t1"})
+def task(polling_url="https://api.eu.bfl.ai/v1/get_result?id=t1"):
+    return httpx.Response(200, json={"id": "t1", "polling_url": polling_url})
 
 
 def status(value, **extra):
     return httpx.Response(200, json={"id": "t1", "status": value, **extra})
 
 
-def jpeg(width, height):
-    return httpx.Response(200, content=base64.b64decode(png_b64(width, height, fmt="JPEG")))
+def ready(url):
+    return status("Ready", result={"sample": url})
 
 
-def test_bfl_posts_the_task_polls_until_ready_and_downloads_the_sample_at_once(job):
-    fake = FakeUpstream(
-        task(),
-        status("Pending"),
-        status("Pending"),
-        status("Ready", result={"sample": SAMPLE}),
-        jpeg(1536, 864),
-    )
+def test_bfl_posts_the_task_polls_until_ready_and_downloads_the_sample_at_once(job, sample):
+    sample.body["bytes"] = jpeg_bytes(1536, 864)
+    fake = FakeUpstream(task(), status("Pending"), status("Pending"), ready(sample.sample_url))
     ticks = Ticks()
-    result = run(bfl_upstream(fake, ticks), job(prompt="a kite", model="flux-2-pro", size="1536x864"))
-    post, *polls, download = fake.requests
+    result = run(bfl_upstream(fake, ticks, sample), job(prompt="a kite", model="flux-2-pro", size="1536x864"))
+    post, *polls = fake.requests
     assert (post.method, str(post.url)) == ("POST", "https://api.bfl.ai/v1/flux-2-pro")
     assert post.headers["x-key"] == SECRET
     assert json.loads(post.content) == {
@@ -112,15 +125,80 @@ def test_bfl_posts_the_task_polls_until_ready_and_downloads_the_sample_at_once(j
     }
     assert [str(p.url) for p in polls] == ["https://api.eu.bfl.ai/v1/get_result?id=t1"] * 3
     assert all(p.headers["x-key"] == SECRET for p in polls)
-    assert str(download.url) == SAMPLE and "x-key" not in download.headers  # a signed URL, no key sent
+    [download] = sample.requests  # a signed URL on another host: fetched once, without the key
+    assert download.path == SAMPLE_PATH and "x-key" not in {k.lower() for k in download.headers}
+    assert SECRET.encode() not in b"".join(f"{k}{v}".encode() for k, v in download.headers.items())
     assert ticks.sleeps == [1.0, 1.0]
     assert [opened(i) for i in result.images] == [("PNG", (1536, 864))]
 
 
-def test_bfl_moderation_is_a_content_policy_refusal(job):
+@pytest.mark.parametrize(
+    "polling_url",
+    [
+        "https://attacker.example/v1/get_result?id=t1",
+        "https://api.bfl.ai.attacker.example/get_result",
+        "http://api.eu.bfl.ai/v1/get_result?id=t1",
+        "https://api.eu.bfl.ai:8443/v1/get_result?id=t1",
+        "https://user@api.eu.bfl.ai/v1/get_result",
+        "https://169.254.169.254/latest/meta-data/",
+    ],
+)
+def test_bfl_never_sends_the_key_to_a_polling_url_off_its_host(job, sample, polling_url):
+    fake = FakeUpstream(task(polling_url), ready(sample.sample_url))
+    with pytest.raises(ProviderError, match="polling_url off its own host") as info:
+        run(bfl_upstream(fake, Ticks(), sample), job(prompt="x", model="flux-2-pro"))
+    assert [r.method for r in fake.requests] == ["POST"]  # the key went to the configured endpoint only
+    assert info.value.code == "upstream_bad_response" and SECRET not in str(info.value)
+
+
+def test_bfl_polls_a_configured_endpoints_own_host(job, sample):
+    fake = FakeUpstream(task("http://bfl.internal:8080/v1/get_result?id=t1"), ready(sample.sample_url))
+    upstream = Upstream("bfl", model="m", base_url="http://bfl.internal:8080", api_key=SECRET)
+    run(
+        BFLProvider(upstream, fake.deps().http, sample.outbound, clock=Ticks()),
+        job(prompt="x", model="flux-2-pro"),
+    )
+    assert str(fake.requests[1].url) == "http://bfl.internal:8080/v1/get_result?id=t1"
+
+
+@pytest.mark.parametrize(
+    ("url", "names", "code"),
+    [
+        ("https://169.254.169.254/latest/meta-data/iam/security-credentials/", {}, "address_forbidden"),
+        ("https://delivery.bfl.ai/x.jpeg", {"delivery.bfl.ai": "10.0.0.7"}, "address_forbidden"),
+        ("https://metadata.example/x", {"metadata.example": "169.254.170.2"}, "address_forbidden"),
+        ("http://delivery.bfl.ai/x.jpeg", {"delivery.bfl.ai": "93.184.216.34"}, "url_scheme"),
+    ],
+)
+def test_bfl_refuses_a_sample_on_a_private_or_metadata_address(job, url, names, code):
+    """Production's outbound policy, with a resolver that answers what an attacker's DNS would."""
+    fake = FakeUpstream(task(), ready(url))
+    outbound = Outbound(resolver=lambda host, port: [names[host]])
+    upstream = Upstream("bfl", model="flux-2-pro", api_key=SECRET)
+    with pytest.raises(ProviderError, match=code) as info:
+        run(
+            BFLProvider(upstream, fake.deps().http, outbound, clock=Ticks()),
+            job(prompt="x", model="flux-2-pro"),
+        )
+    assert info.value.code == "upstream_bad_response"
+    assert [r.method for r in fake.requests] == ["POST", "GET"]  # the mock client never fetched the sample
+
+
+def test_bfl_refuses_an_oversized_sample_and_a_redirect(job, sample):
+    sample.body["bytes"] = b"\xff" * (MAX_SAMPLE_BYTES + 1)
+    fake = FakeUpstream(task(), ready(sample.sample_url))
+    with pytest.raises(ProviderError, match="too_large"):
+        run(bfl_upstream(fake, Ticks(), sample), job(prompt="x", model="flux-2-pro"))
+    with serve(lambda seen: (302, {"location": "http://127.0.0.1/"}, b"")) as hop:
+        fake = FakeUpstream(task(), ready(hop.url("/s", host=DELIVERY)))
+        with pytest.raises(ProviderError, match="redirect"):
+            run(bfl_upstream(fake, Ticks(), sample), job(prompt="x", model="flux-2-pro"))
+
+
+def test_bfl_moderation_is_a_content_policy_refusal(job, sample):
     fake = FakeUpstream(task(), status("Content Moderated"))
     with pytest.raises(ProviderError) as info:
-        run(bfl_upstream(fake, Ticks()), job(prompt="x", model="flux-2-pro"))
+        run(bfl_upstream(fake, Ticks(), sample), job(prompt="x", model="flux-2-pro"))
     assert (info.value.status, info.value.code, info.value.fallover) == (
         400,
         "content_policy_violation",
@@ -128,26 +206,29 @@ def test_bfl_moderation_is_a_content_policy_refusal(job):
     )
 
 
-def test_bfl_polls_within_the_attempts_timeout_then_gives_up_with_a_504(job):
+def test_bfl_polls_within_the_attempts_timeout_then_gives_up_with_a_504(job, sample):
     fake = FakeUpstream(task(), status("Pending"))
     ticks = Ticks()
     with pytest.raises(ProviderError) as info:
-        run(bfl_upstream(fake, ticks, timeout_s=5.0), job(prompt="x", model="flux-2-pro"))
+        run(bfl_upstream(fake, ticks, sample, timeout_s=5.0), job(prompt="x", model="flux-2-pro"))
     assert (info.value.status, info.value.code) == (504, "upstream_timeout")
     assert ticks.now <= 5.0
 
 
-def test_bfl_failures_and_regions(job):
+def test_bfl_failures_and_regions(job, sample):
     with pytest.raises(ProviderError, match="failed the task: Error"):
-        run(bfl_upstream(FakeUpstream(task(), status("Error")), Ticks()), job(prompt="x", model="flux-2-pro"))
+        run(
+            bfl_upstream(FakeUpstream(task(), status("Error")), Ticks(), sample),
+            job(prompt="x", model="flux-2-pro"),
+        )
     with pytest.raises(ProviderError) as info:
         run(
-            bfl_upstream(FakeUpstream(httpx.Response(401, json={"detail": "bad key"})), Ticks()),
+            bfl_upstream(FakeUpstream(httpx.Response(401, json={"detail": "bad key"})), Ticks(), sample),
             job(prompt="x", model="flux-2-pro"),
         )
     assert info.value.fallover and SECRET not in str(info.value)
-    fake = FakeUpstream(task(), status("Ready", result={"sample": SAMPLE}), jpeg(1024, 1024))
-    run(bfl_upstream(fake, Ticks(), region="us"), job(prompt="x", model="flux-2-pro"))
+    fake = FakeUpstream(task(), ready(sample.sample_url))
+    run(bfl_upstream(fake, Ticks(), sample, region="us"), job(prompt="x", model="flux-2-pro"))
     assert str(fake.requests[0].url) == "https://api.us.bfl.ai/v1/flux-2-pro"
     p = bfl(Upstream("bfl", model="flux-2-pro", api_key=SECRET), FakeUpstream(task()).deps())
     assert p.supports("generate") and not p.supports("edit") and not p.supports("vary")

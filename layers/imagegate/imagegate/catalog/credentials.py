@@ -47,14 +47,7 @@ def load_credentials(
             "it would be unclear which one holds the upstream credentials."
         )
     if settings.upstream_secret_arn:
-        arn = settings.upstream_secret_arn
-        where = f"Secrets Manager secret {arn}"
-        client = aws.client("secretsmanager", _arn_region(arn))
-        response = _fetch(where, lambda: client.get_secret_value(SecretId=arn))
-        text = response.get("SecretString")
-        if text is None:
-            raise CredentialsError(f"{where} holds binary data; {_SHAPE}.")
-        return _parse(text, where)
+        return read_secret(aws, settings.upstream_secret_arn)
     if settings.upstream_ssm_parameter:
         name = settings.upstream_ssm_parameter
         where = f"SSM parameter {name}"
@@ -62,6 +55,17 @@ def load_credentials(
         response = _fetch(where, lambda: client.get_parameter(Name=name, WithDecryption=True))
         return _parse(response["Parameter"]["Value"], where)
     return {name: env[ENV_PREFIX + name] for name in names if env.get(ENV_PREFIX + name)}
+
+
+def read_secret(aws: AWSClients, arn: str) -> dict[str, str]:
+    """Credential name -> value from a Secrets Manager secret holding one JSON object of them."""
+    where = f"Secrets Manager secret {arn}"
+    client = aws.client("secretsmanager", _arn_region(arn))
+    response = _fetch(where, lambda: client.get_secret_value(SecretId=arn))
+    text = response.get("SecretString")
+    if text is None:
+        raise CredentialsError(f"{where} holds binary data; {_SHAPE}.")
+    return _parse(text, where)
 
 
 def _fetch(where: str, call: Callable[[], Any]) -> Any:

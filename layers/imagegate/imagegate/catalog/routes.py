@@ -10,7 +10,7 @@ field, raised when the catalog loads, not a misrouted request.
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,49 @@ MAX_TIMEOUT_SECONDS = 300.0
 # Providers whose routes must name a credential, and those that take none (Bedrock signs with the role).
 KEYED = ("openai", "gemini", "azure_openai", "bfl")
 KEYLESS = ("bedrock", "local")
+BFL_REGIONS = ("global", "eu", "us")  # the keys of providers/bfl.py's ENDPOINTS
+MAX_POLL_SECONDS = 60.0
+
+
+def _one_of(*values: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in values), f"one of {', '.join(map(repr, values))}"
+
+
+def _number(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    def test(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and low < v <= high
+
+    return test, f"a number above {low:g}, at most {high:g}"
+
+
+_TEXT = (lambda v: isinstance(v, str) and bool(v)), "a non-empty string"
+_QUALITY_MAP = (
+    lambda v: isinstance(v, dict) and all(isinstance(x, str) for kv in v.items() for x in kv),
+    "an object of quality -> upstream quality",
+)
+_OPENAI = {"dialect": _one_of("gpt-image", "dall-e"), "quality": _QUALITY_MAP}
+# The options each provider reads, and what each must be. A provider builds from a route's options when a
+# request first needs it; checking them here, when the catalog loads, makes a bad override one that is
+# refused (the last good catalog keeps serving) instead of one that fails every request for the model.
+# Options a provider does not read are left alone (an openai_compatible server may take its own).
+OPTION_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "openai": _OPENAI,
+    "openai_compatible": _OPENAI,
+    "azure_openai": {**_OPENAI, "api_version": _TEXT},
+    "bfl": {"region": _one_of(*BFL_REGIONS), "poll_seconds": _number(0, MAX_POLL_SECONDS)},
+    "bedrock": {
+        "negative_text": (lambda v: isinstance(v, str), "a string"),
+        "cfg_scale": _number(0, 50),
+        "similarity_strength": _number(0, 1),
+    },
+}
+
+
+def check_options(provider: str, options: Mapping[str, Any], where: str = "route") -> None:
+    """A ValueError naming the first option of `provider` that its provider would refuse to build with."""
+    for name, (test, wanted) in OPTION_RULES.get(provider, {}).items():
+        if name in options and not test(options[name]):
+            raise ValueError(f"{where}: 'options.{name}' must be {wanted}, not {options[name]!r}.")
 
 
 @dataclass(frozen=True)
@@ -124,6 +167,7 @@ def parse_route(entry: Any, where: str) -> RouteSpec:
     options = given.get("options", {})
     if not isinstance(options, dict):
         raise ValueError(f"{where}: 'options' must be a JSON object.")
+    check_options(provider, options, where)
     return RouteSpec(
         provider=provider,
         model=model,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import httpx
 
     from imagegate.aws import AWSClients
+    from imagegate.inputs.outbound import Outbound
     from imagegate.inputs.request import ImageJob
 
 Operation = Literal["generate", "edit", "vary"]
@@ -73,10 +74,21 @@ class Upstream:
 
 @dataclass
 class Deps:
-    """What providers are built with: the container's AWS clients and one pooled HTTP client."""
+    """What providers are built with: the container's AWS clients, one pooled HTTP client for the
+    configured upstreams, and `outbound` for URLs an upstream's answer names (trusted no more than a
+    user's)."""
 
     aws: AWSClients
     http_client: httpx.Client | None = None
+    outbound_client: Outbound | None = None
+
+    @cached_property
+    def outbound(self) -> Outbound:
+        if self.outbound_client is not None:
+            return self.outbound_client
+        from imagegate.inputs.outbound import Outbound
+
+        return Outbound()
 
     @cached_property
     def http(self) -> httpx.Client:

@@ -41,6 +41,7 @@ from imagegate.catalog.contracts import (
     parse_size,
     upstream_quality,
 )
+from imagegate.catalog.routes import check_options
 from imagegate.inputs.images import fit
 from imagegate.providers import (
     Deps,
@@ -76,9 +77,8 @@ class OpenAIProvider:
         self.upstream = upstream
         self.client = client
         self.model = upstream.model
+        check_options(upstream.provider, upstream.options, f"{upstream.provider} route for {upstream.model}")
         dialect = upstream.options.get("dialect")
-        if dialect not in (None, "gpt-image", "dall-e"):
-            raise ValueError(f"options.dialect must be 'gpt-image' or 'dall-e', not {dialect!r}")
         self.dialect: Dialect = dialect or ("dall-e" if self.model.startswith("dall-e") else "gpt-image")
         # Under the dall-e dialect, a model not named dall-e-3 follows dall-e-2's rules.
         self.dalle3 = self.dialect == "dall-e" and "dall-e-3" in self.model

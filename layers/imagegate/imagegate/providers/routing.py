@@ -183,6 +183,7 @@ class Router:
         self._credentials = dict(credentials)
         self._deps = deps
         self._logger = logger
+        self._broken: set[tuple[str, int]] = set()  # routes whose provider would not build, logged once
         self._clock = clock
         self._sleep = sleep
         self._factories = factories
@@ -283,11 +284,7 @@ class Router:
                 code="model_not_available",
             )
         routes = self._plan(contract, endpoint, available)
-        serving = [
-            (i, spec)
-            for i, spec in routes
-            if self._provider(model_id, i, spec, spec.timeout_s).supports(wanted)
-        ]
+        serving = [(i, spec) for i, spec in routes if self._serves(model_id, i, spec, wanted)]
         if not serving:
             raise APIError(
                 400,
@@ -358,6 +355,28 @@ class Router:
             return False
         # A keyless route (an openai_compatible server on a private network) is available as configured.
         return not spec.credential or bool(self._credentials.get(spec.credential))
+
+    def _serves(self, model_id: str, index: int, spec: RouteSpec, wanted: Operation) -> bool:
+        """Whether the route's provider does `wanted`; False, logged once, when it cannot be built at all.
+
+        The loader checks what it can of a route (`check_options`); a provider may still refuse what only
+        it knows (a Bedrock model family's options). That route is then unavailable, not every request a 500.
+        """
+        key = (model_id, index)
+        if key in self._broken:
+            return False
+        try:
+            provider = self._provider(model_id, index, spec, spec.timeout_s)
+        except Exception as exc:  # any refusal to build from the configuration
+            self._broken.add(key)
+            # A ValueError's message names the route's fields; another exception's might quote anything.
+            reason = str(exc)[:500] if isinstance(exc, ValueError) else type(exc).__name__
+            self._logger.error(
+                "route unavailable: its provider refused the configuration",
+                extra={"contract": model_id, "route": index, "provider": spec.provider, "reason": reason},
+            )
+            return False
+        return provider.supports(wanted)
 
     def _provider(self, model_id: str, index: int, spec: RouteSpec, timeout_s: float) -> Provider:
         key = (model_id, index, spec.model, timeout_s)
