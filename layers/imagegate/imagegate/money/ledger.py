@@ -170,7 +170,8 @@ def reconcile(
     clock: Callable[[], float] = time.time,
 ) -> Reconciliation:
     """Check one account: balance == sum of its ledger; every finished request reserved == charged + refunded
-    with exactly the ledger entries that moved that money; reserved requests listed as in flight.
+    with exactly the ledger entries that moved that money; reserved requests listed as in flight; jobs,
+    Step Functions tasks, announcements, Idempotency-Keys and usage against them (docs/timeouts.md).
 
     A Query is not a snapshot: a transaction committing while the partition is read can show half its
     items. That passes, a real discrepancy stays, so a failed check is read again, up to
