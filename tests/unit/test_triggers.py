@@ -398,6 +398,7 @@ def test_a_task_token_queues_the_job_and_its_end_answers_the_task(
     assert (output["id"], output["status"]) == (done["id"], "succeeded") and "task_token" not in output
     assert output["result"]["data"][0]["s3_key"].startswith(f"outputs/{account_id}/")
     assert accounts.balance(account_id) == 1_000_000 - PRICE
+    assert reconciled(aws, triggers.service.settings, account_id)
 
 
 def test_a_job_that_fails_fails_its_task_with_the_openai_code(
@@ -455,6 +456,27 @@ def test_a_queue_refusal_leaves_the_task_to_the_redelivery_one_job_one_answer(
     assert [list(sent) for sent in sfn.sent] == [["taskToken", "output"]]
     assert accounts.balance(account_id) == 1_000_000 - PRICE
     assert ledger.reconcile(aws.dynamodb, svc.settings.table, account_id).ok
+
+
+def test_reconcile_reports_two_charged_jobs_for_one_task_without_its_token(
+    aws, svc, queue, sfn, triggers, accounts, account_id
+):
+    """Issue 20, item 4: the state the old code left, one task answered by two succeeded, charged jobs
+    (a redelivered trigger submitted it again); reconcile names them, never the token."""
+    first = triggers.invoke(request(account_id, task_token=TOKEN), "inv-1")
+    second = triggers.invoke(request(account_id, task_token=TOKEN), "inv-2")
+    sfn.add_response("send_task_success", {}, {"taskToken": TOKEN, "output": ANY})
+    sfn.add_client_error("send_task_success", "InvalidToken")  # the second answer AWS refuses
+    assert [job["status"] for job in run_queued(aws, queue, triggers.jobs)] == ["succeeded"] * 2
+    assert accounts.balance(account_id) == 1_000_000 - 2 * PRICE
+
+    result = ledger.reconcile(aws.dynamodb, svc.settings.table, account_id)
+
+    assert not result.ok
+    [problem] = result.problems
+    assert problem.startswith("2 charged jobs answer one Step Functions task")
+    assert first["id"] in problem and second["id"] in problem
+    assert TOKEN not in str(result) and "task-token" not in str(result)
 
 
 def test_a_task_whose_job_cannot_be_queued_is_answered_once(

@@ -462,3 +462,56 @@ def test_a_delivery_the_queue_refused_is_queued_when_the_job_outbox_retries_it(
     assert (
         int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"]) == 1
     )
+
+
+def finished_now(aws, settings, clock):
+    """A job item whose final move is now (Jobs._move writes completed_at)."""
+    item = {**job_key(ACCOUNT, JOB), "status": {"S": "succeeded"}, "completed_at": {"N": str(int(clock()))}}
+    aws.dynamodb.put_item(TableName=settings.table, Item=item)
+
+
+class Killed(BaseException):
+    """Lambda stopping the function: no `except Exception` runs."""
+
+
+class KilledAtSend:
+    def send_message(self, **kwargs):
+        raise Killed
+
+
+def test_a_delivery_left_pending_by_a_function_killed_before_its_send_is_queued_past_the_grace(
+    aws, settings, hooks, queue, clock
+):
+    """Issue 20: a function killed between the pending write and its send left `pending` with nothing
+    queued, and the outbox's retry took `pending` for done."""
+    grace = settings.deadlines.announce_grace_s
+    finished_now(aws, settings, clock)
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    killed = Webhooks(
+        SimpleNamespace(dynamodb=aws.dynamodb, sqs=KilledAtSend()),
+        settings.table,
+        queue_url=queue,
+        clock=clock,
+        requeue_after_s=grace,
+    )
+    with pytest.raises(Killed):
+        killed.job_finished(detail())
+    assert fields(aws, settings, "state", "attempts") == ["pending", "0"] and queued(aws, queue) == []
+
+    clock.now += grace  # the committing function may still be running: it sends, not the retry
+    hooks.job_finished(detail())
+    assert queued(aws, queue) == []
+
+    clock.now += 1  # past the grace: the outbox's retry queues it
+    hooks.job_finished(detail())
+    (message,) = queued(aws, queue)
+    assert message["job_id"] == JOB and fields(aws, settings, "state", "attempts") == ["pending", "0"]
+
+
+def test_a_second_call_right_after_the_first_queues_one_delivery(aws, settings, hooks, queue, clock):
+    finished_now(aws, settings, clock)
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    hooks.job_finished(detail())
+    clock.now += 5
+    hooks.job_finished(detail())
+    assert len(queued(aws, queue)) == 1

@@ -84,7 +84,13 @@ def build_webhooks(aws: AWSClients, settings: Settings) -> Webhooks:
     """Webhook endpoints and deliveries (webhooks.py) on the deployment's table and delivery queue."""
     from imagegate.jobs.webhooks import Webhooks
 
-    return Webhooks(aws, settings.table, queue_url=settings.webhook_queue_url, key_id=settings.webhook_key_id)
+    return Webhooks(
+        aws,
+        settings.table,
+        queue_url=settings.webhook_queue_url,
+        key_id=settings.webhook_key_id,
+        requeue_after_s=settings.deadlines.announce_grace_s,
+    )
 
 
 def webhook_handler() -> Any:

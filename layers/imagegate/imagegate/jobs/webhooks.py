@@ -42,6 +42,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from imagegate.config import Deadlines
 from imagegate.inputs.outbound import Outbound, OutboundError
 from imagegate.table import account_pk, item_key, job_key
 
@@ -122,14 +123,18 @@ class Webhooks:
         key_id: str = "",
         outbound: Outbound | None = None,
         clock: Callable[[], float] = time.time,
+        requeue_after_s: int = Deadlines().announce_grace_s,
     ) -> None:
-        """`key_id`: the KMS key that seals secrets (its ARN, id or alias); needed to set and to sign."""
+        """`key_id`: the KMS key that seals secrets (its ARN, id or alias); needed to set and to sign.
+        `requeue_after_s`: Deadlines.announce_grace_s, past which a job's final move no function is still
+        queuing its delivery (`job_finished`)."""
         self._aws = aws
         self._table = table
         self.key_id = key_id
         self.queue_url = queue_url
         self.outbound = outbound or Outbound()
         self._clock = clock
+        self._requeue_after_s = requeue_after_s
 
     # --- endpoints -----------------------------------------------------------------------------------
 
@@ -217,11 +222,15 @@ class Webhooks:
                 TableName=self._table,
                 Key=job_key(account_id, job_id),
                 UpdateExpression="SET webhook = :state, expires_at = :keep",
-                # Queued once only; but one the queue refused is queued again when the job's outbox
-                # (jobs/lifecycle.py) retries this callback.
+                # Queued once only; but the job's outbox (jobs/lifecycle.py) retrying this callback queues
+                # again one the queue refused, and one still pending unattempted once the job's final move
+                # is older than the announcement grace: the function that wrote `pending` is surely over,
+                # and may have died before its send. (If it had sent, the copy is a duplicate message,
+                # which records nothing twice: each state write is conditional on the attempts it read.)
                 ConditionExpression=(
                     "attribute_exists(pk) AND (attribute_not_exists(webhook)"
-                    " OR (webhook.#state = :failed AND webhook.last_error = :unqueued))"
+                    " OR (webhook.#state = :failed AND webhook.last_error = :unqueued)"
+                    " OR (webhook.#state = :pending AND webhook.attempts = :zero AND completed_at < :cutoff))"
                 ),
                 ExpressionAttributeNames={"#state": "state"},
                 ExpressionAttributeValues={
@@ -229,6 +238,9 @@ class Webhooks:
                     ":keep": {"N": str(keep)},
                     ":failed": {"S": "failed"},
                     ":unqueued": {"S": QUEUE_UNAVAILABLE},
+                    ":pending": {"S": "pending"},
+                    ":zero": {"N": "0"},
+                    ":cutoff": {"N": str(now - self._requeue_after_s)},
                 },
             )
         except self._aws.dynamodb.exceptions.ConditionalCheckFailedException:

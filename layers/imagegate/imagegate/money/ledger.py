@@ -29,6 +29,7 @@ ledger. Items (single table, `pk`/`sk`):
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections import defaultdict
@@ -169,7 +170,8 @@ def reconcile(
     clock: Callable[[], float] = time.time,
 ) -> Reconciliation:
     """Check one account: balance == sum of its ledger; every finished request reserved == charged + refunded
-    with exactly the ledger entries that moved that money; reserved requests listed as in flight.
+    with exactly the ledger entries that moved that money; reserved requests listed as in flight; jobs,
+    Step Functions tasks, announcements, Idempotency-Keys and usage against them (docs/timeouts.md).
 
     A Query is not a snapshot: a transaction committing while the partition is read can show half its
     items. That passes, a real discrepancy stays, so a failed check is read again, up to
@@ -189,6 +191,7 @@ def reconcile(
         requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
         problems = [
             *_job_problems(items, requests),
+            *_task_problems(items, requests),
             *_announcement_problems(items, clock()),
             *_idempotency_problems(dynamodb, table, account_id, requests),
             *_usage_problems(dynamodb, table, account_id, items, clock()),
@@ -391,6 +394,25 @@ def _job_problems(items: list[dict[str, Any]], requests: dict[str, dict[str, Any
                 f"{micros_to_usd(_int(request, 'charged'))}"
             )
     return problems
+
+
+def _task_problems(items: list[dict[str, Any]], requests: dict[str, dict[str, Any]]) -> list[str]:
+    """One Step Functions task, one charge: no two succeeded, charged jobs answer the same task token (a
+    redelivered trigger once ran and charged a second job). Tokens are secrets: named by a digest prefix."""
+    by_token: dict[str, list[str]] = defaultdict(list)
+    for item in items:
+        if not item["sk"]["S"].startswith(JOB_PREFIX) or not _str(item, "task_token"):
+            continue
+        request = requests.get(_str(item, "request_id"), {})
+        if _str(item, "status") == "succeeded" and _int(request, "charged") > 0:
+            digest = hashlib.sha256(item["task_token"]["S"].encode()).hexdigest()[:12]
+            by_token[digest].append(item["sk"]["S"].removeprefix(JOB_PREFIX))
+    return [
+        f"{len(jobs)} charged jobs answer one Step Functions task (token sha256 {digest}…): "
+        f"{', '.join(sorted(jobs))}"
+        for digest, jobs in sorted(by_token.items())
+        if len(jobs) > 1
+    ]
 
 
 def _announcement_problems(items: list[dict[str, Any]], now: float) -> list[str]:
