@@ -183,8 +183,9 @@ def worker_event(sqs: Any, queue_url: str) -> dict[str, Any]:
 
 def job_status(dynamodb: Any, message: dict[str, str]) -> str:
     """The job's status once the worker is done with it (jobs/lifecycle.py's item)."""
-    key = {"pk": {"S": f"ACCOUNT#{message['account_id']}"}, "sk": {"S": f"JOB#{message['job_id']}"}}
-    item = dynamodb.get_item(TableName=TABLE, Key=key, ConsistentRead=True).get("Item", {})
+    from imagegate.table import read_job
+
+    item = read_job(dynamodb, TABLE, message["account_id"], message["job_id"]) or {}
     return "job " + item.get("status", {}).get("S", "not found")
 
 

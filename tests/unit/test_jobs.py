@@ -653,10 +653,9 @@ def test_a_job_reports_one_expiry_and_says_when_its_outputs_are_gone(svc, jobs, 
     `expires_at` it reported, while its outputs lived 24 h; past them a url job still listed dead URLs."""
     job = jobs.submit(funded, gen(svc), request_id="req_exp")
     done = jobs.run(funded.account_id, job["id"])
-    item_key = {"pk": {"S": f"ACCOUNT#{funded.account_id}"}, "sk": {"S": f"JOB#{job['id']}"}}
     svc.aws.dynamodb.update_item(  # what webhooks.job_finished does to keep the item for its deliveries
         TableName=svc.settings.table,
-        Key=item_key,
+        Key=job_key(funded.account_id, job["id"]),
         UpdateExpression="SET expires_at = :keep",
         ExpressionAttributeValues={":keep": {"N": str(int(clock.now) + 29 * 3600)}},
     )

@@ -4,7 +4,8 @@ Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module d
   KEY#…, KEYS, ACCOUNT#<id> / ACCOUNT, ACCOUNTS       accounts.py (limiter attributes: ratelimit.py)
   ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
-  ACCOUNT#<id> / JOB#<job id>                         jobs.py (webhook delivery state: webhooks.py)
+  JOBS#<id>#<n> / JOB#<job id>                        jobs/lifecycle.py (webhook delivery state: webhooks.py);
+                                                      jobs written before: ACCOUNT#<id> / JOB#<job id>
 The sparse index OPEN_INDEX holds only reservations still open (billing.py) and jobs whose announcements
 are still owed (jobs/lifecycle.py, on shards of their own), for the sweeper.
 This module is at the bottom: it imports nothing of imagegate, and every module above builds on it.
@@ -16,6 +17,7 @@ import hashlib
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +29,10 @@ OPEN_SHARDS = 8
 OPEN_SHARD = "OPEN#"
 ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
+# An account's jobs: JOB_SHARDS partitions of their own (JOBS#<account id>#<n>), off ACCOUNT#<id>, whose
+# ACCOUNT item takes every request's balance write; each job is written 3-5 times in its life.
+JOBS_PREFIX = "JOBS#"
+JOB_SHARDS = 8
 CONFLICT_ATTEMPTS = 6
 CONFLICT_BACKOFF_S = 0.025
 BATCH_GET_MAX = 100  # keys in one BatchGetItem: DynamoDB refuses more
@@ -40,9 +46,83 @@ def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
 
 
+def jobs_pk(account_id: str, shard: int) -> str:
+    """One of an account's job partitions: the account id is in it, so a job id alone never reaches another
+    account's job."""
+    return f"{JOBS_PREFIX}{account_id}#{shard}"
+
+
+def job_shard(job_id: str) -> int:
+    # crc32: the same shard in every process and release (str hash() is salted per process).
+    return zlib.crc32(job_id.encode()) % JOB_SHARDS
+
+
 def job_key(account_id: str, job_id: str) -> dict[str, dict[str, str]]:
-    """An image job's item: under its account, so a job id alone never reaches another account's job."""
+    """An image job's item: on its account's job shard."""
+    return item_key(jobs_pk(account_id, job_shard(job_id)), f"{JOB_PREFIX}{job_id}")
+
+
+def legacy_job_key(account_id: str, job_id: str) -> dict[str, dict[str, str]]:
+    """Where jobs were written before they had partitions of their own (docs/upgrading.md: read until the
+    last of them has expired)."""
     return item_key(account_pk(account_id), f"{JOB_PREFIX}{job_id}")
+
+
+def job_partitions(account_id: str) -> list[str]:
+    """Every partition that may hold an account's jobs: its shards, then its account partition (legacy)."""
+    return [*(jobs_pk(account_id, n) for n in range(JOB_SHARDS)), account_pk(account_id)]
+
+
+def job_ids(item: dict[str, Any]) -> tuple[str, str]:
+    """(account id, job id) of a job item, on a shard or on the account partition."""
+    pk, job_id = item["pk"]["S"], item["sk"]["S"].removeprefix(JOB_PREFIX)
+    if pk.startswith(JOBS_PREFIX):
+        return pk.removeprefix(JOBS_PREFIX).rpartition("#")[0], job_id
+    return pk.removeprefix("ACCOUNT#"), job_id
+
+
+def read_job(dynamodb: Any, table: str, account_id: str, job_id: str, **get: Any) -> dict[str, Any] | None:
+    """A job's item (consistent read) where it lives: its shard, else the account partition; None when it is
+    in neither. `get`: more GetItem arguments (a ProjectionExpression must keep pk and sk)."""
+    for key in (job_key(account_id, job_id), legacy_job_key(account_id, job_id)):
+        item = dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True, **get).get("Item")
+        if item is not None:
+            return item
+    return None
+
+
+def update_job(dynamodb: Any, table: str, account_id: str, job_id: str, **update: Any) -> dict[str, Any]:
+    """UpdateItem on a job where it lives; the key it wrote. `update`'s ConditionExpression must fail on a
+    missing item (else UpdateItem would make one): the shard's key is tried first, and only when its
+    condition fails for want of any item there, the account partition's. Raises ConditionalCheckFailed as
+    UpdateItem does."""
+    key = job_key(account_id, job_id)
+    try:
+        dynamodb.update_item(
+            TableName=table, Key=key, ReturnValuesOnConditionCheckFailure="ALL_OLD", **update
+        )
+        return key
+    except dynamodb.exceptions.ConditionalCheckFailedException as exc:
+        if "Item" in exc.response:
+            raise
+    key = legacy_job_key(account_id, job_id)
+    dynamodb.update_item(TableName=table, Key=key, **update)
+    return key
+
+
+def job_items(dynamodb: Any, table: str, account_id: str) -> list[dict[str, Any]]:
+    """Every job item of an account (consistent reads), on its shards and on its account partition."""
+    return [
+        item
+        for pk in job_partitions(account_id)
+        for item in query(
+            dynamodb,
+            TableName=table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :job)",
+            ExpressionAttributeValues={":pk": {"S": pk}, ":job": {"S": JOB_PREFIX}},
+            ConsistentRead=True,
+        )
+    ]
 
 
 def query(dynamodb: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:

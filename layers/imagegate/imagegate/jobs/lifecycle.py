@@ -15,7 +15,7 @@ States, every move conditional on the state it leaves:
 A redelivered or duplicated message finds the job no longer queued and changes nothing.
 
 Item (single table, table.job_key):
-  ACCOUNT#<account_id> / JOB#<job_id> -> status, endpoint, model, request_id, created_at, started_at,
+  JOBS#<account_id>#<n> / JOB#<job_id> -> status, endpoint, model, request_id, created_at, started_at,
       completed_at, expires_at (TTL: created_at + job_retention_days, the outputs' lifecycle), spec (JSON: the
       resolved ImageJob without its images) or, when that is larger than SPEC_INLINE_MAX_BYTES, spec_key (the
       S3 key of that JSON, beside the input images under `inputs/`) and spec_sha256 (its digest), inputs
@@ -27,9 +27,16 @@ Item (single table, table.job_key):
       The outbox, while announcements are owed: announce (SS: the names of the `on_finished` callbacks not
       yet done), announce_by (its deadline, which `reconcile` checks), open_shard (ANNOUNCE#<n>) and
       open_since (the final move's time), which put the job in the sparse OPEN_INDEX the sweeper reads.
+  <n> is the job id's shard (table.job_shard, 0..JOB_SHARDS-1): a job is written 3-5 times in its life, and
+  its writes stay off ACCOUNT#<account_id>, the partition of the account's balance. A job written before
+  jobs had partitions of their own is on ACCOUNT#<account_id> / JOB#<job_id>: read there when its shard
+  has no such job (table.read_job), listed and reconciled with the rest, and every later write of it goes
+  where it was read (docs/upgrading.md says until when).
 
 Job ids are `imgjob_` + 12 hex digits of the creation time in milliseconds + 20 random hex digits: they sort
-by time, so an account's jobs newest first are a Query on the `JOB#` prefix, backwards.
+by time, so an account's jobs newest first are the newest of each of its job partitions (one Query each,
+backwards, in parallel), merged by sort key; the `after` cursor is a job id, the same whichever partition
+holds it.
 
 Announcements are an outbox. The final move (the same transaction that settles the job's money) writes the
 names of the `on_finished` callbacks the job owes; each callback runs after the move committed, and those
@@ -56,6 +63,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -72,9 +80,12 @@ from imagegate.table import (
     ANNOUNCE_SHARD,
     JOB_PREFIX,
     OPEN_SHARDS,
-    account_pk,
+    item_key,
+    job_ids,
     job_key,
+    job_partitions,
     open_items,
+    read_job,
     transact_or_reasons,
 )
 
@@ -262,8 +273,8 @@ class Jobs:
         }
 
     def _offload_spec(self, item: dict[str, Any], account_id: str, job_id: str, written: list[str]) -> None:
-        """Move a large spec (a long prompt) to S3, keeping its key: the job item lives on the account's
-        partition, where every write of a 385 KB item (32,000 emoji, JSON-escaped) cost ~400 write units."""
+        """Move a large spec (a long prompt) to S3, keeping its key: every write of a 385 KB item (32,000
+        emoji, JSON-escaped) cost ~400 write units, and one a second saturated the partition it is on."""
         spec = item["spec"]["S"]
         if len(spec.encode()) <= SPEC_INLINE_MAX_BYTES:
             return
@@ -319,7 +330,7 @@ class Jobs:
         try:
             self._db.update_item(
                 TableName=self._table,
-                Key=job_key(account_id, job_id),
+                Key=_key(item),
                 UpdateExpression="SET #s = :running, started_at = :now, #run = :run",
                 ConditionExpression="#s = :queued",
                 ExpressionAttributeNames={"#s": "status", "#run": "run"},
@@ -338,7 +349,7 @@ class Jobs:
 
     def _execute(self, item: dict[str, Any], run: str) -> None:
         service = self.service
-        account_id, job_id = _ids(item)
+        account_id, job_id = job_ids(item)
         request_id = item["request_id"]["S"]
         closing = Closing(guard=lambda record, error: self._move(item, "in_progress", record, error, run))
         try:
@@ -420,25 +431,41 @@ class Jobs:
                 code="invalid_value",
             )
         upper = f"{JOB_PREFIX}{after}" if after else f"{JOB_PREFIX}~"
-        page = self._db.query(
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
-            ExpressionAttributeValues={
-                ":pk": {"S": account_pk(account_id)},
-                ":lo": {"S": JOB_PREFIX},
-                ":hi": {"S": upper},
-            },
-            ScanIndexForward=False,
-            Limit=limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
+
+        db = self._db
+
+        def newest(pk: str) -> dict[str, Any]:
+            page: dict[str, Any] = db.query(
+                TableName=self._table,
+                KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+                ExpressionAttributeValues={
+                    ":pk": {"S": pk},
+                    ":lo": {"S": JOB_PREFIX},
+                    ":hi": {"S": upper},
+                },
+                ScanIndexForward=False,
+                Limit=limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
+            )
+            return page
+
+        partitions = job_partitions(account_id)
+        with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
+            pages = list(pool.map(newest, partitions))
+        # A partition cut short (its Limit, or 1 MB) may hold jobs older than the last it returned, and newer
+        # than what the others returned: the page keeps only jobs no unread one can precede.
+        floor = max((p["Items"][-1]["sk"]["S"] for p in pages if "LastEvaluatedKey" in p), default="")
+        items = sorted(
+            (i for p in pages for i in p.get("Items", []) if floor <= i["sk"]["S"] != upper),
+            key=lambda i: i["sk"]["S"],
+            reverse=True,
         )
-        items = [i for i in page.get("Items", []) if i["sk"]["S"] != upper]
         data = [self._object(i, _listed_result(i, self.service)) for i in items[:limit]]
         return {
             "object": "list",
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
-            "has_more": len(items) > limit or ("LastEvaluatedKey" in page and len(items) == limit),
+            "has_more": len(items) > limit or any("LastEvaluatedKey" in p for p in pages),
         }
 
     def wait(self, account_id: str, job_id: str, seconds: float) -> dict[str, Any]:
@@ -496,9 +523,7 @@ class Jobs:
         closed = expired = lost = 0
         for r, job_id in self.service.billing.open_jobs(older_than_s=deadlines.job_lease_s):
             try:
-                item = self._db.get_item(
-                    TableName=self._table, Key=job_key(r.account_id, job_id), ConsistentRead=True
-                ).get("Item")
+                item = read_job(self._db, self._table, r.account_id, job_id)
                 if item is None:
                     # The submit died between its reservation and its job item, and could not refund.
                     if now > r.created_at + deadlines.job_start_s:
@@ -520,7 +545,7 @@ class Jobs:
         retried = left = 0
         for item in open_items(self._db, self._table, ANNOUNCE_SHARD, cutoff):
             retried += 1
-            left += not self._finished(*_ids(item))
+            left += not self._finished(*job_ids(item))
         return {"announcements_retried": retried, "announcements_still_owed": left}
 
     # --- state moves ---------------------------------------------------------------------------------
@@ -541,7 +566,7 @@ class Jobs:
         guard = self._move(item, from_status, None, error, run, to_status, announce=announce)
         settled = self.service.billing.settle(_reservation(item), 0, provider="none", guard=guard)
         if settled and announce:
-            self._finished(*_ids(item))
+            self._finished(*job_ids(item))
         return settled
 
     def _move(
@@ -567,7 +592,7 @@ class Jobs:
         }
         sets = ["#s = :to", "completed_at = :now"]
         if announce and self.on_finished:
-            job_id = _ids(item)[1]
+            job_id = job_ids(item)[1]
             values[":owed"] = {"SS": sorted(self.on_finished)}
             values[":by"] = {"N": str(now + self.settings.deadlines.announce_by_s)}
             values[":shard"] = {"S": f"{ANNOUNCE_SHARD}{sum(job_id.encode()) % OPEN_SHARDS}"}
@@ -590,7 +615,7 @@ class Jobs:
         return {
             "Update": {
                 "TableName": self._table,
-                "Key": job_key(*_ids(item)),
+                "Key": _key(item),
                 "UpdateExpression": expression,
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {k: v for k, v in names.items() if k in expression + condition},
@@ -622,10 +647,10 @@ class Jobs:
                     "job announcement failed; the sweeper retries it", extra={"job_id": job_id, "hook": name}
                 )
         if done:
-            self._announced(account_id, job_id, done, everything=done == owed)
+            self._announced(item, done, everything=done == owed)
         return done == owed
 
-    def _announced(self, account_id: str, job_id: str, done: set[str], *, everything: bool) -> None:
+    def _announced(self, item: dict[str, Any], done: set[str], *, everything: bool) -> None:
         """Mark announcements done. All of them: the job leaves the outbox (and the sweeper's index)."""
         if everything:
             expression, values = "REMOVE announce, announce_by, open_shard, open_since", {}
@@ -634,7 +659,7 @@ class Jobs:
         try:
             self._db.update_item(
                 TableName=self._table,
-                Key=job_key(account_id, job_id),
+                Key=_key(item),
                 UpdateExpression=expression,
                 ConditionExpression="attribute_exists(announce)",
                 **({"ExpressionAttributeValues": values} if values else {}),
@@ -643,13 +668,15 @@ class Jobs:
             pass  # another run (the sweeper, a redelivery) marked them done first
         except Exception:
             # Told, but not marked: the sweeper tells them again, which each callback takes as a duplicate.
-            self.service.logger.exception("job announcements not marked done", extra={"job_id": job_id})
+            self.service.logger.exception(
+                "job announcements not marked done", extra={"job_id": job_ids(item)[1]}
+            )
 
     # --- rendering -----------------------------------------------------------------------------------
 
     def detail(self, item: dict[str, Any]) -> dict[str, Any]:
         """The job for notifications: S3 keys in place of URLs and image bytes (module docstring)."""
-        account_id, _ = _ids(item)
+        account_id, _ = job_ids(item)
         result = None
         if "result" in item:
             record = json.loads(item["result"]["S"])
@@ -673,7 +700,7 @@ class Jobs:
                 raise self.service.output_expired()
             result = self.service.render(json.loads(item["result"]["S"])) if "result" in item else None
         return {
-            "id": _ids(item)[1],
+            "id": job_ids(item)[1],
             "object": "image.job",
             "status": item["status"]["S"],
             "endpoint": item["endpoint"]["S"],
@@ -687,11 +714,7 @@ class Jobs:
         }
 
     def _read(self, account_id: str, job_id: str) -> dict[str, Any]:
-        item = None
-        if JOB_ID.fullmatch(job_id):
-            item = self._db.get_item(
-                TableName=self._table, Key=job_key(account_id, job_id), ConsistentRead=True
-            ).get("Item")
+        item = read_job(self._db, self._table, account_id, job_id) if JOB_ID.fullmatch(job_id) else None
         if item is None:
             raise APIError(404, f"No image job found with id '{job_id}'.", param="job_id", code="not_found")
         return item
@@ -704,8 +727,9 @@ def _listed_result(item: dict[str, Any], service: Service) -> dict[str, Any] | N
     return service.render(record) if record is not None and record["format"] == "url" else None
 
 
-def _ids(item: dict[str, Any]) -> tuple[str, str]:
-    return item["pk"]["S"].removeprefix("ACCOUNT#"), item["sk"]["S"].removeprefix(JOB_PREFIX)
+def _key(item: dict[str, Any]) -> dict[str, Any]:
+    """A job item's own key: every write after a read goes where the job was read (its shard, or legacy)."""
+    return item_key(item["pk"]["S"], item["sk"]["S"])
 
 
 def _reservation(item: dict[str, Any]) -> Reservation:

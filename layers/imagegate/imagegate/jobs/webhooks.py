@@ -44,7 +44,7 @@ from standardwebhooks import Webhook
 
 from imagegate.config import Deadlines
 from imagegate.inputs.outbound import Outbound, OutboundError
-from imagegate.table import account_pk, item_key, job_key
+from imagegate.table import account_pk, item_key, read_job, update_job
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -218,9 +218,11 @@ class Webhooks:
         # the delivery's state lives on it, and an attempt that finds it gone is dropped.
         keep = max(int(detail["expires_at"]), now + DELIVERY_WINDOW_S)
         try:
-            self._aws.dynamodb.update_item(
-                TableName=self._table,
-                Key=job_key(account_id, job_id),
+            key = update_job(
+                self._aws.dynamodb,
+                self._table,
+                account_id,
+                job_id,
                 UpdateExpression="SET webhook = :state, expires_at = :keep",
                 # Queued once only; but the job's outbox (jobs/lifecycle.py) retrying this callback queues
                 # again one the queue refused, and one still pending unattempted once the job's final move
@@ -255,19 +257,15 @@ class Webhooks:
             self._aws.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(message))
         except Exception:
             # Say so on the job rather than leave it pending with nothing queued.
-            self._record(account_id, job_id, 0, _state("failed", 0, last_error=QUEUE_UNAVAILABLE))
+            self._record(key, 0, _state("failed", 0, last_error=QUEUE_UNAVAILABLE))
             raise
 
     def deliver(self, message: dict[str, Any]) -> float | None:
         """One attempt of a queued delivery; the seconds until the next one is due, or None when the
         delivery is over (delivered, failed for good, or nothing left to do for this message)."""
         account_id, job_id = message["account_id"], message["job_id"]
-        item = self._aws.dynamodb.get_item(
-            TableName=self._table,
-            Key=job_key(account_id, job_id),
-            ProjectionExpression="webhook",
-            ConsistentRead=True,
-        ).get("Item")
+        db = self._aws.dynamodb
+        item = read_job(db, self._table, account_id, job_id, ProjectionExpression="pk, sk, webhook")
         state = (item or {}).get("webhook", {}).get("M")
         if state is None or state["state"]["S"] != "pending":
             return None  # the job is gone, or a duplicate message finds the delivery over
@@ -303,7 +301,7 @@ class Webhooks:
             last_attempt_at=at,
             next_attempt_at=None if delay is None else at + delay,
         )
-        if not self._record(account_id, job_id, done, record):
+        if not self._record(_key(item), done, record):
             return None  # another copy of this message recorded this attempt and carries the delivery on
         log.info(
             "webhook attempt",
@@ -365,12 +363,12 @@ class Webhooks:
         )["Plaintext"]
         return plain.decode()
 
-    def _record(self, account_id: str, job_id: str, done: int, state: dict[str, Any]) -> bool:
-        """Write the delivery's state if it is still pending after `done` attempts."""
+    def _record(self, key: dict[str, Any], done: int, state: dict[str, Any]) -> bool:
+        """Write the delivery's state on the job item `key` if it is still pending after `done` attempts."""
         try:
             self._aws.dynamodb.update_item(
                 TableName=self._table,
-                Key=job_key(account_id, job_id),
+                Key=key,
                 UpdateExpression="SET webhook = :state",
                 ConditionExpression="webhook.#state = :pending AND webhook.attempts = :done",
                 ExpressionAttributeNames={"#state": "state"},
@@ -387,6 +385,10 @@ class Webhooks:
     @staticmethod
     def _endpoint_key(account_id: str) -> dict[str, Any]:
         return item_key(account_pk(account_id), ENDPOINT_SK)
+
+
+def _key(item: dict[str, Any]) -> dict[str, Any]:
+    return {"pk": item["pk"], "sk": item["sk"]}
 
 
 class RetryLater(Exception):

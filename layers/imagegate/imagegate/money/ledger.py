@@ -39,7 +39,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from imagegate.config import Deadlines
-from imagegate.table import JOB_PREFIX, account_pk, item_key, query
+from imagegate.table import JOB_PREFIX, account_pk, item_key, job_items, query
 from imagegate.units import micros_to_usd
 
 LEDGER = "LEDGER#"
@@ -189,10 +189,11 @@ def reconcile(
         )
         result = _check(account_id, items, clock() - stale_after_s)
         requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
+        jobs = job_items(dynamodb, table, account_id)
         problems = [
-            *_job_problems(items, requests),
-            *_task_problems(items, requests),
-            *_announcement_problems(items, clock()),
+            *_job_problems(jobs, requests),
+            *_task_problems(jobs, requests),
+            *_announcement_problems(jobs, clock()),
             *_idempotency_problems(dynamodb, table, account_id, requests),
             *_usage_problems(dynamodb, table, account_id, items, clock()),
         ]
