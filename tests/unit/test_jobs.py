@@ -16,9 +16,10 @@ from imagegate.inputs.validation import GenerationRequest, ImageParams, resolve
 from imagegate.jobs.lifecycle import Jobs
 from imagegate.money import ledger
 from imagegate.service import Service, new_request_id
-from imagegate.table import job_key
+from imagegate.table import JOB_SHARDS, account_pk, job_items, job_key, jobs_pk, legacy_job_key, query
 
 from .conftest import Clock, half_mask, upload
+from .test_service import Clients
 from .test_write_units import capacity
 
 PRICE = 16_000  # dall-e-2 256x256
@@ -303,6 +304,153 @@ def test_jobs_are_listed_newest_first_in_pages(svc, jobs, funded, clock):
     with pytest.raises(APIError) as bad:
         jobs.list(funded.account_id, after="nope")
     assert (bad.value.status, bad.value.param) == (400, "after")
+
+
+def partition_items(aws, settings, pk):
+    return list(
+        query(
+            aws.dynamodb,
+            TableName=settings.table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": pk}},
+            ConsistentRead=True,
+        )
+    )
+
+
+def listed(jobs, account_id, limit):
+    """Every job of an account, newest first, page by page through the `after` cursor."""
+    ids, after = [], None
+    while True:
+        page = jobs.list(account_id, limit=limit, after=after)
+        ids += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            return ids
+        after = page["last_id"]
+
+
+def to_account_partition(aws, settings, account_id, job_id):
+    """Move a job's item to where the release before this one wrote it: ACCOUNT#<id> / JOB#<id>."""
+    db = aws.dynamodb
+    item = db.get_item(TableName=settings.table, Key=job_key(account_id, job_id), ConsistentRead=True)["Item"]
+    db.delete_item(TableName=settings.table, Key=job_key(account_id, job_id))
+    db.put_item(TableName=settings.table, Item={**item, **legacy_job_key(account_id, job_id)})
+
+
+def test_jobs_live_on_shards_of_their_own_and_list_across_them_newest_first(
+    aws, settings, svc, jobs, funded, clock
+):
+    ids = []
+    for i in range(10):  # the key's concurrency: queued jobs hold their slots
+        ids.append(submitted(jobs, svc, funded)["id"])
+        clock.now += i % 2  # two jobs in each millisecond: between them, their ids' random part decides
+    shards = {pk for pk in (jobs_pk(funded.account_id, n) for n in range(JOB_SHARDS))}
+    on_shards = [i for pk in sorted(shards) for i in partition_items(aws, settings, pk)]
+    assert sorted(i["sk"]["S"] for i in on_shards) == sorted(f"JOB#{j}" for j in ids)
+    assert len({i["pk"]["S"] for i in on_shards}) > 1  # 10 jobs, 8 shards
+    assert not [
+        i for i in partition_items(aws, settings, account_pk(funded.account_id)) if "JOB#" in i["sk"]["S"]
+    ]
+    newest_first = sorted(ids, reverse=True)
+    pairs = [set(ids[k : k + 2]) for k in range(0, 10, 2)]
+    assert [set(newest_first[k : k + 2]) for k in range(0, 10, 2)] == pairs[::-1]  # time first
+    for limit in (1, 4, 10, 100):
+        assert listed(jobs, funded.account_id, limit) == newest_first
+    page = jobs.list(funded.account_id, limit=4, after=newest_first[3])
+    assert [j["id"] for j in page["data"]] == newest_first[4:8] and page["has_more"]
+
+    assert jobs.get(funded.account_id, ids[3])["status"] == "queued"
+    assert jobs.cancel(funded.account_id, ids[3])["status"] == "cancelled"
+    assert balance(svc, funded) == 1_000_000 - 9 * PRICE
+    assert jobs.run(funded.account_id, ids[4])["status"] == "succeeded"
+    assert {i["sk"]["S"] for i in job_items(aws.dynamodb, settings.table, funded.account_id)} == {
+        f"JOB#{j}" for j in ids
+    }
+    reconciled(aws, settings, funded)
+
+
+class ShortPages:
+    """The DynamoDB client, but a Query of a job partition returns at most `cap` items (as a 1 MB page of
+    large items would), with a LastEvaluatedKey."""
+
+    def __init__(self, client, cap):
+        self._client = client
+        self.cap = cap
+
+    def query(self, **kwargs):
+        kwargs["Limit"] = min(kwargs.get("Limit", self.cap), self.cap)
+        return self._client.query(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_partition_cut_short_never_lets_an_older_job_jump_ahead(aws, settings, svc, jobs, funded, clock):
+    ids = []
+    for _ in range(10):
+        ids.append(submitted(jobs, svc, funded)["id"])
+        clock.now += 1
+    to_account_partition(aws, settings, funded.account_id, ids[2])
+    short = Service(svc.settings, Clients(aws, ShortPages(aws.dynamodb, 1)), svc.logger, clock=clock)
+    assert listed(Jobs(short), funded.account_id, 4) == ids[::-1]
+
+
+def test_a_job_left_on_the_account_partition_is_read_run_cancelled_and_reconciled(
+    aws, settings, svc, jobs, funded, clock, finished, accounts
+):
+    """Jobs the release before this one wrote on ACCOUNT#<id> (queued, running or finished when it is
+    replaced) live on until they expire: each is found, moved on and checked where it is."""
+    older = []
+    for _ in range(2):
+        older.append(submitted(jobs, svc, funded)["id"])
+        clock.now += 1
+    newer = submitted(jobs, svc, funded)["id"]
+    for job_id in older:
+        to_account_partition(aws, settings, funded.account_id, job_id)
+    assert listed(jobs, funded.account_id, 1) == [newer, *older[::-1]]
+    assert jobs.get(funded.account_id, older[0])["status"] == "queued"
+
+    other = accounts.authenticate(f"Bearer {accounts.create_key(accounts.create_account(1_000_000))}")
+    for call in (jobs.get, jobs.cancel, jobs.run):
+        with pytest.raises(APIError) as missing:
+            call(other.account_id, older[0])
+        assert missing.value.status == 404
+    assert jobs.list(other.account_id)["data"] == []
+
+    assert jobs.run(funded.account_id, older[0])["status"] == "succeeded"
+    assert jobs.cancel(funded.account_id, older[1])["status"] == "cancelled"
+    assert [f["status"] for f in finished] == ["succeeded", "cancelled"]
+    for job_id in older:  # moved on where they were, announced and out of the outbox, nothing on a shard
+        item = aws.dynamodb.get_item(
+            TableName=settings.table, Key=legacy_job_key(funded.account_id, job_id), ConsistentRead=True
+        )["Item"]
+        assert "announce" not in item
+        assert "Item" not in aws.dynamodb.get_item(
+            TableName=settings.table, Key=job_key(funded.account_id, job_id)
+        )
+    assert balance(svc, funded) == 1_000_000 - 2 * PRICE
+    reconciled(aws, settings, funded)
+
+    # Reconcile reads them: a legacy job said to have succeeded, whose request was refunded, is reported.
+    aws.dynamodb.update_item(
+        TableName=settings.table,
+        Key=legacy_job_key(funded.account_id, older[1]),
+        UpdateExpression="SET #s = :succeeded",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":succeeded": {"S": "succeeded"}},
+    )
+    [problem] = ledger.reconcile(aws.dynamodb, settings.table, funded.account_id).problems
+    assert problem.startswith(f"job {older[1]} succeeded, but its request is refunded")
+
+
+def test_a_legacy_job_whose_worker_died_is_swept_where_it_is(aws, settings, svc, jobs, funded, clock):
+    job = submitted(jobs, svc, funded)
+    to_account_partition(aws, settings, funded.account_id, job["id"])
+    clock.now += settings.deadlines.job_start_s + 1
+    assert jobs.sweep()["jobs_expired"] == 1
+    assert jobs.get(funded.account_id, job["id"])["error"]["code"] == "job_expired"
+    assert balance(svc, funded) == 1_000_000
+    reconciled(aws, settings, funded)
 
 
 def test_a_list_signs_url_results_but_reads_no_b64_images_back(svc, jobs, funded, monkeypatch):

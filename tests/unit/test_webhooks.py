@@ -20,7 +20,7 @@ from imagegate.jobs.lifecycle import Jobs
 from imagegate.jobs.notifications import JobEvents
 from imagegate.jobs.webhooks import DELAYS_S, MAX_ATTEMPTS, NoEndpoint, NoKey, RetryLater, Webhooks
 from imagegate.service import Service
-from imagegate.table import job_key
+from imagegate.table import job_key, legacy_job_key
 
 from .conftest import Clock
 
@@ -270,6 +270,38 @@ def test_a_finished_job_is_delivered_signed_once_with_the_job_but_no_result_or_t
         "last_attempt_at": str(int(clock.now)),
         "next_attempt_at": None,
     }
+
+
+def test_a_job_on_the_account_partition_is_delivered_with_its_state_kept_there(
+    aws, settings, hooks, queue, clock
+):
+    """A job written before jobs had partitions of their own (ACCOUNT#<id> / JOB#<id>) finishing after the
+    upgrade: its delivery's state goes where the job is, and nothing is written on its shard."""
+    aws.dynamodb.put_item(
+        TableName=settings.table, Item={**legacy_job_key(ACCOUNT, JOB), "status": {"S": "succeeded"}}
+    )
+    with serve(answering(503, 200)) as server:
+        hooks.set(ACCOUNT, server.url("/hook"))
+        hooks.job_finished(detail())
+        hooks.job_finished(detail())  # told twice: still one delivery
+        (message,) = queued(aws, queue)
+        assert hooks.deliver(message) == DELAYS_S[0]
+        clock.now += DELAYS_S[0]
+        assert hooks.deliver(message) is None
+    assert len(server.requests) == 2
+    item = aws.dynamodb.get_item(TableName=settings.table, Key=legacy_job_key(ACCOUNT, JOB))["Item"]
+    assert item["webhook"]["M"]["state"] == {"S": "delivered"} and item["webhook"]["M"]["attempts"] == {
+        "N": "2"
+    }
+    assert "Item" not in aws.dynamodb.get_item(TableName=settings.table, Key=job_key(ACCOUNT, JOB))
+
+
+def test_a_finished_job_that_is_nowhere_queues_nothing_and_writes_nothing(aws, settings, hooks, queue):
+    hooks.set(ACCOUNT, "https://hooks.example.com/")
+    hooks.job_finished(detail())
+    assert queued(aws, queue) == []
+    for key in (job_key(ACCOUNT, JOB), legacy_job_key(ACCOUNT, JOB)):
+        assert "Item" not in aws.dynamodb.get_item(TableName=settings.table, Key=key)
 
 
 def test_failed_attempts_follow_the_schedule_then_the_delivery_fails(aws, settings, hooks, queue, clock):

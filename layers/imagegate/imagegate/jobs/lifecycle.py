@@ -434,28 +434,36 @@ class Jobs:
 
         db = self._db
 
-        def newest(pk: str) -> dict[str, Any]:
-            page: dict[str, Any] = db.query(
-                TableName=self._table,
-                KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
-                ExpressionAttributeValues={
+        def newest(pk: str) -> tuple[list[dict[str, Any]], bool]:
+            """A partition's newest jobs older than `after`, and whether it may hold more."""
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+                "ExpressionAttributeValues": {
                     ":pk": {"S": pk},
                     ":lo": {"S": JOB_PREFIX},
                     ":hi": {"S": upper},
                 },
-                ScanIndexForward=False,
-                Limit=limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
-            )
-            return page
+                "ScanIndexForward": False,
+                "Limit": limit + 2,  # BETWEEN includes `after` itself; one more tells whether there are more
+            }
+            while True:
+                page = db.query(**query)
+                items = [i for i in page.get("Items", []) if i["sk"]["S"] != upper]
+                # A page that held `after` alone (cut short) says nothing yet: read on past it.
+                if items or "LastEvaluatedKey" not in page:
+                    return items, "LastEvaluatedKey" in page
+                query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
         partitions = job_partitions(account_id)
         with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
             pages = list(pool.map(newest, partitions))
-        # A partition cut short (its Limit, or 1 MB) may hold jobs older than the last it returned, and newer
-        # than what the others returned: the page keeps only jobs no unread one can precede.
-        floor = max((p["Items"][-1]["sk"]["S"] for p in pages if "LastEvaluatedKey" in p), default="")
+        # A partition cut short (its Limit, or 1 MB) may hold jobs older than the last it returned, yet newer
+        # than some the others returned: the page keeps only jobs no unread one can precede (at least that
+        # last one, so every page but the last has a job in it).
+        floor = max((found[-1]["sk"]["S"] for found, more in pages if more), default="")
         items = sorted(
-            (i for p in pages for i in p.get("Items", []) if floor <= i["sk"]["S"] != upper),
+            (i for found, _ in pages for i in found if i["sk"]["S"] >= floor),
             key=lambda i: i["sk"]["S"],
             reverse=True,
         )
@@ -465,7 +473,7 @@ class Jobs:
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
-            "has_more": len(items) > limit or any("LastEvaluatedKey" in p for p in pages),
+            "has_more": len(items) > limit or any(more for _, more in pages),
         }
 
     def wait(self, account_id: str, job_id: str, seconds: float) -> dict[str, Any]:
