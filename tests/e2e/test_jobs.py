@@ -21,6 +21,7 @@ from imagegate.http.lambda_app import batch_handler, build_jobs
 from imagegate.local.devserver import LocalWorker, provision, provision_jobs_queue
 from imagegate.money import ledger
 from imagegate.service import Service
+from imagegate.table import job_key, legacy_job_key
 
 from .conftest import DEFAULT_BALANCE, Stack, _serve
 
@@ -193,6 +194,55 @@ def test_list_cancel_and_another_accounts_job(job_stack, client, sdk_http):
     assert finished(client, ids[0])["status"] == "cancelled"
     assert balance(job_stack, client) == DEFAULT_BALANCE - 2 * PRICE
     assert ledger.reconcile(stack.aws.dynamodb, stack.settings.table, client.account_id).problems == []
+
+
+def test_jobs_on_their_shards_and_one_left_on_the_account_partition(job_stack, client):
+    """Jobs on partitions of their own (JOBS#<account>#<shard>), listed newest first across them through the
+    `after` cursor, with a job the release before wrote on ACCOUNT#<id>: read, listed, run and reconciled
+    where it is, and another account's key reaches none of them."""
+    stack, worker = job_stack
+    db, table = stack.aws.dynamodb, stack.settings.table
+    worker.stop()
+    try:
+        ids = []
+        for i in range(4):
+            ids.append(
+                client.images.with_raw_response.generate(
+                    prompt=f"owl {i}", model="dall-e-2", size="256x256", extra_headers=ASYNC
+                ).http_response.json()["id"]
+            )
+            time.sleep(0.002)  # ids sort by their millisecond first
+        old = ids[1]
+        item = db.get_item(TableName=table, Key=job_key(client.account_id, old), ConsistentRead=True)["Item"]
+        db.delete_item(TableName=table, Key=job_key(client.account_id, old))
+        db.put_item(TableName=table, Item={**item, **legacy_job_key(client.account_id, old)})
+
+        seen, after = [], None
+        while True:
+            params = {"limit": 1, **({"after": after} if after else {})}
+            page = client.get("/images/jobs", cast_to=object, options={"params": params})
+            seen += [j["id"] for j in page["data"]]
+            if not page["has_more"]:
+                break
+            after = page["last_id"]
+        assert seen == ids[::-1]
+        assert client.get(f"/images/jobs/{old}", cast_to=object)["status"] == "queued"
+
+        other_id = stack.service.accounts.create_account(DEFAULT_BALANCE)
+        other = client.with_options(api_key=stack.service.accounts.create_key(other_id))
+        for job_id in (old, ids[2]):
+            with pytest.raises(openai.NotFoundError):
+                other.get(f"/images/jobs/{job_id}", cast_to=object)
+            with pytest.raises(openai.NotFoundError):
+                other.post(f"/images/jobs/{job_id}/cancel", cast_to=object)
+        assert other.get("/images/jobs", cast_to=object)["data"] == []
+        assert client.post(f"/images/jobs/{ids[0]}/cancel", cast_to=object)["status"] == "cancelled"
+    finally:
+        worker.start()
+    assert [finished(client, job_id)["status"] for job_id in ids] == ["cancelled", *["succeeded"] * 3]
+    assert "Item" not in db.get_item(TableName=table, Key=job_key(client.account_id, old))
+    assert balance(job_stack, client) == DEFAULT_BALANCE - 3 * PRICE
+    assert ledger.reconcile(db, table, client.account_id).problems == []
 
 
 def test_without_a_key_the_jobs_routes_are_401(job_stack):
