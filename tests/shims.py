@@ -103,3 +103,54 @@ class ByAccount:
 
     def __getattr__(self, name):
         return getattr(self.billing, name)
+
+
+def charges(dynamodb, table: str, account_id: str) -> list[int]:
+    """What an account's closed requests were charged, oldest first: each request is its own ledger record
+    (billing.py), so this is what the ledger says was paid for."""
+    from imagegate.money import ledger
+
+    return [
+        int(item["charged"]["N"])
+        for item in ledger.request_items(dynamodb, table, account_id)
+        if item["state"]["S"] != "reserved"
+    ]
+
+
+def legacy_reserve(
+    dynamodb, table: str, account_id: str, key_id: str, request: str, amount: int, at: float = 1
+):
+    """A reservation as billing made it before issue 22: the request item on the account's partition, a
+    `reserve` ledger entry, in one transaction; and its Reservation, as a job item would have kept it."""
+    from imagegate.money import ledger
+    from imagegate.money.billing import Reservation
+
+    account_key = {"pk": {"S": f"ACCOUNT#{account_id}"}}
+    dynamodb.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": {**account_key, "sk": {"S": "ACCOUNT"}},
+                    "UpdateExpression": "SET balance = balance - :a",
+                    "ExpressionAttributeValues": {":a": {"N": str(amount)}},
+                }
+            },
+            {
+                "Put": {
+                    "TableName": table,
+                    "Item": {
+                        **account_key,
+                        "sk": {"S": f"REQUEST#{request}"},
+                        "state": {"S": "reserved"},
+                        "reserved": {"N": str(amount)},
+                        "created_at": {"N": str(int(at))},
+                        "key_id": {"S": key_id},
+                        "slots": {"S": "ka"},
+                    },
+                }
+            },
+            ledger.entry(account_id, "reserve", -amount, lambda: at, table=table, request_id=request),
+        ]
+    )
+    return Reservation(account_id, request, amount, key_id, f"KEY#{key_id}", "m", int(at), "ka")

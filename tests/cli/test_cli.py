@@ -24,6 +24,7 @@ from imagegate.local.devserver import provision
 from imagegate.money import ledger
 from imagegate.money.accounts import Accounts, key_id_for
 from imagegate.money.billing import Billing
+from imagegate.table import new_request_id, request_pk
 
 ACTOR = "cli:operator"
 
@@ -49,7 +50,7 @@ class Table:
     def request_state(self, account_id, request_id):
         item = self.db.get_item(
             TableName=self.name,
-            Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": f"REQUEST#{request_id}"}},
+            Key={"pk": {"S": request_pk(account_id, request_id)}, "sk": {"S": f"REQUEST#{request_id}"}},
             ConsistentRead=True,
         )["Item"]
         return item["state"]["S"]
@@ -143,12 +144,13 @@ def test_accounts_show_balance_keys_and_ledger(table, capsys):
     table.accounts.revoke_key(key_id_for(gone))
     ticks = itertools.count(int(time.time()) + 1)  # after the opening credit: reserve, then settle
     billing = table.billing(clock=lambda: next(ticks))
-    billing.reserve(account_id, "req_a", 40_000, {"model": "dall-e-2", "key_id": key_id_for(kept)})
-    billing.settle(account_id, "req_a", 20_000, images=1)
+    request = new_request_id()
+    billing.reserve(account_id, request, 40_000, {"model": "dall-e-2", "key_id": key_id_for(kept)})
+    billing.settle(account_id, request, 20_000, images=1)
 
     code, out, _ = run(capsys, "accounts", "show", account_id)
     assert code == 0
-    fields, keys, entries = out.split("\n\n")
+    fields, keys, entries, requests = out.split("\n\n")
     assert fields.splitlines()[0] == f"account  {account_id}"
     assert fields.splitlines()[1:2] == ["label    carol"]
     assert "balance  $4.980000  (4980000 micro-USD)" in fields
@@ -165,12 +167,15 @@ def test_accounts_show_balance_keys_and_ledger(table, capsys):
     assert ledger_rows[1].split() == ["WHEN", "(UTC)", "KIND", "AMOUNT", "REQUEST", "OR", "REASON", "ACTOR"]
     assert [line.split()[2:] for line in ledger_rows[2:]] == [
         ["credit", "$5.000000", "opening", "balance", "cli:setup"],
-        ["reserve", "-$0.040000", "req_a"],
-        ["settle", "$0.020000", "req_a"],
+    ]
+    request_rows = requests.splitlines()
+    assert request_rows[0] == "latest requests:"
+    assert [line.split()[2:] for line in request_rows[2:]] == [
+        [request, "succeeded", "-$0.020000", "dall-e-2"]
     ]
 
     code, out, _ = run(capsys, "accounts", "show", account_id, "--entries", "1")
-    assert out.splitlines()[-1].split()[2:] == ["settle", "$0.020000", "req_a"]
+    assert out.splitlines()[-1].split()[2:] == [request, "succeeded", "-$0.020000", "dall-e-2"]
 
 
 def test_accounts_show_an_unknown_account(table, capsys):

@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
+from shims import legacy_reserve
 
 from imagegate.errors import APIError
 from imagegate.money import ledger
 from imagegate.money.accounts import Account, NotFound
-from imagegate.money.billing import REQUEST_RETENTION_DAYS, Billing, Reservation
+from imagegate.money.billing import Billing, Reservation
+from imagegate.table import item_key, request_pk
 
 from .conftest import Clock, ConflictsFirst, Counting, Failing, OneRequestAtATime
 
@@ -39,7 +41,7 @@ def request_id():
 def request_item(aws, settings, account_id, rid):
     return aws.dynamodb.get_item(
         TableName=settings.table,
-        Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": f"REQUEST#{rid}"}},
+        Key=item_key(request_pk(account_id, rid), f"REQUEST#{rid}"),
         ConsistentRead=True,
     ).get("Item")
 
@@ -147,6 +149,11 @@ def ledger_of(aws, settings, account_id):
     return ledger.entries(aws.dynamodb, settings.table, account_id)
 
 
+def assert_reconciled(aws, settings, account_id, balance):
+    result = ledger.reconcile(aws.dynamodb, settings.table, account_id)
+    assert (result.problems, result.balance, result.expected) == ([], balance, balance)
+
+
 def test_credit_adds_and_returns_the_new_balance(aws, settings, accounts, billing):
     account_id = accounts.create_account(1_500)
     assert billing.credit(account_id, 2_500_000, reason="top-up", actor="ops@example.com") == 2_501_500
@@ -224,8 +231,10 @@ def test_reserve_debits_exactly(aws, settings, accounts, billing):
         "dall-e-2",
         account.key_id,
     )
-    reserve = ledger_of(aws, settings, account.account_id)[-1]
-    assert (reserve.kind, reserve.amount, reserve.request_id) == ("reserve", -54_000, rid)
+    # The request item is the hold: no ledger entry, and the ledger (entries and requests) adds up.
+    assert item["account_id"]["S"] == account.account_id
+    assert [e.kind for e in ledger_of(aws, settings, account.account_id)] == ["credit"]
+    assert_reconciled(aws, settings, account.account_id, 46_000)
 
 
 def test_reserve_the_whole_balance(accounts, billing):
@@ -292,19 +301,37 @@ def test_partial_charge_refunds_the_difference(aws, settings, accounts, billing)
     item = request_item(aws, settings, account.account_id, rid)
     assert (item["state"]["S"], item["charged"]["N"], item["refunded"]["N"]) == ("settled", "20000", "40000")
     assert (item["images"]["N"], item["provider"]["S"]) == ("1", "openai")
-    settle = ledger_of(aws, settings, account.account_id)[-1]
-    assert (settle.kind, settle.amount, settle.charged, settle.request_id) == ("settle", 40_000, 20_000, rid)
+    assert_reconciled(aws, settings, account.account_id, 80_000)
 
 
-def test_a_full_charge_still_writes_its_settle_entry(aws, settings, accounts, billing):
+def test_a_request_is_its_own_ledger_record(aws, settings, accounts, billing):
+    """Issue 22: no reserve or settle entries; the balance is the entries' sum less what requests charged."""
     account = holder(accounts, 100_000)
     reservation = billing.reserve(account, request_id(), 60_000, DETAILS)
     billing.settle(reservation, 60_000, images=3)
-    entries = [(e.kind, e.amount, e.charged) for e in ledger_of(aws, settings, account.account_id)]
-    assert entries == [("credit", 100_000, None), ("reserve", -60_000, None), ("settle", 0, 60_000)]
-    assert sum(e.amount for e in ledger_of(aws, settings, account.account_id)) == accounts.balance(
-        account.account_id
-    )
+    entries = [(e.kind, e.amount) for e in ledger_of(aws, settings, account.account_id)]
+    assert entries == [("credit", 100_000)]
+    assert_reconciled(aws, settings, account.account_id, 40_000)
+
+
+def test_a_request_reserved_before_issue_22_settles_with_ledger_entries(aws, settings, accounts, billing):
+    """A job's reservation may outlive the upgrade: its item on the account partition, a `reserve` entry."""
+    account = holder(accounts, 100_000)
+    rid = request_id()
+    legacy = legacy_reserve(aws.dynamodb, settings.table, account.account_id, account.key_id, rid, 60_000)
+    assert_reconciled(aws, settings, account.account_id, 40_000)
+    assert billing.settle(legacy, 20_000, images=1) is True
+    assert [
+        (e.kind, e.amount) for e in ledger_of(aws, settings, account.account_id) if e.kind != "credit"
+    ] == [
+        ("reserve", -60_000),
+        ("settle", 40_000),
+    ]
+    item = aws.dynamodb.get_item(
+        TableName=settings.table, Key=item_key(f"ACCOUNT#{account.account_id}", f"REQUEST#{rid}")
+    )["Item"]
+    assert item["state"]["S"] == "settled" and "expires_at" in item
+    assert_reconciled(aws, settings, account.account_id, 80_000)  # and no slot was given back twice
 
 
 def test_failed_request_is_refunded_in_full(aws, settings, accounts, billing):
@@ -330,7 +357,8 @@ def test_settle_twice_refunds_once(aws, settings, accounts, billing):
     assert billing.settle(reservation, 0) is False
     assert billing.settle(reservation, 20_000) is False
     assert accounts.balance(account.account_id) == 100_000
-    assert [e.kind for e in ledger_of(aws, settings, account.account_id)] == ["credit", "reserve", "settle"]
+    assert [e.kind for e in ledger_of(aws, settings, account.account_id)] == ["credit"]
+    assert_reconciled(aws, settings, account.account_id, 100_000)
 
 
 def test_settle_unknown_request(accounts, billing):
@@ -348,7 +376,8 @@ def test_reusing_a_request_id_is_refused_without_a_debit(accounts, billing):
     assert accounts.balance(account.account_id) == 90_000
 
 
-def test_closed_requests_expire_and_leave_the_open_index(aws, settings, accounts):
+def test_closed_requests_are_kept_and_leave_the_open_index(aws, settings, accounts):
+    """A request item is its ledger record now: kept for good (one written before issue 22 expires)."""
     clock = Clock()
     billing = Billing(aws.dynamodb, settings.table, clock)
     account = holder(accounts, 100_000)
@@ -358,7 +387,7 @@ def test_closed_requests_expire_and_leave_the_open_index(aws, settings, accounts
     assert "expires_at" not in item and item["open_shard"]["S"].startswith("OPEN#")
     billing.settle(reservation, 20_000, images=1)
     item = request_item(aws, settings, account.account_id, rid)
-    assert int(item["expires_at"]["N"]) == int(clock.now) + REQUEST_RETENTION_DAYS * 86400
+    assert "expires_at" not in item
     assert "open_shard" not in item and "open_since" not in item
 
 
@@ -396,7 +425,7 @@ def test_concurrent_settles_refund_once(aws, settings, accounts):
         results = list(pool.map(settle, range(10)))
     assert results.count(True) == 1
     assert accounts.balance(account.account_id) == 80_000
-    assert [e.kind for e in ledger_of(aws, settings, account.account_id)].count("settle") == 1
+    assert_reconciled(aws, settings, account.account_id, 80_000)
     assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok
 
 

@@ -619,9 +619,8 @@ def test_a_job_whose_inputs_are_gone_fails_at_once_and_is_refunded(aws, settings
 
 
 def test_a_queued_job_holds_its_concurrency_slot_until_it_ends(svc, jobs, accounts, clock):
-    # A sync request's slot lapses after Deadlines.request_slot_s; a job waits and runs far longer than
-    # that, and must keep counting against max_concurrent all the while (a key could otherwise queue
-    # without bound).
+    # A job waits and runs far longer than a sync request may, and must keep counting against
+    # max_concurrent all the while (a key could otherwise queue without bound).
     account_id = accounts.create_account(1_000_000)
     key = accounts.create_key(account_id, max_concurrent=1)
     first = jobs.submit(accounts.authenticate(f"Bearer {key}"), gen(svc), request_id=new_request_id())

@@ -122,17 +122,26 @@ def test_concurrent_requests_are_limited_and_slots_come_back_on_settle(
     assert third.headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_a_killed_requests_slot_expires(aws, settings, accounts, funded, clock):
+def test_a_killed_requests_slot_comes_back_when_the_sweeper_refunds_it(
+    aws, settings, accounts, funded, clock
+):
+    """A slot is a counter whose lease is the reservation: held until the sweeper closes what a stopped
+    Lambda left open, then given back in the same transaction as the refund."""
     billing = make(aws, settings, clock, key=Limits(0, 1))
-    _, api_key = funded
+    account_id, api_key = funded
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)  # never settled: its Lambda died
     assert refused(billing, auth(accounts, api_key)).status == 429
-    clock.now += Deadlines().request_slot_s + 1
+    stale = Deadlines().stale_reservation_s
+    clock.now += stale - 1
+    assert billing.sweep(older_than_s=stale, account_id=account_id) == []  # it might still settle
+    clock.now += 2
+    assert [charged for _, charged in billing.sweep(older_than_s=stale, account_id=account_id)] == [0]
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
-    item = aws.dynamodb.get_item(
-        TableName=settings.table, Key={"pk": {"S": auth(accounts, api_key).key_pk}, "sk": {"S": "KEY"}}
+    account = aws.dynamodb.get_item(
+        TableName=settings.table, Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "ACCOUNT"}}
     )["Item"]
-    assert len(item["slots"]["M"]) == 1  # the dead slot was pruned, not kept
+    assert account[f"kn_{auth(accounts, api_key).key_id}"] == {"N": "1"}  # the new one's, not two
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id, clock=clock).problems == []
 
 
 def test_account_limit_spans_its_keys(aws, settings, accounts, funded, clock):
@@ -281,14 +290,16 @@ def test_a_limit_that_does_not_divide_a_minute_admits_all_of_it(aws, settings, a
 
 
 def test_no_request_sends_an_empty_attribute_name(aws, settings, accounts, funded, clock):
-    """Item 9: `admitted` cached this request's slot under "", and once it expired the next reserve sent
-    ExpressionAttributeNames {"#a_x0": ""}, which DynamoDB refuses (tests/shims.py checks every call)."""
+    """Item 9: `admitted` cached a slot under "", and once it expired the next reserve sent
+    ExpressionAttributeNames {"#a_x0": ""}, which DynamoDB refuses (tests/shims.py checks every call). Slots
+    are counters now; a keyless (AWS service) request and a swept one name nothing empty either."""
     billing = make(aws, settings, clock, key=UNLIMITED, account=Limits(0, 5))
-    _, api_key = funded
+    account_id, api_key = funded
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)  # never settled
-    clock.now += Deadlines().request_slot_s + 1
+    clock.now += Deadlines().stale_reservation_s + 1
+    billing.sweep(older_than_s=Deadlines().stale_reservation_s, account_id=account_id)
     billing.reserve(auth(accounts, api_key), rid(), 1_000, DETAILS)
-    assert "" not in billing._accounts[funded[0]].slots
+    billing.reserve(accounts.for_service(account_id), rid(), 1_000, DETAILS)
 
 
 def test_the_expression_check_refuses_what_dynamodb_refuses():

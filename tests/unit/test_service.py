@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 from aws_lambda_powertools.logging import Logger
 from botocore.exceptions import ClientError
+from shims import charges
 
 from imagegate.errors import APIError
 from imagegate.inputs.validation import GenerationRequest, resolve
@@ -112,8 +113,7 @@ def test_an_answer_larger_than_expected_is_delivered_as_urls_and_charged(aws, se
 
 
 def first_charge(aws, settings, account_id):
-    settles = [e for e in ledger.entries(aws.dynamodb, settings.table, account_id) if e.kind == "settle"]
-    return settles[0].charged
+    return charges(aws.dynamodb, settings.table, account_id)[0]
 
 
 # --- a settle that fails after images exist (issue 8, items 3 and 4) ------------------------------------

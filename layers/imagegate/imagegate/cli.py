@@ -31,7 +31,7 @@ from imagegate.catalog.sources import fetch_override
 from imagegate.config import CATALOG_TTL_SECONDS, MAX_INTEGRATION_TIMEOUT_SECONDS, Deadlines, Settings
 from imagegate.inputs.outbound import Outbound, OutboundError
 from imagegate.jobs.webhooks import Endpoint, NoKey, Webhooks
-from imagegate.money import ledger
+from imagegate.money import ledger, statements
 from imagegate.money.accounts import Accounts, KeyInfo, NotFound
 from imagegate.money.billing import Billing
 from imagegate.units import micros_to_decimal, micros_to_usd, usd_to_micros
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # A synchronous request's slot at the longest integration timeout the template allows: a younger
 # reservation may belong to a request still running, whatever the stack's timeout.
-MIN_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).request_slot_s
+MIN_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).request_settle_s
 
 DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
 CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
@@ -140,7 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--label", type=_text, default="", help="a note to recognise the account by")
     show = _command(
-        accounts, "accounts show", _accounts_show, "an account's balance, keys and latest ledger entries"
+        accounts,
+        "accounts show",
+        _accounts_show,
+        "an account's balance, keys, latest ledger entries and latest requests",
     )
     show.add_argument("account_id")
     show.add_argument(
@@ -148,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_entries,
         default=10,
         metavar="N",
-        help=f"ledger entries to show (default 10, at most {MAX_ENTRIES})",
+        help=f"ledger entries and requests to show (default 10 each, at most {MAX_ENTRIES})",
     )
     _command(accounts, "accounts list", _accounts_list, "every account with its balance")
     account_limits = _command(
@@ -530,6 +533,25 @@ def _accounts_show(admin: Admin, args: argparse.Namespace) -> int:
                 for e in entries
             ],
             right={2},
+        )
+    # A request is its own ledger record (billing.py): what it charged is there, not in an entry.
+    requests, _ = statements.request_log(admin.dynamodb, admin.table, account.account_id, args.entries)
+    if requests:
+        print()
+        print("latest requests:")
+        _print_table(
+            ("WHEN (UTC)", "REQUEST", "STATUS", "CHARGED", "MODEL"),
+            [
+                (
+                    _when(r["created_at"]),
+                    r["request_id"],
+                    r["status"],
+                    micros_to_usd(-r["charged_micros"]),
+                    r["model"],
+                )
+                for r in reversed(requests)
+            ],
+            right={3},
         )
     return 0
 

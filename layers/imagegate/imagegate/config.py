@@ -136,8 +136,8 @@ class Deadlines:
         return self.announce_grace_s + 2 * SWEEP_INTERVAL_SECONDS
 
     @property
-    def request_slot_s(self) -> int:
-        """A synchronous request's concurrency slot, given back by its settle; only a stopped one expires."""
+    def request_settle_s(self) -> int:
+        """The longest a synchronous request may still settle: its function's timeout, with margin."""
         return math.ceil(self.sync_s) + HOLD_MARGIN_SECONDS
 
     @property
@@ -157,15 +157,11 @@ class Deadlines:
         return self.worker_s + JOB_LEASE_GRACE_SECONDS
 
     @property
-    def job_slot_s(self) -> int:
-        """A job's concurrency slot: held while it may still be queued or running."""
-        return int(self.job_start_s + self.job_lease_s)
-
-    @property
     def stale_reservation_s(self) -> int:
-        """When the sweeper refunds a synchronous request's reservation: once its slot and its key's lock
-        ran out, so that no function still running can settle it."""
-        return max(MIN_STALE_RESERVATION_SECONDS, self.request_slot_s + HOLD_MARGIN_SECONDS)
+        """When the sweeper refunds a synchronous request's reservation, and gives back its concurrency slots
+        (ratelimit.py: a slot's lease is its reservation): once no function still running can settle it, nor
+        its key's lock guard it."""
+        return max(MIN_STALE_RESERVATION_SECONDS, self.request_settle_s + HOLD_MARGIN_SECONDS)
 
 
 @dataclass(frozen=True)

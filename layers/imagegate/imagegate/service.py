@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -41,6 +40,7 @@ from imagegate.providers import Deps, PartialImage, ProviderResult
 from imagegate.providers.routing import Router, RouteSpec, Served, Streamed
 from imagegate.storage import Storage, missing
 from imagegate.streaming import EventStream, error_event, image_event
+from imagegate.table import new_request_id
 from imagegate.units import micros_to_decimal
 
 if TYPE_CHECKING:
@@ -436,11 +436,9 @@ class Service:
         request_id: str,
         routes: list[RouteSpec],
         details: dict[str, str] | None = None,
-        hold_s: int | None = None,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
-        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id); `hold_s`:
-        how long its concurrency slots outlive it if it never settles (default: a synchronous request's)."""
+        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -450,7 +448,6 @@ class Service:
                 {**_request_details(job), **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
-                hold_s=hold_s or self.settings.deadlines.request_slot_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}
@@ -904,10 +901,6 @@ def _check_response_fits(job: ImageJob, ceiling: int) -> None:
             param="response_format",
             code="response_too_large",
         )
-
-
-def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
 
 
 def _request_details(job: ImageJob) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Everything imagegate stores lives in one table keyed by `pk`/`sk`; each module documents its own items:
   KEY#…, KEYS, ACCOUNT#<id> / ACCOUNT, ACCOUNTS       accounts.py (limiter attributes: ratelimit.py)
-  ACCOUNT#<id> / REQUEST#…, LEDGER#…; USAGE#…         billing.py, ledger.py
+  ACCOUNT#<id> / LEDGER#…; USAGE#…                    ledger.py
+  REQUESTS#<id>#<n> / REQUEST#<request id>            billing.py (n: REQUEST_SHARDS, from the request id)
   IDEMPOTENCY#… / IDEMPOTENCY                         idempotency.py
   JOBS#<id>#<n> / JOB#<job id>                        jobs/lifecycle.py (webhook delivery state: webhooks.py);
                                                       jobs written before: ACCOUNT#<id> / JOB#<job id>
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import time
 import uuid
 import zlib
@@ -29,6 +31,11 @@ OPEN_SHARDS = 8
 OPEN_SHARD = "OPEN#"
 ANNOUNCE_SHARD = "ANNOUNCE#"
 JOB_PREFIX = "JOB#"
+REQUEST_PREFIX = "REQUEST#"
+# An account's requests spread over this many partitions of their own: the account's partition keeps only
+# the ACCOUNT item's writes (one reserve and one settle update per request), and each request partition
+# takes an eighth of the requests' writes (docs/performance.md: what one account sustains).
+REQUEST_SHARDS = 8
 # An account's jobs: JOB_SHARDS partitions of their own (JOBS#<account id>#<n>), off ACCOUNT#<id>, whose
 # ACCOUNT item takes every request's balance write; each job is written 3-5 times in its life.
 JOBS_PREFIX = "JOBS#"
@@ -44,6 +51,22 @@ def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
 
 def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
+
+
+def request_pk(account_id: str, request_id: str) -> str:
+    """The partition of a request's item: its account's, one of REQUEST_SHARDS picked by the request id."""
+    return f"REQUESTS#{account_id}#{zlib.crc32(request_id.encode()) % REQUEST_SHARDS}"
+
+
+def request_partitions(account_id: str) -> list[str]:
+    """Every partition holding one account's requests."""
+    return [f"REQUESTS#{account_id}#{n}" for n in range(REQUEST_SHARDS)]
+
+
+def new_request_id(clock: Any = time.time) -> str:
+    """`req_` and 32 hex digits, the first 12 the time in ms (as a UUIDv7's): one partition's requests sort
+    by time, so an account's request log reads newest first without an index."""
+    return f"req_{int(clock() * 1000) & (2**48 - 1):012x}{secrets.token_hex(10)}"
 
 
 def jobs_pk(account_id: str, shard: int) -> str:
@@ -229,3 +252,19 @@ def read_balance(dynamodb: Any, table: str, account_id: str) -> int | None:
         TableName=table, Key=item_key(account_pk(account_id), "ACCOUNT"), ConsistentRead=True
     ).get("Item")
     return int(item["balance"]["N"]) if item else None
+
+
+def single_or_transact(
+    dynamodb: Any, actions: list[dict[str, Any]], sleep: Any = time.sleep, token: str = ""
+) -> dict[int, dict[str, Any] | None] | None:
+    """transact_or_reasons, except that one Update alone is sent as UpdateItem: DynamoDB bills a write in a
+    transaction twice. The same answer: None, or {0: the item as it was} when its condition failed. (No
+    ClientRequestToken there: a caller retrying one write must recognise its own, billing.settle's
+    `settle_token`.)"""
+    if len(actions) != 1 or "Update" not in actions[0]:
+        return transact_or_reasons(dynamodb, actions, sleep, token)
+    try:
+        dynamodb.update_item(**actions[0]["Update"])
+        return None
+    except dynamodb.exceptions.ConditionalCheckFailedException as exc:
+        return {0: exc.response.get("Item")}

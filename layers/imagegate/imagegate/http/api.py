@@ -7,7 +7,6 @@ import dataclasses
 import json
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, Any, Literal
 
@@ -41,8 +40,9 @@ from imagegate.inputs.validation import (
 )
 from imagegate.jobs.lifecycle import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, Jobs
 from imagegate.money.accounts import Account
-from imagegate.service import ImageResponse, Service, new_request_id
+from imagegate.service import ImageResponse, Service
 from imagegate.streaming import EventStream
+from imagegate.table import new_request_id
 
 ROUTES: dict[Endpoint, str] = {
     "generations": "/v1/images/generations",
@@ -587,7 +587,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = "req_" + uuid.uuid4().hex
+        request_id = new_request_id(self.clock)
         scope.setdefault("state", {}).update(request_id=request_id, arrived=self.clock())
         id_header = (b"x-request-id", request_id.encode())
         started = False

@@ -184,9 +184,7 @@ class Jobs:
             details = {"job": job_id}
             if idempotency_key is not None:
                 details["idempotency"] = key_hash(idempotency_key)
-            admission = service.reserve(
-                account, job, request_id, routes, details, hold_s=self.settings.deadlines.job_slot_s
-            )
+            admission = service.reserve(account, job, request_id, routes, details)
         except BaseException:
             if idempotency_key is not None:
                 service.idempotency.release(account.account_id, idempotency_key)

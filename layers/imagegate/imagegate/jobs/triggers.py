@@ -40,8 +40,9 @@ from imagegate.config import Settings
 from imagegate.errors import APIError
 from imagegate.inputs.images import Upload
 from imagegate.inputs.validation import GenerationRequest, ImageParams, check_unicode, resolve
-from imagegate.service import Service, new_request_id
+from imagegate.service import Service
 from imagegate.storage import missing
+from imagegate.table import new_request_id
 
 if TYPE_CHECKING:
     from imagegate.jobs.lifecycle import Jobs

@@ -25,7 +25,7 @@ from typing import Any, TypedDict
 
 from imagegate.errors import APIError
 from imagegate.money import ledger
-from imagegate.money.ratelimit import State
+from imagegate.money.ratelimit import State, overrides
 from imagegate.table import account_pk, batch_get, item_key, query, read_balance, transact
 
 KEY_PREFIX = "sk-ig-"
@@ -127,7 +127,7 @@ class Accounts:
                 code="invalid_api_key",
             )
         admin = item.get("admin", {}).get("BOOL", False)
-        limiter = State.from_item(item)
+        limiter = State(overrides=overrides(item))  # its counters are on the ACCOUNT item (ratelimit.py)
         return Account(
             item["account_id"]["S"],
             item["key_id"]["S"],
@@ -173,7 +173,6 @@ class Accounts:
                 {
                     **item_key(account_pk(account_id), "ACCOUNT"),
                     "balance": {"N": str(balance_micros)},
-                    "slots": {"M": {}},
                     **listed,
                 },
                 new=True,
@@ -363,7 +362,7 @@ class Accounts:
             **({"budget": {"N": str(budget)}, "spent": {"N": "0"}} if budget is not None else {}),
         }
         return [
-            self._put({**item_key(key_pk, "KEY"), **fields, "slots": {"M": {}}}, new=True),
+            self._put({**item_key(key_pk, "KEY"), **fields}, new=True),
             self._put({**item_key(KEY_INDEX, key_id_for(api_key)), "key_pk": {"S": key_pk}, **fields}),
         ]
 

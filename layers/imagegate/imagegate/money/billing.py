@@ -1,18 +1,24 @@
-"""Reserve, settle, refund and credit: the balance never goes below zero, every refund happens once, and
-every balance change is written in one transaction with the ledger entry that records it (ledger.py).
+"""Reserve, settle, refund and credit: the balance never goes below zero, every refund happens once, and a
+balance and the record of what moved it always change in one transaction.
 
-A request costs three DynamoDB calls: the key lookup (accounts.py), the reserve transaction and the settle
-transaction. Reserving debits the balance under `balance >= amount`, takes the key's and the account's rate
-limits (ratelimit.py: conditions on the same items), writes a REQUEST item in state `reserved` and a
-`reserve` ledger entry. Settling moves the REQUEST item out of `reserved` under a condition, returns any
-unused part of the reservation, writes a `settle` ledger entry, adds to the usage counters, gives the
-request's slots back and completes its Idempotency-Key record, all in one transaction: a second settle or
-refund of the same request is a no-op, and a settled request is always replayable.
-  ACCOUNT#<account_id> / REQUEST#<request_id> -> state (reserved|settled|refunded), reserved, charged,
-      refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes holding a slot: "k",
-      "a"), provider, created_at, settled_at; while reserved open_shard + open_since (the sparse OPEN_INDEX
-      the sweeper reads); once closed expires_at (TTL, REQUEST_RETENTION_DAYS); job (the job id) when
-      the request is an image job's, whose reservation jobs.py closes, not `sweep`.
+A request costs three DynamoDB calls: the key lookup (accounts.py), the reserve transaction and the settle.
+Reserving debits the balance under `balance >= amount` and takes the key's and the account's rate limits
+(ratelimit.py: conditions on the same ACCOUNT item), and puts the REQUEST item in state `reserved`: the
+hold, which says where the debited money is. Settling moves the REQUEST item out of `reserved` under a
+condition, with the unused part of the reservation returned and the request's slots given back on the
+ACCOUNT item in the same transaction; a second settle or refund of the same request is a no-op. The
+REQUEST item is the request's ledger record (ledger.py: an account's balance is the sum of its LEDGER
+entries and of its requests), kept for good; usage counters follow from the table's stream (usage.py),
+off the request path. A fixed-price request that is charged what it reserved and holds no slot settles
+with one UpdateItem. Issue 22 counts it: 10 write units for a request with the default limits, where
+separate ledger rows, usage counters and the KEY item's limiter took 20 (docs/performance.md).
+  REQUESTS#<account_id>#<n> / REQUEST#<request_id> -> account_id, state (reserved|settled|refunded),
+      reserved, charged, refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes
+      holding a slot: "k" the key, "a" the account), provider, created_at, settled_at, settle_token; while
+      reserved open_shard + open_since (the sparse OPEN_INDEX the sweeper reads); job (the job id) when the
+      request is an image job's, whose reservation jobs.py closes, not `sweep`.
+  ACCOUNT#<account_id> / REQUEST#<request_id>: the same, as written before issue 22, with `reserve` and
+      `settle` LEDGER entries and a TTL once closed. Still settled the old way while any is open.
   INTENDED#<account_id> / REQUEST#<request_id> -> intended_charge, intended_images, provider, expires_at:
       what a request whose settle could not be written delivered, so the sweeper charges instead of
       refunding. Off the account's partition: the heat that failed the settle is usually there.
@@ -24,7 +30,7 @@ import contextlib
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,15 +40,18 @@ from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import Account, NotFound
-from imagegate.money.ratelimit import Fragment, Limits, State
+from imagegate.money.ratelimit import ACCOUNT_SCOPE, Fragment, Limits, Scope, State, key_scope
 from imagegate.table import (
     OPEN_SHARD,
     OPEN_SHARDS,
+    REQUEST_PREFIX,
     account_pk,
     item_key,
     open_items,
     read_balance,
+    request_pk,
     request_token,
+    single_or_transact,
     transact,
     transact_or_reasons,
 )
@@ -54,6 +63,7 @@ RESERVE_ATTEMPTS = 5
 # How long a settle keeps trying through throttling and transport errors before it leaves an intended
 # charge for the sweeper. Well inside the time a function has left after its upstream budget.
 SETTLE_DEADLINE_S = 3.0
+# How long the record of a request written before issue 22 is kept once closed (its LEDGER entries stay).
 REQUEST_RETENTION_DAYS = 35
 BUSY_CODES = frozenset(
     {
@@ -82,6 +92,14 @@ class Reservation:
     slots: str = ""  # scopes holding a slot for this request: "k" (the key), "a" (the account)
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the response
     budgeted: bool = False  # the key has a budget: its `spent` holds this reservation until it settles
+    # The REQUEST item's partition; empty for a request reserved before issue 22 (a job's may still be open),
+    # whose item is on the account's partition and whose money moves with LEDGER entries, and whose slots
+    # were entries of a map no longer read (so none is given back).
+    request_pk: str = ""
+
+    @property
+    def key(self) -> dict[str, dict[str, str]]:
+        return item_key(self.request_pk or account_pk(self.account_id), f"{REQUEST_PREFIX}{self.request_id}")
 
 
 class Billing:
@@ -101,9 +119,10 @@ class Billing:
         self._sleep = sleep
         self._key_limits = key_limits or Limits(0, 0)
         self._account_limits = account_limits or Limits(0, 0)
-        # What this container last saw of each account's limiter: a lower bound that picks the right update
-        # form first; a wrong guess only costs a retry (ratelimit.py).
-        self._accounts: dict[str, State] = {}
+        # What this container last saw of each scope's limiter on an ACCOUNT item, by (account, attribute): a
+        # `tat` seen is a lower bound of the stored one (ratelimit.py), so a remembered one picks the right
+        # update form first, and a wrong guess only costs a retry. The overrides are a guess too.
+        self._seen: dict[tuple[str, str], State] = {}
 
     # --- requests --------------------------------------------------------------------------------------
 
@@ -116,78 +135,60 @@ class Billing:
         *,
         images: int = 1,
         upper_bound: bool = False,
-        hold_s: int = Deadlines().request_slot_s,
     ) -> Reservation:
         """Debit `amount` micro-USD and take the rate limits for `images` images, in one transaction.
 
         429 when a limit of the key or the account refuses (nothing consumed), 402 stating the price and the
         balance when the balance does not cover it. `details` (model, endpoint) are kept on the request;
         `upper_bound`: the amount is a worst-case reservation (token-priced models), and the 402 says so.
-        `hold_s`: how long the concurrency slots outlive a request that never settles.
         """
         if amount < 0:
             raise ValueError(f"cannot reserve a negative amount ({amount})")
         if account.budget is not None and amount > account.budget:
             raise _over_budget(account, amount, account.budget)
-        key_state = account.limiter
-        # The container's memory of the account is a guess (its own limits may have changed since): only
-        # an item image DynamoDB returned may refuse a request; a wrong guess merely fails the condition.
-        account_state, account_seen = self._accounts.get(account.account_id, State()), False
+        key, acct = self._scopes(account)
+        key_state, account_state = self._remembered(account, key), self._remembered(account, acct)
+        # Only an item DynamoDB returned in this call may refuse outright; before it, what this container
+        # remembers refuses only where it is a lower bound: a key's `tat`, whose limits were just read.
+        seen = False
         key_raced = account_raced = False
+        pk = request_pk(account.account_id, request_id)
         for _ in range(RESERVE_ATTEMPTS):
             now = self._clock()
-            self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
-            key_take = ratelimit.take(
-                "k", key_state, self._key_limits, request_id, images, now, raced=key_raced, hold_s=hold_s
-            )
-            account_take = ratelimit.take(
-                "a",
-                account_state,
-                self._account_limits,
-                request_id,
-                images,
-                now,
-                raced=account_raced,
-                hold_s=hold_s,
-            )
+            self._refuse_if_limited(account, key_state, account_state if seen else None, images, now, seen)
             slots = "".join(
-                scope
+                scope.tag
                 for scope, state, default in (
-                    ("k", key_state, self._key_limits),
-                    ("a", account_state, self._account_limits),
+                    (key, key_state, self._key_limits),
+                    (acct, account_state, self._account_limits),
                 )
                 if state.limits(default).max_concurrent
             )
             actions = [
                 Fragment(
                     set=["balance = balance - :amount"],
+                    # The slot map of the limiter before issue 22, no longer read: dropped on the way.
+                    remove=["slots"],
                     conditions=["attribute_exists(pk) AND balance >= :amount"],
                     values={":amount": {"N": str(amount)}},
                 )
-                .merge(account_take)
+                .merge(ratelimit.take(key, key_state, self._key_limits, images, now, raced=key_raced))
+                .merge(
+                    ratelimit.take(
+                        acct, account_state, self._account_limits, images, now, raced=account_raced
+                    )
+                )
                 .update(self._table, item_key(account_pk(account.account_id), "ACCOUNT")),
-                self._request_put(account, request_id, amount, details, slots, now),
-                ledger.entry(
-                    account.account_id,
-                    "reserve",
-                    -amount,
-                    lambda now=now: now,
-                    table=self._table,
-                    request_id=request_id,
-                    model=details.get("model", ""),
-                    key_id=account.key_id,
-                ),
+                self._request_put(account, pk, request_id, amount, details, slots, now),
             ]
             if account.budget is not None:  # spent <= budget - amount, and then spent += amount
-                key_take = key_take.merge(
+                actions.append(
                     Fragment(
                         add=["spent :spend"],
                         conditions=["spent <= :room"],
                         values={":spend": {"N": str(amount)}, ":room": {"N": str(account.budget - amount)}},
-                    )
+                    ).update(self._table, item_key(account.key_pk, "KEY"))
                 )
-            if key_take.set or key_take.remove or key_take.add:  # a key with no limit is not written at all
-                actions.append(key_take.update(self._table, item_key(account.key_pk, "KEY")))
             try:
                 failed = transact_or_reasons(self._db, actions, self._sleep)
             except ClientError as exc:
@@ -195,15 +196,12 @@ class Billing:
                     raise
                 raise ratelimit.busy(f"account {account.account_id}") from exc
             if failed is None:
-                headers = ratelimit.headers(
-                    ratelimit.admitted(
-                        key_state, self._key_limits, request_id, images, now, hold_s, raced=key_raced
-                    ),
-                    self._key_limits,
-                    now,
-                )
-                self._accounts[account.account_id] = ratelimit.admitted(
-                    account_state, self._account_limits, request_id, images, now, hold_s, raced=account_raced
+                key_after = ratelimit.admitted(key_state, self._key_limits, images, now, raced=key_raced)
+                self._remember(account, key, key_after)
+                self._remember(
+                    account,
+                    acct,
+                    ratelimit.admitted(account_state, self._account_limits, images, now, raced=account_raced),
                 )
                 return Reservation(
                     account.account_id,
@@ -214,42 +212,42 @@ class Billing:
                     details.get("model", ""),
                     int(now),
                     slots,
-                    headers,
+                    ratelimit.headers(key_after, self._key_limits, now),
                     account.budget is not None,
+                    pk,
                 )
-            if 1 in failed or 2 in failed:
-                # The request item or ledger entry already existed: reused ids, never a free request.
+            if 1 in failed:
+                # The request item already existed: a reused id, never a free request.
                 raise RuntimeError(f"request id {request_id} collided with an existing item")
+            balance = None
             if 0 in failed:
                 if failed[0] is None:
                     raise NotFound(f"no account {account.account_id}")
-                learned = State.from_item(failed[0])
-                account_raced = learned.tat != account_state.tat
-                account_state, account_seen = learned, True
-                self._accounts[account.account_id] = account_state
+                learned_key = replace(State.from_item(failed[0], key), overrides=account.limiter.overrides)
+                learned_account = State.from_item(failed[0], acct)
+                key_raced, account_raced = (
+                    learned_key.tat != key_state.tat,
+                    learned_account.tat != account_state.tat,
+                )
+                key_state, account_state, seen = learned_key, learned_account, True
+                self._remember(account, key, key_state)
+                self._remember(account, acct, account_state)
                 balance = int(failed[0]["balance"]["N"])
-            else:
-                balance = None
-            if 3 in failed:
-                if failed[3] is None:
-                    raise NotFound(f"no key {account.key_id}")
-                learned = State.from_item(failed[3])
-                key_raced = learned.tat != key_state.tat
-                key_state = learned
-                spent, budget = int(failed[3].get("spent", {}).get("N", 0)), account.budget
-            else:
-                spent, budget = 0, None
-            self._refuse_if_limited(account, key_state, account_state if account_seen else None, images, now)
-            if budget is not None and spent + amount > budget:
-                raise _over_budget(account, amount, budget - spent)
+            spent = int(failed[2].get("spent", {}).get("N", 0)) if failed.get(2) else None
+            self._refuse_if_limited(account, key_state, account_state if seen else None, images, now, seen)
+            if spent is not None and account.budget is not None and spent + amount > account.budget:
+                raise _over_budget(account, amount, account.budget - spent)
             if balance is not None and balance < amount:
                 raise _insufficient(amount, balance, upper_bound)
+            if 2 in failed and failed[2] is None:
+                raise NotFound(f"no key {account.key_id}")
         raise ratelimit.busy(f"account {account.account_id}")
 
     def count(self, account: Account, images: int) -> None:
         """Take `images` from the key's images-per-minute bucket without reserving money or a slot (an
         idempotent replay, which serves stored images); 429 when the bucket cannot give them."""
-        state = account.limiter
+        key, _ = self._scopes(account)
+        state = self._remembered(account, key)
         what = f"key {account.key_id}"
         if not state.limits(self._key_limits).images_per_minute:
             return
@@ -258,17 +256,36 @@ class Billing:
             refused = ratelimit.refusal(what, state, self._key_limits, images, now, slot=False)
             if refused is not None:
                 raise refused
-            take = ratelimit.take("k", state, self._key_limits, "", images, now, slot=False, hold_s=0)
+            take = ratelimit.take(key, state, self._key_limits, images, now, slot=False)
             try:
-                self._db.update_item(**take.update(self._table, item_key(account.key_pk, "KEY"))["Update"])
+                self._db.update_item(
+                    **take.update(self._table, item_key(account_pk(account.account_id), "ACCOUNT"))["Update"]
+                )
+                self._remember(
+                    account, key, ratelimit.admitted(state, self._key_limits, images, now, slot=False)
+                )
                 return
             except self._db.exceptions.ConditionalCheckFailedException as exc:
-                state = State.from_item(exc.response["Item"])
+                state = replace(
+                    State.from_item(exc.response["Item"], key), overrides=account.limiter.overrides
+                )
+                self._remember(account, key, state)
             except ClientError as exc:
                 if _code(exc) not in BUSY_CODES:
                     raise
                 raise ratelimit.busy(what) from exc
         raise ratelimit.busy(what)
+
+    def _scopes(self, account: Account) -> tuple[Scope, Scope]:
+        return key_scope(account.key_id), ACCOUNT_SCOPE
+
+    def _remembered(self, account: Account, scope: Scope) -> State:
+        state = self._seen.get((account.account_id, scope.tat), State())
+        # A key's limits are its KEY item's, as just authenticated; the account's are remembered with it.
+        return replace(state, overrides=account.limiter.overrides) if not scope.own_limits else state
+
+    def _remember(self, account: Account, scope: Scope, state: State) -> None:
+        self._seen[(account.account_id, scope.tat)] = state
 
     def settle(
         self,
@@ -299,23 +316,25 @@ class Billing:
         refund = r.amount - charged
         give_up = self._clock() + deadline_s
         attempt = 0
-        # Built once and sent unchanged with one ClientRequestToken until its shape changes: a settle that
-        # committed behind a lost response is then found committed by its retry, not "already settled".
+        # Built once and sent unchanged until its shape changes, with a token of this call's own (a
+        # ClientRequestToken for a transaction, and `settle_token` on the request): a settle that committed
+        # behind a lost response is then found committed by its retry, not "already settled". (DynamoDB
+        # refuses a ClientRequestToken reused with other actions within 10 minutes, as another settle of the
+        # same request would send: hence one per call.)
         now = self._clock()
+        token = request_token(r.request_id, "settle", uuid.uuid4().hex)
         shape: tuple[bool, bool] | None = None
         while True:
             if shape != (guard is not None, completion is not None):
                 shape = (guard is not None, completion is not None)
-                actions = self._settle_actions(r, charged, refund, images, provider, now, tokens)
+                actions = self._settle_actions(r, charged, refund, images, provider, now, tokens, token)
                 if guard is not None:
                     actions.append(guard)
                 if completion is not None:
                     actions.append(completion)
-                # A token of this call's own: DynamoDB refuses (IdempotentParameterMismatch) a token reused
-                # with other actions within 10 minutes, as another settle of the same request would send.
-                token = request_token(r.request_id, "settle", str(shape), uuid.uuid4().hex)
+                attempt_token = request_token(token, str(shape))
             try:
-                failed = transact_or_reasons(self._db, actions, self._sleep, token)
+                failed = single_or_transact(self._db, actions, self._sleep, attempt_token)
             except (ClientError, BotoCoreError) as exc:
                 if isinstance(exc, ClientError) and _code(exc) not in BUSY_CODES:
                     raise
@@ -327,6 +346,8 @@ class Billing:
                 continue
             if failed is None:
                 return True
+            if 0 in failed and (failed[0] or {}).get("settle_token", {}).get("S") == token:
+                return True  # this very settle committed; its answer was lost
             if 0 in failed or (guard is not None and len(actions) - 1 - (completion is not None) in failed):
                 return False  # a concurrent settle or sweep won: the refund happened exactly once, there
             if completion is not None and len(actions) - 1 in failed:
@@ -338,6 +359,7 @@ class Billing:
     def _request_put(
         self,
         account: Account,
+        pk: str,
         request_id: str,
         amount: int,
         details: dict[str, str],
@@ -345,7 +367,8 @@ class Billing:
         now: float,
     ) -> dict[str, Any]:
         item = {
-            **item_key(account_pk(account.account_id), f"{ledger.REQUEST}{request_id}"),
+            **item_key(pk, f"{REQUEST_PREFIX}{request_id}"),
+            "account_id": {"S": account.account_id},
             "state": {"S": "reserved"},
             "reserved": {"N": str(amount)},
             "created_at": {"N": str(int(now))},
@@ -371,7 +394,8 @@ class Billing:
         images: int,
         provider: str,
         now: float,
-        tokens: int = 0,
+        tokens: int,
+        token: str,
     ) -> list[dict[str, Any]]:
         values = {
             ":state": {"S": "settled" if charged else "refunded"},
@@ -380,64 +404,72 @@ class Billing:
             ":refund": {"N": str(refund)},
             ":images": {"N": str(images)},
             ":now": {"N": str(int(now))},
-            ":expires": {"N": str(int(now) + REQUEST_RETENTION_DAYS * 86400)},
+            ":token": {"S": token},
         }
+        sets = "SET #s = :state, charged = :charged, refunded = :refund, images = :images, settled_at = :now"
+        sets += ", settle_token = :token"
         if provider:
             values[":provider"] = {"S": provider}
+            sets += ", provider = :provider"
         if tokens:
             values[":tokens"] = {"N": str(tokens)}
+            sets += ", tokens = :tokens"
+        if not r.request_pk:  # written before issue 22: its record expires; the ledger keeps the money
+            values[":expires"] = {"N": str(int(now) + REQUEST_RETENTION_DAYS * 86400)}
+            sets += ", expires_at = :expires"
         actions: list[dict[str, Any]] = [
             {
                 "Update": {
                     "TableName": self._table,
-                    "Key": item_key(account_pk(r.account_id), f"{ledger.REQUEST}{r.request_id}"),
-                    "UpdateExpression": (
-                        "SET #s = :state, charged = :charged, refunded = :refund, images = :images, "
-                        "settled_at = :now, expires_at = :expires"
-                        + (", provider = :provider" if provider else "")
-                        + (", tokens = :tokens" if tokens else "")
-                        + " REMOVE open_shard, open_since, intended_charge"
-                    ),
+                    "Key": r.key,
+                    "UpdateExpression": sets + " REMOVE open_shard, open_since, intended_charge",
                     "ConditionExpression": "#s = :reserved",
                     "ExpressionAttributeNames": {"#s": "state"},
                     "ExpressionAttributeValues": values,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
-            },
-            ledger.entry(
-                r.account_id,
-                "settle",
-                refund,
-                lambda: now,
-                table=self._table,
-                request_id=r.request_id,
-                charged=charged,
-                refunded=refund,
-            ),
-            ledger.usage_update(
-                self._table,
-                datetime.fromtimestamp(now, UTC).date(),
-                r.account_id,
-                r.key_id or "-",
-                r.model or "-",
-                images=images,
-                charged=charged,
-                refunded=refund,
-            ),
+            }
         ]
+        if not r.request_pk:
+            actions += [
+                ledger.entry(
+                    r.account_id,
+                    "settle",
+                    refund,
+                    lambda: now,
+                    table=self._table,
+                    request_id=r.request_id,
+                    charged=charged,
+                    refunded=refund,
+                ),
+                ledger.usage_update(
+                    self._table,
+                    datetime.fromtimestamp(now, UTC).date(),
+                    r.account_id,
+                    r.key_id or "-",
+                    r.model or "-",
+                    images=images,
+                    charged=charged,
+                    refunded=refund,
+                ),
+            ]
         account = (
-            Fragment(add=["balance :refund"], values={":refund": {"N": str(refund)}}) if refund else None
+            Fragment(add=["balance :refund"], values={":refund": {"N": str(refund)}})
+            if refund
+            else Fragment()
         )
-        if "a" in r.slots:
-            account = (account or Fragment()).merge(ratelimit.release("a", r.request_id))
-        if account is not None:
+        if r.request_pk:  # slots of a request reserved before issue 22 were entries of a map no longer read
+            for scope in (key_scope(r.key_id), ACCOUNT_SCOPE):
+                if scope.tag in r.slots:
+                    account = account.merge(ratelimit.release(scope))
+        if account.add:
             actions.append(account.update(self._table, item_key(account_pk(r.account_id), "ACCOUNT")))
-        key = ratelimit.release("k", r.request_id) if "k" in r.slots else None
         if r.budgeted and refund:  # what was not charged no longer counts against the key's budget
-            key = (key or Fragment()).merge(
-                Fragment(add=["spent :unspent"], values={":unspent": {"N": str(-refund)}})
+            actions.append(
+                Fragment(add=["spent :unspent"], values={":unspent": {"N": str(-refund)}}).update(
+                    self._table, item_key(r.key_pk, "KEY")
+                )
             )
-        if key is not None:
-            actions.append(key.update(self._table, item_key(r.key_pk, "KEY")))
         return actions
 
     def _leave_intended_charge(self, r: Reservation, charged: int, images: int, provider: str) -> None:
@@ -468,12 +500,13 @@ class Billing:
         return int(found["intended_charge"]["N"]), int(found["intended_images"]["N"])
 
     def precheck(self, account: Account, images: int, *, balance: int | None = None) -> None:
-        """The 429 `reserve` would answer from the key as it was just authenticated, with no call, and the
-        402 of an account whose `balance` (when given) pays for nothing, or of a key whose budget, as
-        authenticated, has nothing left: for work that costs before the reservation, such as fetching a JSON
-        edit's images. The reservation still decides (and, as there, the container's memory of the account is
-        a guess that may not refuse)."""
-        self._refuse_if_limited(account, account.limiter, None, images, self._clock())
+        """With no call: the 429 `reserve` would answer from the key's images per minute as this container
+        last saw them (a lower bound), and the 402 of an account whose `balance` (if given) pays for nothing,
+        or of a key whose budget, as authenticated, has nothing left: for work that costs before the
+        reservation, such as fetching a JSON edit's images. The reservation still decides (and, as there, the
+        container's memory of the account is a guess that may not refuse)."""
+        key, _ = self._scopes(account)
+        self._refuse_if_limited(account, self._remembered(account, key), None, images, self._clock(), False)
         if account.budget is not None and account.budget - account.spent <= 0:
             raise APIError(
                 402,
@@ -492,15 +525,23 @@ class Billing:
             )
 
     def _refuse_if_limited(
-        self, account: Account, key_state: State, account_state: State | None, images: int, now: float
+        self,
+        account: Account,
+        key_state: State,
+        account_state: State | None,
+        images: int,
+        now: float,
+        key_seen: bool = True,
     ) -> None:
-        for what, state, default in (
-            (f"key {account.key_id}", key_state, self._key_limits),
-            (f"account {account.account_id}", account_state, self._account_limits),
+        # A key's remembered count of requests in flight is no bound at all (they finish): only a counter
+        # just returned by DynamoDB (`key_seen`) refuses a slot.
+        for what, state, default, slot in (
+            (f"key {account.key_id}", key_state, self._key_limits, key_seen),
+            (f"account {account.account_id}", account_state, self._account_limits, True),
         ):
             if state is None:
                 continue
-            refused = ratelimit.refusal(what, state, default, images, now)
+            refused = ratelimit.refusal(what, state, default, images, now, slot=slot)
             if refused is not None:
                 raise refused
 
@@ -545,7 +586,7 @@ class Billing:
         cutoff = int(self._clock() - older_than_s)
         found = []
         for item in open_items(self._db, self._table, OPEN_SHARD, cutoff):
-            if account_id is None or item["pk"]["S"] == account_pk(account_id):
+            if account_id is None or _account_of(item) == account_id:
                 found.append(item)
         found.sort(key=lambda i: int(i["open_since"]["N"]))
         return [(_reservation(item), item) for item in found]
@@ -629,17 +670,23 @@ def _over_budget(account: Account, amount: int, left: int) -> APIError:
 
 
 def _intended_key(account_id: str, request_id: str) -> dict[str, dict[str, str]]:
-    return item_key(f"INTENDED#{account_id}", f"{ledger.REQUEST}{request_id}")
+    return item_key(f"INTENDED#{account_id}", f"{REQUEST_PREFIX}{request_id}")
 
 
 def _open_shard(request_id: str) -> str:
     return f"{OPEN_SHARD}{sum(request_id.encode()) % OPEN_SHARDS}"
 
 
+def _account_of(item: dict[str, Any]) -> str:
+    """A request item's account: named on it, or (written before issue 22) its partition's."""
+    return item["account_id"]["S"] if "account_id" in item else item["pk"]["S"].removeprefix("ACCOUNT#")
+
+
 def _reservation(item: dict[str, Any]) -> Reservation:
+    legacy = "account_id" not in item
     return Reservation(
-        account_id=item["pk"]["S"].removeprefix("ACCOUNT#"),
-        request_id=item["sk"]["S"].removeprefix(ledger.REQUEST),
+        account_id=_account_of(item),
+        request_id=item["sk"]["S"].removeprefix(REQUEST_PREFIX),
         amount=int(item["reserved"]["N"]),
         key_id=item.get("key_id", {}).get("S", ""),
         key_pk=item.get("key_pk", {}).get("S", ""),
@@ -647,6 +694,7 @@ def _reservation(item: dict[str, Any]) -> Reservation:
         created_at=int(item["created_at"]["N"]),
         slots=item.get("slots", {}).get("S", ""),
         budgeted=item.get("budgeted", {}).get("BOOL", False),
+        request_pk="" if legacy else item["pk"]["S"],
     )
 
 

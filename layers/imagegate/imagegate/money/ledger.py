@@ -1,8 +1,11 @@
-"""The money trail: one ledger entry per balance change, daily usage counters, and the checks on both.
+"""The money trail: the records of every balance change, daily usage counters, and the checks on both.
 
-Every transaction that changes a balance (billing.py, and the opening credit in accounts.py) also writes a
-ledger entry whose `amount` is exactly that change, so an account's balance always equals the sum of its
-ledger. Items (single table, `pk`/`sk`):
+Every transaction that changes a balance writes, in it, the record of that change, so an account's balance
+always equals the sum of its ledger: its LEDGER entries (credits, adjustments, top-ups, reversals: the
+opening credit in accounts.py, billing.credit, topups.py) and its requests (billing.py: a REQUEST item
+holds `-reserved` while reserved, `-charged` once closed, on partitions of its own). Requests reserved
+before issue 22 moved their money with `reserve` and `settle` entries instead, and their record expires;
+both kinds are read. Items (single table, `pk`/`sk`):
 
   ACCOUNT#<account_id> / LEDGER#<13-digit epoch ms>#<entry id>
       -> kind, amount (signed micro-USD, the balance change), created_at (epoch s), and per kind:
@@ -23,8 +26,8 @@ ledger. Items (single table, `pk`/`sk`):
      of accounts, never the number of days. (Before, counters were kept per day, USAGE#<day> / <account>#…,
      and a window cost one Query per day; such items are no longer read and expire by their TTL.)
 
-`reconcile` checks one account; `stale_reservations` finds requests a killed Lambda left `reserved`
-(Billing.sweep refunds them). Every read is a GetItem or a Query on one partition.
+`reconcile` checks one account (requests a killed Lambda left `reserved` are listed as stale; Billing.sweep
+refunds them). Every read is a GetItem or a Query on one partition.
 """
 
 from __future__ import annotations
@@ -39,11 +42,18 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from imagegate.config import Deadlines
-from imagegate.table import JOB_PREFIX, account_pk, item_key, job_items, query
+from imagegate.table import (
+    JOB_PREFIX,
+    REQUEST_PREFIX,
+    account_pk,
+    item_key,
+    job_items,
+    query,
+    request_partitions,
+)
 from imagegate.units import micros_to_usd
 
 LEDGER = "LEDGER#"
-REQUEST = "REQUEST#"
 USAGE = "USAGE#"
 USAGE_TTL_DAYS = 400
 # The longest usage window anyone may ask for: a leap year. (The API allows less: api.MAX_USAGE_DAYS.)
@@ -82,7 +92,7 @@ class Reservation:
 class Reconciliation:
     ok: bool
     balance: int | None  # None: no such account
-    expected: int  # the sum of the ledger
+    expected: int  # the sum of the ledger: its entries and its requests
     in_flight: int  # requests still reserved
     in_flight_micros: int
     stale: list[Reservation] = field(default_factory=list)  # the in-flight ones older than the threshold
@@ -169,9 +179,11 @@ def reconcile(
     stale_after_s: float = Deadlines().stale_reservation_s,
     clock: Callable[[], float] = time.time,
 ) -> Reconciliation:
-    """Check one account: balance == sum of its ledger; every finished request reserved == charged + refunded
-    with exactly the ledger entries that moved that money; reserved requests listed as in flight; jobs,
-    Step Functions tasks, announcements, Idempotency-Keys and usage against them (docs/timeouts.md).
+    """Check one account: balance == sum of its ledger (entries and requests); every finished request
+    reserved == charged + refunded (and, for one reserved before issue 22, the entries that moved that
+    money); reserved requests listed as in flight, and the limiter's counters of requests in flight equal to
+    them; jobs, Step Functions tasks, announcements, Idempotency-Keys and usage against them
+    (docs/timeouts.md).
 
     A Query is not a snapshot: a transaction committing while the partition is read can show half its
     items. That passes, a real discrepancy stays, so a failed check is read again, up to
@@ -187,8 +199,8 @@ def reconcile(
                 ConsistentRead=True,
             )
         )
-        result = _check(account_id, items, clock() - stale_after_s)
-        requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
+        requests = _requests(dynamodb, table, account_id, items)
+        result = _check(account_id, items, requests, clock() - stale_after_s)
         jobs = job_items(dynamodb, table, account_id)
         problems = [
             *_job_problems(jobs, requests),
@@ -202,32 +214,6 @@ def reconcile(
         if result.ok:
             break
     return result
-
-
-def stale_reservations(
-    dynamodb: Any,
-    table: str,
-    account_id: str,
-    *,
-    older_than_s: float,
-    clock: Callable[[], float] = time.time,
-) -> list[Reservation]:
-    """Requests of an account still `reserved` more than `older_than_s` seconds after they were made."""
-    items = query(
-        dynamodb,
-        TableName=table,
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :request)",
-        FilterExpression="#s = :reserved AND created_at < :cutoff",
-        ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={
-            ":pk": {"S": account_pk(account_id)},
-            ":request": {"S": REQUEST},
-            ":reserved": {"S": "reserved"},
-            ":cutoff": {"N": str(int(clock() - older_than_s))},
-        },
-        ConsistentRead=True,
-    )
-    return [_reservation(account_id, item) for item in items]
 
 
 USAGE_COUNTS = ("requests", "images", "charged", "refunded")
@@ -321,12 +307,49 @@ def _ledger_range(table: str, account_id: str, start: str = LEDGER) -> dict[str,
 # --- checks --------------------------------------------------------------------------------------------
 
 
-def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) -> Reconciliation:
+def request_items(dynamodb: Any, table: str, account_id: str) -> list[dict[str, Any]]:
+    """An account's request records (on their own partitions: those reserved since issue 22), oldest first."""
+    items = [
+        item
+        for pk in request_partitions(account_id)
+        for item in query(
+            dynamodb,
+            TableName=table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": pk}},
+            ConsistentRead=True,
+        )
+    ]
+    return sorted(items, key=lambda i: i["sk"]["S"])
+
+
+def _requests(
+    dynamodb: Any, table: str, account_id: str, items: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """An account's request records, request id -> item: those on its own partitions, and those written
+    before issue 22 among the account partition's `items`."""
+    legacy = [i for i in items if i["sk"]["S"].startswith(REQUEST_PREFIX)]
+    return {
+        i["sk"]["S"].removeprefix(REQUEST_PREFIX): i
+        for i in legacy + request_items(dynamodb, table, account_id)
+    }
+
+
+def _held(item: dict[str, Any]) -> int:
+    """What a request record holds of its account's balance (0 for one whose LEDGER entries do, written
+    before issue 22): the reservation while reserved, the charge once closed."""
+    if "account_id" not in item:
+        return 0
+    return _int(item, "reserved") if item["state"]["S"] == "reserved" else _int(item, "charged")
+
+
+def _check(
+    account_id: str, items: list[dict[str, Any]], requests: dict[str, dict[str, Any]], stale_before: float
+) -> Reconciliation:
     account = next((i for i in items if i["sk"]["S"] == "ACCOUNT"), None)
     balance = int(account["balance"]["N"]) if account else None
     ledger = [_entry(i) for i in items if i["sk"]["S"].startswith(LEDGER)]
-    requests = {i["sk"]["S"].removeprefix(REQUEST): i for i in items if i["sk"]["S"].startswith(REQUEST)}
-    expected = sum(e.amount for e in ledger)
+    expected = sum(e.amount for e in ledger) - sum(_held(i) for i in requests.values())
     problems = []
     if balance is None:
         problems.append(f"no account {account_id}")
@@ -361,6 +384,8 @@ def _check(account_id: str, items: list[dict[str, Any]], stale_before: float) ->
             in_flight.append(_reservation(account_id, item))
             if "job" in item:
                 jobs.add(request_id)
+    if account is not None:
+        problems += _counter_problems(account, requests)
     return Reconciliation(
         ok=not problems,
         balance=balance,
@@ -497,9 +522,54 @@ def _closed_and_expired(entries: list[LedgerEntry]) -> bool:
     )
 
 
+def _counter_problems(account: dict[str, Any], requests: dict[str, dict[str, Any]]) -> list[str]:
+    """The limiter's counters of requests in flight (ratelimit.py), the account's and each key's, against the
+    open requests holding a slot: a slot given back twice, or never, shows here."""
+    holding: dict[str, int] = defaultdict(int)
+    for item in requests.values():
+        if "account_id" in item and item["state"]["S"] == "reserved":
+            slots = _str(item, "slots")
+            if "a" in slots:
+                holding["in_flight"] += 1
+            if "k" in slots:
+                holding[f"kn_{_str(item, 'key_id')}"] += 1
+    counters = {n: _int(account, n) for n in account if n == "in_flight" or n.startswith("kn_")}
+    return [
+        f"{name} counts {counters.get(name, 0)} requests in flight, but {holding.get(name, 0)} open requests "
+        "hold a slot"
+        for name in sorted(counters.keys() | holding.keys())
+        if counters.get(name, 0) != holding.get(name, 0)
+    ]
+
+
 def _request_problems(request_id: str, item: dict[str, Any], ledger: list[LedgerEntry]) -> list[str]:
-    """What is wrong with one request: its amounts, or the ledger entries that should mirror them."""
+    """What is wrong with one request: its amounts, or the ledger entries that should mirror them (only a
+    request reserved before issue 22 has any; a later one is its own record and must have none)."""
     state = item["state"]["S"]
+    if "account_id" not in item:
+        problems = _mirror_problems(request_id, item, ledger)
+    elif ledger:
+        problems = [f"{request_id}: holds its own money, yet the ledger has entries for it"]
+    else:
+        problems = []
+    if state == "reserved":
+        return problems
+    if state not in ("settled", "refunded"):
+        return [*problems, f"{request_id}: unknown state {state!r}"]
+    reserved, charged, refunded = _int(item, "reserved"), _int(item, "charged"), _int(item, "refunded")
+    if charged + refunded != reserved:
+        problems.append(
+            f"{request_id}: reserved {micros_to_usd(reserved)} but charged {micros_to_usd(charged)} "
+            f"+ refunded {micros_to_usd(refunded)}"
+        )
+    if (state == "settled") != (charged > 0):
+        problems.append(f"{request_id}: state {state} with a charge of {micros_to_usd(charged)}")
+    return problems
+
+
+def _mirror_problems(request_id: str, item: dict[str, Any], ledger: list[LedgerEntry]) -> list[str]:
+    """A request reserved before issue 22: one `reserve` entry debiting what it reserved, and, once closed,
+    one `settle` entry refunding what it refunded and naming what it charged."""
     reserved = _int(item, "reserved")
     reserves = [e for e in ledger if e.kind == "reserve"]
     settles = [e for e in ledger if e.kind == "settle"]
@@ -509,20 +579,11 @@ def _request_problems(request_id: str, item: dict[str, Any], ledger: list[Ledger
             f"{request_id}: reserved {micros_to_usd(reserved)} but its reserve entries debit "
             f"{', '.join(micros_to_usd(-e.amount) for e in reserves) or 'nothing'}"
         )
-    if state == "reserved":
+    if item["state"]["S"] == "reserved":
         if settles:
             problems.append(f"{request_id}: still reserved, yet the ledger settled it")
         return problems
-    if state not in ("settled", "refunded"):
-        return [*problems, f"{request_id}: unknown state {state!r}"]
     charged, refunded = _int(item, "charged"), _int(item, "refunded")
-    if charged + refunded != reserved:
-        problems.append(
-            f"{request_id}: reserved {micros_to_usd(reserved)} but charged {micros_to_usd(charged)} "
-            f"+ refunded {micros_to_usd(refunded)}"
-        )
-    if (state == "settled") != (charged > 0):
-        problems.append(f"{request_id}: state {state} with a charge of {micros_to_usd(charged)}")
     if [(e.amount, e.charged) for e in settles] != [(refunded, charged)]:
         recorded = "; ".join(
             f"refund {micros_to_usd(e.amount)}, charge {micros_to_usd(e.charged or 0)}" for e in settles
@@ -554,7 +615,7 @@ def _entry(item: dict[str, Any]) -> LedgerEntry:
 def _reservation(account_id: str, item: dict[str, Any]) -> Reservation:
     return Reservation(
         account_id=account_id,
-        request_id=item["sk"]["S"].removeprefix(REQUEST),
+        request_id=item["sk"]["S"].removeprefix(REQUEST_PREFIX),
         amount=_int(item, "reserved"),
         created_at=_int(item, "created_at"),
         model=_str(item, "model"),

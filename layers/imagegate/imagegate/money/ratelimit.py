@@ -1,9 +1,12 @@
 """Rate limits as conditions of the reserve transaction: images per minute and requests in flight, per key and
 per account. Pure: this module builds DynamoDB update fragments and judges item images; billing.py runs them.
 
-State lives on items a request touches anyway, so limiting costs no extra call:
-  KEY#<hash> / KEY         -> tat, slots (+ the key's overrides images_per_minute, max_concurrent)
-  ACCOUNT#<id> / ACCOUNT   -> tat, slots (+ the account's overrides), next to the balance
+Every scope's state lives on the one item a request writes anyway, the account's, so limiting costs no
+extra write (issue 22: a key's limiter used to cost its KEY item two more writes per request):
+  ACCOUNT#<id> / ACCOUNT -> tat, in_flight (+ the account's overrides images_per_minute, max_concurrent)
+                            kt_<key_id>, kn_<key_id>: each key's tat and in-flight count
+A key's own overrides stay on its KEY item (accounts.py), read when it authenticates. The item grows with
+the keys in use (about 60 bytes each), never with the requests in flight.
 
 Images per minute is a token bucket of `limit` images that refills at `limit` a minute, kept as GCRA: `tat`
 (epoch ms) is when the bucket will be full again. One image costs T = ceil(60000/limit) ms, a request for
@@ -19,10 +22,12 @@ see SLACK_MS; and so does one up to RACE_SLACK_MS in the past just written by a 
 Whatever this container caches of an item after a success (`admitted`) stays a lower bound of what it
 wrote.
 
-Requests in flight are a map of slots, request_id -> expiry (epoch s), taken on condition
-`size(slots) < max` and removed by the settle transaction. A slot's expiry (`hold_s`, config.Deadlines)
-outlives the function timeout, and a job's outlives its time queued and running, so the slot of a killed
-Lambda is pruned (on condition that it is still expired) when it is in the way.
+Requests in flight are a counter per scope, taken with `ADD in_flight 1` on condition `in_flight < max` and
+given back by the transaction that closes the reservation (billing.py: the settle, or the sweeper's refund
+of a request a stopped Lambda left open), so an update costs the same at 1 or 500 in flight. The lease is
+the reservation itself: a stopped request's slot is held until the sweeper closes it
+(config.Deadlines.stale_reservation_s), a job's until the job is closed. `reconcile` checks each counter
+against the reservations open.
 
 Every refusal is a 429 in OpenAI's shape (type "requests", code "rate_limit_exceeded") with `retry-after` and
 OpenAI's `x-ratelimit-*` headers; admitted requests carry the same headers. A request for more images than
@@ -61,23 +66,38 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class State:
-    """What is known of one scope's limiter attributes: read with the key, or returned by a failed condition.
+class Scope:
+    """Where one scope's limiter lives on the ACCOUNT item, and the placeholder prefix (`tag`) that keeps
+    its names apart when the key's and the account's fragments merge into one update."""
 
-    `slots` None: the item has no slot map yet. `overrides`: the item's own limits (None: the default).
-    """
+    tag: str
+    tat: str
+    count: str
+    own_limits: bool  # the item holds this scope's overrides (the account's; a key's are on its KEY item)
+
+
+ACCOUNT_SCOPE = Scope("a", "tat", "in_flight", own_limits=True)
+
+
+def key_scope(key_id: str) -> Scope:
+    return Scope("k", f"kt_{key_id}", f"kn_{key_id}", own_limits=False)
+
+
+@dataclass(frozen=True)
+class State:
+    """What is known of one scope's limiter: read from the ACCOUNT item (returned by a failed condition, or
+    remembered), with the scope's overrides (its own limits; None: the default)."""
 
     tat: int = 0
-    slots: dict[str, int] | None = field(default_factory=dict)
+    in_flight: int = 0
     overrides: tuple[int | None, int | None] = (None, None)
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> State:
-        slots = item.get("slots", {}).get("M")
+    def from_item(cls, item: dict[str, Any], scope: Scope = ACCOUNT_SCOPE) -> State:
         return cls(
-            tat=int(item["tat"]["N"]) if "tat" in item else 0,
-            slots=None if slots is None else {rid: int(v["N"]) for rid, v in slots.items()},
-            overrides=tuple(int(item[n]["N"]) if n in item else None for n in LIMITS),  # type: ignore[arg-type]
+            tat=_int(item, scope.tat),
+            in_flight=_int(item, scope.count),
+            overrides=overrides(item) if scope.own_limits else (None, None),
         )
 
     def limits(self, default: Limits) -> Limits:
@@ -87,8 +107,10 @@ class State:
             default.max_concurrent if conc is None else conc,
         )
 
-    def in_flight(self, now: float) -> int:
-        return sum(1 for expiry in (self.slots or {}).values() if expiry > now)
+
+def overrides(item: dict[str, Any]) -> tuple[int | None, int | None]:
+    """An item's own limits (an account's or a key's), None where it keeps the default."""
+    return tuple(int(item[n]["N"]) if n in item else None for n in LIMITS)  # type: ignore[return-value]
 
 
 @dataclass
@@ -150,20 +172,18 @@ def incremental(state: State, now_ms: int, raced: bool) -> bool:
 
 
 def take(
-    scope: str,
+    scope: Scope,
     state: State,
     default: Limits,
-    request_id: str,
     images: int,
     now: float,
     *,
     slot: bool = True,
     raced: bool = False,
-    hold_s: int,
 ) -> Fragment:
-    """The update fragment that admits a request on one item, assuming `state`; `scope` ("k" or "a") keeps
-    placeholder names apart when fragments merge. Conditions assert every assumption made, so a stale
-    `state` fails the transaction instead of admitting too much.
+    """The update fragment that admits a request on the ACCOUNT item for one scope, assuming `state`.
+    Conditions assert every assumption made, so a stale `state` fails the transaction instead of admitting
+    too much. `slot`: the request also takes one of the scope's requests in flight.
 
     `raced`: `state.tat` was just written by a concurrent request (this request's previous attempt lost to
     it), so the bucket is in use now: it is updated as `tat = tat + cost` from that value even if the
@@ -172,69 +192,57 @@ def take(
     """
     limits = state.limits(default)
     now_ms = int(now * 1000)
+    t = scope.tag
     frag = Fragment()
-    # The item's overrides must still be those the limits came from.
-    for name, value in zip(LIMITS, state.overrides, strict=True):
-        placeholder = f":{scope}_{name}"
-        if value is None:
-            frag.conditions.append(f"attribute_not_exists({name})")
-        else:
-            frag.conditions.append(f"{name} = {placeholder}")
-            frag.values[placeholder] = _n(value)
+    if scope.own_limits:  # the item's overrides must still be those the limits came from
+        for name, value in zip(LIMITS, state.overrides, strict=True):
+            placeholder = f":{t}_{name}"
+            if value is None:
+                frag.conditions.append(f"attribute_not_exists({name})")
+            else:
+                frag.conditions.append(f"{name} = {placeholder}")
+                frag.values[placeholder] = _n(value)
     if limits.images_per_minute:
         cost = cost_ms(images, limits.images_per_minute)
         burst = burst_ms(limits.images_per_minute)
         if cost > burst:
             # More than a whole minute's images can never pass: a condition no existing item meets.
             frag.conditions.append("attribute_not_exists(pk)")
+        tat = f"#{t}_tat"
+        frag.names[tat] = scope.tat
         if incremental(state, now_ms, raced):
-            frag.set.append(f"tat = tat + :{scope}_cost")
-            frag.conditions.append(f"tat BETWEEN :{scope}_floor AND :{scope}_room")
-            frag.values[f":{scope}_cost"] = _n(cost)
-            frag.values[f":{scope}_floor"] = _n(min(state.tat, now_ms - SLACK_MS))
-            frag.values[f":{scope}_room"] = _n(now_ms + burst - cost)
+            frag.set.append(f"{tat} = {tat} + :{t}_cost")
+            frag.conditions.append(f"{tat} BETWEEN :{t}_floor AND :{t}_room")
+            frag.values[f":{t}_cost"] = _n(cost)
+            frag.values[f":{t}_floor"] = _n(min(state.tat, now_ms - SLACK_MS))
+            frag.values[f":{t}_room"] = _n(now_ms + burst - cost)
         else:
-            frag.set.append(f"tat = :{scope}_tat")
-            frag.conditions.append(f"attribute_not_exists(tat) OR tat <= :{scope}_now")
-            frag.values[f":{scope}_tat"] = _n(now_ms + cost)
-            frag.values[f":{scope}_now"] = _n(now_ms)
+            frag.set.append(f"{tat} = :{t}_tat")
+            frag.conditions.append(f"attribute_not_exists({tat}) OR {tat} <= :{t}_now")
+            frag.values[f":{t}_tat"] = _n(now_ms + cost)
+            frag.values[f":{t}_now"] = _n(now_ms)
     if limits.max_concurrent and slot:
-        expiry = _n(int(now) + hold_s)
-        if state.slots is None:
-            frag.set.append(f"slots = :{scope}_slots")
-            frag.conditions.append("attribute_not_exists(slots)")
-            frag.values[f":{scope}_slots"] = {"M": {request_id: expiry}}
-        else:
-            frag.names[f"#{scope}_id"] = request_id
-            frag.set.append(f"slots.#{scope}_id = :{scope}_expiry")
-            frag.values[f":{scope}_expiry"] = expiry
-            expired = sorted(rid for rid, at in state.slots.items() if at <= now)
-            for i, rid in enumerate(expired):
-                name = f"#{scope}_x{i}"
-                frag.names[name] = rid
-                frag.remove.append(f"slots.{name}")
-                frag.conditions.append(f"slots.{name} <= :{scope}_now_s")
-            if expired:
-                frag.values[f":{scope}_now_s"] = _n(int(now))
-            frag.conditions.append(f"attribute_exists(slots) AND size(slots) < :{scope}_max")
-            frag.values[f":{scope}_max"] = _n(limits.max_concurrent + len(expired))
+        # Exact whatever this container believes: the condition reads the counter itself.
+        count = f"#{t}_n"
+        frag.names[count] = scope.count
+        frag.add.append(f"{count} :{t}_one")
+        frag.conditions.append(f"attribute_not_exists({count}) OR {count} < :{t}_max")
+        frag.values[f":{t}_one"] = _n(1)
+        frag.values[f":{t}_max"] = _n(limits.max_concurrent)
     return frag
 
 
-def release(scope: str, request_id: str) -> Fragment:
-    """Give a request's slot back (in the settle transaction); removing an absent slot changes nothing."""
-    return Fragment(remove=[f"slots.#{scope}_done"], names={f"#{scope}_done": request_id})
+def release(scope: Scope) -> Fragment:
+    """Give a request's slot back, in the transaction that closes its reservation (exactly once)."""
+    return Fragment(
+        add=[f"#{scope.tag}_back :{scope.tag}_back"],
+        names={f"#{scope.tag}_back": scope.count},
+        values={f":{scope.tag}_back": _n(-1)},
+    )
 
 
 def admitted(
-    state: State,
-    default: Limits,
-    request_id: str,
-    images: int,
-    now: float,
-    hold_s: int,
-    *,
-    raced: bool = False,
+    state: State, default: Limits, images: int, now: float, *, slot: bool = True, raced: bool = False
 ) -> State:
     """The state just after `take(..., raced=raced)` succeeded on `state` (for the response's headers, and
     the container's memory of the item): what that update wrote, or a lower bound of it, never more."""
@@ -244,10 +252,8 @@ def admitted(
     if limits.images_per_minute:
         start = tat if incremental(state, now_ms, raced) else now_ms
         tat = start + cost_ms(images, limits.images_per_minute)
-    live = {rid: at for rid, at in (state.slots or {}).items() if at > now}
-    if limits.max_concurrent:
-        live[request_id] = int(now) + hold_s
-    return replace(state, tat=tat, slots=live)
+    in_flight = state.in_flight + 1 if limits.max_concurrent and slot else state.in_flight
+    return replace(state, tat=tat, in_flight=in_flight)
 
 
 def refusal(
@@ -284,10 +290,10 @@ def refusal(
                 math.ceil(wait_ms / 1000),
                 headers(state, default, now),
             )
-    if slot and limits.max_concurrent and state.in_flight(now) >= limits.max_concurrent:
+    if slot and limits.max_concurrent and state.in_flight >= limits.max_concurrent:
         return _refused(
             f"concurrent requests on {what}: Limit {limits.max_concurrent}, "
-            f"In flight {state.in_flight(now)}, Requested 1",
+            f"In flight {state.in_flight}, Requested 1",
             SLOT_RETRY_SECONDS,
             headers(state, default, now),
         )
@@ -319,7 +325,7 @@ def headers(state: State, default: Limits, now: float) -> dict[str, str]:
     if limits.max_concurrent:
         out |= {
             "x-ratelimit-limit-requests": str(limits.max_concurrent),
-            "x-ratelimit-remaining-requests": str(max(0, limits.max_concurrent - state.in_flight(now))),
+            "x-ratelimit-remaining-requests": str(max(0, limits.max_concurrent - state.in_flight)),
         }
     return out
 
@@ -342,3 +348,7 @@ def _refused(what: str, wait: int, extra: dict[str, str]) -> APIError:
 
 def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
+
+
+def _int(item: dict[str, Any], name: str) -> int:
+    return int(item[name]["N"]) if name in item else 0

@@ -1,7 +1,8 @@
 """What a key holder reads of their own account: the request log, and the legacy billing figures chat
 clients show (OpenAI's `/v1/dashboard/billing/*`, in the shape one-api served).
 
-Reads only: the ledger and request records of one account partition, and its usage counters (ledger.py).
+Reads only: one account's request records (on their own partitions, billing.py), its ledger and its usage
+counters (ledger.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
-from imagegate.money.ledger import LEDGER, REQUEST, UsageRow
-from imagegate.table import account_pk, batch_get, item_key
+from imagegate.money.ledger import LEDGER, UsageRow
+from imagegate.table import REQUEST_PREFIX, account_pk, request_partitions
 from imagegate.units import micros_to_decimal
 
 MICROS_PER_CENT = 10_000
@@ -23,7 +24,7 @@ MAX_LOG_LIMIT = 100
 MAX_USAGE_RANGE_DAYS = 100
 # "Recent" top-ups: read at most this many 1 MB pages of the ledger, however long it has grown.
 TOPUP_PAGES = 4
-_CURSOR = re.compile(r"^LEDGER#\d{13}#[0-9a-f]{12}$")
+_CURSOR = re.compile(r"^req_[0-9a-f]{32}$")
 LOG_COLUMNS = (
     "created_at",
     "request_id",
@@ -91,60 +92,40 @@ def valid_cursor(after: str) -> bool:
 def request_log(
     dynamodb: Any, table: str, account_id: str, limit: int, after: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """An account's requests, newest first, `limit` at most, from after the cursor `after`; and the cursor
-    of the next page (None at the end). Found through the ledger's `reserve` entries (time-ordered), then
-    their request records (35 days; older rows keep what the ledger says)."""
-    pk = account_pk(account_id)
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :ledger)",
-        "FilterExpression": "kind = :reserve",
-        "ExpressionAttributeValues": {
-            ":pk": {"S": pk},
-            ":ledger": {"S": LEDGER},
-            ":reserve": {"S": "reserve"},
-        },
-        "ScanIndexForward": False,
-        "ConsistentRead": True,
-    }
-    if after:
-        kwargs["ExclusiveStartKey"] = item_key(pk, after)
-    entries: list[dict[str, Any]] = []
-    more = True
-    while len(entries) < limit and more:
-        page = dynamodb.query(**kwargs, Limit=max(limit * 2, 10))
-        entries += page.get("Items", [])
-        more = "LastEvaluatedKey" in page
-        if more:
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    entries = entries[:limit]
-    records = _request_records(dynamodb, table, pk, [e["request_id"]["S"] for e in entries])
-    rows = [_row(e, records.get(e["request_id"]["S"], {})) for e in entries]
-    cursor = entries[-1]["sk"]["S"] if entries and (more or len(entries) == limit) else None
-    return rows, cursor
+    """An account's requests, newest first, `limit` at most, from after the request id `after`; and the
+    cursor of the next page (None at the end). Request ids sort by time (table.new_request_id), so each of
+    the account's request partitions is read newest first, `limit` items at most, and the pages merged.
+    (Requests reserved before issue 22 are not listed: their records expire; the ledger keeps their money.)"""
+    start = f"{REQUEST_PREFIX}{after}" if after else f"{REQUEST_PREFIX}\uffff"
+    items: list[dict[str, Any]] = []
+    for pk in request_partitions(account_id):  # partitions holding only requests: `sk <` bounds enough
+        items += dynamodb.query(
+            TableName=table,
+            KeyConditionExpression="pk = :pk AND sk < :start",
+            ExpressionAttributeValues={":pk": {"S": pk}, ":start": {"S": start}},
+            ScanIndexForward=False,
+            ConsistentRead=True,
+            Limit=limit + 1,  # one more than a page: whether there is a next one
+        ).get("Items", [])
+    items.sort(key=lambda i: i["sk"]["S"], reverse=True)
+    more = len(items) > limit
+    rows = [_row(i) for i in items[:limit]]
+    return rows, rows[-1]["request_id"] if rows and more else None
 
 
-def _request_records(dynamodb: Any, table: str, pk: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    keys = [item_key(pk, f"{REQUEST}{i}") for i in dict.fromkeys(ids)]
-    for item in batch_get(dynamodb, table, keys):
-        found[item["sk"]["S"].removeprefix(REQUEST)] = item
-    return found
-
-
-def _row(entry: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+def _row(record: Mapping[str, Any]) -> dict[str, Any]:
     def text(name: str, default: str = "") -> str:
         return record[name]["S"] if name in record else default
 
     def number(name: str) -> int:
         return int(record[name]["N"]) if name in record else 0
 
-    state = text("state", "expired")
+    state = text("state")
     charged = number("charged")
     return {
-        "request_id": entry["request_id"]["S"],
-        "created_at": int(entry["created_at"]["N"]),
-        "model": entry["model"]["S"] if "model" in entry else text("model"),
+        "request_id": record["sk"]["S"].removeprefix(REQUEST_PREFIX),
+        "created_at": number("created_at"),
+        "model": text("model"),
         "endpoint": text("endpoint"),
         "size": text("size"),
         "quality": text("quality"),
@@ -154,7 +135,7 @@ def _row(entry: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
         "charged_micros": charged,
         "status": {"settled": "succeeded", "refunded": "failed", "reserved": "in_progress"}.get(state, state),
         "job_id": text("job"),
-        "key_id": entry["key_id"]["S"] if "key_id" in entry else "",
+        "key_id": text("key_id"),
         # What `image_urls` needs (service.py): where the images are, if they were kept.
         "_stored": text("response_format") == "url" and state == "settled",
         "_output_format": text("output_format", "png"),
