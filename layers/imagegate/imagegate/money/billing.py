@@ -298,6 +298,7 @@ class Billing:
         guard: dict[str, Any] | None = None,
         deadline_s: float = SETTLE_DEADLINE_S,
         tokens: int = 0,
+        partials: tuple[int, int] = (0, 0),
     ) -> bool:
         """Finish a reservation, keeping `charged` (capped at the reservation) and refunding the rest; count
         it in the usage; give its slots back; complete its Idempotency-Key record. False, and nothing
@@ -306,6 +307,9 @@ class Billing:
         `guard`: an action that commits with the settle or not at all (jobs.py: the job's own conditional
         state move, so a job and its money always move together); False, and nothing changes, when its
         condition fails. A `completion` whose condition fails is dropped instead.
+
+        `partials`: a stream's partial images written to its client, and what they cost (kept on the request,
+        so that `reconcile` sees a charge that gives them away or charges more).
 
         Throttling and transport errors are retried until `deadline_s`; then the intended charge is left,
         off the account's partition, for the sweeper (which then charges it instead of refunding) and the
@@ -327,7 +331,9 @@ class Billing:
         while True:
             if shape != (guard is not None, completion is not None):
                 shape = (guard is not None, completion is not None)
-                actions = self._settle_actions(r, charged, refund, images, provider, now, tokens, token)
+                actions = self._settle_actions(
+                    r, charged, refund, images, provider, now, tokens, token, partials
+                )
                 if guard is not None:
                     actions.append(guard)
                 if completion is not None:
@@ -396,6 +402,7 @@ class Billing:
         now: float,
         tokens: int,
         token: str,
+        partials: tuple[int, int],
     ) -> list[dict[str, Any]]:
         values = {
             ":state": {"S": "settled" if charged else "refunded"},
@@ -414,6 +421,9 @@ class Billing:
         if tokens:
             values[":tokens"] = {"N": str(tokens)}
             sets += ", tokens = :tokens"
+        if partials[0]:
+            values[":partials"], values[":partials_charge"] = ({"N": str(n)} for n in partials)
+            sets += ", partials = :partials, partials_charge = :partials_charge"
         if not r.request_pk:  # written before issue 22: its record expires; the ledger keeps the money
             values[":expires"] = {"N": str(int(now) + REQUEST_RETENTION_DAYS * 86400)}
             sets += ", expires_at = :expires"
