@@ -71,7 +71,7 @@ class Closing:
 
     `completion(record)`: on success, an action that completes with the settle when it can (an
     Idempotency-Key record), dropped when its condition fails. `guard(record or None, error or None)`: an
-    action that commits with the settle or not at all (a job's state move, jobs.py); with a guard, a
+    action that commits with the settle or not at all (a job's state move, jobs/lifecycle.py); with a guard, a
     failure is refunded in full.
     """
 
@@ -438,7 +438,8 @@ class Service:
         details: dict[str, str] | None = None,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
-        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
+        here leave nothing behind. `details` are kept on the request record (jobs/lifecycle.py: the job
+        id)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
