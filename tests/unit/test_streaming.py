@@ -205,6 +205,38 @@ def reconciled(aws, settings, funded):
     return check.ok and check.in_flight == 0
 
 
+def rewritten_charge(aws, settings, funded, request, charge):
+    """Reconcile's problems once a closed request's charge is rewritten to `charge` as an older settle
+    would have written it: its record and the balance moved together, so only the partials can tell."""
+    reserved, was = int(request["reserved"]["N"]), int(request["charged"]["N"])
+    aws.dynamodb.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": settings.table,
+                    "Key": {"pk": request["pk"], "sk": request["sk"]},
+                    "UpdateExpression": "SET charged = :c, refunded = :r, #s = :s",
+                    "ExpressionAttributeNames": {"#s": "state"},
+                    "ExpressionAttributeValues": {
+                        ":c": {"N": str(charge)},
+                        ":r": {"N": str(reserved - charge)},
+                        ":s": {"S": "settled" if charge else "refunded"},
+                    },
+                }
+            },
+            {
+                "Update": {
+                    "TableName": settings.table,
+                    "Key": {"pk": {"S": f"ACCOUNT#{funded[0]}"}, "sk": {"S": "ACCOUNT"}},
+                    "UpdateExpression": "ADD balance :d",
+                    "ExpressionAttributeValues": {":d": {"N": str(was - charge)}},
+                }
+            },
+        ]
+    )
+    return ledger.reconcile(aws.dynamodb, settings.table, funded[0]).problems
+
+
 def decoded(event):
     img = Image.open(io.BytesIO(base64.b64decode(event["b64_json"])))
     img.load()
@@ -281,6 +313,13 @@ def test_a_stream_abandoned_after_a_partial_is_charged_that_partial_once(aws, se
     assert charged(accounts, funded) == PARTIAL
     assert charges(aws.dynamodb, settings.table, funded[0]) == [PARTIAL]
     assert reconciled(aws, settings, funded)
+    # The state the old code left (charged one partial more than written) makes reconcile fail.
+    [request] = ledger.request_items(aws.dynamodb, settings.table, funded[0])
+    problems = rewritten_charge(aws, settings, funded, request, 2 * PARTIAL)
+    assert problems == [
+        f"{request['sk']['S'].removeprefix('REQUEST#')}: charged $0.006400 for 1 streamed partial images "
+        "and no final image, which cost $0.003200"
+    ]
 
 
 def test_a_stream_abandoned_before_its_first_event_is_refunded(aws, settings, accounts, funded):
@@ -408,3 +447,11 @@ def test_partials_sent_before_a_final_image_too_large_are_charged(
     assert events[-1]["error"]["code"] == "response_too_large"
     assert charged(accounts, funded) == 2 * PARTIAL
     assert reconciled(aws, settings, funded)
+    # The state the old code left (everything refunded) makes reconcile fail.
+    [request] = ledger.request_items(aws.dynamodb, settings.table, funded[0])
+    assert (request["partials"], request["partials_charge"]) == ({"N": "2"}, {"N": str(2 * PARTIAL)})
+    problems = rewritten_charge(aws, settings, funded, request, 0)
+    assert problems == [
+        f"{request['sk']['S'].removeprefix('REQUEST#')}: 2 streamed partial images cost $0.006400, but it "
+        "was charged $0.000000: given away"
+    ]

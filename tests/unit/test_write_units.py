@@ -12,12 +12,16 @@ from aws_lambda_powertools.logging import Logger
 from botocore.exceptions import ClientError
 
 from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.money.billing import Billing
+from imagegate.money.ratelimit import Limits
 from imagegate.service import Service
 
 from .conftest import Clock
 from .test_service import Clients
 
 REPO = Path(__file__).parents[2]
+PARTITION_WCU = 1_000  # DynamoDB's write throughput of one partition, per second
+IN_FLIGHT = 100
 
 
 def load_capacity():
@@ -122,6 +126,39 @@ def test_a_synchronous_b64_request_costs_10_write_units(metered):
     ]
     assert (tally.write_units, tally.index_units) == (10, 2)
     assert max(max(w.before, w.after) for w in tally.written) < capacity.KB  # every item under 1 KB
+    # Item 2's accounting: the account's partition takes 4 units a request, and one partition 1,000 a
+    # second, so one account sustains 250 requests a second; its requests spread over REQUEST_SHARDS.
+    on_account = sum(w.table_units + w.index_units for w in tally.written if w.kind.startswith("ACCOUNT#"))
+    assert on_account == 4 and PARTITION_WCU // on_account >= 250
+
+
+def test_the_account_item_does_not_grow_with_requests_in_flight(aws, settings, accounts):
+    """Issue 22, item 2: the 100th request in flight costs its reserve what the first did (the slots were a
+    map on the item, 43 bytes a request: past 21 in flight every update cost more). The counters make 500,
+    or any number, the same."""
+    meter = capacity.Meter()
+    limits = {"key_limits": Limits(0, 1000), "account_limits": Limits(0, 1000)}
+    metered, plain = (
+        Billing(client, settings.table, **limits) for client in (Metered(aws.dynamodb, meter), aws.dynamodb)
+    )
+    account = accounts.authenticate(f"Bearer {accounts.create_key(accounts.create_account(10**9))}")
+    costs = []
+    for i in range(IN_FLIGHT):
+        (metered if i in (0, IN_FLIGHT - 1) else plain).reserve(
+            account, f"req_{i:032x}", 1, {"model": "dall-e-2"}
+        )
+        if i in (0, IN_FLIGHT - 1):
+            costs.append([(w.kind, w.table_units, w.after) for w in meter.reset().written])
+    first, last = costs
+    assert (
+        [(k, u) for k, u, _ in last]
+        == [(k, u) for k, u, _ in first]
+        == [
+            ("ACCOUNT#/ACCOUNT", 2),
+            ("REQUESTS#/REQUEST#", 2),
+        ]
+    )
+    assert last[0][2] - first[0][2] <= 4  # the account item: two counters' digits, nothing per request
 
 
 def test_without_slots_a_full_charge_settles_in_one_write(metering):

@@ -71,7 +71,7 @@ class Closing:
 
     `completion(record)`: on success, an action that completes with the settle when it can (an
     Idempotency-Key record), dropped when its condition fails. `guard(record or None, error or None)`: an
-    action that commits with the settle or not at all (a job's state move, jobs.py); with a guard, a
+    action that commits with the settle or not at all (a job's state move, jobs/lifecycle.py); with a guard, a
     failure is refunded in full.
     """
 
@@ -438,7 +438,8 @@ class Service:
         details: dict[str, str] | None = None,
     ) -> Admission:
         """Quote the job and reserve its price under the key's and the account's rate limits: 429 or 402
-        here leave nothing behind. `details` are kept on the billing record (jobs.py: the job id)."""
+        here leave nothing behind. `details` are kept on the request record (jobs/lifecycle.py: the job
+        id)."""
         quote = self.prices.quote(job, [(spec.model, spec.options) for spec in routes])
         try:
             reservation = self.billing.reserve(
@@ -575,13 +576,15 @@ class Service:
         completion: dict[str, Any] | None = None,
         guard: dict[str, Any] | None = None,
         tokens: int = 0,
+        partials: tuple[int, int] = (0, 0),
     ) -> bool:
         """Settle a reserved request (the rest refunded), with its log line and metrics; whether it won.
-        `tokens`: the upstream's token count, kept on the request for the key holder's usage log."""
+        `tokens`: the upstream's token count, kept on the request for the key holder's usage log;
+        `partials`: a stream's partial images written, and what they cost (Billing.settle)."""
         latency = round((time.perf_counter() - started) * 1000, 1)
         log.update(provider=provider, charged_micros=charged, images=delivered, latency_ms=latency)
         settled = self._settle(
-            admission.reservation, charged, delivered, provider, completion, guard, log, tokens
+            admission.reservation, charged, delivered, provider, completion, guard, log, tokens, partials
         )
         counts = {
             "Requests": 1,
@@ -610,6 +613,7 @@ class Service:
         guard: dict[str, Any] | None,
         log: dict[str, Any],
         tokens: int = 0,
+        partials: tuple[int, int] = (0, 0),
     ) -> bool:
         """Settle; a settle that cannot be written answers the client all the same once images exist (the
         sweeper charges the intended amount), and never turns a delivered request into an error. False when
@@ -623,6 +627,7 @@ class Service:
                 completion=completion,
                 guard=guard,
                 tokens=tokens,
+                partials=partials,
             )
         except Exception:
             self.logger.exception("settle failed; the sweeper closes the reservation", extra=log)
@@ -754,11 +759,21 @@ class _StreamRun:
         self.partials = 0
         self.settled = False
 
-    def settle(self, charged: int, delivered: int = 0) -> None:
+    def settle(self, charged: int, delivered: int = 0, *, partials: int | None = None) -> None:
+        """Settle once, recording the partial images written (`partials`: None, all of them; 0 when none
+        reached the client, a buffering gateway having answered 504 first)."""
         if not self.settled:
             self.settled = True
+            count = self.partials if partials is None else partials
             self.service._close(
-                self.job, self.admission, self.started, charged, delivered, self.streamed.provider, self.log
+                self.job,
+                self.admission,
+                self.started,
+                charged,
+                delivered,
+                self.streamed.provider,
+                self.log,
+                partials=(count, self.admission.quote.partials(count)),
             )
 
     def abandon(self) -> None:
@@ -791,7 +806,8 @@ class _StreamRun:
         except ProviderError as exc:
             error = service._upstream_error(job, exc, self.streamed.provider, self.log)
             if exc.code == "upstream_timeout":
-                self.settle(0)  # past the budget, a buffering gateway already answered 504: nothing arrived
+                # Past the budget, a buffering gateway already answered 504: nothing arrived.
+                self.settle(0, partials=0)
             self.abandon()
             yield error_event(error)
         except APIError as exc:

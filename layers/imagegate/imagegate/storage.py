@@ -34,7 +34,7 @@ class Storage:
         return keys
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        """One object under any prefix (jobs.py: a job's input images, under `inputs/`)."""
+        """One object under any prefix (jobs/lifecycle.py: a job's input images, under `inputs/`)."""
         self._s3.put_object(
             Bucket=self._bucket, Key=key, Body=data, ContentType=content_type, ServerSideEncryption="AES256"
         )

@@ -16,7 +16,7 @@ separate ledger rows, usage counters and the KEY item's limiter took 20 (docs/pe
       reserved, charged, refunded (micro-USD), images, model, endpoint, key_id, key_pk, slots (scopes
       holding a slot: "k" the key, "a" the account), provider, created_at, settled_at, settle_token; while
       reserved open_shard + open_since (the sparse OPEN_INDEX the sweeper reads); job (the job id) when the
-      request is an image job's, whose reservation jobs.py closes, not `sweep`.
+      request is an image job's, whose reservation jobs/lifecycle.py closes.
   ACCOUNT#<account_id> / REQUEST#<request_id>: the same, as written before issue 22, with `reserve` and
       `settle` LEDGER entries and a TTL once closed. Still settled the old way while any is open.
   INTENDED#<account_id> / REQUEST#<request_id> -> intended_charge, intended_images, provider, expires_at:
@@ -298,14 +298,18 @@ class Billing:
         guard: dict[str, Any] | None = None,
         deadline_s: float = SETTLE_DEADLINE_S,
         tokens: int = 0,
+        partials: tuple[int, int] = (0, 0),
     ) -> bool:
         """Finish a reservation, keeping `charged` (capped at the reservation) and refunding the rest; count
         it in the usage; give its slots back; complete its Idempotency-Key record. False, and nothing
         changes, if it was already finished.
 
-        `guard`: an action that commits with the settle or not at all (jobs.py: the job's own conditional
-        state move, so a job and its money always move together); False, and nothing changes, when its
-        condition fails. A `completion` whose condition fails is dropped instead.
+        `guard`: an action that commits with the settle or not at all (jobs/lifecycle.py: the job's
+        conditional state move, so a job and its money always move together); False, and nothing changes,
+        when its condition fails. A `completion` whose condition fails is dropped instead.
+
+        `partials`: a stream's partial images written to its client, and what they cost (kept on the request,
+        so that `reconcile` sees a charge that gives them away or charges more).
 
         Throttling and transport errors are retried until `deadline_s`; then the intended charge is left,
         off the account's partition, for the sweeper (which then charges it instead of refunding) and the
@@ -327,7 +331,9 @@ class Billing:
         while True:
             if shape != (guard is not None, completion is not None):
                 shape = (guard is not None, completion is not None)
-                actions = self._settle_actions(r, charged, refund, images, provider, now, tokens, token)
+                actions = self._settle_actions(
+                    r, charged, refund, images, provider, now, tokens, token, partials
+                )
                 if guard is not None:
                     actions.append(guard)
                 if completion is not None:
@@ -396,6 +402,7 @@ class Billing:
         now: float,
         tokens: int,
         token: str,
+        partials: tuple[int, int],
     ) -> list[dict[str, Any]]:
         values = {
             ":state": {"S": "settled" if charged else "refunded"},
@@ -414,6 +421,9 @@ class Billing:
         if tokens:
             values[":tokens"] = {"N": str(tokens)}
             sets += ", tokens = :tokens"
+        if partials[0]:
+            values[":partials"], values[":partials_charge"] = ({"N": str(n)} for n in partials)
+            sets += ", partials = :partials, partials_charge = :partials_charge"
         if not r.request_pk:  # written before issue 22: its record expires; the ledger keeps the money
             values[":expires"] = {"N": str(int(now) + REQUEST_RETENTION_DAYS * 86400)}
             sets += ", expires_at = :expires"
@@ -565,7 +575,7 @@ class Billing:
         closed = []
         for r, item in self._open(older_than_s, account_id):
             if "job" in item:
-                continue  # closed with its job, on the job's own clock (jobs.py, Jobs.sweep)
+                continue  # closed with its job, on the job's own clock (jobs/lifecycle.py, Jobs.sweep)
             try:
                 charged, images = self._intended(r, item)
                 if self.settle(r, charged, images=images, provider="" if charged else "sweep"):
@@ -579,7 +589,7 @@ class Billing:
         self, *, older_than_s: float, account_id: str | None = None
     ) -> list[tuple[Reservation, str]]:
         """Open reservations of jobs (whose request item names its `job`), with the job id: `sweep` leaves
-        them to jobs.py, which knows whether a job is waiting in its queue, running, or dead."""
+        them to jobs/lifecycle.py, which knows whether a job is waiting in its queue, running, or dead."""
         return [(r, item["job"]["S"]) for r, item in self._open(older_than_s, account_id) if "job" in item]
 
     def _open(self, older_than_s: float, account_id: str | None) -> list[tuple[Reservation, dict[str, Any]]]:

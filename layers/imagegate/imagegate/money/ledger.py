@@ -564,7 +564,27 @@ def _request_problems(request_id: str, item: dict[str, Any], ledger: list[Ledger
         )
     if (state == "settled") != (charged > 0):
         problems.append(f"{request_id}: state {state} with a charge of {micros_to_usd(charged)}")
-    return problems
+    return problems + _partial_problems(request_id, item)
+
+
+def _partial_problems(request_id: str, item: dict[str, Any]) -> list[str]:
+    """A stream's partial images written to its client are charged, and nothing else: never less than
+    they cost (capped, as every charge, at the reservation), and exactly that when no final image came."""
+    partials = _int(item, "partials")
+    if not partials:
+        return []
+    charged, owed = _int(item, "charged"), min(_int(item, "reserved"), _int(item, "partials_charge"))
+    if charged < owed:
+        return [
+            f"{request_id}: {partials} streamed partial images cost {micros_to_usd(owed)}, "
+            f"but it was charged {micros_to_usd(charged)}: given away"
+        ]
+    if not _int(item, "images") and charged != owed:
+        return [
+            f"{request_id}: charged {micros_to_usd(charged)} for {partials} streamed partial images and no "
+            f"final image, which cost {micros_to_usd(owed)}"
+        ]
+    return []
 
 
 def _mirror_problems(request_id: str, item: dict[str, Any], ledger: list[LedgerEntry]) -> list[str]:

@@ -22,7 +22,7 @@ Legacy contracts routed to a successor keep their promise (see `_gpt_quality`, `
 - revised_prompt: only when the upstream returns one (a dall-e-3 upstream); never invented.
 - dall-e-2 edits without a mask edit where the image itself is transparent: the image doubles as the mask.
 - usage: always passed on as the upstream reported it: a translated contract is charged at the dearer of its
-  own token rates and the upstream model's (pricing.py), never below its per-image price.
+  own token rates and the upstream model's (catalog/prices.py), never below its per-image price.
 """
 
 from __future__ import annotations
