@@ -12,9 +12,10 @@ from aws_lambda_powertools.logging import Logger
 from botocore.exceptions import ClientError
 
 from imagegate.inputs.validation import GenerationRequest, resolve
+from imagegate.jobs.lifecycle import Jobs
 from imagegate.money.billing import Billing
 from imagegate.money.ratelimit import Limits
-from imagegate.service import Service
+from imagegate.service import Service, new_request_id
 
 from .conftest import Clock
 from .test_service import Clients
@@ -175,6 +176,53 @@ def test_without_slots_a_full_charge_settles_in_one_write(metering):
         ("REQUESTS#/REQUEST#", "Update", 1, 1),
     ]
     assert (tally.write_units, tally.index_units) == (7, 2)
+
+
+def test_a_job_writes_its_item_on_its_own_shard_and_only_the_balance_on_the_account(aws, settings, accounts):
+    """Issue 22, item 2: a job submitted and run to success writes its item four times (queued, taken, its
+    final move with the announcement owed, the announcement done), 13 units, 9 of them the table's. On
+    ACCOUNT#<id>, where they all were, it now writes only the balance: the reserve and the settle."""
+    meter = capacity.Meter()
+    svc = Service(
+        settings,
+        Clients(aws, Metered(aws.dynamodb, meter)),
+        Logger(service="test", level="CRITICAL"),
+        Clock(),
+    )
+    jobs = Jobs(svc, {"event": lambda detail: None})  # one announcement owed: the outbox's writes count
+    key = accounts.create_key(accounts.create_account(10_000_000))
+    job = resolve("generations", GenerationRequest(prompt="a red fox", model="dall-e-2"), svc.catalog)
+
+    def one():
+        account = svc.accounts.authenticate(f"Bearer {key}")
+        queued = jobs.submit(account, job, request_id=new_request_id(), enqueue=False)
+        assert jobs.run(account.account_id, queued["id"])["status"] == "succeeded"
+
+    one()  # warm: routes, prices, clients; the limiter's attributes exist
+    meter.reset()
+    one()
+    tally = meter.reset()
+    written = [(w.kind, w.action, w.table_units, w.index_units) for w in tally.written]
+    assert written == [
+        # submit: the reserve, as a request's; then the job, queued (in a transaction of its own)
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("REQUESTS#/REQUEST#", "Put", 2, 1),
+        ("JOBS#/JOB#", "Put", 2, 0),
+        # run: taken (one conditional UpdateItem)
+        ("JOBS#/JOB#", "Update", 1, 0),
+        # the settle, with the job's final move in its transaction: the result and the announcement owed
+        # (over 1 KB now, so 2 units a write; it enters the `open` index's ANNOUNCE# shards)
+        ("REQUESTS#/REQUEST#", "Update", 2, 1),
+        ("ACCOUNT#/ACCOUNT", "Update", 2, 0),
+        ("JOBS#/JOB#", "Update", 4, 2),
+        # the announcement done: out of the outbox and the index
+        ("JOBS#/JOB#", "Update", 2, 2),
+    ]
+    on_jobs = [w for w in tally.written if w.kind == "JOBS#/JOB#"]
+    assert (sum(w.table_units for w in on_jobs), sum(w.index_units for w in on_jobs)) == (9, 4)
+    on_account = [w for w in tally.written if w.kind.startswith("ACCOUNT#")]
+    assert {w.kind for w in on_account} == {"ACCOUNT#/ACCOUNT"}
+    assert sum(w.table_units + w.index_units for w in on_account) == 4
 
 
 # --- the accounting itself (DynamoDB's published rules) -------------------------------------------------
