@@ -187,7 +187,7 @@ def test_a_job_writes_its_item_on_its_own_shard_and_only_the_balance_on_the_acco
         settings,
         Clients(aws, Metered(aws.dynamodb, meter)),
         Logger(service="test", level="CRITICAL"),
-        Clock(),
+        clock=Clock(),
     )
     jobs = Jobs(svc, {"event": lambda detail: None})  # one announcement owed: the outbox's writes count
     key = accounts.create_key(accounts.create_account(10_000_000))
