@@ -49,6 +49,12 @@ def item_key(pk: str, sk: str) -> dict[str, dict[str, str]]:
     return {"pk": {"S": pk}, "sk": {"S": sk}}
 
 
+def key_of(item: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """An item's own key: a write after a read goes where the item was read (a job on its shard, or on the
+    account partition it was written to before)."""
+    return item_key(item["pk"]["S"], item["sk"]["S"])
+
+
 def account_pk(account_id: str) -> str:
     return f"ACCOUNT#{account_id}"
 

@@ -80,10 +80,10 @@ from imagegate.table import (
     ANNOUNCE_SHARD,
     JOB_PREFIX,
     OPEN_SHARDS,
-    item_key,
     job_ids,
     job_key,
     job_partitions,
+    key_of,
     open_items,
     read_job,
     transact_or_reasons,
@@ -328,7 +328,7 @@ class Jobs:
         try:
             self._db.update_item(
                 TableName=self._table,
-                Key=_key(item),
+                Key=key_of(item),
                 UpdateExpression="SET #s = :running, started_at = :now, #run = :run",
                 ConditionExpression="#s = :queued",
                 ExpressionAttributeNames={"#s": "status", "#run": "run"},
@@ -621,7 +621,7 @@ class Jobs:
         return {
             "Update": {
                 "TableName": self._table,
-                "Key": _key(item),
+                "Key": key_of(item),
                 "UpdateExpression": expression,
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {k: v for k, v in names.items() if k in expression + condition},
@@ -665,7 +665,7 @@ class Jobs:
         try:
             self._db.update_item(
                 TableName=self._table,
-                Key=_key(item),
+                Key=key_of(item),
                 UpdateExpression=expression,
                 ConditionExpression="attribute_exists(announce)",
                 **({"ExpressionAttributeValues": values} if values else {}),
@@ -731,11 +731,6 @@ def _listed_result(item: dict[str, Any], service: Service) -> dict[str, Any] | N
     since a page of them read back from S3 would not fit a response: GET the job for its images."""
     record = json.loads(item["result"]["S"]) if "result" in item else None
     return service.render(record) if record is not None and record["format"] == "url" else None
-
-
-def _key(item: dict[str, Any]) -> dict[str, Any]:
-    """A job item's own key: every write after a read goes where the job was read (its shard, or legacy)."""
-    return item_key(item["pk"]["S"], item["sk"]["S"])
 
 
 def _reservation(item: dict[str, Any]) -> Reservation:

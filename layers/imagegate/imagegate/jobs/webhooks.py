@@ -44,7 +44,7 @@ from standardwebhooks import Webhook
 
 from imagegate.config import Deadlines
 from imagegate.inputs.outbound import Outbound, OutboundError
-from imagegate.table import account_pk, item_key, read_job, update_job
+from imagegate.table import account_pk, item_key, key_of, read_job, update_job
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -301,7 +301,7 @@ class Webhooks:
             last_attempt_at=at,
             next_attempt_at=None if delay is None else at + delay,
         )
-        if not self._record(_key(item), done, record):
+        if not self._record(key_of(item), done, record):
             return None  # another copy of this message recorded this attempt and carries the delivery on
         log.info(
             "webhook attempt",
@@ -385,10 +385,6 @@ class Webhooks:
     @staticmethod
     def _endpoint_key(account_id: str) -> dict[str, Any]:
         return item_key(account_pk(account_id), ENDPOINT_SK)
-
-
-def _key(item: dict[str, Any]) -> dict[str, Any]:
-    return {"pk": item["pk"], "sk": item["sk"]}
 
 
 class RetryLater(Exception):
