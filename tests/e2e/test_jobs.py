@@ -21,7 +21,7 @@ from imagegate.http.lambda_app import batch_handler, build_jobs
 from imagegate.local.devserver import LocalWorker, provision, provision_jobs_queue
 from imagegate.money import ledger
 from imagegate.service import Service
-from imagegate.table import job_key, legacy_job_key
+from imagegate.table import job_key, legacy_job_key, update_job
 
 from .conftest import DEFAULT_BALANCE, Stack, _serve
 
@@ -243,6 +243,29 @@ def test_jobs_on_their_shards_and_one_left_on_the_account_partition(job_stack, c
     assert "Item" not in db.get_item(TableName=table, Key=job_key(client.account_id, old))
     assert balance(job_stack, client) == DEFAULT_BALANCE - 3 * PRICE
     assert ledger.reconcile(db, table, client.account_id).problems == []
+
+
+def test_an_update_goes_where_the_job_is_and_never_makes_one(job_stack):
+    """table.update_job (webhook state) on the emulator `make serve` uses: a job on the account partition is
+    updated there, a job on its shard only there, and a condition that fails on the shard's item fails."""
+    stack, _ = job_stack
+    db, table = stack.aws.dynamodb, stack.settings.table
+    account, job_id = f"acct_{uuid.uuid4().hex[:12]}", f"imgjob_{uuid.uuid4().hex}"
+    update = {
+        "UpdateExpression": "SET n = :next",
+        "ConditionExpression": "attribute_exists(pk) AND n = :one",
+        "ExpressionAttributeValues": {":one": {"N": "1"}, ":next": {"N": "2"}},
+    }
+    db.put_item(TableName=table, Item={**legacy_job_key(account, job_id), "n": {"N": "1"}})
+    assert update_job(db, table, account, job_id, **update) == legacy_job_key(account, job_id)
+    assert "Item" not in db.get_item(TableName=table, Key=job_key(account, job_id))
+    db.put_item(TableName=table, Item={**job_key(account, job_id), "n": {"N": "5"}})
+    with pytest.raises(db.exceptions.ConditionalCheckFailedException):
+        update_job(db, table, account, job_id, **update)
+    with pytest.raises(db.exceptions.ConditionalCheckFailedException):
+        update_job(db, table, "acct_other", job_id, **update)  # nowhere: nothing made
+    assert "Item" not in db.get_item(TableName=table, Key=job_key("acct_other", job_id))
+    assert "Item" not in db.get_item(TableName=table, Key=legacy_job_key("acct_other", job_id))
 
 
 def test_without_a_key_the_jobs_routes_are_401(job_stack):
