@@ -783,3 +783,24 @@ def test_an_intended_charge_survives_the_heat_that_failed_its_settle(aws, settin
     assert (swept.request_id, charged) == (reservation.request_id, 30_000)
     assert accounts.balance(account.account_id) == 100_000 - 30_000
     assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id, clock=clock).ok
+
+
+def test_a_reserve_leaves_the_earlier_releases_slot_map_for_its_settles(aws, settings, accounts, billing):
+    """A function of the earlier release, still finishing a request during a rollout, gives its slot back
+    with `REMOVE slots.#id`; DynamoDB refuses that once the map itself is gone, so reserve keeps it."""
+    account = holder(accounts, 100_000)
+    key = item_key(f"ACCOUNT#{account.account_id}", "ACCOUNT")
+    aws.dynamodb.update_item(
+        TableName=settings.table,
+        Key=key,
+        UpdateExpression="SET slots = :m",
+        ExpressionAttributeValues={":m": {"M": {"req_old": {"N": "1"}}}},
+    )
+    billing.reserve(account, request_id(), 10_000, DETAILS)
+    aws.dynamodb.update_item(  # the earlier release's settle of its request
+        TableName=settings.table,
+        Key=key,
+        UpdateExpression="REMOVE slots.#a_done",
+        ExpressionAttributeNames={"#a_done": "req_old"},
+    )
+    assert aws.dynamodb.get_item(TableName=settings.table, Key=key)["Item"]["slots"] == {"M": {}}

@@ -167,8 +167,6 @@ class Billing:
             actions = [
                 Fragment(
                     set=["balance = balance - :amount"],
-                    # The slot map of the limiter before issue 22, no longer read: dropped on the way.
-                    remove=["slots"],
                     conditions=["attribute_exists(pk) AND balance >= :amount"],
                     values={":amount": {"N": str(amount)}},
                 )
