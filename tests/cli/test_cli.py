@@ -593,12 +593,12 @@ def test_reconcile_one_account(table, capsys):
 def test_reconcile_all_accounts(table, capsys):
     good, bad = table.accounts.create_account(5), table.accounts.create_account(7)
     code, out, _ = run(capsys, "reconcile", "--all")
-    assert code == 0 and out.splitlines()[-1] == "accounts checked: 2, with problems: 0"
+    assert code == 0 and out.splitlines()[-1] == "accounts checked: 2, with problems: 0, busy (no verdict): 0"
     tamper(table, bad, -7)
     code, out, _ = run(capsys, "reconcile", "--all")
     assert code == 1
     assert f"{good}  ok  " in out and f"{bad}  MISMATCH  balance $0.000000  ledger $0.000007" in out
-    assert out.splitlines()[-1] == "accounts checked: 2, with problems: 1"
+    assert out.splitlines()[-1] == "accounts checked: 2, with problems: 1, busy (no verdict): 0"
 
 
 def test_reconcile_errors(table, capsys):

@@ -10,7 +10,8 @@ from shims import ByAccount, legacy_reserve
 
 from imagegate.money import ledger
 from imagegate.money.billing import Billing
-from imagegate.table import request_pk
+from imagegate.money.ratelimit import Limits
+from imagegate.table import request_partitions, request_pk
 
 from .conftest import Clock, OneRequestAtATime
 
@@ -210,7 +211,7 @@ def test_reconcile_reads_again_before_reporting(aws, settings, accounts, billing
     client = HalfCommitted(aws.dynamodb)
     assert ledger.reconcile(client, settings.table, account_id).ok
     assert client.torn == 0
-    client.torn = 3  # torn on every read: a discrepancy that stays is reported
+    client.torn = ledger.RECONCILE_ATTEMPTS  # torn on every read: a discrepancy that stays is reported
     result = ledger.reconcile(client, settings.table, account_id)
     assert not result.ok
     assert result.problems[0].startswith("balance $1.125000 differs from the ledger's sum")
@@ -403,3 +404,43 @@ def test_concurrent_sweeps_refund_once(aws, settings, accounts, clock):
     assert sum(refunded) == 3
     assert accounts.balance(account_id) == 100_000
     assert reconcile(aws, settings, account_id, clock=clock).ok
+
+
+class TrafficBetweenReads:
+    """The DynamoDB client, but as reconcile reads an account's first request partition (after its ACCOUNT
+    item), one ordinary, correct request of that account lands on its last (`rounds` times; then it is
+    quiet). From the review of issue 22: a right state was reported as a mismatch."""
+
+    def __init__(self, client, billing, account, rounds):
+        self._client, self._billing, self._account, self.rounds = client, billing, account, rounds
+        self._first = request_partitions(account.account_id)[0]
+        self.exceptions = client.exceptions
+
+    def query(self, **kwargs):
+        if self.rounds and kwargs["ExpressionAttributeValues"][":pk"]["S"] == self._first:
+            self.rounds -= 1
+            request = next(r for r in iter(rid, None) if request_pk("", r).endswith("#7"))  # read last
+            reservation = self._billing.reserve(self._account, request, 1_000, {"model": "dall-e-2"})
+            self._billing.settle(reservation, 600, images=1)
+        return self._client.query(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_reconcile_waits_out_traffic_and_says_busy_rather_than_mismatch(aws, settings, accounts):
+    billing = Billing(aws.dynamodb, settings.table, key_limits=Limits(0, 0), account_limits=Limits(0, 0))
+    account = accounts.authenticate(f"Bearer {accounts.create_key(accounts.create_account(1_000_000))}")
+    slept = []
+
+    def check(rounds):
+        racing = TrafficBetweenReads(aws.dynamodb, billing, account, rounds)
+        return ledger.reconcile(racing, settings.table, account.account_id, sleep=slept.append)
+
+    settled = check(rounds=2)  # two reads raced a request; the third was quiet
+    assert (settled.ok, settled.inconclusive, settled.problems) == (True, False, [])
+    assert slept == [0.25, 0.5]
+    busy = check(rounds=ledger.RECONCILE_ATTEMPTS)  # every read raced one
+    assert (busy.ok, busy.inconclusive) == (False, True)
+    assert busy.problems[0] == "the account changed during every read (requests in flight): run it again"
+    assert ledger.reconcile(aws.dynamodb, settings.table, account.account_id).ok  # every request was right

@@ -791,11 +791,12 @@ def _reconcile(admin: Admin, args: argparse.Namespace) -> int:
         ids = [a.account_id for a in admin.accounts.list_accounts()]
     else:
         ids = [admin.accounts.show_account(args.account_id).account_id]
-    failed = 0
+    failed = busy = 0
     for account_id in ids:
         result = ledger.reconcile(admin.dynamodb, admin.table, account_id)
-        failed += not result.ok
-        verdict = "ok" if result.ok else "MISMATCH"
+        busy += result.inconclusive
+        failed += not result.ok and not result.inconclusive
+        verdict = "ok" if result.ok else "BUSY" if result.inconclusive else "MISMATCH"
         in_flight = f"{result.in_flight} ({micros_to_usd(result.in_flight_micros)})"
         print(
             f"{account_id}  {verdict}  balance {micros_to_usd(result.balance or 0)}  "
@@ -806,8 +807,8 @@ def _reconcile(admin: Admin, args: argparse.Namespace) -> int:
         if result.stale:
             print(f"  abandoned reservations: {len(result.stale)} (`imagegate sweep` refunds them)")
     if args.all:
-        print(f"accounts checked: {len(ids)}, with problems: {failed}")
-    return 1 if failed else 0
+        print(f"accounts checked: {len(ids)}, with problems: {failed}, busy (no verdict): {busy}")
+    return 1 if failed else 2 if busy else 0
 
 
 def _sweep(admin: Admin, args: argparse.Namespace) -> int:
