@@ -312,3 +312,30 @@ def test_the_expression_check_refuses_what_dynamodb_refuses():
         {"ConditionExpression": "a = :a", "ExpressionAttributeValues": {":a": {"N": "1"}, ":b": {"N": "2"}}}
     ) == ["unused :b"]
     assert expression_problems({"ConditionExpression": "#s = :a"}) == ["undefined #s", "undefined :a"]
+
+
+def test_the_sweeper_forgets_idle_keys_so_the_account_item_does_not_grow_with_them(
+    aws, settings, accounts, funded, clock
+):
+    """Review of issue 22 (F3): every key that ever made a request left 60 bytes on the ACCOUNT item; past
+    16 keys every write of it cost more, and at about 6,700 it could no longer be written."""
+    billing = make(aws, settings, clock, key=Limits(60, 2))
+    account_id, _ = funded
+    keys = [auth(accounts, accounts.create_key(account_id)) for _ in range(30)]
+    held = billing.reserve(keys[0], rid(), 1_000, DETAILS)  # still in flight
+    for key in keys[1:]:
+        billing.settle(billing.reserve(key, rid(), 1_000, DETAILS), 1_000, images=1)
+    account = {"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "ACCOUNT"}}
+
+    def key_attributes():
+        item = aws.dynamodb.get_item(TableName=settings.table, Key=account)["Item"]
+        return {name for name in item if name.startswith(("kt_", "kn_"))}
+
+    assert len(key_attributes()) == 60
+    assert billing.prune_limiters() == 0  # every bucket still refilling
+    clock.now += 2  # a bucket of 60 a minute refills one image a second
+    assert billing.prune_limiters() == 29  # all but the key with a request in flight
+    assert key_attributes() == {f"kt_{keys[0].key_id}", f"kn_{keys[0].key_id}"}
+    billing.settle(held, 1_000, images=1)
+    billing.reserve(keys[5], rid(), 1_000, DETAILS)  # a forgotten key starts again from a full bucket
+    assert ledger.reconcile(aws.dynamodb, settings.table, account_id, clock=clock).problems == []

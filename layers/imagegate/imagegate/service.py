@@ -357,6 +357,8 @@ class Service:
             "closed": len(closed),
             "charged_micros": sum(c for _, c in closed),
             "refunded_micros": sum(r.amount - c for r, c in closed),
+            # Keys gone idle leave the ACCOUNT item, which otherwise grows with every key ever used.
+            "limiters_pruned": self.billing.prune_limiters(log=self.logger),
         }
 
     def route_warnings(self, today: date) -> dict[str, int]:

@@ -39,15 +39,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
-from imagegate.money.accounts import Account, NotFound
+from imagegate.money.accounts import ACCOUNT_INDEX, Account, NotFound
 from imagegate.money.ratelimit import ACCOUNT_SCOPE, Fragment, Limits, Scope, State, key_scope
 from imagegate.table import (
     OPEN_SHARD,
     OPEN_SHARDS,
     REQUEST_PREFIX,
     account_pk,
+    batch_get,
     item_key,
     open_items,
+    query,
     read_balance,
     request_pk,
     request_token,
@@ -63,6 +65,8 @@ RESERVE_ATTEMPTS = 5
 # How long a settle keeps trying through throttling and transport errors before it leaves an intended
 # charge for the sweeper. Well inside the time a function has left after its upstream budget.
 SETTLE_DEADLINE_S = 3.0
+# Idle keys' limiter attributes removed by one update (ratelimit.forget): its expression stays small.
+PRUNE_KEYS_PER_UPDATE = 25
 # How long the record of a request written before issue 22 is kept once closed (its LEDGER entries stay).
 REQUEST_RETENTION_DAYS = 35
 BUSY_CODES = frozenset(
@@ -598,6 +602,37 @@ class Billing:
                 found.append(item)
         found.sort(key=lambda i: int(i["open_since"]["N"]))
         return [(_reservation(item), item) for item in found]
+
+    def prune_limiters(self, log: Any = None) -> int:
+        """Drop the limiter attributes of keys gone idle from every ACCOUNT item (ratelimit.forget), a few
+        keys per update; an update whose key became busy meanwhile is left for the next sweep. Returns how
+        many keys' attributes were removed."""
+        listing = query(
+            self._db,
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": ACCOUNT_INDEX}},
+            ProjectionExpression="sk",
+        )
+        ids = [item["sk"]["S"] for item in listing]
+        keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
+        pruned = 0
+        for item in batch_get(self._db, self._table, keys, self._sleep):
+            idle = ratelimit.idle_keys(item, self._clock())
+            for start in range(0, len(idle), PRUNE_KEYS_PER_UPDATE):
+                chunk = idle[start : start + PRUNE_KEYS_PER_UPDATE]
+                update = ratelimit.forget(chunk, self._clock()).update(
+                    self._table, {"pk": item["pk"], "sk": item["sk"]}, return_old=False
+                )["Update"]
+                try:
+                    self._db.update_item(**update)
+                    pruned += len(chunk)
+                except self._db.exceptions.ConditionalCheckFailedException:
+                    continue
+                except ClientError:
+                    if log is not None:
+                        log.exception("pruning limiters failed", extra={"account": item["pk"]["S"]})
+        return pruned
 
     # --- operator credits ------------------------------------------------------------------------------
 

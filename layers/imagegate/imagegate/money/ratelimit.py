@@ -241,6 +241,29 @@ def release(scope: Scope) -> Fragment:
     )
 
 
+def idle_keys(item: dict[str, Any], now: float) -> list[str]:
+    """The keys whose limiter attributes on an ACCOUNT item say nothing their absence would not: a bucket
+    full again (`tat` not ahead of now) and no request in flight."""
+    now_ms = int(now * 1000)
+    ids = {name[3:] for name in item if name.startswith(("kt_", "kn_"))}
+    return sorted(k for k in ids if _int(item, f"kt_{k}") <= now_ms and _int(item, f"kn_{k}") == 0)
+
+
+def forget(key_ids: list[str], now: float) -> Fragment:
+    """Remove idle keys' limiter attributes (`idle_keys`), each on condition that it is still idle: an ACCOUNT
+    item then grows with the keys in use, not with every key that ever made a request."""
+    frag = Fragment(values={":idle_now": _n(int(now * 1000)), ":idle_zero": _n(0)})
+    for i, key_id in enumerate(key_ids):
+        tat, count = f"#i{i}t", f"#i{i}n"
+        frag.names |= {tat: f"kt_{key_id}", count: f"kn_{key_id}"}
+        frag.remove += [tat, count]
+        frag.conditions.append(
+            f"(attribute_not_exists({tat}) OR {tat} <= :idle_now) AND "
+            f"(attribute_not_exists({count}) OR {count} = :idle_zero)"
+        )
+    return frag
+
+
 def admitted(
     state: State, default: Limits, images: int, now: float, *, slot: bool = True, raced: bool = False
 ) -> State:
