@@ -1,4 +1,4 @@
-"""Scheduled every 15 minutes: refund reservations that killed requests left open; the layer does the work."""
+"""Scheduled every minute: refund reservations that killed requests left open; the layer does the work."""
 
 from imagegate.http.lambda_app import sweep_handler
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 # A synchronous request's slot at the longest integration timeout the template allows: a younger
 # reservation may belong to a request still running, whatever the stack's timeout.
 MIN_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).request_settle_s
+SAFE_SWEEP_AGE_S = Deadlines(sync_s=MAX_INTEGRATION_TIMEOUT_SECONDS).stale_reservation_s
 
 DEFAULT = "default"  # a key limit given as this falls back to the deployment's default
 CREDIT_REASON = "manual credit"  # what `balance credit` records when no --reason is given
@@ -338,9 +339,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--older-than",
         type=_sweep_age,
-        default=Deadlines().stale_reservation_s,
+        # It does not know the stack's timeout: the default is safe at the longest allowed.
+        default=SAFE_SWEEP_AGE_S,
         metavar="SECONDS",
-        help=f"only reservations at least this old (default {Deadlines().stale_reservation_s})",
+        help=f"only reservations at least this old (default {SAFE_SWEEP_AGE_S})",
     )
     return parser
 

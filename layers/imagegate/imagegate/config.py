@@ -63,10 +63,9 @@ HOLD_MARGIN_SECONDS = 30
 REQUESTS_FUNCTION_TIMEOUT_SECONDS = 60
 # The scheduled sweeper (template: SweepFunction) fails jobs too, and announces what it failed.
 SWEEP_FUNCTION_TIMEOUT_SECONDS = 300
-SWEEP_INTERVAL_SECONDS = 900  # template: the sweeper's rate(15 minutes)
-# The sweeper never looks at a synchronous reservation younger than this, whatever the timeouts: a settle
-# that could not be written leaves its intended charge for it, and an operator reads the backlog.
-MIN_STALE_RESERVATION_SECONDS = 900
+# template: the sweeper's rate(1 minute). A stopped request's concurrency slots come back with the sweep
+# that refunds it (ratelimit.py), so a client refused for them waits a minute or two, not a quarter hour.
+SWEEP_INTERVAL_SECONDS = 60
 
 
 def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
@@ -161,7 +160,7 @@ class Deadlines:
         """When the sweeper refunds a synchronous request's reservation, and gives back its concurrency slots
         (ratelimit.py: a slot's lease is its reservation): once no function still running can settle it, nor
         its key's lock guard it."""
-        return max(MIN_STALE_RESERVATION_SECONDS, self.request_settle_s + HOLD_MARGIN_SECONDS)
+        return self.request_settle_s + HOLD_MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
