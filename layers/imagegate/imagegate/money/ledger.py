@@ -120,6 +120,11 @@ def entry(
     return {"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
 
 
+def usage_key(account_id: str, day: date, key_id: str, model: str) -> dict[str, dict[str, str]]:
+    """The key of one usage counter: an account's requests of one key and model on one UTC day."""
+    return item_key(f"{USAGE}{account_id}", f"{day.isoformat()}#{key_id}#{model}")
+
+
 def usage_update(
     table: str,
     day: date,
@@ -130,19 +135,21 @@ def usage_update(
     images: int,
     charged: int,
     refunded: int,
+    requests: int = 1,
 ) -> dict[str, Any]:
-    """A TransactWriteItems Update adding one settled request to its day's counters."""
+    """A TransactWriteItems Update adding `requests` settled requests (their images, charge and refund) to
+    their day's counters. Its UpdateExpression ends in its SET clause (usage.py adds to it)."""
     expires = datetime.combine(day + timedelta(days=USAGE_TTL_DAYS), datetime.min.time(), UTC)
     return {
         "Update": {
             "TableName": table,
-            "Key": item_key(f"{USAGE}{account_id}", f"{day.isoformat()}#{key_id}#{model}"),
+            "Key": usage_key(account_id, day, key_id, model),
             "UpdateExpression": (
-                "ADD requests :one, images :images, charged :charged, refunded :refunded "
+                "ADD requests :requests, images :images, charged :charged, refunded :refunded "
                 "SET account_id = :account, key_id = :key, model = :model, expires_at = :expires"
             ),
             "ExpressionAttributeValues": {
-                ":one": {"N": "1"},
+                ":requests": {"N": str(requests)},
                 ":images": {"N": str(images)},
                 ":charged": {"N": str(charged)},
                 ":refunded": {"N": str(refunded)},
