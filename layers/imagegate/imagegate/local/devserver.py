@@ -205,10 +205,23 @@ def dynamodb_line(
 
 def provision(aws: AWSClients, settings: Settings) -> None:
     """Create the table and bucket as template.yaml declares them, if they do not exist yet."""
-    db = aws.dynamodb
-    if settings.table not in db.list_tables()["TableNames"]:
+    provision_table(aws.dynamodb, settings.table)
+    s3 = aws.s3
+    if settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=settings.bucket)
+        s3.put_bucket_encryption(
+            Bucket=settings.bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        )
+
+
+def provision_table(db: Any, table: str) -> None:
+    """Create the table as template.yaml declares it (its index and stream), if it does not exist yet."""
+    if table not in db.list_tables()["TableNames"]:
         db.create_table(
-            TableName=settings.table,
+            TableName=table,
             BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[
                 {"AttributeName": "pk", "AttributeType": "S"},
@@ -230,17 +243,10 @@ def provision(aws: AWSClients, settings: Settings) -> None:
                     "Projection": {"ProjectionType": "ALL"},
                 }
             ],
+            # The usage counters are kept from it (money/usage.py; local/streams.py polls it here).
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         )
-        db.get_waiter("table_exists").wait(TableName=settings.table)
-    s3 = aws.s3
-    if settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        s3.create_bucket(Bucket=settings.bucket)
-        s3.put_bucket_encryption(
-            Bucket=settings.bucket,
-            ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-            },
-        )
+        db.get_waiter("table_exists").wait(TableName=table)
 
 
 JOBS_QUEUE = "imagegate-jobs"
