@@ -122,11 +122,13 @@ def test_reconcile_reports_a_request_whose_amounts_do_not_add_up(aws, settings, 
     result = reconcile(aws, settings, account_id)
     assert not result.ok
     assert result.balance == result.expected  # the balance is right; the request record is not
-    assert result.problems == [
+    [usage] = result.problems[2:]  # and the usage counted its charge as it was
+    assert result.problems[:2] == [
         f"{done[1]}: reserved $0.060000 but charged $0.010000 + refunded $0.040000",
         f"{done[1]}: charged $0.010000 and refunded $0.040000, but its settle entries say "
         "refund $0.040000, charge $0.020000",
     ]
+    assert "charged $0.080000" in usage and "more than every request closed that day" in usage
 
 
 def test_reconcile_reports_a_missing_ledger_entry(aws, settings, accounts, billing):

@@ -316,3 +316,57 @@ def test_counters_equal_the_sum_of_distinct_closings_under_any_delivery(db, sett
         for row in ledger.usage(db, table, days=2, account_id=account, today=date(2026, 3, 15))
     ]
     assert sum(r.requests for r in rows) == sum(v[0] for v in expected.values())
+
+
+# --- reconcile's usage check ------------------------------------------------------------------------------
+
+LAG = 690
+KEPT_S = 35 * 86_400
+
+
+def closed_request(seq, settled_at, state="settled"):
+    """A closed REQUEST item as reconcile reads it, and the stream record of its close."""
+    rec = record(seq, settled_at=settled_at, state=state, charged=16_000 if state == "settled" else 0)
+    item = {**rec["dynamodb"]["NewImage"], "expires_at": {"N": str(int(settled_at) + KEPT_S)}}
+    return item, rec
+
+
+def usage_problems(aws, settings, items, now):
+    requests = {i["sk"]["S"].removeprefix("REQUEST#"): i for i in items}
+    return ledger._usage_problems(aws.dynamodb, settings.table, "acct_a", requests, now, LAG)
+
+
+def test_counters_may_lag_a_recent_settle_but_not_one_older_than_the_lag(aws, settings):
+    now = NOON + 3600
+    old, old_record = closed_request(1, now - LAG - 1)
+    recent, _ = closed_request(2, now - LAG + 60, state="refunded")
+    counters = UsageCounters(aws.dynamodb, settings.table)
+    assert usage_problems(aws, settings, [old, recent], now) == [
+        "usage of 2026-03-14 counts 0 requests, 0 images, charged $0.000000, refunded $0.000000: less than "
+        "the requests closed more than 690 s ago (1 requests, 1 images, charged $0.016000, refunded "
+        "$0.004000)"
+    ]
+    counters.apply([old_record])
+    assert usage_problems(aws, settings, [old, recent], now) == []  # the recent one may still come
+
+
+def test_counters_never_count_more_than_the_requests_closed_that_day(aws, settings):
+    now = NOON + 3600
+    item, rec = closed_request(1, now - 10)
+    UsageCounters(aws.dynamodb, settings.table).apply([rec])
+    assert usage_problems(aws, settings, [item], now) == []
+    # The same settle counted a second time (as a settle writing its usage itself would, next to the stream).
+    UsageCounters(aws.dynamodb, settings.table).apply([record(2, request="req_1")])
+    assert usage_problems(aws, settings, [item], now) == [
+        "usage of 2026-03-14 counts 2 requests, 2 images, charged $0.032000, refunded $0.008000: more than "
+        "every request closed that day (1 requests, 1 images, charged $0.016000, refunded $0.004000)"
+    ]
+
+
+def test_days_whose_requests_expired_are_held_only_to_what_is_left(aws, settings):
+    long_ago, _ = closed_request(1, NOON)
+    _, expired = closed_request(2, NOON)
+    UsageCounters(aws.dynamodb, settings.table).apply([record(1), expired])
+    later = NOON + KEPT_S + 86_400  # request 2 expired and was deleted; its day is still counted
+    assert usage_problems(aws, settings, [long_ago], later) == []
+    assert usage_problems(aws, settings, [long_ago], NOON + 3600) != []  # the same counters, while kept

@@ -67,6 +67,13 @@ SWEEP_INTERVAL_SECONDS = 900  # template: the sweeper's rate(15 minutes)
 # The sweeper never looks at a synchronous reservation younger than this, whatever the timeouts: a settle
 # that could not be written leaves its intended charge for it, and an operator reads the backlog.
 MIN_STALE_RESERVATION_SECONDS = 900
+# The usage function (template: UsageFunction and its stream event; money/usage.py): its timeout, how long
+# Lambda gathers a batch, how often it retries a failed one, and the record age past which it gives up (at
+# least every retry of a batch that waited its window). Deadlines.usage_lag_s follows from them.
+USAGE_FUNCTION_TIMEOUT_SECONDS = 60
+USAGE_BATCH_WINDOW_SECONDS = 5
+USAGE_MAX_RETRY_ATTEMPTS = 5
+USAGE_MAX_RECORD_AGE_SECONDS = 600
 
 
 def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
@@ -160,6 +167,14 @@ class Deadlines:
     def job_slot_s(self) -> int:
         """A job's concurrency slot: held while it may still be queued or running."""
         return int(self.job_start_s + self.job_lease_s)
+
+    @property
+    def usage_lag_s(self) -> int:
+        """How long after a settle its usage may still be missing from the counters: Lambda hands a stream
+        record to the usage function until it is USAGE_MAX_RECORD_AGE_SECONDS old (its batching window and
+        retries fit within), and the last attempt runs up to the function's timeout. `reconcile` expects
+        every request settled longer ago than this in the counters."""
+        return USAGE_MAX_RECORD_AGE_SECONDS + USAGE_FUNCTION_TIMEOUT_SECONDS + HOLD_MARGIN_SECONDS
 
     @property
     def stale_reservation_s(self) -> int:
