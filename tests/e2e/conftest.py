@@ -25,8 +25,10 @@ from aws_lambda_powertools.logging import Logger
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
 from imagegate.http.api import create_app
+from imagegate.http.lambda_app import stream_batch
 from imagegate.local.devserver import dynoxide_binary, provision, start_dynoxide
 from imagegate.local.fake_stripe import FakeStripe
+from imagegate.local.streams import LocalStream
 from imagegate.money import ledger
 from imagegate.money.accounts import Accounts
 from imagegate.providers import Deps
@@ -111,6 +113,12 @@ class Stack:
     aws: AWSClients
     service: Service
     base_url: str  # http://127.0.0.1:<port>, without /v1
+    usage: LocalStream  # the table's stream, as the usage function reads it
+
+    def drain(self) -> int:
+        """Count the usage of every request closed so far, as the usage function will have shortly after:
+        call it before reading usage (the counters follow the table's stream, money/usage.py)."""
+        return self.usage.drain()
 
     def objects_under(self, prefix: str) -> list[str]:
         out = self.aws.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=prefix)
@@ -155,13 +163,21 @@ def start_stack(aws_env, moto_endpoint, dynamodb_endpoints):
         service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps, clock)
         base_url, stop = _serve(create_app(service))
         stops.append(stop)
-        stacks.append(Stack(config, aws, service, base_url))
+        usage = LocalStream(
+            stream_batch(aws, config.table, service.logger),
+            aws.dynamodb,
+            aws.client("dynamodbstreams"),
+            config.table,
+        )
+        stacks.append(Stack(config, aws, service, base_url, usage))
         return stacks[-1]
 
     stacks: list[Stack] = []
     yield start
     for stop in stops:
         stop()
+    for stack in stacks:
+        stack.drain()
     # `imagegate reconcile --all` on every stack the session used (issue 20): after every end-to-end run,
     # each account's balance, requests, jobs, Idempotency-Keys and usage agree.
     problems = {
