@@ -6,6 +6,7 @@ which resets moto's process-wide backends whenever it starts and stops, and woul
 table and bucket if both ran in the same pytest worker.
 """
 
+import functools
 import os
 import socket
 import subprocess
@@ -113,7 +114,16 @@ class Stack:
     aws: AWSClients
     service: Service
     base_url: str  # http://127.0.0.1:<port>, without /v1
-    usage: LocalStream  # the table's stream, as the usage function reads it
+
+    @functools.cached_property
+    def usage(self) -> LocalStream:
+        """The table's stream, as the usage function reads it."""
+        return LocalStream(
+            stream_batch(self.aws, self.settings.table, self.service.logger),
+            self.aws.dynamodb,
+            self.aws.client("dynamodbstreams"),
+            self.settings.table,
+        )
 
     def drain(self) -> int:
         """Count the usage of every request closed so far, as the usage function will have shortly after:
@@ -163,13 +173,7 @@ def start_stack(aws_env, moto_endpoint, dynamodb_endpoints):
         service = Service(config, aws, Logger(service="imagegate-e2e", level="WARNING"), deps, clock)
         base_url, stop = _serve(create_app(service))
         stops.append(stop)
-        usage = LocalStream(
-            stream_batch(aws, config.table, service.logger),
-            aws.dynamodb,
-            aws.client("dynamodbstreams"),
-            config.table,
-        )
-        stacks.append(Stack(config, aws, service, base_url, usage))
+        stacks.append(Stack(config, aws, service, base_url))
         return stacks[-1]
 
     stacks: list[Stack] = []
