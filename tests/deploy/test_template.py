@@ -664,14 +664,15 @@ def _matches(pattern, value):
     """EventBridge-style content filtering, the part the usage function's FilterCriteria uses."""
     if isinstance(pattern, dict):
         return isinstance(value, dict) and all(_matches(p, value.get(k)) for k, p in pattern.items())
-    return any(
-        (rule.get("exists") == (value is not None))
-        if "exists" in rule
-        else str(value).startswith(rule["prefix"])
-        if isinstance(rule, dict)
-        else value == rule
-        for rule in pattern
-    )
+    return any(_rule(rule, value) for rule in pattern)
+
+
+def _rule(rule, value):
+    if not isinstance(rule, dict):
+        return value == rule
+    if "exists" in rule:
+        return rule["exists"] == (value is not None)
+    return isinstance(value, str) and value.startswith(rule["prefix"])
 
 
 def test_the_usage_functions_filter_lets_through_closing_requests_and_nothing_else():
