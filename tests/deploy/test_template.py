@@ -658,3 +658,40 @@ def test_only_the_webhook_delivery_function_may_decrypt_webhook_secrets(stack):
     }
     for owner, statement in iam_statements(template()):  # no other identity policy names the key either
         assert "WebhookSecretsKey" not in json.dumps(statement) or owner == "WebhooksFunction"
+
+
+def _matches(pattern, value):
+    """EventBridge-style content filtering, the part the usage function's FilterCriteria uses."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_matches(p, value.get(k)) for k, p in pattern.items())
+    return any(_rule(rule, value) for rule in pattern)
+
+
+def _rule(rule, value):
+    if not isinstance(rule, dict):
+        return value == rule
+    if "exists" in rule:
+        return rule["exists"] == (value is not None)
+    return isinstance(value, str) and value.startswith(rule["prefix"])
+
+
+def test_the_usage_functions_filter_lets_through_closing_requests_and_nothing_else():
+    events = template()["Resources"]["UsageFunction"]["Properties"]["Events"]
+    [only] = events["RequestsClosed"]["Properties"]["FilterCriteria"]["Filters"]
+    pattern = json.loads(only["Pattern"])
+    closing = json.loads((ROOT / "events" / "usage.json").read_text())["Records"][0]
+    assert _matches(pattern, closing)
+    for path, value in [
+        (("eventName",), "INSERT"),
+        (("dynamodb", "OldImage", "state", "S"), "settled"),
+        (("dynamodb", "NewImage", "state", "S"), "reserved"),
+        (("dynamodb", "Keys", "sk", "S"), "JOB#x"),
+        (("dynamodb", "NewImage", "account_id"), None),  # written before requests left the account partition
+    ]:
+        other = copy.deepcopy(closing)
+        *parents, last = path
+        node = other
+        for name in parents:
+            node = node[name]
+        node[last] = value
+        assert not _matches(pattern, other), path

@@ -6,6 +6,7 @@ which resets moto's process-wide backends whenever it starts and stops, and woul
 table and bucket if both ran in the same pytest worker.
 """
 
+import functools
 import os
 import socket
 import subprocess
@@ -25,8 +26,10 @@ from aws_lambda_powertools.logging import Logger
 from imagegate.aws import AWSClients
 from imagegate.config import Settings
 from imagegate.http.api import create_app
+from imagegate.http.lambda_app import stream_batch
 from imagegate.local.devserver import dynoxide_binary, provision, start_dynoxide
 from imagegate.local.fake_stripe import FakeStripe
+from imagegate.local.streams import LocalStream
 from imagegate.money import ledger
 from imagegate.money.accounts import Accounts
 from imagegate.providers import Deps
@@ -112,6 +115,21 @@ class Stack:
     service: Service
     base_url: str  # http://127.0.0.1:<port>, without /v1
 
+    @functools.cached_property
+    def usage(self) -> LocalStream:
+        """The table's stream, as the usage function reads it."""
+        return LocalStream(
+            stream_batch(self.aws, self.settings.table, self.service.logger),
+            self.aws.dynamodb,
+            self.aws.client("dynamodbstreams"),
+            self.settings.table,
+        )
+
+    def drain(self) -> int:
+        """Count the usage of every request closed so far, as the usage function will have shortly after:
+        call it before reading usage (the counters follow the table's stream, money/usage.py)."""
+        return self.usage.drain()
+
     def objects_under(self, prefix: str) -> list[str]:
         out = self.aws.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=prefix)
         return [obj["Key"] for obj in out.get("Contents", [])]
@@ -162,6 +180,8 @@ def start_stack(aws_env, moto_endpoint, dynamodb_endpoints):
     yield start
     for stop in stops:
         stop()
+    for stack in stacks:
+        stack.drain()
     # `imagegate reconcile --all` on every stack the session used (issue 20): after every end-to-end run,
     # each account's balance, requests, jobs, Idempotency-Keys and usage agree.
     problems = {

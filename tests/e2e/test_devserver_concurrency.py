@@ -9,6 +9,7 @@ eleventh request through here.
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .test_devserver import banner_fields, start, stop
 DALLE2_256 = 16_000
 AFFORDABLE = 10
 REQUESTS = 50
+USAGE_WAIT_S = 10  # far more than the dev server's half-second reads of the stream take
 BODY = {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"}
 # Limits far above what this test sends, so that only money decides.
 UNLIMITED = {
@@ -44,6 +46,19 @@ def admin(state_dir: Path, command: str) -> subprocess.CompletedProcess:
     )
 
 
+def counted(http: httpx.Client, url: str, headers: dict[str, str], images: int) -> dict:
+    """The balance once its usage counts `images`: the dev server counts usage from the table's stream every
+    half second (local/streams.py), as the usage function does on AWS; what it still shows after
+    USAGE_WAIT_S is what the test sees."""
+    deadline = time.monotonic() + USAGE_WAIT_S
+    while True:
+        balance = http.get(url, headers=headers).json()
+        shown = sum(row["images"] for row in balance["usage"]["data"])
+        if shown >= images or time.monotonic() > deadline:
+            return balance
+        time.sleep(0.1)
+
+
 def test_concurrent_requests_on_a_small_balance_never_overdraw_through_make_serve(tmp_path):
     balance_usd = f"{AFFORDABLE * DALLE2_256 / 1_000_000:.6f}"
     proc, lines = start(tmp_path, IMAGEGATE_DEV_BALANCE=balance_usd, **UNLIMITED)
@@ -59,7 +74,7 @@ def test_concurrent_requests_on_a_small_balance_never_overdraw_through_make_serv
 
             with ThreadPoolExecutor(max_workers=REQUESTS) as pool:
                 statuses = sorted(pool.map(generate, range(REQUESTS)))
-            balance = http.get(f"{base_url}/balance", headers=headers).json()
+            balance = counted(http, f"{base_url}/balance", headers, AFFORDABLE)
 
         assert statuses == [200] * AFFORDABLE + [402] * (REQUESTS - AFFORDABLE)
         assert balance["balance_micros"] == 0

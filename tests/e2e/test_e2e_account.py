@@ -149,6 +149,7 @@ def test_the_balance_endpoint_shows_balance_and_usage_by_day_and_model(stack, ne
     generate(user, n=2)
     generate(user)
     user.client.images.generate(model="imagegate-local", prompt="x", size="256x256")
+    stack.drain()  # the usage counters follow the table's stream
 
     response = http.get(f"{stack.base_url}/v1/balance", headers={"Authorization": f"Bearer {user.key}"})
 

@@ -30,6 +30,7 @@ def test_a_chat_client_shows_the_balance_after_spending(new_user, stack, http):
     user.client.images.generate(model="dall-e-2", prompt="a kite", size="256x256")
     spent = 3_000_000 - user.balance()
     assert spent > 0
+    stack.drain()  # the usage counters follow the table's stream
 
     after = chat_client_balance(user)
     assert after["balance_usd"] == user.balance() / 1_000_000

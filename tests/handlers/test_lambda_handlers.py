@@ -9,12 +9,14 @@ import io
 import json
 import logging
 import re
+from datetime import date
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 from PIL import Image, ImageChops
 from shims import ByAccount
 
+from imagegate.money import ledger
 from imagegate.money.billing import Billing
 
 DALLE2_256 = 16_000
@@ -457,3 +459,20 @@ def test_a_lone_surrogate_in_an_events_body_is_a_400_not_a_gateway_500(stack):
     # The bytes it stands for are not UTF-8: the body cannot be read as JSON at all.
     assert error["code"] == "invalid_json"
     assert stack.balance() == stack.start_balance
+
+
+def test_usage_event_counts_the_requests_it_closes_once_however_often_it_comes(stack):
+    event = stack.event("usage")
+    assert stack.invoke("usage", event) == {"batchItemFailures": []}
+    assert stack.invoke("usage", stack.event("usage")) == {"batchItemFailures": []}  # delivered again
+    [row] = ledger.usage(
+        stack.dynamodb, stack.table, days=1, account_id="acct_0123456789abcdef", today=date(2025, 11, 21)
+    )
+    assert (row.key_id, row.model, row.requests, row.images, row.charged, row.refunded) == (
+        "key_0123456789ab",
+        "dall-e-2",
+        2,
+        1,
+        16_000,
+        16_000,
+    )

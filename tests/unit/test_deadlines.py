@@ -13,6 +13,10 @@ from imagegate.config import (
     REQUESTS_FUNCTION_TIMEOUT_SECONDS,
     SWEEP_FUNCTION_TIMEOUT_SECONDS,
     SWEEP_INTERVAL_SECONDS,
+    USAGE_BATCH_WINDOW_SECONDS,
+    USAGE_FUNCTION_TIMEOUT_SECONDS,
+    USAGE_MAX_RECORD_AGE_SECONDS,
+    USAGE_MAX_RETRY_ATTEMPTS,
     Deadlines,
     Settings,
     visibility_timeout,
@@ -55,6 +59,21 @@ def test_a_synchronous_requests_holds_outlive_its_timeout(sync):
     assert d.request_settle_s > sync
     # The sweeper refunds only what no running request can still settle, nor its key still guard.
     assert d.stale_reservation_s > max(d.request_settle_s, d.request_lock_s)
+
+
+def test_the_usage_functions_stream_settings_are_the_ones_its_lag_derives_from():
+    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=_Loader)
+    usage = template["Resources"]["UsageFunction"]["Properties"]
+    stream = usage["Events"]["RequestsClosed"]["Properties"]
+    assert usage["Timeout"] == USAGE_FUNCTION_TIMEOUT_SECONDS
+    assert stream["MaximumBatchingWindowInSeconds"] == USAGE_BATCH_WINDOW_SECONDS
+    assert stream["MaximumRetryAttempts"] == USAGE_MAX_RETRY_ATTEMPTS
+    assert stream["MaximumRecordAgeInSeconds"] == USAGE_MAX_RECORD_AGE_SECONDS
+    # Every retry of a batch that waited its window fits in the record age: the age, not the retries, is
+    # what gives up, and the lag covers it and the last attempt.
+    attempts = (USAGE_MAX_RETRY_ATTEMPTS + 1) * USAGE_FUNCTION_TIMEOUT_SECONDS
+    assert USAGE_BATCH_WINDOW_SECONDS + attempts <= USAGE_MAX_RECORD_AGE_SECONDS
+    assert Deadlines().usage_lag_s > USAGE_MAX_RECORD_AGE_SECONDS + USAGE_FUNCTION_TIMEOUT_SECONDS
 
 
 @pytest.mark.parametrize("worker", WORKER)

@@ -136,6 +136,19 @@ def test_a_condition_that_fails_leaves_the_balance_and_a_later_transaction_sees_
     assert item["balance"] == {"N": "0"}
 
 
+def test_a_transaction_rolled_back_leaves_nothing_in_the_tables_stream(snapshots, seeded):
+    """The usage counters follow the stream (money/usage.py): a record of a change that was rolled back
+    would count a request that never closed."""
+    db, table = seeded
+    stream = _backend_table(table).stream_shard
+    before = len(stream.items)
+    with pytest.raises(ClientError):
+        db.transact_write_items(TransactItems=[spend(table, 30), spend(table, 30)])  # applied halfway
+    assert len(stream.items) == before
+    db.transact_write_items(TransactItems=[spend(table, 30)])
+    assert len(stream.items) == before + 1
+
+
 def _backend_table(name):
     from moto.dynamodb.models import dynamodb_backends
 

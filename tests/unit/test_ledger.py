@@ -125,10 +125,12 @@ def test_reconcile_reports_a_request_whose_amounts_do_not_add_up(aws, settings, 
     tamper(aws, settings, account_id, f"REQUEST#{done[1]}", "SET charged = :c", {":c": {"N": "10000"}})
     result = reconcile(aws, settings, account_id)
     assert not result.ok
-    assert result.problems == [
+    [usage] = result.problems[2:]  # and the usage counted its charge as it was
+    assert result.problems[:2] == [
         "balance $1.125000 differs from the ledger's sum $1.135000 by -$0.010000",
         f"{done[1]}: reserved $0.060000 but charged $0.010000 + refunded $0.040000",
     ]
+    assert "charged $0.080000" in usage and "more than every request closed that day" in usage
 
 
 def test_reconcile_reports_a_missing_request_record(aws, settings, accounts, billing):

@@ -146,7 +146,7 @@ def test_codedeploy_hears_a_verdict_even_when_the_lookup_fails(aws):
     assert aws.run() == "Failed"
 
 
-@pytest.mark.parametrize("kind", [*PATHS, "worker", "webhooks", "requests", "sweep", "invoke"])
+@pytest.mark.parametrize("kind", [*PATHS, "worker", "webhooks", "requests", "sweep", "invoke", "usage"])
 def test_every_kind_has_a_request_and_a_check_that_can_fail(kind):
     request, check = probe(kind)
     assert json.loads(json.dumps(request)) == request

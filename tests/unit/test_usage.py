@@ -60,7 +60,8 @@ def settle_daily(aws, settings, account_id, days, models=("dall-e-2",), key_id="
             item = {
                 name: values[f":{name}"] for name in ("images", "charged", "refunded", "model", "expires")
             }
-            item |= {"requests": values[":one"], "account_id": values[":account"], "key_id": values[":key"]}
+            item |= {"requests": values[":requests"], "account_id": values[":account"]}
+            item["key_id"] = values[":key"]
             item["expires_at"] = item.pop("expires")
             puts.append({"PutRequest": {"Item": {**update["Key"], **item}}})
     for start in range(0, len(puts), 25):

@@ -77,7 +77,9 @@ class AWSClients:
         import botocore.session
         from botocore.config import Config
 
-        endpoint_url = self._endpoints.get(service, self._endpoint_url)
+        # A table's stream is served where the table is (the emulators serve both on one endpoint).
+        own = self._endpoints.get("dynamodb" if service == "dynamodbstreams" else service)
+        endpoint_url = self._endpoints.get(service, own or self._endpoint_url)
         config = Config(
             signature_version="s3v4" if service == "s3" else None,
             s3=_s3_options(endpoint_url),

@@ -66,6 +66,13 @@ SWEEP_FUNCTION_TIMEOUT_SECONDS = 300
 # template: the sweeper's rate(1 minute). A stopped request's concurrency slots come back with the sweep
 # that refunds it (ratelimit.py), so a client refused for them waits a minute or two, not a quarter hour.
 SWEEP_INTERVAL_SECONDS = 60
+# The usage function (template: UsageFunction and its stream event; money/usage.py): its timeout, how long
+# Lambda gathers a batch, how often it retries a failed one, and the record age past which it gives up (at
+# least every retry of a batch that waited its window). Deadlines.usage_lag_s follows from them.
+USAGE_FUNCTION_TIMEOUT_SECONDS = 60
+USAGE_BATCH_WINDOW_SECONDS = 5
+USAGE_MAX_RETRY_ATTEMPTS = 5
+USAGE_MAX_RECORD_AGE_SECONDS = 600
 
 
 def upstream_budget(integration_timeout_seconds: float, requested: float | None = None) -> float:
@@ -154,6 +161,14 @@ class Deadlines:
     def job_lease_s(self) -> float:
         """How long after a run starts its worker is surely dead (Lambda stopped it at its timeout)."""
         return self.worker_s + JOB_LEASE_GRACE_SECONDS
+
+    @property
+    def usage_lag_s(self) -> int:
+        """How long after a settle its usage may still be missing from the counters: Lambda hands a stream
+        record to the usage function until it is USAGE_MAX_RECORD_AGE_SECONDS old (its batching window and
+        retries fit within), and the last attempt runs up to the function's timeout. `reconcile` expects
+        every request settled longer ago than this in the counters."""
+        return USAGE_MAX_RECORD_AGE_SECONDS + USAGE_FUNCTION_TIMEOUT_SECONDS + HOLD_MARGIN_SECONDS
 
     @property
     def stale_reservation_s(self) -> int:

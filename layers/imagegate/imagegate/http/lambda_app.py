@@ -279,6 +279,37 @@ def sweep_handler() -> Any:
     return _traced(logger.inject_lambda_context(handler), settings)
 
 
+def usage_handler() -> Any:
+    """The table's stream (template.yaml: UsageFunction, filtered to requests that close): each batch adds
+    to the usage counters, one write per counter, exactly once (money/usage.py)."""
+    settings = Settings.from_env()
+    logger = Logger(service="imagegate")
+    aws = AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL"))
+    return _traced(logger.inject_lambda_context(stream_batch(aws, settings.table, logger)), settings)
+
+
+def stream_batch(
+    aws: AWSClients, table: str, logger: Logger
+) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """A DynamoDB stream batch in, the record to deliver it again from out (`batchItemFailures`, as
+    ReportBatchItemFailures reads it: Lambda restarts the shard at the lowest sequence number reported).
+    The usage function's body, which `make serve` runs on its local stream too (local/streams.py).
+
+    Not Powertools' BatchProcessor: it handles one record at a time, and the counters are written per
+    batch; a failed counter's records come back, and the watermarks skip what of them was counted."""
+    from imagegate.money.usage import UsageCounters
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        applied = UsageCounters(aws.dynamodb, table).apply(event.get("Records", []))
+        if applied.retry_from is not None:
+            logger.warning("usage counters not written", extra={"errors": list(applied.errors)})
+        logger.debug("usage counted", extra={"counted": applied.counted, "writes": applied.writes})
+        failures = [{"itemIdentifier": applied.retry_from}] if applied.retry_from is not None else []
+        return {"batchItemFailures": failures}
+
+    return handler
+
+
 def wrap(app: Any, settings: Settings) -> Any:
     """What a deployment adds around the app: CORS for browser clients, and the demo mark."""
     if settings.demo_mode:

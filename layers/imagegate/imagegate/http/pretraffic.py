@@ -6,7 +6,8 @@ costs nothing and reaches no upstream, and reports Succeeded or Failed; Failed s
 alias where it was. The request depends on the function's kind (IMAGEGATE_PROBES maps each function name
 to one): an API function gets the keyless request SnapStart primes with and must answer OpenAI's 401 (Stripe's
 webhook: an unsigned event, its 400); a
-queue consumer gets a message about a job that does not exist, which it must drop; the sweeper runs a sweep
+queue consumer gets a message about a job that does not exist, which it must drop (the usage function: a
+stream record that closes no request); the sweeper runs a sweep
 (its schedule's own work); the invoke function gets an empty request, which it must refuse in OpenAI's shape.
 
 The hook always reports: a hook that raised would leave CodeDeploy waiting an hour for its verdict.
@@ -33,6 +34,21 @@ _QUEUED = {
     "worker": _PROBE_JOB,
     "webhooks": {**_PROBE_JOB, "type": "image.job.succeeded", "data": {"id": _PROBE_JOB["job_id"]}},
     "requests": {"detail-type": "Pre-traffic Check", "source": "imagegate", "id": "pretraffic"},
+}
+
+# What the usage function gets: a stream record of a job's change, which closes no request: nothing counted.
+_STREAM = {
+    "Records": [
+        {
+            "eventID": "pretraffic",
+            "eventName": "MODIFY",
+            "eventSource": "aws:dynamodb",
+            "dynamodb": {
+                "SequenceNumber": "1",
+                "Keys": {"pk": {"S": f"ACCOUNT#{_PROBE_JOB['account_id']}"}, "sk": {"S": "JOB#pretraffic"}},
+            },
+        }
+    ]
 }
 
 
@@ -109,6 +125,8 @@ def probe(kind: str) -> Probe:
         return unauthenticated_event(METHODS[path], path), lambda answer: _openai_error(answer, status)
     if kind in _QUEUED:
         return _sqs_event(_QUEUED[kind]), _dropped
+    if kind == "usage":
+        return _STREAM, _dropped
     if kind == "sweep":
         return {"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}, _swept
     if kind == "invoke":

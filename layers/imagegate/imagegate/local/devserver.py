@@ -5,7 +5,8 @@ port (4567) when `make install` could install it (scripts/dynoxide.py: linux x86
 too; AWS_ENDPOINT_URL pointing elsewhere (LocalStack, say) replaces both. The table, bucket and queues are
 created, a funded dev key is seeded, uvicorn serves all routes on 127.0.0.1:$PORT, and the job worker runs in
 this process against the local queue (LocalWorker), through the worker function's own handler; so do webhook
-deliveries, from their own local queue, and finished jobs' events go to moto's EventBridge default bus.
+deliveries, from their own local queue, and finished jobs' events go to moto's EventBridge default bus. The
+usage counters follow the table's stream, read every half second (streams.py), as the usage function does.
 
 The dev key is kept in `.imagegate/dev-key` (or IMAGEGATE_DEV_KEY), so a restart seeds the same key again:
 the emulators keep their state in memory, so balances and images start afresh, but `OPENAI_API_KEY` keeps
@@ -205,10 +206,23 @@ def dynamodb_line(
 
 def provision(aws: AWSClients, settings: Settings) -> None:
     """Create the table and bucket as template.yaml declares them, if they do not exist yet."""
-    db = aws.dynamodb
-    if settings.table not in db.list_tables()["TableNames"]:
+    provision_table(aws.dynamodb, settings.table)
+    s3 = aws.s3
+    if settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=settings.bucket)
+        s3.put_bucket_encryption(
+            Bucket=settings.bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        )
+
+
+def provision_table(db: Any, table: str) -> None:
+    """Create the table as template.yaml declares it (its index and stream), if it does not exist yet."""
+    if table not in db.list_tables()["TableNames"]:
         db.create_table(
-            TableName=settings.table,
+            TableName=table,
             BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[
                 {"AttributeName": "pk", "AttributeType": "S"},
@@ -230,17 +244,10 @@ def provision(aws: AWSClients, settings: Settings) -> None:
                     "Projection": {"ProjectionType": "ALL"},
                 }
             ],
+            # The usage counters are kept from it (money/usage.py; local/streams.py polls it here).
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         )
-        db.get_waiter("table_exists").wait(TableName=settings.table)
-    s3 = aws.s3
-    if settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        s3.create_bucket(Bucket=settings.bucket)
-        s3.put_bucket_encryption(
-            Bucket=settings.bucket,
-            ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
-            },
-        )
+        db.get_waiter("table_exists").wait(TableName=table)
 
 
 JOBS_QUEUE = "imagegate-jobs"
@@ -525,7 +532,15 @@ def main() -> None:
     from aws_lambda_powertools.logging import Logger
 
     from imagegate.http.api import create_app
-    from imagegate.http.lambda_app import batch_handler, build_jobs, build_webhooks, sqs_batch, wrap
+    from imagegate.http.lambda_app import (
+        batch_handler,
+        build_jobs,
+        build_webhooks,
+        sqs_batch,
+        stream_batch,
+        wrap,
+    )
+    from imagegate.local.streams import LocalStream
     from imagegate.service import Service
 
     if emulator is not None:
@@ -579,6 +594,11 @@ def main() -> None:
     delivery = sqs_batch(build_webhooks(aws, settings).record_handler())
     deliveries = LocalWorker(delivery, aws.sqs, settings.webhook_queue_url, threads=1)
     deliveries.start()
+    # The usage counters, from the table's stream, as the usage function keeps them.
+    usage = LocalStream(
+        stream_batch(aws, settings.table, logger), aws.dynamodb, aws.client("dynamodbstreams"), settings.table
+    )
+    usage.start()
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",

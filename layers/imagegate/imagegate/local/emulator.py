@@ -9,7 +9,8 @@ moto alone degrades with use in two ways, both fixed here, in the emulator's own
   grows with the table: after ~640 requests a transaction took ~100 ms and the process reached GBs.
   `install_transaction_snapshots` keeps moto's transaction (its validation, its conditions, its cancellation
   reasons) and gives it a snapshot of only the items the transaction names: a copy of each before it runs,
-  put back if it fails in any way. A transaction is still all or nothing.
+  put back if it fails in any way (and the stream records it appended removed). A transaction is still all
+  or nothing.
 - S3 keeps every object in memory, and every request writes its images under `outputs/`. `OutputLifecycle`
   deletes them as the bucket's lifecycle rule does, sooner: once they are older than the presigned URLs
   that point to them (an hour), or, oldest first, once they hold more than a cap of memory.
@@ -42,8 +43,8 @@ def install_transaction_snapshots() -> None:
     """Make moto's TransactWriteItems snapshot the items it names instead of whole tables (idempotent).
 
     moto copies a table for rollback only when its name is `in` the backend's tables; the transaction runs
-    against a view of them that answers no, and this wrapper restores the items it copied instead. A table
-    with a stream, or an action whose key cannot be read, falls back to moto's own whole-table copy.
+    against a view of them that answers no, and this wrapper restores the items it copied instead (and cuts
+    the tables' streams back). An action whose key cannot be read falls back to moto's own whole-table copy.
     """
     from moto.dynamodb.models import DynamoDBBackend
 
@@ -106,11 +107,15 @@ class _NoWholeTableCopies(dict):
 Saved = tuple[Any, Any, Any, bool, Any]
 
 
-def _snapshot(tables: dict[str, Any], transact_items: list[dict[str, Any]]) -> list[Saved] | None:
-    """A copy of each item the transaction names, as it is now (None: absent); None if one cannot be read."""
+def _snapshot(
+    tables: dict[str, Any], transact_items: list[dict[str, Any]]
+) -> tuple[list[Saved], dict[Any, int]] | None:
+    """A copy of each item the transaction names, as it is now (None: absent), and the length of each of
+    their tables' streams; None if one cannot be read."""
     from moto.dynamodb.models.dynamo_type import DynamoType
 
     saved: list[Saved] = []
+    streams: dict[Any, int] = {}  # a table's stream shard -> how many records it held
     for action in transact_items:
         for kind, op in action.items():
             if not isinstance(op, dict):
@@ -118,8 +123,9 @@ def _snapshot(tables: dict[str, Any], transact_items: list[dict[str, Any]]) -> l
             table = _table(tables, op.get("TableName"))
             if table is None:
                 continue  # moto refuses it, having changed nothing in that table
-            if table.stream_shard is not None:
-                return None
+            if table.stream_shard is not None and table.stream_shard not in streams:
+                # The records a failed transaction appended go too; no one reads them meanwhile.
+                streams[table.stream_shard] = len(table.stream_shard.items)
             source = op.get("Item") if kind == "Put" else op.get("Key")
             names = [table.hash_key_attr] + ([table.range_key_attr] if table.range_key_attr else [])
             if not isinstance(source, dict) or any(name not in source for name in names):
@@ -135,7 +141,7 @@ def _snapshot(tables: dict[str, Any], transact_items: list[dict[str, Any]]) -> l
             else:
                 current = table.items[hash_key].get(range_key) if existed else None
             saved.append((table, hash_key, range_key, existed, copy.deepcopy(current)))
-    return saved
+    return saved, streams
 
 
 def _table(tables: dict[str, Any], name: Any) -> Any:
@@ -148,7 +154,10 @@ def _table(tables: dict[str, Any], name: Any) -> Any:
     return table
 
 
-def _restore(saved: list[Saved]) -> None:
+def _restore(snapshot: tuple[list[Saved], dict[Any, int]]) -> None:
+    saved, streams = snapshot
+    for shard, length in streams.items():
+        del shard.items[length:]
     # Newest first, so that an item named twice (which moto refuses) ends as it was before the first.
     for table, hash_key, range_key, existed, item in reversed(saved):
         if range_key is None:

@@ -33,6 +33,7 @@ refunds them). Every read is a GetItem or a Query on one partition.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections import defaultdict
@@ -134,6 +135,11 @@ def entry(
     return {"Put": {"TableName": table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
 
 
+def usage_key(account_id: str, day: date, key_id: str, model: str) -> dict[str, dict[str, str]]:
+    """The key of one usage counter: an account's requests of one key and model on one UTC day."""
+    return item_key(f"{USAGE}{account_id}", f"{day.isoformat()}#{key_id}#{model}")
+
+
 def usage_update(
     table: str,
     day: date,
@@ -144,19 +150,21 @@ def usage_update(
     images: int,
     charged: int,
     refunded: int,
+    requests: int = 1,
 ) -> dict[str, Any]:
-    """A TransactWriteItems Update adding one settled request to its day's counters."""
+    """A TransactWriteItems Update adding `requests` settled requests (their images, charge and refund) to
+    their day's counters. Its UpdateExpression ends in its SET clause (usage.py adds to it)."""
     expires = datetime.combine(day + timedelta(days=USAGE_TTL_DAYS), datetime.min.time(), UTC)
     return {
         "Update": {
             "TableName": table,
-            "Key": item_key(f"{USAGE}{account_id}", f"{day.isoformat()}#{key_id}#{model}"),
+            "Key": usage_key(account_id, day, key_id, model),
             "UpdateExpression": (
-                "ADD requests :one, images :images, charged :charged, refunded :refunded "
+                "ADD requests :requests, images :images, charged :charged, refunded :refunded "
                 "SET account_id = :account, key_id = :key, model = :model, expires_at = :expires"
             ),
             "ExpressionAttributeValues": {
-                ":one": {"N": "1"},
+                ":requests": {"N": str(requests)},
                 ":images": {"N": str(images)},
                 ":charged": {"N": str(charged)},
                 ":refunded": {"N": str(refunded)},
@@ -181,6 +189,7 @@ def reconcile(
     account_id: str,
     *,
     stale_after_s: float = Deadlines().stale_reservation_s,
+    usage_lag_s: float = Deadlines().usage_lag_s,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Reconciliation:
@@ -223,7 +232,7 @@ def reconcile(
             *_task_problems(jobs, requests),
             *_announcement_problems(jobs, clock()),
             *_idempotency_problems(dynamodb, table, account_id, requests),
-            *_usage_problems(dynamodb, table, account_id, items, clock()),
+            *_usage_problems(dynamodb, table, account_id, requests, clock(), usage_lag_s),
         ]
         if problems:
             result = replace(result, ok=False, problems=[*result.problems, *problems])
@@ -503,35 +512,62 @@ def _idempotency_problems(
 
 
 def _usage_problems(
-    dynamodb: Any, table: str, account_id: str, items: list[dict[str, Any]], now: float
+    dynamodb: Any, table: str, account_id: str, requests: dict[str, dict[str, Any]], now: float, lag_s: float
 ) -> list[str]:
-    """The usage counters of each day still kept against the settle entries of that day: requests, charged
-    and refunded."""
+    """Each day's usage counters against the requests (request id -> REQUEST item) closed that day. The
+    counters follow the requests through the table's stream (usage.py), up to `lag_s` later: a day counts
+    at least every request closed longer ago than that (fewer: a settle lost) and at most every request
+    closed that day (more: one counted twice). The upper bound holds for the days whose requests are all
+    still kept: closed requests expire (their `expires_at`), the counters outlive them."""
     first = datetime.fromtimestamp(now, UTC).date() - timedelta(days=USAGE_TTL_DAYS - 1)
-    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for e in (_entry(i) for i in items if i["sk"]["S"].startswith(LEDGER)):
-        day = datetime.fromtimestamp(e.at_ms / 1000, UTC).date()
-        if e.kind == "settle" and day >= first:
-            counts = expected[day.isoformat()]
-            counts[0] += 1
-            counts[1] += e.charged or 0
-            counts[2] += e.amount
-    counted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    old: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    closed: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    kept_s = math.inf  # how long closed requests are kept: the shortest any of them is
+    for item in requests.values():
+        if item["state"]["S"] not in ("settled", "refunded"):
+            continue
+        settled = _int(item, "settled_at")
+        if "expires_at" in item:
+            kept_s = min(kept_s, _int(item, "expires_at") - settled)
+        day = datetime.fromtimestamp(settled, UTC).date().isoformat()
+        counts = (1, _int(item, "images"), _int(item, "charged"), _int(item, "refunded"))
+        for totals in (closed[day], old[day]) if settled < now - lag_s else (closed[day],):
+            for i, value in enumerate(counts):
+                totals[i] += value
+    # The first day none of whose requests can have expired yet.
+    whole = (
+        datetime.fromtimestamp(now - kept_s, UTC).date() + timedelta(days=1) if kept_s < math.inf else None
+    )
+    counted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for row in _account_usage(dynamodb, table, account_id, first.isoformat(), "9999-12-31"):
-        counts = counted[row.day]
-        counts[0] += row.requests
-        counts[1] += row.charged
-        counts[2] += row.refunded
+        for i, name in enumerate(USAGE_COUNTS):
+            counted[row.day][i] += getattr(row, name)
     problems = []
-    for day in sorted(expected.keys() | counted.keys()):
-        if expected[day] != counted[day]:
-            (n, c, r), (un, uc, ur) = expected[day], counted[day]
+    for day in sorted(d for d in old.keys() | closed.keys() | counted.keys() if d >= first.isoformat()):
+        have = counted[day]
+        if any(c < o for c, o in zip(have, old[day], strict=True)):
             problems.append(
-                f"usage of {day} counts {un} requests, charged {micros_to_usd(uc)}, refunded "
-                f"{micros_to_usd(ur)}; the ledger settled {n}, charged {micros_to_usd(c)}, refunded "
-                f"{micros_to_usd(r)}"
+                f"usage of {day} counts {_counts(have)}: less than the requests closed more "
+                f"than {lag_s:g} s ago ({_counts(old[day])})"
+            )
+        if (
+            whole is not None
+            and day >= whole.isoformat()
+            and any(c > a for c, a in zip(have, closed[day], strict=True))
+        ):
+            problems.append(
+                f"usage of {day} counts {_counts(have)}: more than every request closed that "
+                f"day ({_counts(closed[day])})"
             )
     return problems
+
+
+def _counts(counts: list[int]) -> str:
+    requests, images, charged, refunded = counts
+    return (
+        f"{requests} requests, {images} images, charged {micros_to_usd(charged)}, "
+        f"refunded {micros_to_usd(refunded)}"
+    )
 
 
 def _closed_and_expired(entries: list[LedgerEntry]) -> bool:
