@@ -154,3 +154,48 @@ def legacy_reserve(
         ]
     )
     return Reservation(account_id, request, amount, key_id, f"KEY#{key_id}", "m", int(at), "ka")
+
+
+class ScannedStream:
+    """What the table's stream hands the usage function (money/usage.py), for a table moto serves in
+    process, which does not answer the DynamoDB Streams API: every request closed since the last `drain`,
+    once each, in the order they closed, with rising sequence numbers."""
+
+    def __init__(self, dynamodb, table: str):
+        self._db, self._table = dynamodb, table
+        self._seen: set[tuple[str, str]] = set()
+        self._sequence = 0
+
+    def drain(self) -> None:
+        from imagegate.money.usage import UsageCounters
+
+        pages = self._db.get_paginator("scan").paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(sk, :r) AND attribute_exists(account_id) AND #s IN (:s, :f)",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":r": {"S": "REQUEST#"},
+                ":s": {"S": "settled"},
+                ":f": {"S": "refunded"},
+            },
+            ConsistentRead=True,
+        )
+        closed = sorted(
+            (i for page in pages for i in page["Items"]),
+            key=lambda i: (int(i["settled_at"]["N"]), i["sk"]["S"]),
+        )
+        records = []
+        for item in closed:
+            if (item["pk"]["S"], item["sk"]["S"]) in self._seen:
+                continue
+            self._seen.add((item["pk"]["S"], item["sk"]["S"]))
+            self._sequence += 1
+            old = {**item, "state": {"S": "reserved"}}
+            records.append(
+                {
+                    "eventName": "MODIFY",
+                    "dynamodb": {"OldImage": old, "NewImage": item, "SequenceNumber": str(self._sequence)},
+                }
+            )
+        if records:
+            assert UsageCounters(self._db, self._table).apply(records).retry_from is None

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from shims import ByAccount
+from shims import ByAccount, ScannedStream
 
 from imagegate.aws import AWSClients
 from imagegate.cli import main
@@ -451,6 +451,7 @@ def traffic(table):
             account, f"req_{n}", reserved, {"model": model, "endpoint": "generations", "key_id": key_id}
         )
         billing.settle(account, f"req_{n}", charged, images=images)
+    ScannedStream(table.db, table.name).drain()  # the usage function counts them from the table's stream
     return {"a": a, "b": b, "ka1": ka1, "ka2": ka2, "kb": kb, "days": days}
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
-from shims import mocked_aws
+from shims import ScannedStream, mocked_aws
 
 from imagegate.aws import AWSClients
 from imagegate.catalog.loader import load_catalog
@@ -84,6 +84,12 @@ def aws(aws_clients, settings):
 @pytest.fixture
 def accounts(aws, settings):
     return Accounts(aws.dynamodb, settings.table)
+
+
+@pytest.fixture
+def stream(aws, settings):
+    """The table's stream as the usage function sees it: `stream.drain()` counts what closed since."""
+    return ScannedStream(aws.dynamodb, settings.table)
 
 
 @pytest.fixture

@@ -828,7 +828,9 @@ class Killed(BaseException):
     """Lambda stopping the function (a timeout, out of memory): nothing after it runs."""
 
 
-def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(aws, settings, svc, funded, queue, clock):
+def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(
+    aws, settings, svc, funded, queue, clock, stream
+):
     sent, tries = [], []
 
     def events(detail):  # EventBridge down for the first call
@@ -842,6 +844,7 @@ def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(aws, settings
     finished_at = clock.now
     assert jobs.run(funded.account_id, job["id"])["status"] == "succeeded"
     assert owed(aws, settings, funded, job["id"]) == {"event"}  # the answer went out and is marked done
+    stream.drain()  # its usage is counted
     deadlines = settings.deadlines
     # Owed, but within its deadline: reconcile is clean; past it, it is not.
     assert reconciled_at(aws, settings, funded, finished_at + deadlines.announce_by_s - 1) == []
@@ -861,7 +864,7 @@ def test_a_failed_announcement_stays_owed_and_the_sweeper_sends_it(aws, settings
 
 
 def test_a_function_killed_after_the_commit_leaves_every_announcement_to_the_sweeper(
-    aws, settings, svc, funded, queue, clock
+    aws, settings, svc, funded, queue, clock, stream
 ):
     """The state the code before the outbox left: the job succeeded and was charged, its callbacks never
     ran. Reconcile now sees it, and the sweeper (a new container) sends them."""
@@ -876,6 +879,7 @@ def test_a_function_killed_after_the_commit_leaves_every_announcement_to_the_swe
     with pytest.raises(Killed):
         dying.run(funded.account_id, job["id"])
     assert told == [] and owed(aws, settings, funded, job["id"]) == {"answer", "event"}
+    stream.drain()  # its usage is counted
     late = finished_at + settings.deadlines.announce_by_s + 1
     [problem] = reconciled_at(aws, settings, funded, late)
     assert "still owes its announcements (answer, event)" in problem

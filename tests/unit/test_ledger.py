@@ -120,8 +120,9 @@ def test_only_reversals_of_top_ups_may_take_a_balance_below_zero(aws, settings, 
     assert result.problems == ["balance -$4.000000 is below zero by more than its reversals (-$3.000000)"]
 
 
-def test_reconcile_reports_a_request_whose_amounts_do_not_add_up(aws, settings, accounts, billing):
+def test_reconcile_reports_a_request_whose_amounts_do_not_add_up(aws, stream, settings, accounts, billing):
     account_id, done = busy_account(accounts, billing)
+    stream.drain()  # the usage counts the charge the request had
     tamper(aws, settings, account_id, f"REQUEST#{done[1]}", "SET charged = :c", {":c": {"N": "10000"}})
     result = reconcile(aws, settings, account_id)
     assert not result.ok
@@ -300,7 +301,7 @@ def test_entry_refuses_unknown_kinds_and_fields(clock):
 # --- usage counters ---------------------------------------------------------------------------------------
 
 
-def test_usage_counters_add_up(aws, settings, accounts, clocked):
+def test_usage_counters_add_up(aws, stream, settings, accounts, clocked):
     first, second = accounts.create_account(1_000_000), accounts.create_account(1_000_000)
     plan = [
         (first, "key_a", "gpt-image-1.5", 68_000, 68_000, 2),
@@ -313,6 +314,7 @@ def test_usage_counters_add_up(aws, settings, accounts, clocked):
         request = rid()
         clocked.reserve(account_id, request, reserved, details(model, key_id))
         clocked.settle(account_id, request, charged, images=images)
+    stream.drain()
     rows = ledger.usage(aws.dynamodb, settings.table, days=1, today=DAY)
     counted = sorted(
         (r.account_id, r.key_id, r.model, r.requests, r.images, r.charged, r.refunded) for r in rows
@@ -329,13 +331,14 @@ def test_usage_counters_add_up(aws, settings, accounts, clocked):
     assert [(r.key_id, r.charged) for r in only_second] == [("key_c", 34_000)]
 
 
-def test_usage_is_counted_per_utc_day_and_expires(aws, settings, accounts, clocked, clock):
+def test_usage_is_counted_per_utc_day_and_expires(aws, stream, settings, accounts, clocked, clock):
     account_id = accounts.create_account(1_000_000)
     for day_offset in (0, 1, 3):
         clock.now = NOON + day_offset * 86_400
         request = rid()
         clocked.reserve(account_id, request, 10_000, details())
         clocked.settle(account_id, request, 10_000, images=1)
+    stream.drain()
     later = date(2026, 3, 17)
     rows = ledger.usage(aws.dynamodb, settings.table, days=3, account_id=account_id, today=later)
     assert [r.day for r in rows] == ["2026-03-17", "2026-03-15"]  # newest first; the 14th is 4 days back
@@ -347,11 +350,12 @@ def test_usage_is_counted_per_utc_day_and_expires(aws, settings, accounts, clock
     assert int(item["expires_at"]["N"]) == int(datetime(2027, 4, 18, tzinfo=UTC).timestamp())  # 400 days on
 
 
-def test_a_refunded_request_counts_as_a_request_without_images(aws, settings, accounts, clocked):
+def test_a_refunded_request_counts_as_a_request_without_images(aws, stream, settings, accounts, clocked):
     account_id = accounts.create_account(100_000)
     request = rid()
     clocked.reserve(account_id, request, 40_000, details("dall-e-2", "key_z"))
     clocked.settle(account_id, request, 0)
+    stream.drain()
     [row] = ledger.usage(aws.dynamodb, settings.table, days=1, account_id=account_id, today=DAY)
     assert (row.requests, row.images, row.charged, row.refunded) == (1, 0, 0, 40_000)
 
@@ -364,7 +368,9 @@ def test_usage_needs_a_day(aws, settings):
 # --- the stale sweep --------------------------------------------------------------------------------------
 
 
-def test_sweep_refunds_stale_reservations_once_and_leaves_fresh_ones(aws, settings, accounts, clocked, clock):
+def test_sweep_refunds_stale_reservations_once_and_leaves_fresh_ones(
+    aws, stream, settings, accounts, clocked, clock
+):
     account_id = accounts.create_account(100_000)
     stale, finished, fresh = rid(), rid(), rid()
     clocked.reserve(account_id, stale, 30_000, details())
@@ -380,7 +386,8 @@ def test_sweep_refunds_stale_reservations_once_and_leaves_fresh_ones(aws, settin
     assert clocked.sweep(account_id, older_than_s=900) == []
     assert accounts.balance(account_id) == 70_000
 
-    result = reconcile(aws, settings, account_id, clock=clock)
+    stream.drain()
+    result = reconcile(aws, settings, account_id, clock=clock, stale_after_s=900)
     assert result.ok
     assert [r.request_id for r in result.stale] == []
     assert [r.request_id for r in clocked.open_reservations(older_than_s=0, account_id=account_id)] == [fresh]

@@ -255,7 +255,7 @@ def test_a_request_s_metrics_reach_cloudwatch_whatever_the_log_level(
 
 
 def test_the_routes_of_models_that_served_traffic_are_warned_of_within_30_days_of_shutdown(
-    aws, settings, funded, capsys
+    aws, settings, funded, capsys, stream
 ):
     import io
     import json
@@ -263,23 +263,24 @@ def test_the_routes_of_models_that_served_traffic_are_warned_of_within_30_days_o
 
     from imagegate.catalog.lifecycle import midnight
 
-    stream = io.StringIO()
+    logs = io.StringIO()
     svc = Service(
         replace(settings, metrics=True),
         aws,
-        Logger(service="route-warnings", stream=stream),
+        Logger(service="route-warnings", stream=logs),
         clock=Clock(midnight(date(2026, 11, 20)) + 3600),
     )
     key = svc.accounts.authenticate(f"Bearer {funded[1]}")
     assert svc.route_warnings(date(2026, 11, 20)) == {"routes_near_shutdown": 0}  # no traffic, no warning
     svc.handle(key, job(svc, model="gpt-image-1.5", size="1024x1024", quality="low"))
     svc.handle(key, job(svc, model="gpt-image-2", size="1024x1024", quality="low"))
-    stream.seek(0)
-    stream.truncate()
+    stream.drain()  # the usage says which models served traffic
+    logs.seek(0)
+    logs.truncate()
     capsys.readouterr()
     # gpt-image-1.5: OpenAI's route ends 2026-12-01 (11 days), Azure's 2026-12-16 (26); gpt-image-2 has none.
     assert svc.route_warnings(date(2026, 11, 20)) == {"routes_near_shutdown": 2}
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
     warned = [
         (x["provider"], x["upstream_model"], x["days_left"])
         for x in lines

@@ -118,13 +118,15 @@ def test_every_accounts_usage_costs_one_query_per_account_whatever_the_window(aw
         assert Counter(r.account_id for r in rows) == dict.fromkeys(ids, min(days, 4))
 
 
-def test_a_settle_counts_usage_in_the_accounts_own_partition_with_a_ttl(aws, settings, accounts):
+def test_a_closed_request_counts_in_the_accounts_usage_partition_with_a_ttl(aws, settings, accounts, stream):
+    """Through the table's stream (money/usage.py), not by the settle."""
     account_id = accounts.create_account(10_000_000)
     billing = ByAccount(Billing(aws.dynamodb, settings.table, clock=Clock(NOON)))
     billing.reserve(
         account_id, "req_1", 30_000, {"model": "dall-e-2", "endpoint": "edits", "key_id": "key_a"}
     )
     billing.settle(account_id, "req_1", 20_000, images=1)
+    stream.drain()
     item = aws.dynamodb.get_item(
         TableName=settings.table,
         Key={"pk": {"S": f"USAGE#{account_id}"}, "sk": {"S": "2026-03-14#key_a#dall-e-2"}},

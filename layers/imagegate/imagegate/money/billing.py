@@ -40,6 +40,7 @@ from imagegate.config import Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import ACCOUNT_INDEX, Account, NotFound
+from imagegate.money.ledger import REQUEST_RETENTION_DAYS
 from imagegate.money.ratelimit import ACCOUNT_SCOPE, Fragment, Limits, Scope, State, key_scope
 from imagegate.table import (
     OPEN_SHARD,
@@ -67,8 +68,6 @@ RESERVE_ATTEMPTS = 5
 SETTLE_DEADLINE_S = 3.0
 # Idle keys' limiter attributes removed by one update (ratelimit.forget): its expression stays small.
 PRUNE_KEYS_PER_UPDATE = 25
-# How long the record of a request written before issue 22 is kept once closed (its LEDGER entries stay).
-REQUEST_RETENTION_DAYS = 35
 BUSY_CODES = frozenset(
     {
         "ThrottlingException",

@@ -33,7 +33,6 @@ refunds them). Every read is a GetItem or a Query on one partition.
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 import time
 from collections import defaultdict
@@ -55,6 +54,9 @@ from imagegate.table import (
 from imagegate.units import micros_to_usd
 
 LEDGER = "LEDGER#"
+# How long the record of a request reserved before issue 22 is kept once closed (its LEDGER entries stay;
+# billing.py writes its TTL).
+REQUEST_RETENTION_DAYS = 35
 USAGE = "USAGE#"
 USAGE_TTL_DAYS = 400
 # The longest usage window anyone may ask for: a leap year. (The API allows less: api.MAX_USAGE_DAYS.)
@@ -518,26 +520,22 @@ def _usage_problems(
     counters follow the requests through the table's stream (usage.py), up to `lag_s` later: a day counts
     at least every request closed longer ago than that (fewer: a settle lost) and at most every request
     closed that day (more: one counted twice). The upper bound holds for the days whose requests are all
-    still kept: closed requests expire (their `expires_at`), the counters outlive them."""
+    still kept: the records of requests reserved before issue 22 expire REQUEST_RETENTION_DAYS after they
+    close, the counters outlive them (later requests are kept for good)."""
     first = datetime.fromtimestamp(now, UTC).date() - timedelta(days=USAGE_TTL_DAYS - 1)
     old: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     closed: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    kept_s = math.inf  # how long closed requests are kept: the shortest any of them is
     for item in requests.values():
         if item["state"]["S"] not in ("settled", "refunded"):
             continue
         settled = _int(item, "settled_at")
-        if "expires_at" in item:
-            kept_s = min(kept_s, _int(item, "expires_at") - settled)
         day = datetime.fromtimestamp(settled, UTC).date().isoformat()
         counts = (1, _int(item, "images"), _int(item, "charged"), _int(item, "refunded"))
         for totals in (closed[day], old[day]) if settled < now - lag_s else (closed[day],):
             for i, value in enumerate(counts):
                 totals[i] += value
     # The first day none of whose requests can have expired yet.
-    whole = (
-        datetime.fromtimestamp(now - kept_s, UTC).date() + timedelta(days=1) if kept_s < math.inf else None
-    )
+    whole = datetime.fromtimestamp(now, UTC).date() - timedelta(days=REQUEST_RETENTION_DAYS - 1)
     counted: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for row in _account_usage(dynamodb, table, account_id, first.isoformat(), "9999-12-31"):
         for i, name in enumerate(USAGE_COUNTS):
@@ -550,11 +548,7 @@ def _usage_problems(
                 f"usage of {day} counts {_counts(have)}: less than the requests closed more "
                 f"than {lag_s:g} s ago ({_counts(old[day])})"
             )
-        if (
-            whole is not None
-            and day >= whole.isoformat()
-            and any(c > a for c, a in zip(have, closed[day], strict=True))
-        ):
+        if day >= whole.isoformat() and any(c > a for c, a in zip(have, closed[day], strict=True)):
             problems.append(
                 f"usage of {day} counts {_counts(have)}: more than every request closed that "
                 f"day ({_counts(closed[day])})"

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from imagegate.money.ledger import REQUEST, usage_key, usage_update
+from imagegate.money.ledger import usage_key, usage_update
+from imagegate.table import REQUEST_PREFIX
 
 CLOSED = ("settled", "refunded")
 WATERMARK = "w_"
@@ -101,7 +102,7 @@ def closing(record: Mapping[str, Any]) -> Closing | None:
     lets only these reach the function on AWS; `make serve` hands it the whole stream)."""
     change = record.get("dynamodb") or {}
     old, new = change.get("OldImage") or {}, change.get("NewImage") or {}
-    if record.get("eventName") != "MODIFY" or not _s(new, "sk").startswith(REQUEST):
+    if record.get("eventName") != "MODIFY" or not _s(new, "sk").startswith(REQUEST_PREFIX):
         return None
     if _s(old, "state") != "reserved" or _s(new, "state") not in CLOSED or "account_id" not in new:
         return None
