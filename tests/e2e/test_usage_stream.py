@@ -2,9 +2,7 @@
 (local/streams.py) on whichever DynamoDB the stack runs: a request's usage shows in its balance once the
 stream is drained, counted once, with the OpenAI SDK as the client."""
 
-import time
-
-from imagegate.table import item_key
+from imagegate.table import new_request_id
 
 DALLE2_256 = 16_000
 
@@ -27,37 +25,13 @@ def test_a_requests_usage_shows_once_after_the_stream_is_drained(stack, new_user
 
 
 def test_a_request_closed_on_its_own_partition_is_counted_by_the_stream(stack, new_user, http):
-    """A REQUEST item as it is written once it moves off the account partition (it carries its account_id):
-    only the stream counts it."""
+    """A request reserved and settled by billing (its item on a partition of its own, carrying its
+    account_id): the settle writes no counter, only the stream counts it."""
     user = new_user(stack)
-    table, db = stack.settings.table, stack.aws.dynamodb
-    key = item_key(f"REQUESTS#{user.account_id}#5", "REQUEST#req_stream_1")
+    billing = stack.service.billing
     account = stack.service.accounts.authenticate(f"Bearer {user.key}")
-    db.put_item(
-        TableName=table,
-        Item={
-            **key,
-            "account_id": {"S": user.account_id},
-            "key_id": {"S": account.key_id},
-            "model": {"S": "gpt-image-1"},
-            "state": {"S": "reserved"},
-        },
-    )
-    db.update_item(
-        TableName=table,
-        Key=key,
-        UpdateExpression="SET #s = :settled, images = :two, charged = :c, refunded = :r, settled_at = :now",
-        ConditionExpression="#s = :reserved",
-        ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={
-            ":settled": {"S": "settled"},
-            ":reserved": {"S": "reserved"},
-            ":two": {"N": "2"},
-            ":c": {"N": "84000"},
-            ":r": {"N": "1000"},
-            ":now": {"N": str(int(time.time()))},
-        },
-    )
+    reservation = billing.reserve(account, new_request_id(), 85_000, {"model": "gpt-image-1"}, images=2)
+    assert billing.settle(reservation, 84_000, images=2)
     assert usage_rows(http, user) == []  # not before the stream is read
     stack.drain()
     assert usage_rows(http, user) == [("gpt-image-1", 1, 2, 84_000)]
