@@ -468,7 +468,11 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(stop_stack, upstream_proc)
         upstream_base = upstream + "/v1"
         extra = {**LIMITS, "IMAGEGATE_TABLE": TABLE, "IMAGEGATE_ROUTES": routes_json(upstream_base)}
-        stack_proc, base, key, dynamodb = start_stack(str(workdir / "stack"), **extra)
+        # The timed stack leaves the table's stream alone: on AWS the usage function is a Lambda of its own.
+        # The counted stack below reads it, so its writes are in the counts.
+        stack_proc, base, key, dynamodb = start_stack(
+            str(workdir / "stack"), **extra, IMAGEGATE_DEV_STREAM_SECONDS="0"
+        )
         stack.callback(stop_stack, stack_proc)
         drain(stack_proc.stdout)
         aws = stack_aws_env(str(workdir / "stack"))

@@ -47,6 +47,9 @@ from imagegate.money.accounts import Accounts
 from imagegate.table import OPEN_INDEX
 from imagegate.units import micros_to_usd, usd_to_micros
 
+# How often `make serve` reads the table's stream for the usage counters (seconds; 0: never).
+STREAM_INTERVAL_ENV = "IMAGEGATE_DEV_STREAM_SECONDS"
+
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -595,10 +598,18 @@ def main() -> None:
     deliveries = LocalWorker(delivery, aws.sqs, settings.webhook_queue_url, threads=1)
     deliveries.start()
     # The usage counters, from the table's stream, as the usage function keeps them.
+    interval = float(os.environ.get(STREAM_INTERVAL_ENV, "0.5"))
     usage = LocalStream(
-        stream_batch(aws, settings.table, logger), aws.dynamodb, aws.client("dynamodbstreams"), settings.table
+        stream_batch(aws, settings.table, logger),
+        aws.dynamodb,
+        aws.client("dynamodbstreams"),
+        settings.table,
+        interval_s=interval,
     )
-    usage.start()
+    # 0: not read by this process. On AWS the usage function is a Lambda of its own, so a benchmark timing the
+    # request path leaves the stream to another stack's process (bench/http_compare.py).
+    if interval > 0:
+        usage.start()
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
