@@ -468,8 +468,9 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(stop_stack, upstream_proc)
         upstream_base = upstream + "/v1"
         extra = {**LIMITS, "IMAGEGATE_TABLE": TABLE, "IMAGEGATE_ROUTES": routes_json(upstream_base)}
-        # The timed stack leaves the table's stream alone: on AWS the usage function is a Lambda of its own.
-        # The counted stack below reads it, so its writes are in the counts.
+        # The timed stack's table has no stream: on AWS the usage function is a Lambda of its own, and
+        # Dynoxide's writes slow as its stream grows. The counted stack below, on a table of its own, reads
+        # its stream, so the usage function's writes are in the counts.
         stack_proc, base, key, dynamodb = start_stack(
             str(workdir / "stack"), **extra, IMAGEGATE_DEV_STREAM_SECONDS="0"
         )
@@ -529,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         stack.callback(moto_proxy.stop)
         counted_env = {
             **extra,
+            "IMAGEGATE_TABLE": f"{TABLE}-counted",
             "IMAGEGATE_DEV_KEY": key,
             "AWS_ENDPOINT_URL": moto_proxy.url,
             "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_proxy.url,

@@ -207,9 +207,10 @@ def dynamodb_line(
     return f"dynamodb: moto's, at the same endpoint ({why})"
 
 
-def provision(aws: AWSClients, settings: Settings) -> None:
-    """Create the table and bucket as template.yaml declares them, if they do not exist yet."""
-    provision_table(aws.dynamodb, settings.table)
+def provision(aws: AWSClients, settings: Settings, *, stream: bool = True) -> None:
+    """Create the table and bucket as template.yaml declares them, if they do not exist yet (`stream`: with
+    the table's stream, as deployed)."""
+    provision_table(aws.dynamodb, settings.table, stream=stream)
     s3 = aws.s3
     if settings.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
         s3.create_bucket(Bucket=settings.bucket)
@@ -221,9 +222,11 @@ def provision(aws: AWSClients, settings: Settings) -> None:
         )
 
 
-def provision_table(db: Any, table: str) -> None:
+def provision_table(db: Any, table: str, *, stream: bool = True) -> None:
     """Create the table as template.yaml declares it (its index and stream), if it does not exist yet."""
     if table not in db.list_tables()["TableNames"]:
+        # The usage counters are kept from the stream (money/usage.py; local/streams.py polls it here).
+        streams = {"StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}}
         db.create_table(
             TableName=table,
             BillingMode="PAY_PER_REQUEST",
@@ -247,8 +250,7 @@ def provision_table(db: Any, table: str) -> None:
                     "Projection": {"ProjectionType": "ALL"},
                 }
             ],
-            # The usage counters are kept from it (money/usage.py; local/streams.py polls it here).
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+            **(streams if stream else {}),
         )
         db.get_waiter("table_exists").wait(TableName=table)
 
@@ -557,7 +559,11 @@ def main() -> None:
 
     settings = Settings.from_env()
     aws = AWSClients(settings, endpoint, endpoints_from_env(os.environ))
-    provision(aws, settings)
+    # 0: the stream is neither read nor made. On AWS the usage function is a Lambda of its own, and an
+    # emulator's writes slow as its stream grows (Dynoxide's: 2.5 to 4 ms a transaction over 3,000), so a
+    # benchmark timing the request path leaves it out (bench/http_compare.py).
+    interval = float(os.environ.get(STREAM_INTERVAL_ENV, "0.5"))
+    provision(aws, settings, stream=interval > 0)
     if not settings.jobs_queue_url:
         settings = replace(settings, jobs_queue_url=provision_jobs_queue(aws, settings))
     if not settings.webhook_queue_url:
@@ -598,18 +604,14 @@ def main() -> None:
     deliveries = LocalWorker(delivery, aws.sqs, settings.webhook_queue_url, threads=1)
     deliveries.start()
     # The usage counters, from the table's stream, as the usage function keeps them.
-    interval = float(os.environ.get(STREAM_INTERVAL_ENV, "0.5"))
-    usage = LocalStream(
-        stream_batch(aws, settings.table, logger),
-        aws.dynamodb,
-        aws.client("dynamodbstreams"),
-        settings.table,
-        interval_s=interval,
-    )
-    # 0: not read by this process. On AWS the usage function is a Lambda of its own, so a benchmark timing the
-    # request path leaves the stream to another stack's process (bench/http_compare.py).
     if interval > 0:
-        usage.start()
+        LocalStream(
+            stream_batch(aws, settings.table, logger),
+            aws.dynamodb,
+            aws.client("dynamodbstreams"),
+            settings.table,
+            interval_s=interval,
+        ).start()
     logger.setLevel(level)
     lines = [
         f"imagegate dev stack: AWS emulation at {endpoint}, table {settings.table}, bucket {settings.bucket}",
