@@ -804,3 +804,19 @@ def test_a_reserve_leaves_the_earlier_releases_slot_map_for_its_settles(aws, set
         ExpressionAttributeNames={"#a_done": "req_old"},
     )
     assert aws.dynamodb.get_item(TableName=settings.table, Key=key)["Item"]["slots"] == {"M": {}}
+
+
+def test_the_sweeper_waits_for_the_settle_window_the_reservation_was_made_under(aws, settings, accounts):
+    """Review: a deploy that lowers IntegrationTimeoutSeconds from 300 s to 29 s makes the sweeper's threshold
+    89 s, while a function of the old version, with its 300 s timeout, may still be running its request."""
+    clock = Clock()
+    billing = Billing(aws.dynamodb, settings.table, clock)
+    account = holder(accounts, 100_000)
+    long_running = billing.reserve(account, request_id(), 20_000, DETAILS, settle_within_s=330)
+    clock.now += 120
+    assert billing.sweep(older_than_s=89) == []  # still inside its own window
+    assert billing.settle(long_running, 20_000, images=1) is True  # and it settles, charged
+    stopped = billing.reserve(account, request_id(), 20_000, DETAILS, settle_within_s=330)
+    clock.now += 330 + 30
+    assert [r.request_id for r, _ in billing.sweep(older_than_s=89)] == [stopped.request_id]
+    assert accounts.balance(account.account_id) == 80_000

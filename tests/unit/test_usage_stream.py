@@ -454,3 +454,13 @@ def test_days_whose_requests_expired_are_held_only_to_what_is_left(aws, settings
     later = NOON + KEPT_S + 86_400  # request 2 expired and was deleted; its day is still counted
     assert usage_problems(aws, settings, [long_ago], later) == []
     assert usage_problems(aws, settings, [long_ago], NOON + 3600) != []  # the same counters, while kept
+
+
+def test_a_record_that_cannot_be_counted_is_skipped_not_the_batch(aws, settings):
+    """Review: one malformed record (an `images` of "1.5", a close without `settled_at`) failed the whole
+    batch, stalling the shard for the stream's retries, and then every record in it went uncounted."""
+    bad_images, good, no_day = record(1, request="req_x"), record(2), record(3, request="req_y")
+    bad_images["dynamodb"]["NewImage"]["images"] = {"N": "1.5"}
+    del no_day["dynamodb"]["NewImage"]["settled_at"]
+    applied = UsageCounters(aws.dynamodb, settings.table).apply([bad_images, good, no_day])
+    assert (applied.counted, applied.retry_from, len(applied.errors)) == (1, None, 2)

@@ -357,8 +357,6 @@ class Service:
             "closed": len(closed),
             "charged_micros": sum(c for _, c in closed),
             "refunded_micros": sum(r.amount - c for r, c in closed),
-            # Keys gone idle leave the ACCOUNT item, which otherwise grows with every key ever used.
-            "limiters_pruned": self.billing.prune_limiters(log=self.logger),
         }
 
     def route_warnings(self, today: date) -> dict[str, int]:
@@ -451,6 +449,7 @@ class Service:
                 {**_request_details(job), **(details or {})},
                 images=job.n,
                 upper_bound=quote.token_priced,
+                settle_within_s=self.settings.deadlines.request_settle_s,
             )
         except APIError as exc:
             refused = {"RateLimited": 1} if exc.status == 429 else {"Rejected": 1}

@@ -259,9 +259,9 @@ class _SnapshotContext:
 
 def sweep_handler() -> Any:
     """The scheduled sweeper (EventBridge): refunds reservations left open by requests killed mid-way, fails
-    and refunds jobs whose worker died or that were never started (jobs.py, Jobs.sweep), sends the
-    announcements finished jobs still owe (Jobs.announce_owed), and once a day warns
-    of routes near their upstream model's shutdown (Service.route_warnings)."""
+    and refunds jobs whose worker died or that were never started (jobs/lifecycle.py, Jobs.sweep), sends the
+    announcements finished jobs still owe (Jobs.announce_owed), and once a day warns of routes near their
+    upstream model's shutdown (Service.route_warnings) and forgets idle keys' limiters (Billing)."""
     settings = Settings.from_env()
     logger = Logger(service="imagegate")
     service = Service(settings, AWSClients(settings, os.environ.get("AWS_ENDPOINT_URL")), logger)
@@ -271,6 +271,9 @@ def sweep_handler() -> Any:
     def handler(event: dict[str, Any], context: Any) -> dict[str, int]:
         if event.get("check") == "routes":  # the daily schedule's input (template.yaml)
             result = service.route_warnings(day_of(service.clock()))
+            # Once a day, not every minute: it reads every account. Keys gone idle leave the ACCOUNT item,
+            # which otherwise grows with every key ever used.
+            result["limiters_pruned"] = service.billing.prune_limiters(log=logger)
         else:
             result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)

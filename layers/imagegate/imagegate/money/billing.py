@@ -36,7 +36,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagegate.config import Deadlines
+from imagegate.config import HOLD_MARGIN_SECONDS, Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
 from imagegate.money.accounts import ACCOUNT_INDEX, Account, NotFound
@@ -138,12 +138,15 @@ class Billing:
         *,
         images: int = 1,
         upper_bound: bool = False,
+        settle_within_s: int = 0,
     ) -> Reservation:
         """Debit `amount` micro-USD and take the rate limits for `images` images, in one transaction.
 
         429 when a limit of the key or the account refuses (nothing consumed), 402 stating the price and the
         balance when the balance does not cover it. `details` (model, endpoint) are kept on the request;
         `upper_bound`: the amount is a worst-case reservation (token-priced models), and the 402 says so.
+        `settle_within_s`: the longest the reserving function may still settle it (its timeout, with margin),
+        kept on the request as `settle_by`: the sweeper never refunds it sooner, whatever its own timeout.
         """
         if amount < 0:
             raise ValueError(f"cannot reserve a negative amount ({amount})")
@@ -180,7 +183,7 @@ class Billing:
                     )
                 )
                 .update(self._table, item_key(account_pk(account.account_id), "ACCOUNT")),
-                self._request_put(account, pk, request_id, amount, details, slots, now),
+                self._request_put(account, pk, request_id, amount, details, slots, now, settle_within_s),
             ]
             if account.budget is not None:  # spent <= budget - amount, and then spent += amount
                 actions.append(
@@ -372,6 +375,7 @@ class Billing:
         details: dict[str, str],
         slots: str,
         now: float,
+        settle_within_s: int = 0,
     ) -> dict[str, Any]:
         item = {
             **item_key(pk, f"{REQUEST_PREFIX}{request_id}"),
@@ -387,6 +391,8 @@ class Billing:
         }
         if slots:
             item["slots"] = {"S": slots}
+        if settle_within_s:
+            item["settle_by"] = {"N": str(int(now) + settle_within_s)}
         if account.budget is not None:
             item["budgeted"] = {"BOOL": True}
         return {
@@ -577,6 +583,8 @@ class Billing:
         for r, item in self._open(older_than_s, account_id):
             if "job" in item:
                 continue  # closed with its job, on the job's own clock (jobs/lifecycle.py, Jobs.sweep)
+            if int(item.get("settle_by", {}).get("N", 0)) + HOLD_MARGIN_SECONDS > self._clock():
+                continue  # reserved under a longer timeout (a deploy lowered it): it may still settle
             try:
                 charged, images = self._intended(r, item)
                 if self.settle(r, charged, images=images, provider="" if charged else "sweep"):
@@ -616,7 +624,13 @@ class Billing:
         ids = [item["sk"]["S"] for item in listing]
         keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
         pruned = 0
-        for item in batch_get(self._db, self._table, keys, self._sleep):
+        try:
+            items = list(batch_get(self._db, self._table, keys, self._sleep))
+        except (ClientError, BotoCoreError):
+            if log is not None:
+                log.exception("pruning limiters: the accounts could not be read; the next run tries again")
+            return 0
+        for item in items:
             idle = ratelimit.idle_keys(item, self._clock())
             for start in range(0, len(idle), PRUNE_KEYS_PER_UPDATE):
                 chunk = idle[start : start + PRUNE_KEYS_PER_UPDATE]

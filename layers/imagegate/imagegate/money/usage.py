@@ -106,6 +106,8 @@ def closing(record: Mapping[str, Any]) -> Closing | None:
         return None
     if _s(old, "state") != "reserved" or _s(new, "state") not in CLOSED or "account_id" not in new:
         return None
+    if "settled_at" not in new:  # a close without its day: nothing to count it under
+        raise ValueError(f"{_s(new, 'sk')} closed without settled_at")
     settled = datetime.fromtimestamp(_n(new, "settled_at"), UTC).date()
     return Closing(
         counter=Counter(_s(new, "account_id"), settled, _s(new, "key_id") or "-", _s(new, "model") or "-"),
@@ -161,7 +163,20 @@ class UsageCounters:
         counted = writes = 0
         failed: list[Closing] = []
         errors: list[str] = []
-        for counter, group in by_counter(c for r in records if (c := closing(r)) is not None).items():
+        closings = []
+        for record in records:
+            try:
+                found = closing(record)
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+            ) as exc:  # never countable: retrying it would stall the shard
+                errors.append(f"skipped a record that closes nothing countable: {exc!r}")
+                continue
+            if found is not None:
+                closings.append(found)
+        for counter, group in by_counter(closings).items():
             try:
                 delta = self._apply(counter, group)
             except Exception as exc:  # a throttle, a timeout: the stream delivers these records again
