@@ -332,9 +332,9 @@ def test_the_sweeper_forgets_idle_keys_so_the_account_item_does_not_grow_with_th
         return {name for name in item if name.startswith(("kt_", "kn_"))}
 
     assert len(key_attributes()) == 60
-    assert billing.prune_limiters() == 0  # every bucket still refilling
+    assert billing.prune_limiters(accounts.account_items()) == 0  # every bucket still refilling
     clock.now += 2  # a bucket of 60 a minute refills one image a second
-    assert billing.prune_limiters() == 29  # all but the key with a request in flight
+    assert billing.prune_limiters(accounts.account_items()) == 29  # all but the key with a request in flight
     assert key_attributes() == {f"kt_{keys[0].key_id}", f"kn_{keys[0].key_id}"}
     billing.settle(held, 1_000, images=1)
     billing.reserve(keys[5], rid(), 1_000, DETAILS)  # a forgotten key starts again from a full bucket

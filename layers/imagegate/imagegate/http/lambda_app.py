@@ -273,7 +273,9 @@ def sweep_handler() -> Any:
             result = service.route_warnings(day_of(service.clock()))
             # Once a day, not every minute: it reads every account. Keys gone idle leave the ACCOUNT item,
             # which otherwise grows with every key ever used.
-            result["limiters_pruned"] = service.billing.prune_limiters(log=logger)
+            result["limiters_pruned"] = service.billing.prune_limiters(
+                service.accounts.account_items(), logger
+            )
         else:
             result = service.sweep() | jobs.sweep()
         logger.info("sweep finished", extra=result)

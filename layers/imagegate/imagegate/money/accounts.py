@@ -214,13 +214,18 @@ class Accounts:
 
     def list_accounts(self) -> list[AccountInfo]:
         """Every account with its balance: the index names them, one batched read fetches the balances."""
-        ids = [item["sk"]["S"] for item in self._query(ACCOUNT_INDEX)]
         found: dict[str, AccountInfo] = {}
-        keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
-        for item in batch_get(self._db, self._table, keys, self._sleep):
+        for item in self.account_items():
             account_id = item["pk"]["S"].removeprefix("ACCOUNT#")
             found[account_id] = _account_info(account_id, item)
         return sorted(found.values(), key=lambda a: (a.created_at, a.account_id))
+
+    def account_items(self) -> Iterator[dict[str, Any]]:
+        """Every ACCOUNT item, as stored (balance, limiter attributes): the index names them, batched reads
+        fetch them."""
+        ids = [item["sk"]["S"] for item in self._query(ACCOUNT_INDEX)]
+        keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
+        return batch_get(self._db, self._table, keys, self._sleep)
 
     def balance(self, account_id: str) -> int | None:
         return read_balance(self._db, self._table, account_id)

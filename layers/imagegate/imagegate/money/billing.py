@@ -30,6 +30,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from imagegate.config import HOLD_MARGIN_SECONDS, Deadlines
 from imagegate.errors import APIError
 from imagegate.money import ledger, ratelimit
-from imagegate.money.accounts import ACCOUNT_INDEX, Account, NotFound
+from imagegate.money.accounts import Account, NotFound
 from imagegate.money.ledger import REQUEST_RETENTION_DAYS
 from imagegate.money.ratelimit import ACCOUNT_SCOPE, Fragment, Limits, Scope, State, key_scope
 from imagegate.table import (
@@ -47,10 +48,8 @@ from imagegate.table import (
     OPEN_SHARDS,
     REQUEST_PREFIX,
     account_pk,
-    batch_get,
     item_key,
     open_items,
-    query,
     read_balance,
     request_pk,
     request_token,
@@ -610,22 +609,13 @@ class Billing:
         found.sort(key=lambda i: int(i["open_since"]["N"]))
         return [(_reservation(item), item) for item in found]
 
-    def prune_limiters(self, log: Any = None) -> int:
-        """Drop the limiter attributes of keys gone idle from every ACCOUNT item (ratelimit.forget), a few
-        keys per update; an update whose key became busy meanwhile is left for the next sweep. Returns how
-        many keys' attributes were removed."""
-        listing = query(
-            self._db,
-            TableName=self._table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": ACCOUNT_INDEX}},
-            ProjectionExpression="sk",
-        )
-        ids = [item["sk"]["S"] for item in listing]
-        keys = [item_key(account_pk(i), "ACCOUNT") for i in ids]
+    def prune_limiters(self, accounts: Iterable[dict[str, Any]], log: Any = None) -> int:
+        """Drop the limiter attributes of keys gone idle from these ACCOUNT items (Accounts.account_items;
+        ratelimit.forget), a few keys per update; an update whose key became busy meanwhile is left for the
+        next run. Returns how many keys' attributes were removed."""
         pruned = 0
         try:
-            items = list(batch_get(self._db, self._table, keys, self._sleep))
+            items = list(accounts)
         except (ClientError, BotoCoreError):
             if log is not None:
                 log.exception("pruning limiters: the accounts could not be read; the next run tries again")
