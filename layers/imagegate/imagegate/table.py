@@ -141,14 +141,20 @@ def update_job(dynamodb: Any, table: str, account_id: str, job_id: str, **update
 
 def job_items(dynamodb: Any, table: str, account_id: str) -> list[dict[str, Any]]:
     """Every job item of an account (consistent reads), on its shards and on its account partition."""
+    return partition_items(dynamodb, table, job_partitions(account_id), JOB_PREFIX)
+
+
+def partition_items(dynamodb: Any, table: str, pks: list[str], prefix: str) -> list[dict[str, Any]]:
+    """Every item whose sort key begins with `prefix` in each of the partitions `pks` (consistent reads): one
+    kind of item of one account spread over partitions of its own."""
     return [
         item
-        for pk in job_partitions(account_id)
+        for pk in pks
         for item in query(
             dynamodb,
             TableName=table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :job)",
-            ExpressionAttributeValues={":pk": {"S": pk}, ":job": {"S": JOB_PREFIX}},
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": pk}, ":prefix": {"S": prefix}},
             ConsistentRead=True,
         )
     ]

@@ -48,6 +48,7 @@ from imagegate.table import (
     account_pk,
     item_key,
     job_items,
+    partition_items,
     query,
     request_partitions,
 )
@@ -345,17 +346,7 @@ def _ledger_range(table: str, account_id: str, start: str = LEDGER) -> dict[str,
 
 def request_items(dynamodb: Any, table: str, account_id: str) -> list[dict[str, Any]]:
     """An account's request records (on their own partitions: those reserved since issue 22), oldest first."""
-    items = [
-        item
-        for pk in request_partitions(account_id)
-        for item in query(
-            dynamodb,
-            TableName=table,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": pk}},
-            ConsistentRead=True,
-        )
-    ]
+    items = partition_items(dynamodb, table, request_partitions(account_id), REQUEST_PREFIX)
     return sorted(items, key=lambda i: i["sk"]["S"])
 
 
